@@ -1,0 +1,3 @@
+from fmae.cli import main
+
+main()

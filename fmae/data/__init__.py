@@ -1,0 +1,1 @@
+"""Reading the benchmarks' real on-disk formats, checking them, and making synthetic copies of them."""
