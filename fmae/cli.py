@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fmae import __version__
@@ -31,8 +32,8 @@ config_app = typer.Typer(help="Show and edit fmae.toml.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, markup=False)
+err = Console(stderr=True, highlight=False, markup=False)
 
 ConfigOpt = Annotated[
     Optional[Path],
@@ -147,14 +148,15 @@ def config_recipe(
     name = recipe or project.defaults.get("recipe", "fmae")
     resolved = layer(
         (f"recipe {spec.name}/{name}", finetune_recipe(spec.name, name)),
-        (f"{project.label} [overrides.{spec.name}]", project.overrides.get(spec.name, {})),
+        (f"{project.path.name if project.path else 'defaults'} [overrides.{spec.name}]",
+         project.overrides.get(spec.name, {})),
         ("--set", parse_set_options(set_ or [])),
     )
     table = Table(title=f"{spec.name} / {name}")
     for col in ("key", "value", "from"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     for key in sorted(resolved.values):
-        table.add_row(key, str(resolved.values[key]), resolved.sources[key])
+        table.add_row(key, escape(str(resolved.values[key])), escape(resolved.sources[key]))
     out.print(table)
 
 
@@ -285,7 +287,7 @@ def data_check(
 
 def _print_check(report, seconds: float) -> None:
     spec = report.spec
-    out.print(f"[bold]{spec.title}[/] at {report.location.root}: {report.frames} images, "
+    out.print(f"{spec.title} at {report.location.root}: {report.frames} images, "
               f"{report.images_checked} checked in {seconds:.1f} s")
     if report.folds:
         table = Table(title="folds (fold k = its test subjects)")

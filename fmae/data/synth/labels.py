@@ -20,8 +20,8 @@ import numpy as np
 # Factor loadings by AU code (rows need sum of squares < 1; the rest is the AU's own noise).
 _FACTORS = ("smile", "brow_raise", "frown", "mouth_open")
 _LOADINGS: dict[int, tuple[float, float, float, float]] = {
-    1: (0.0, 0.8, 0.2, 0.0),
-    2: (0.0, 0.8, 0.0, 0.1),
+    1: (0.0, 0.9, 0.15, 0.0),
+    2: (0.0, 0.92, 0.0, 0.1),
     4: (0.0, -0.2, 0.8, 0.0),
     5: (0.0, 0.5, 0.0, 0.3),
     6: (0.8, 0.0, 0.0, 0.0),

@@ -210,7 +210,7 @@ def _write_fer(spec: DatasetSpec, out: Path, o: SynthOptions, progress) -> Synth
         img = render_face(looks[subject], aus, o.size, Nuisance.sample(rng, o.nuisance), asymmetry=asym)
         folder = str(spec.class_ids[cls]) if o.class_folders == "ids" else spec.classes[cls]
         _save_jpeg(img, out / split / folder / f"{subject}_{n:06d}.jpg", rng)
-        counts[split == "test", cls] += 1
+        counts[int(split == "test"), cls] += 1
         report.images += 1
         progress(report.images, total)
     report.rates = {name: round(float(counts[0, i] / max(1, counts[0].sum())), 4)
