@@ -243,7 +243,7 @@ def data_prepare(
     else:
         raise FmaeError(f"{spec.name} needs no preparation: it is read from image folders")
     for problem in report.problems:
-        err.print(f"{problem.severity}: {problem}")
+        err.print(problem.report_line())
     if report.problems.errors:
         raise FmaeError(f"{len(report.problems.errors)} problems in the annotations; {out_file} was not written")
     out.print(f"wrote {report.frames_written} frames from {report.sequences} sequences to {out_file}")
@@ -274,8 +274,7 @@ def data_check(
     spec = get_dataset(dataset)
     project = load_project(config)
     loc = dataset_location(project, spec, root, labels)
-    if loc.synthetic is not None:
-        loc = ensure_dataset(spec, loc, say=lambda msg: err.print(msg))
+    loc = ensure_dataset(spec, loc, say=lambda msg: err.print(msg))
     start = time.perf_counter()
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task("checking images", total=None)
@@ -314,7 +313,7 @@ def _print_check(report, seconds: float) -> None:
             table.add_row(name, f"{measured:.2f}", f"{typical:.2f}")
         out.print(table)
     for problem in report.problems:
-        (err if problem.severity == "error" else out).print(f"{problem.severity}: {problem}", markup=False)
+        (err if problem.severity == "error" else out).print(problem.report_line())
     if report.ok:
         out.print(f"ok: no problems in {spec.name}")
 

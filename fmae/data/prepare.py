@@ -26,7 +26,7 @@ from fmae.data.problems import Problems
 from fmae.errors import FmaeError
 from fmae.registry import DatasetSpec
 
-_TASK = re.compile(r"(?:^|[_/])T(\d+)(?:$|[_.])")
+_TASK = re.compile(r"(?:^|[_/])T(\d+)(?:$|[_./])")
 _DIGITS = re.compile(r"\d+")
 _DISFA_FILE = re.compile(r"^(SN\d{3})_au(\d+)\.txt$", re.IGNORECASE)
 DISFA_PRESENT_AT = 2

@@ -17,6 +17,9 @@ class Problem:
     def __str__(self) -> str:
         return f"{self.where}: {self.message}"
 
+    def report_line(self) -> str:
+        return f"{'problem' if self.severity == 'error' else 'warning'}: {self}"
+
 
 class Problems(list[Problem]):
     """Collects every problem (`fmae data check` reports them all); loaders call `raise_first`."""

@@ -26,6 +26,7 @@ from fmae.registry import DatasetSpec
 
 FRAMES_PER_TASK = 12  # frames of one synthetic "video" (a BP4D task) before the next starts
 BP4D_RAW_COLUMNS = 40  # AU_OCC columns 0..39: column 0 the frame, column c AU c
+RAW_FORMATS = {"bp4d": "bp4d", "bp4d_plus": "bp4d", "disfa": "disfa"}  # dataset -> raw annotation format
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,12 @@ def synthesize(spec: DatasetSpec, out: Path, options: SynthOptions,
         raise FmaeError(f"--size {options.size}: images must be at least 32 px")
     if options.frames < 1:
         raise FmaeError(f"--frames {options.frames}: need at least one frame per subject")
+    if options.raw and spec.name not in RAW_FORMATS:
+        raise FmaeError(f"--raw: {spec.name} has no raw annotation format (only {', '.join(RAW_FORMATS)})")
+    scheme = spec.subject_scheme
+    if options.layout and (scheme is None or options.layout not in scheme.layouts):
+        known = ", ".join(scheme.layouts) if scheme else "none: it is written as image folders"
+        raise FmaeError(f"--layout {options.layout}: {spec.name} layouts are {known}")
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     writer = _write_au if spec.task == "au" else _write_fer
@@ -97,10 +104,7 @@ def _save_jpeg(img, path: Path, rng: np.random.Generator) -> None:
 def _write_au(spec: DatasetSpec, out: Path, o: SynthOptions, progress) -> SynthReport:
     scheme = spec.subject_scheme
     assert scheme is not None
-    layout = o.layout or next(iter(scheme.layouts))
-    if layout not in scheme.layouts:
-        raise FmaeError(f"--layout {layout}: {spec.name} layouts are {', '.join(scheme.layouts)}")
-    template = scheme.layouts[layout]
+    template = scheme.layouts[o.layout or next(iter(scheme.layouts))]
     subjects = pick_subjects(spec, o.subjects)
     rates = np.array(spec.typical_rates)
     report = SynthReport(out, subjects=subjects)
@@ -150,7 +154,7 @@ def _write_au(spec: DatasetSpec, out: Path, o: SynthOptions, progress) -> SynthR
 def _write_raw(spec: DatasetSpec, out: Path, rows, rng: np.random.Generator) -> list[Path]:
     """The datasets' own annotation files, for `fmae data prepare`."""
     files = []
-    if spec.name in ("bp4d", "bp4d_plus"):
+    if RAW_FORMATS[spec.name] == "bp4d":
         # AU_OCC/F001_T1.csv: a header row of column numbers, then one row per frame; column c is AU c:
         # 1 present, 0 absent, 9 unknown (counted as absent). AUs the benchmark does not use are 9 or 0.
         for (subject, task), frames in rows.items():
@@ -165,7 +169,7 @@ def _write_raw(spec: DatasetSpec, out: Path, rows, rng: np.random.Generator) -> 
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("\n".join(lines) + "\n")
             files.append(path)
-    elif spec.name == "disfa":
+    else:
         # ActionUnit_Labels/SN001/SN001_au1.txt: "frame,intensity" (0-5); present = intensity >= 2.
         per_subject: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
         for (subject, task), frames in rows.items():
@@ -181,8 +185,6 @@ def _write_raw(spec: DatasetSpec, out: Path, rows, rng: np.random.Generator) -> 
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text("\n".join(lines) + "\n")
                 files.append(path)
-    else:
-        raise FmaeError(f"--raw: {spec.name} has no raw annotation format (only bp4d, bp4d_plus and disfa)")
     return files
 
 

@@ -1,0 +1,1 @@
+"""Learnable synthetic faces in the benchmarks' real formats."""
