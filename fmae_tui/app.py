@@ -1,0 +1,110 @@
+"""`fmae-tui`: the terminal app. `create_app` builds it for the command line and for the tests alike."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+from textual.app import App
+from textual.binding import Binding
+
+from fmae import __version__
+from fmae.config import ProjectConfig, load_project
+from fmae.errors import FmaeError
+from fmae_tui.screens.datasets import DatasetsScreen
+from fmae_tui.screens.help import HelpScreen
+
+QUIT_AGAIN_S = 5.0  # a second quit within this many seconds leaves while data is still being generated
+
+
+class FmaeApp(App[None]):
+    """Holds the project config in force; screens read it from here and ask here to reload it."""
+
+    TITLE = "fmae"
+    CSS_PATH = "app.tcss"
+    BINDINGS = [
+        Binding("question_mark", "help", "Help", key_display="?",
+                tooltip="List every key of this screen"),
+        Binding("q", "quit", "Quit", tooltip="Leave the app"),
+    ]
+
+    def __init__(self, project: ProjectConfig, config: Path | None = None, runs_dir: Path | None = None) -> None:
+        super().__init__()
+        self.project = project
+        self.generating: set[str] = set()  # datasets whose synthetic copy a worker thread is writing
+        self._config_arg = config
+        self._runs_dir_arg = runs_dir
+        self._quit_warned_at = -QUIT_AGAIN_S
+        if self.console.color_system in ("standard", "windows"):
+            # A 16-colour terminal: use its own palette rather than approximating RGB theme colours,
+            # which can turn a yellow warning into a red one.
+            self.theme = "ansi-dark"
+
+    def on_mount(self) -> None:
+        self.push_screen(DatasetsScreen())
+
+    def reload_project(self) -> bool:
+        """Read fmae.toml again (the same discovery as at start). On a bad config keep the old one."""
+        try:
+            self.project = load_project(self._config_arg, self._runs_dir_arg)
+        except FmaeError as e:
+            self.notify(str(e), title="config not reloaded", severity="error", markup=False, timeout=10)
+            return False
+        return True
+
+    async def action_quit(self) -> None:
+        """Quitting while data is being generated asks for a second press, within a few seconds."""
+        if self.generating and time.monotonic() - self._quit_warned_at > QUIT_AGAIN_S:
+            self._quit_warned_at = time.monotonic()
+            self.notify(f"still generating {', '.join(sorted(self.generating))}: press q again to quit "
+                        "(an unfinished copy is made again on next use)", severity="warning")
+            return
+        self.exit()
+
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            return
+        self.push_screen(HelpScreen(self.screen.active_bindings, self.get_key_display))
+
+
+def create_app(config: Path | None = None, runs_dir: Path | None = None) -> FmaeApp:
+    """Load the project config (raises FmaeError with a one-line message) and build the app on it."""
+    return FmaeApp(load_project(config, runs_dir), config, runs_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="fmae-tui",
+        description="The fmae terminal app: the benchmarks, where fmae.toml puts them, and their synthetic copies.",
+    )
+    parser.add_argument("--config", type=Path, metavar="PATH",
+                        help="fmae.toml to use (default: $FMAE_CONFIG, else the nearest one upwards)")
+    parser.add_argument("--runs-dir", type=Path, metavar="DIR", help="runs folder (overrides fmae.toml)")
+    parser.add_argument("--version", action="version", version=f"fmae-tui {__version__}")
+    args = parser.parse_args(argv)
+    try:
+        app = create_app(args.config, args.runs_dir)
+    except FmaeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    # Our own loop, so that leaving mid-generation does not wait on the worker thread (asyncio.run would).
+    loop = asyncio.new_event_loop()
+    app.run(loop=loop)
+    code = app.return_code or 0
+    if app.generating:
+        print(f"fmae-tui: left while generating {', '.join(sorted(app.generating))}; the unfinished copy "
+              "is made again on next use", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # the generation thread cannot be interrupted; its partial output is never used
+    loop.run_until_complete(loop.shutdown_default_executor())
+    loop.close()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
