@@ -332,3 +332,7 @@ def main() -> None:
         crash.write_text(traceback.format_exc())
         err.print(f"internal error: {sys.exc_info()[1]!r} (traceback in {crash}; please report it)", markup=False)
         sys.exit(1)
+
+
+# The engine's commands live in their own module; importing it registers them on `app`.
+from fmae import cli_train  # noqa: E402,F401

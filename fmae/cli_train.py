@@ -1,0 +1,227 @@
+"""`fmae train`, `fmae exec`, `fmae probe-id`, `fmae eval`: the engine's commands.
+
+Each resolves a config (recipe < fmae.toml < these options), writes a run folder, and trains it in this
+process through `fmae.train.trainer.execute` — the same entry point the queue and Slurm use.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from fmae.cli import ConfigOpt, LabelsOpt, RootOpt, RunsDirOpt, app, err, out
+from fmae.errors import FmaeError
+
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="key=value over recipe and fmae.toml (repeatable).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on the terminal.")]
+
+
+def _cli_layer(**options: Any) -> dict[str, Any]:
+    """Options the user actually gave (None = not given), with --set pairs merged in."""
+    from fmae.config import parse_set_options
+
+    sets = parse_set_options(options.pop("set_") or [])
+    given = {k: v for k, v in options.items() if v is not None}
+    clash = sorted(set(given) & set(sets))
+    if clash:
+        raise FmaeError(f"--set {clash[0]}=… and --{clash[0].replace('_', '-')} both given: use one")
+    for identity in ("seed", "fold", "task", "dataset", "recipe"):
+        if identity in sets:
+            raise FmaeError(f"--set {identity}=…: {identity} names the run; use --{identity} instead")
+    return {**given, **sets}
+
+
+def _show_config(resolved, title: str) -> None:
+    table = Table(title=title)
+    for col in ("key", "value", "from"):
+        table.add_column(col, no_wrap=True)
+    for key in sorted(resolved.values):
+        table.add_row(key, escape(str(resolved.values[key])), escape(resolved.sources.get(key, "")))
+    out.print(table)
+
+
+def _run(path: Path, resume: bool, quiet: bool) -> None:
+    from fmae.train.trainer import execute
+
+    code = execute(path, resume=resume, quiet=quiet)
+    if code:
+        err.print(f"cancelled: {path} (resume with `fmae exec {path}`)")
+        raise typer.Exit(code)
+    out.print(f"run folder: {path}")
+
+
+@app.command("train")
+def train_cmd(
+    dataset: Annotated[Optional[str], typer.Argument(help="Benchmark: bp4d, bp4d_plus, disfa, rafdb, affectnet8, affectnet7.")] = None,
+    fold: Annotated[Optional[int], typer.Option("--fold", help="Test fold (AU benchmarks).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="vit_tiny, vit_small, vit_base, vit_large.")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    lambda_id: Annotated[Optional[float], typer.Option("--lambda-id", help="Identity-adversarial weight λ (0 = none).")] = None,
+    recipe: Annotated[Optional[str], typer.Option("--recipe", help="fmae or fmae_iat (the paper's values).")] = None,
+    init: Annotated[Optional[Path], typer.Option("--init", help="Checkpoint to fine-tune from (MAE/FMAE or fmae's).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Per-process batch.")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Added to the run id.")] = None,
+    set_: SetOpt = None,
+    from_: Annotated[Optional[Path], typer.Option("--from", help="Re-run a run.toml's resolved config (a new run).")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue a stopped run folder from its last checkpoint.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the resolved config; create nothing.")] = False,
+    config: ConfigOpt = None,
+    runs_dir: RunsDirOpt = None,
+    root: RootOpt = None,
+    labels: LabelsOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fine-tune for AU detection (FMAE, or FMAE-IAT with λ > 0) or FER, writing a run folder."""
+    from fmae.config import Resolved, load_project
+    from fmae.run_config import create_run, resolve_run_config
+
+    if resume is not None:
+        if dataset or from_:
+            raise FmaeError("--resume RUN continues that run as it was configured: give no dataset or --from with it")
+        _run(_run_folder(resume), True, quiet)
+        return
+    project = load_project(config, runs_dir)
+    if from_ is not None:
+        if dataset:
+            raise FmaeError("--from RUN.toml already names the dataset: give no DATASET with it")
+        resolved = _from_run_toml(from_)
+    else:
+        if not dataset:
+            raise FmaeError("missing DATASET: e.g. `fmae train bp4d --fold 1` (see `fmae datasets`)")
+        cli = _cli_layer(model=model, lambda_id=lambda_id, init=str(init.resolve()) if init else None, epochs=epochs,
+                         batch_size=batch_size, device=device, set_=set_)
+        if init is not None and not init.is_file():
+            raise FmaeError(f"--init {init}: no such checkpoint file")
+        resolved = resolve_run_config(project, dataset, recipe=recipe, fold=fold, seed=seed, cli=cli, root=root,
+                                      labels=labels, generate=not dry_run)
+    if dry_run:
+        _show_config(resolved, f"{resolved.values['dataset']} — resolved config (dry run: nothing created)")
+        return
+    run = create_run(project.runs_dir, resolved, name=name)
+    out.print(f"run {run.id}")
+    _run(run.path, False, quiet)
+
+
+@app.command("exec")
+def exec_cmd(
+    run: Annotated[Path, typer.Argument(help="A run folder (queued, failed or cancelled).")],
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a prepared run folder from its run.toml, resuming from its last checkpoint if it has one."""
+    _run(_run_folder(run), True, quiet)
+
+
+def _run_folder(path: Path) -> Path:
+    from fmae.runs import RunDir
+
+    rd = RunDir.open(path)
+    state = rd.read_status().get("state")
+    if state == "done":
+        raise FmaeError(f"{path}: this run is done — start a new one (`fmae train --from {path}/run.toml`)")
+    return rd.path
+
+
+def _from_run_toml(path: Path):
+    from fmae.config import Resolved
+    from fmae.runs import RunDir
+
+    folder = path.parent if path.name == "run.toml" else path
+    cfg = RunDir.open(folder).read_config()
+    return Resolved(dict(cfg), {k: f"--from {path}" for k in cfg})
+
+
+@app.command("probe-id")
+def probe_id_cmd(
+    source: Annotated[Path, typer.Argument(help="A run folder (its best checkpoint) or a checkpoint file.")],
+    dataset: Annotated[str, typer.Option("--dataset", help="AU benchmark whose subjects to probe.")] = "bp4d",
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last (for a run folder).")] = "best",
+    model: Annotated[Optional[str], typer.Option("--model", help="Encoder of a checkpoint file (a run folder knows its own).")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
+    set_: SetOpt = None,
+    name: Annotated[Optional[str], typer.Option("--name")] = None,
+    config: ConfigOpt = None,
+    runs_dir: RunsDirOpt = None,
+    root: RootOpt = None,
+    labels: LabelsOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Identity linear probe (the paper's): frozen encoder, 100 frames a subject, 70 train / 30 test."""
+    from fmae.config import load_project
+    from fmae.run_config import create_run, resolve_run_config
+
+    project = load_project(config, runs_dir)
+    ckpt, source_cfg = _checkpoint_of(source, checkpoint)
+    cli_model = model or source_cfg.get("model")
+    if cli_model is None:
+        raise FmaeError(f"{source}: a checkpoint file does not say its architecture — pass --model (e.g. vit_base)")
+    cli = _cli_layer(model=cli_model, init=str(ckpt), epochs=epochs, set_=set_)
+    if "input_size" in source_cfg and "input_size" not in cli:
+        cli["input_size"] = int(source_cfg["input_size"])
+    resolved = resolve_run_config(project, dataset, probe=True, seed=seed, cli=cli, root=root, labels=labels)
+    if source_cfg.get("run_id"):
+        resolved.values["source_run"] = source_cfg["run_id"]
+    run = create_run(project.runs_dir, resolved, name=name)
+    out.print(f"run {run.id}")
+    _run(run.path, False, quiet)
+    summary = run.read_summary() or {}
+    if summary.get("best"):
+        out.print(f"identity probe top-1 accuracy: {summary['best']['accuracy']:.4f} "
+                  f"(chance {summary['best']['chance']:.4f}; best of {summary['epochs']} epochs on the 30-frame test split)")
+
+
+@app.command("eval")
+def eval_cmd(
+    run: Annotated[Path, typer.Argument(help="A run folder.")],
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
+    device: Annotated[Optional[str], typer.Option("--device")] = None,
+    runs_dir: RunsDirOpt = None,
+    config: ConfigOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Re-evaluate a run's best or last checkpoint on its test split (a new run folder, task eval)."""
+    from fmae.config import Resolved, load_project
+    from fmae.run_config import create_run
+
+    project = load_project(config, runs_dir)
+    ckpt, cfg = _checkpoint_of(run, checkpoint)
+    if not cfg:
+        raise FmaeError(f"{run}: not a run folder — `fmae eval` re-evaluates a run")
+    values = {k: v for k, v in cfg.items() if k != "run_id"}
+    values.update(eval_checkpoint=str(ckpt), source_run=cfg["run_id"], init="")
+    if device:
+        values["device"] = device
+    resolved = Resolved(values, {k: f"{run}/run.toml" for k in values})
+    new = create_run(project.runs_dir, resolved, name=f"eval-{checkpoint}")
+    out.print(f"run {new.id}")
+    _run(new.path, False, quiet)
+    summary = new.read_summary() or {}
+    if summary.get("last"):
+        rec = summary["last"]
+        out.print(f"{summary['metric_label']}: {rec[summary['metric']]:.4f} (epoch {rec['epoch']} checkpoint)")
+
+
+def _checkpoint_of(source: Path, which: str) -> tuple[Path, dict[str, Any]]:
+    """A checkpoint path, and the run's config when `source` is a run folder."""
+    from fmae.runs import RunDir
+
+    if which not in ("best", "last"):
+        raise FmaeError(f"--checkpoint {which}: choose best or last")
+    if source.is_dir():
+        rd = RunDir.open(source)
+        cfg = dict(rd.read_config())
+        cfg["run_id"] = rd.id
+        ckpt = rd.checkpoints / f"{which}.pt"
+        if not ckpt.is_file():
+            raise FmaeError(f"{ckpt}: no {which} checkpoint in this run (state: {rd.read_status().get('state')})")
+        return ckpt.resolve(), cfg
+    if not source.is_file():
+        raise FmaeError(f"{source}: no such run folder or checkpoint file")
+    return source.resolve(), {}

@@ -1,0 +1,122 @@
+"""Torch datasets over the label readers, and the deterministic sampling that makes resume exact.
+
+Augmentation randomness is drawn per item from (seed, epoch, index), not from the process's RNG, so
+the images a run sees do not depend on the number of loader workers, on DDP ranks, or on where a
+resumed run picks up. The sampler's order is likewise a function of (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, Sampler
+
+from fmae.errors import FmaeError
+
+_MIX = 0x9E3779B97F4A7C15
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + index * _MIX) % (2**63)
+
+
+def load_rgb(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise FmaeError(f"{path}: image missing — run `fmae data check` to list every bad image") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise FmaeError(f"{path}: unreadable image ({e}) — run `fmae data check` to list every bad image") from None
+
+
+def check_files_exist(paths: Sequence[Path], what: str) -> None:
+    """Fail before training, not at epoch 7: a cheap stat of every image."""
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise FmaeError(f"{missing[0]}: image missing{more} in the {what} — run `fmae data check` for the full list")
+
+
+class ImageSet(Dataset):
+    """Images with one target row each; `targets` [N, ...] and optional `subjects` [N] identity indices."""
+
+    def __init__(self, paths: Sequence[Path], targets: np.ndarray, transform: Callable,
+                 subjects: np.ndarray | None = None, seed: int = 0) -> None:
+        assert len(paths) == len(targets)
+        self.paths = list(paths)
+        self.targets = torch.from_numpy(np.ascontiguousarray(targets))
+        self.subjects = torch.from_numpy(subjects) if subjects is not None else torch.full((len(paths),), -1)
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0  # set by the trainer before each epoch's loader is created
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        img = load_rgb(self.paths[index])
+        s = item_seed(self.seed, self.epoch, index)
+        # timm/torchvision transforms draw from python's `random`, numpy's (RandAugment's op choice) and
+        # torch's global RNGs: give them a private, reproducible stream and leave the process's RNGs
+        # (drop-path, dropout) untouched.
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s)
+            random.seed(s)
+            np.random.seed(s % 2**32)
+            x = self.transform(img)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        return x, self.targets[index], self.subjects[index]
+
+
+class EpochBatches(Sampler[list[int]]):
+    """Batches of a (seed, epoch) permutation, sliced per rank; can start mid-epoch for resume."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, *, shuffle: bool, drop_last: bool,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.start_batch = 0
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 10_007 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        if self.world_size > 1:
+            if not self.drop_last:  # pad so every rank gets the same count; the evaluator drops pads
+                order += order[: (-len(order)) % self.world_size]
+            order = order[self.rank :: self.world_size]
+        return order
+
+    def batches(self) -> list[list[int]]:
+        order = self._indices()
+        b = self.batch_size
+        out = [order[i : i + b] for i in range(0, len(order), b)]
+        if self.drop_last and out and len(out[-1]) < b:
+            out.pop()
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches()[self.start_batch :])
+
+    def __len__(self) -> int:
+        return max(0, len(self.batches()) - self.start_batch)
+
+
+@dataclass
+class Splits:
+    train: ImageSet
+    test: ImageSet
+    describe: str  # one line for the log: sizes, subjects

@@ -1,0 +1,59 @@
+"""Image transforms of the paper's recipes (timm's, as the original scripts built them).
+
+Train: RandomResizedCrop + flip + RandAugment + random erasing (`create_transform(is_training=True)`).
+Eval: resize to a square, no centre crop (the original's AU evaluation), ImageNet normalisation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from PIL import Image, ImageOps
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data.auto_augment import RandAugment
+from torchvision import transforms as T
+
+
+def train_transform(cfg: Mapping[str, Any]):
+    tf = create_transform(
+        input_size=int(cfg["input_size"]),
+        is_training=True,
+        color_jitter=None,
+        auto_augment=cfg["auto_augment"] or None,
+        interpolation="bicubic",
+        re_prob=float(cfg["random_erase_prob"]),
+        re_mode=cfg["random_erase_mode"],
+        re_count=1,
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+    )
+    _patch_posterize(tf)
+    return tf
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:  # Pillow < 11 masked every bit away: a black image
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _patch_posterize(tf) -> None:
+    """RandAugment's "rand-m9-mstd0.5" draws magnitudes up to 10, where PosterizeIncreasing keeps 0 bits.
+    Pillow >= 11 refuses 0 bits (ValueError mid-epoch); the original ran on a Pillow that returned a
+    black image, so keep that behaviour."""
+    for t in getattr(tf, "transforms", []):
+        if isinstance(t, RandAugment):
+            for op in t.ops:
+                if op.name.startswith("Posterize"):
+                    op.aug_fn = _posterize
+
+
+def eval_transform(cfg: Mapping[str, Any]):
+    size = int(cfg["input_size"])
+    return T.Compose([
+        T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+    ])

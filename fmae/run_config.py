@@ -1,0 +1,201 @@
+"""A run's fully resolved configuration: the paper's recipe < fmae.toml < the command line.
+
+The result is one flat mapping, frozen into the run folder's `run.toml` and into every checkpoint;
+`fmae exec` trains from it and nothing else. No torch here: the queue and the app resolve configs too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from fmae.config import ProjectConfig, Resolved, layer
+from fmae.data.locate import dataset_location, ensure_dataset
+from fmae.errors import FmaeError
+from fmae.model_specs import ENCODERS
+from fmae.recipes import ID_PROBE, finetune_recipe
+from fmae.registry import get_dataset
+
+TASKS = ("au", "fer", "id_probe")
+
+# Settings every run has beside its recipe. Sizes and schedules come from the recipe; these say where
+# and how the run executes. Values here are the defaults a user overrides with --set key=value.
+ENGINE_DEFAULTS: Mapping[str, Any] = {
+    "model": "vit_base",
+    "init": "",  # checkpoint to start from ("" = random init)
+    "device": "auto",  # auto | cpu | cuda
+    "amp": "auto",  # auto (bf16 where supported, fp16 on older GPUs, off on CPU) | bf16 | fp16 | off
+    "num_workers": -1,  # -1 = min(8, CPUs - 1)
+    "clip_grad": 0.0,  # max gradient norm; 0 = no clipping (the paper's recipes clip nothing)
+    "log_every": 20,  # optimizer steps between train records in metrics.jsonl
+    "compile": False,  # torch.compile the model
+    "save_best": True,  # keep checkpoints/best.pt (the best epoch's weights)
+}
+
+# The input size a model trains at when nothing above the recipe chose one: the CPU demo model is
+# built for small images, the paper's ViTs for 224.
+MODEL_INPUT_SIZE = {name: s.input_size for name, s in ENCODERS.items() if s.input_size != 224}
+
+
+def _task_of(dataset: str, probe: bool) -> str:
+    if probe:
+        return "id_probe"
+    return get_dataset(dataset).task
+
+
+def resolve_run_config(
+    project: ProjectConfig,
+    dataset: str,
+    *,
+    probe: bool = False,
+    recipe: str | None = None,
+    fold: int | None = None,
+    seed: int = 0,
+    cli: Mapping[str, Any] | None = None,
+    root: Path | None = None,
+    labels: Path | None = None,
+    generate: bool = True,
+) -> Resolved:
+    """Layer the recipe, fmae.toml's defaults and overrides, and the command line into one config.
+
+    `cli` holds the command line's explicit choices (options and --set pairs), already parsed.
+    """
+    spec = get_dataset(dataset)
+    task = _task_of(spec.name, probe)
+    cli = dict(cli or {})
+    if task == "id_probe":
+        if spec.task != "au":
+            raise FmaeError(f"identity probing needs an AU dataset with subjects; {spec.name} has none")
+        recipe_name = "id_probe"
+        base = {k: v for k, v in ID_PROBE.items()}
+    else:
+        recipe_name = recipe or project.defaults.get("recipe", "fmae")
+        if spec.task == "fer" and recipe is None:
+            recipe_name = "fmae"  # FER has one recipe; a project default of fmae_iat means the AU runs
+        base = finetune_recipe(spec.name, recipe_name)
+    base = {**ENGINE_DEFAULTS, **base}
+
+    toml_layer: dict[str, Any] = {}
+    if project.defaults.get("model"):
+        toml_layer["model"] = project.defaults["model"]
+    if project.defaults.get("init"):
+        toml_layer["init"] = project.defaults["init"]
+    if project.device != "auto":
+        toml_layer["device"] = project.device
+    toml_layer.update(project.overrides.get(spec.name, {}))
+    resolved = layer((f"recipe {spec.name}/{recipe_name}", base), (f"{project.label}", toml_layer),
+                     ("command line", cli))
+    values, sources = resolved.values, resolved.sources
+
+    from fmae.model_specs import check_model  # the torch-free table of model names
+
+    check_model(values["model"])
+    if sources["input_size"].startswith("recipe") and values["model"] in MODEL_INPUT_SIZE:
+        values["input_size"] = MODEL_INPUT_SIZE[values["model"]]
+        sources["input_size"] = f"model {values['model']}"
+    _check_values(values)
+
+    # What identifies the run (never overridable with --set).
+    values.update(task=task, dataset=spec.name, recipe=recipe_name, seed=int(seed))
+    sources.update(task="command", dataset="command", recipe="command", seed="command line")
+    if task == "au":
+        if fold is None:
+            raise FmaeError(f"--fold is required for {spec.name}: choose 1..{spec.num_folds}")
+        values["fold"] = spec.check_fold(fold)
+    elif task == "id_probe":
+        values["fold"] = 0
+        values["lambda_id"] = 0.0
+    else:
+        values["fold"] = 0  # FER benchmarks have one train/test split
+        values["lambda_id"] = 0.0
+    sources["fold"] = "command line"
+
+    loc = dataset_location(project, spec, root, labels)
+    if generate:
+        loc = ensure_dataset(spec, loc)
+    values.update(
+        data_root=str(loc.root or ""),
+        labels=str(loc.labels or ""),
+        train_labels=loc.train_labels or "",
+        test_labels=loc.test_labels or "",
+    )
+    for key in ("data_root", "labels", "train_labels", "test_labels"):
+        sources[key] = loc.origin
+    return Resolved(values, sources)
+
+
+def _check_values(v: Mapping[str, Any]) -> None:
+    positive = ("batch_size", "epochs", "input_size", "accum_iter", "log_every")
+    for key in positive:
+        if key in v and int(v[key]) < 1:
+            raise FmaeError(f"{key} = {v[key]}: must be at least 1")
+    for key in ("blr", "weight_decay", "min_lr", "clip_grad", "lambda_id", "drop_path", "random_erase_prob"):
+        if key in v and float(v[key]) < 0:
+            raise FmaeError(f"{key} = {v[key]}: must not be negative")
+    if v.get("warmup_epochs", 0) < 0 or v.get("warmup_epochs", 0) > v["epochs"]:
+        raise FmaeError(f"warmup_epochs = {v['warmup_epochs']}: must be between 0 and epochs ({v['epochs']})")
+    if "layer_decay" in v and not 0 < float(v["layer_decay"]) <= 1:
+        raise FmaeError(f"layer_decay = {v['layer_decay']}: must be in (0, 1]")
+    choices = {"device": ("auto", "cpu", "cuda"), "amp": ("auto", "bf16", "fp16", "off")}
+    for key, allowed in choices.items():
+        if v[key] not in allowed:
+            raise FmaeError(f"{key} = '{v[key]}': choose one of {', '.join(allowed)}")
+
+
+def run_name_parts(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields a run id is made of (see fmae.runs.make_run_id)."""
+    task = config["task"]
+    return dict(
+        dataset=config["dataset"],
+        model=config["model"],
+        seed=int(config["seed"]),
+        fold=int(config["fold"]) if task == "au" else None,
+        lambda_id=float(config["lambda_id"]) if task == "au" else None,
+        task="train" if task in ("au", "fer") else "idprobe",
+    )
+
+
+def provenance(command: list[str] | None = None) -> dict[str, Any]:
+    """Where and how a run was made; no torch import (the queue calls this too)."""
+    import platform
+    import socket
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    from fmae import __version__
+
+    def version(pkg: str) -> str:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return ""
+
+    commit = ""
+    try:
+        out = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short=12", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
+        if out.returncode == 0:
+            commit = out.stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "status", "--porcelain",
+                                    "--untracked-files=no"], capture_output=True, text=True, timeout=5)
+            if dirty.returncode == 0 and dirty.stdout.strip():
+                commit += "+dirty"
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return {
+        "fmae_version": __version__, "git_commit": commit,
+        "command": list(command if command is not None else sys.argv),
+        "host": socket.gethostname(), "python": platform.python_version(),
+        "torch": version("torch"), "timm": version("timm"),
+    }
+
+
+def create_run(runs_dir: Path, resolved: Resolved, name: str | None = None, command: list[str] | None = None):
+    """A new run folder holding the resolved config (state queued); `fmae exec` trains it."""
+    from fmae.runs import RunDir, make_run_id
+
+    run_id = make_run_id(**run_name_parts(resolved.values), name=name)
+    prov = provenance(command)
+    prov["set_by"] = dict(sorted(resolved.sources.items()))
+    return RunDir.create(runs_dir, run_id, dict(resolved.values), prov)

@@ -1,0 +1,83 @@
+"""AdamW with layer-wise lr decay, and the per-iteration warmup + half-cosine schedule (MAE's)."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+_EMBED = ("cls_token", "pos_embed", "patch_embed", "mask_token", "reg_token")
+_NO_DECAY = ("cls_token", "pos_embed", "mask_token", "reg_token")
+
+
+def layer_id(name: str, num_layers: int) -> int:
+    """0 for the embeddings, i + 1 for block i, num_layers + 1 for everything after (norms, heads)."""
+    short = name.split("encoder.", 1)[-1]
+    if short.split(".")[0] in _EMBED:
+        return 0
+    m = _BLOCK.search(name)
+    if m:
+        return int(m.group(1)) + 1
+    return num_layers + 1
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float, num_layers: int) -> list[dict]:
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = not (p.ndim == 1 or name.split(".")[-1] in _NO_DECAY)
+        lid = layer_id(name, num_layers)
+        key = (lid, decay)
+        if key not in groups:
+            scale = layer_decay ** (num_layers + 1 - lid)
+            groups[key] = {"params": [], "names": [], "lr_scale": scale,
+                           "weight_decay": weight_decay if decay else 0.0}
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    out = [groups[k] for k in sorted(groups)]
+    for g in out:  # names are for logging/tests; the optimizer must not carry them in its state
+        g["param_names"] = g.pop("names")
+    return out
+
+
+def make_optimizer(model: nn.Module, cfg: Mapping[str, Any], num_layers: int, device: torch.device,
+                   betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
+    groups = param_groups(model, float(cfg["weight_decay"]), float(cfg.get("layer_decay", 1.0)), num_layers)
+    for g in groups:
+        g.pop("param_names")
+    # The fused kernel exists for CUDA tensors; on the CPU the foreach path is the fast one.
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=0.0, betas=betas, fused=fused)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """lr as a function of the (fractional) epoch: linear warmup, then half-cosine to min_lr."""
+
+    lr: float  # the peak: blr × effective batch / 256
+    min_lr: float
+    warmup_epochs: float
+    epochs: float
+
+    def at(self, epoch: float) -> float:
+        if epoch < self.warmup_epochs:
+            return self.lr * epoch / self.warmup_epochs
+        span = max(self.epochs - self.warmup_epochs, 1e-12)
+        progress = min(1.0, (epoch - self.warmup_epochs) / span)
+        return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def apply(self, optimizer: torch.optim.Optimizer, epoch: float) -> float:
+        lr = self.at(epoch)
+        for g in optimizer.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+        return lr
+
+
+def effective_lr(blr: float, batch_size: int, accum_iter: int, world_size: int) -> float:
+    return blr * batch_size * accum_iter * world_size / 256

@@ -1,0 +1,269 @@
+"""The tasks the one Trainer runs: each supplies its data, model, loss and test metrics.
+
+AU detection (with identity-adversarial training when λ > 0), FER classification, and the identity
+linear probe. The loop, schedule, precision, checkpoints and the run folder live in `trainer.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fmae.config import DatasetLocation
+from fmae.data.au_labels import AULabels, load_au_fold, read_au_jsonl
+from fmae.data.datasets import ImageSet, Splits, check_files_exist
+from fmae.data.fer_folders import read_fer_split
+from fmae.data.problems import Problems
+from fmae.data.transforms import eval_transform, train_transform
+from fmae.errors import FmaeError
+from fmae.metrics import au_scores, fer_scores
+from fmae.models.checkpoint import load_pretrained
+from fmae.models.encoders import create_encoder, encoder_spec
+from fmae.models.heads import FineTuneModel, IdentityProbe
+from fmae.registry import DatasetSpec, get_dataset
+
+log = logging.getLogger("fmae.train")
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # [B, 3, H, W] images (or [B, D] features for the probe)
+    y: torch.Tensor  # [B, K] float multi-hot (AU) or [B] int64 class (FER, probe)
+    subject: torch.Tensor  # [B] int64 identity index, -1 where unknown
+
+
+class Task:
+    """What differs between AU, FER and probing. Subclasses set `metric` (the test-record key that
+    picks the best epoch) and its human label."""
+
+    metric: str = ""
+    metric_label: str = ""
+
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        self.cfg = cfg
+        self.spec: DatasetSpec = get_dataset(cfg["dataset"])
+
+    def location(self) -> DatasetLocation:
+        c = self.cfg
+        root = Path(c["data_root"]) if c["data_root"] else None
+        if root is None or not root.is_dir():
+            raise FmaeError(f"run.toml: data_root {root} is not a folder — the dataset moved; fix data_root "
+                            "in this run's run.toml or queue a new run")
+        return DatasetLocation(name=self.spec.name, root=root, labels=Path(c["labels"]) if c["labels"] else None,
+                               train_labels=c["train_labels"] or None, test_labels=c["test_labels"] or None,
+                               origin="run.toml")
+
+    def build_data(self) -> Splits:
+        raise NotImplementedError
+
+    def build_model(self) -> tuple[nn.Module, int]:
+        """The model and its number of transformer blocks (for layer-wise lr decay)."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def scores(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Test-time outputs kept for scoring: probabilities [B, K]."""
+        raise NotImplementedError
+
+    def evaluate(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def predictions(self, outputs: np.ndarray, targets: np.ndarray, data: ImageSet) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    # shared -------------------------------------------------------------------------------------
+    def _encoder(self):
+        c = self.cfg
+        return create_encoder(c["model"], img_size=int(c["input_size"]), drop_path=float(c.get("drop_path", 0.0)))
+
+    def _load_init(self, model: nn.Module) -> None:
+        if self.cfg["init"]:
+            report = load_pretrained(model, Path(self.cfg["init"]))
+            log.info("loaded %s: %s", self.cfg["init"], report)
+
+
+class AUTask(Task):
+    metric = "f1_best_mean"
+    metric_label = "mean F1 at the best threshold (tuned on the test fold, as the paper)"
+
+    def build_data(self) -> Splits:
+        problems = Problems()
+        loc = self.location()
+        fold = load_au_fold(self.spec, loc, int(self.cfg["fold"]), problems)
+        problems.raise_first()
+        sets = []
+        for split, labels, tf in (("train", fold.train, train_transform(self.cfg)),
+                                  ("test", fold.test, eval_transform(self.cfg))):
+            paths = [loc.root / p for p in labels.paths]
+            check_files_exist(paths, f"fold {fold.fold} {split} split")
+            sets.append(ImageSet(paths, labels.labels.astype(np.float32), tf, labels.subject_index(),
+                                 seed=int(self.cfg["seed"])))
+        describe = (f"{self.spec.title} fold {fold.fold}: train {len(fold.train)} frames of "
+                    f"{len(set(fold.train.subjects))} subjects, test {len(fold.test)} frames of "
+                    f"{len(set(fold.test.subjects))} subjects")
+        self.test_labels = fold.test
+        return Splits(sets[0], sets[1], describe)
+
+    def build_model(self) -> tuple[nn.Module, int]:
+        lam = float(self.cfg["lambda_id"])
+        model = FineTuneModel(self._encoder(), self.spec.num_outputs,
+                              num_subjects=len(self.spec.subjects) if lam > 0 else 0, lambda_id=lam)
+        self._load_init(model)
+        return model, encoder_spec(self.cfg["model"]).depth
+
+    def loss(self, model, batch):
+        logits, id_logits = model(batch.x)
+        loss_au = F.binary_cross_entropy_with_logits(logits.float(), batch.y)
+        if id_logits is None:
+            return loss_au, {"loss_au": loss_au}
+        # The original scored identity with BCE over a one-hot vector (not cross-entropy); kept so
+        # that λ means what it meant in the paper. The reversal layer scales its gradient by −λ.
+        onehot = F.one_hot(batch.subject, id_logits.shape[1]).float()
+        loss_id = F.binary_cross_entropy_with_logits(id_logits.float(), onehot)
+        id_acc = (id_logits.argmax(1) == batch.subject).float().mean()
+        return loss_au + loss_id, {"loss_au": loss_au, "loss_id": loss_id, "id_acc": id_acc}
+
+    def scores(self, model, x):
+        logits, _ = model(x)
+        return torch.sigmoid(logits.float())
+
+    def evaluate(self, outputs, targets):
+        return au_scores(outputs, targets.astype(np.uint8)).to_dict(self.spec.au_codes)
+
+    def predictions(self, outputs, targets, data):
+        return {"probs": outputs.astype(np.float32), "labels": targets.astype(np.uint8),
+                "paths": np.array([str(p) for p in data.paths]),
+                "subjects": np.array(self.test_labels.subjects), "au_codes": np.array(self.spec.au_codes)}
+
+
+class FERTask(Task):
+    metric = "accuracy"
+    metric_label = "top-1 accuracy"
+
+    def build_data(self) -> Splits:
+        problems = Problems()
+        loc = self.location()
+        train = read_fer_split(self.spec, loc.root, "train", problems)
+        test = read_fer_split(self.spec, loc.root, "test", problems)
+        problems.raise_first()
+        sets = []
+        for split, part, tf in (("train", train, train_transform(self.cfg)), ("test", test, eval_transform(self.cfg))):
+            check_files_exist(part.paths, f"{split} split")
+            sets.append(ImageSet(part.paths, part.targets, tf, seed=int(self.cfg["seed"])))
+        describe = f"{self.spec.title}: train {len(train)} images, test {len(test)} images, {len(self.spec.classes)} classes"
+        return Splits(sets[0], sets[1], describe)
+
+    def build_model(self):
+        model = FineTuneModel(self._encoder(), self.spec.num_outputs)
+        self._load_init(model)
+        return model, encoder_spec(self.cfg["model"]).depth
+
+    def loss(self, model, batch):
+        logits, _ = model(batch.x)
+        loss = F.cross_entropy(logits.float(), batch.y)
+        return loss, {"acc": (logits.argmax(1) == batch.y).float().mean()}
+
+    def scores(self, model, x):
+        logits, _ = model(x)
+        return torch.softmax(logits.float(), dim=1)
+
+    def evaluate(self, outputs, targets):
+        return fer_scores(outputs, targets.astype(np.int64), len(self.spec.classes)).to_dict(list(self.spec.classes))
+
+    def predictions(self, outputs, targets, data):
+        return {"scores": outputs.astype(np.float32), "targets": targets.astype(np.int64),
+                "paths": np.array([str(p) for p in data.paths]), "classes": np.array(self.spec.classes)}
+
+
+class IdProbeTask(Task):
+    """The paper's identity linear probe: a frozen encoder, a bias-free linear layer over the
+    dataset's subjects, 100 frames per subject split 70/30. Lower accuracy after IAT = less identity
+    in the features. Frames are not augmented: the probe reads what the encoder keeps of identity."""
+
+    metric = "accuracy"
+    metric_label = "identity top-1 accuracy (linear probe)"
+
+    def build_data(self) -> Splits:
+        problems = Problems()
+        loc = self.location()
+        frames = self._all_frames(loc, problems)
+        problems.raise_first()
+        per, n_train = int(self.cfg["frames_per_subject"]), int(self.cfg["train_frames_per_subject"])
+        rng = np.random.default_rng(int(self.cfg["seed"]))
+        train_idx, test_idx = [], []
+        by_subject: dict[str, list[int]] = {}
+        for i, s in enumerate(frames.subjects):
+            by_subject.setdefault(s, []).append(i)
+        short = []
+        for s in sorted(by_subject):
+            idx = np.array(by_subject[s])
+            pick = rng.choice(idx, size=min(per, len(idx)), replace=False)
+            k = int(round(len(pick) * n_train / per))
+            if len(pick) < per:
+                short.append(s)
+            if k < 1 or k >= len(pick):
+                raise FmaeError(f"{frames.source}: subject {s} has {len(idx)} frames — the identity probe needs at "
+                                "least 2 per subject (one train, one test)")
+            train_idx += pick[:k].tolist()
+            test_idx += pick[k:].tolist()
+        if short:
+            log.warning("%d subjects have fewer than %d frames (e.g. %s); they use all they have, split %d:%d",
+                        len(short), per, short[0], n_train, per - n_train)
+        tf = eval_transform(self.cfg)
+        sub = frames.subject_index()
+        sets = []
+        for idx in (train_idx, test_idx):
+            idx = np.array(sorted(idx))
+            paths = [loc.root / frames.paths[i] for i in idx]
+            check_files_exist(paths, "identity-probe frames")
+            sets.append(ImageSet(paths, sub[idx], tf, sub[idx], seed=int(self.cfg["seed"])))
+        describe = (f"{self.spec.title} identity probe: {len(by_subject)} subjects, {len(train_idx)} train / "
+                    f"{len(test_idx)} test frames")
+        return Splits(sets[0], sets[1], describe)
+
+    def _all_frames(self, loc: DatasetLocation, problems: Problems) -> AULabels:
+        if loc.labels:
+            return read_au_jsonl(loc.labels, self.spec, problems)
+        fold = load_au_fold(self.spec, loc, 1, problems)  # per-fold files: fold 1's train ∪ test = everyone
+        both = fold.train
+        return AULabels(self.spec, both.source, both.paths + fold.test.paths,
+                        np.concatenate([both.labels, fold.test.labels]), both.subjects + fold.test.subjects,
+                        both.lines + fold.test.lines)
+
+    def build_model(self):
+        if not self.cfg["init"]:
+            raise FmaeError("identity probing needs an encoder to probe: pass a run folder or a checkpoint")
+        model = IdentityProbe(self._encoder(), len(self.spec.subjects))
+        self._load_init(model)
+        return model, encoder_spec(self.cfg["model"]).depth
+
+    def loss(self, model, batch):
+        logits = model(batch.x)
+        return F.cross_entropy(logits.float(), batch.y), {"acc": (logits.argmax(1) == batch.y).float().mean()}
+
+    def scores(self, model, x):
+        return torch.softmax(model(x).float(), dim=1)
+
+    def evaluate(self, outputs, targets):
+        acc = float((outputs.argmax(1) == targets).mean())
+        return {"accuracy": acc, "chance": 1.0 / max(1, len(np.unique(targets)))}
+
+    def predictions(self, outputs, targets, data):
+        return {"scores": outputs.astype(np.float32), "targets": targets.astype(np.int64),
+                "paths": np.array([str(p) for p in data.paths]), "subjects": np.array(self.spec.subjects)}
+
+
+TASKS: dict[str, type[Task]] = {"au": AUTask, "fer": FERTask, "id_probe": IdProbeTask}
+
+
+def make_task(cfg: Mapping[str, Any]) -> Task:
+    return TASKS[cfg["task"]](cfg)

@@ -1,0 +1,480 @@
+"""The one training loop. Tasks (`tasks.py`) plug in data, model, loss and metrics; this module owns
+the schedule, precision, accumulation, evaluation, checkpoints, resume, cancellation and the run folder.
+
+Entry point: `execute(run_folder)` trains the run described by its `run.toml` (and nothing else), so a
+run started from the command line, the queue or Slurm behaves the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import os
+import random
+import signal
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from fmae.atomic_write import write_bytes_atomic
+from fmae.data.datasets import EpochBatches, ImageSet
+from fmae.errors import FmaeError, WorkFailed
+from fmae.models.checkpoint import extract_state_dict, read_checkpoint, save_checkpoint
+from fmae.runs import RunDir, read_metrics
+from fmae.train.dist import DistInfo, RankFilter, all_reduce_mean, gather_by_index, init_distributed, shutdown
+from fmae.train.optim import Schedule, effective_lr, make_optimizer
+from fmae.train.tasks import Batch, Task, make_task
+
+log = logging.getLogger("fmae.train")
+
+EXIT_CANCELLED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
+
+
+class Cancelled(Exception):
+    pass
+
+
+def execute(path: Path, resume: bool = False, quiet: bool = False) -> int:
+    """Run the run folder at `path`; returns the process exit code (0 done, 143 cancelled).
+    Bad input raises FmaeError and a failed run WorkFailed, after status.json says so."""
+    run = RunDir.open(path)
+    cfg = run.read_config()
+    device = pick_device(cfg)
+    info = init_distributed(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank if info.distributed else (device.index or 0))
+    handlers = _setup_logging(run, info, quiet)
+    try:
+        return Trainer(run, cfg, info, device).main(resume)
+    finally:
+        for h in handlers:
+            logging.getLogger("fmae").removeHandler(h)
+            h.close()
+        shutdown()
+
+
+def pick_device(cfg: dict) -> torch.device:
+    want = cfg["device"]
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise FmaeError("device = cuda, but no CUDA GPU is visible to this process — use --device cpu")
+    return torch.device(want)
+
+
+def amp_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
+    amp = cfg["amp"]
+    if device.type == "cpu":
+        return torch.bfloat16 if amp == "bf16" else None  # fp16 autocast on the CPU gains nothing
+    if amp == "off":
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+class Trainer:
+    def __init__(self, run: RunDir, cfg: dict, info: DistInfo, device: torch.device) -> None:
+        self.run, self.cfg, self.info, self.device = run, cfg, info, device
+        self.stop_requested = False
+        self.task: Task = make_task(cfg)
+        self.best: dict[str, Any] = {"epoch": None, "value": None}
+        self.step = 0
+        self.position = (0, 0)  # (epoch, next batch) right after the last optimizer update
+        self.meters: dict[str, dict[str, float]] = {"interval": {}, "epoch": {}}
+        self.tb = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def main(self, resume: bool) -> int:
+        main = self.info.is_main
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            if main:
+                self.run.mark_running(pid=os.getpid(), pgid=os.getpgid(0), host=socket.gethostname(),
+                                      gpus=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+            if self.cfg.get("eval_checkpoint"):
+                self._evaluate_only()
+            else:
+                self._setup(resume)
+                self._fit()
+            if main:
+                self.run.mark_ended("done", exit_code=0)
+            log.info("done: %s", self.run.path)
+            return 0
+        except Cancelled:
+            if main:
+                self.run.mark_ended("cancelled", exit_code=EXIT_CANCELLED, error="cancelled (SIGTERM); resume continues "
+                                    f"from epoch {self.position[0] + 1}, step {self.step}")
+            log.warning("cancelled at step %d; the last checkpoint resumes from here", self.step)
+            return EXIT_CANCELLED
+        except (FmaeError, WorkFailed) as e:
+            log.error("%s", e)
+            if main:
+                self.run.mark_ended("failed", exit_code=e.exit_code, error=str(e))
+            raise
+        except Exception as e:  # a bug or the environment (CUDA OOM…): the run fails, with the reason
+            log.error("%s", traceback.format_exc())
+            reason = _one_line(e)
+            if main:
+                self.run.mark_ended("failed", exit_code=1, error=reason)
+            raise WorkFailed(f"run {self.run.id} failed: {reason} (traceback in {self.run.log_path})") from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if self.tb is not None:
+                self.tb.close()
+
+    def _on_sigterm(self, signum, frame) -> None:
+        # Finish the current optimizer step, write a checkpoint, end as cancelled.
+        self.stop_requested = True
+
+    # --- setup ---------------------------------------------------------------------------------
+    def _setup(self, resume: bool) -> None:
+        cfg, info = self.cfg, self.info
+        seed = int(cfg["seed"])
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
+        self.data = self.task.build_data()
+        log.info("%s", self.data.describe)
+        self.raw_model, depth = self.task.build_model()
+        self.raw_model.to(self.device)
+        self.model = self.raw_model
+        if cfg.get("compile"):
+            self.model = torch.compile(self.model)
+        if info.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.optimizer = make_optimizer(self.raw_model, cfg, depth, self.device)
+        self.dtype = amp_dtype(cfg, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+
+        bs, accum = int(cfg["batch_size"]), int(cfg.get("accum_iter", 1))
+        self.sampler = EpochBatches(len(self.data.train), bs, seed, shuffle=True, drop_last=True,
+                                    rank=info.rank, world_size=info.world_size)
+        self.batches_per_epoch = len(self.sampler.batches())
+        if self.batches_per_epoch < accum:
+            raise FmaeError(f"the train split has {len(self.data.train)} items: fewer than one step of "
+                            f"batch_size {bs} × accum_iter {accum} × {info.world_size} process(es) — lower --batch-size")
+        lr = effective_lr(float(cfg["blr"]), bs, accum, info.world_size)
+        self.schedule = Schedule(lr, float(cfg.get("min_lr", 0.0)), float(cfg["warmup_epochs"]), float(cfg["epochs"]))
+        self.updates_per_epoch = self.batches_per_epoch // accum
+        log.info("lr = blr %g × batch %d × accum %d × %d process(es) / 256 = %.3g; %d steps/epoch × %d epochs; "
+                 "device %s, precision %s", float(cfg["blr"]), bs, accum, info.world_size, lr,
+                 self.updates_per_epoch, int(cfg["epochs"]), self.device, self.dtype or "fp32")
+        self.start = (0, 0)
+        if resume:
+            self._resume()
+        if info.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.run.path), purge_step=self.step + 1 if resume else None)
+
+    def _resume(self) -> None:
+        path = self.run.checkpoints / "last.pt"
+        if not path.is_file():
+            log.info("no checkpoint yet: starting from the beginning")
+            return
+        ck = read_checkpoint(path)
+        self.raw_model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        if ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
+        self.start = (int(ck["epoch"]), int(ck["batch"]))
+        self.position = self.start
+        self.step = int(ck["step"])
+        self.best = dict(ck["best"])
+        self.meters = {k: dict(v) for k, v in ck["meters"].items()}
+        rng = ck["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(list(rng["cuda"]))
+        version, internal, gauss = rng["python"]
+        random.setstate((version, tuple(internal), gauss))
+        if self.info.is_main:
+            self._truncate_metrics(self.step)
+        log.info("resumed from %s: epoch %d, batch %d, step %d", path, self.start[0] + 1, self.start[1], self.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop records a killed process wrote after its last checkpoint: they will be written again."""
+        records = read_metrics(self.run.metrics_path)
+        keep = [r for r in records if int(r.get("step", 0)) <= step]
+        if len(keep) != len(records):
+            import json
+
+            text = "".join(json.dumps(r) + "\n" for r in keep)
+            write_bytes_atomic(self.run.metrics_path, text.encode())
+
+    # --- the loop ------------------------------------------------------------------------------
+    def _fit(self) -> None:
+        epochs = int(self.cfg["epochs"])
+        first_epoch, first_batch = self.start
+        for epoch in range(first_epoch, epochs):
+            self._train_epoch(epoch, first_batch if epoch == first_epoch else 0)
+            record = self._evaluate(epoch)
+            self._after_eval(epoch, record)
+            self.position = (epoch + 1, 0)
+            self._save_last()
+            if self.stop_requested and epoch + 1 < epochs:
+                raise Cancelled()
+
+    def _loader(self, data: ImageSet, batch_sampler) -> DataLoader:
+        workers = int(self.cfg["num_workers"])
+        if workers < 0:
+            workers = max(0, min(8, (os.cpu_count() or 1) - 1))
+        # A private generator: creating a loader must not draw from the global RNG, or a resumed run's
+        # drop-path randomness would differ from an unbroken run's.
+        return DataLoader(data, batch_sampler=batch_sampler, num_workers=workers,
+                          pin_memory=self.device.type == "cuda", generator=torch.Generator(),
+                          worker_init_fn=_worker_init if workers else None)
+
+    def _train_epoch(self, epoch: int, first_batch: int) -> None:
+        cfg = self.cfg
+        accum, log_every, clip = int(cfg.get("accum_iter", 1)), int(cfg["log_every"]), float(cfg["clip_grad"])
+        self.model.train()
+        self.sampler.epoch, self.sampler.start_batch, self.data.train.epoch = epoch, first_batch, epoch
+        if first_batch == 0:
+            self.meters["epoch"] = {}
+        tick, images = time.perf_counter(), 0
+        lr = self.schedule.at(epoch + first_batch / self.batches_per_epoch)
+        try:
+            for i, (x, y, subject) in enumerate(self._loader(self.data.train, self.sampler), start=first_batch):
+                if i // accum >= self.updates_per_epoch:
+                    break  # a trailing partial accumulation is dropped, like the last partial batch
+                if i % accum == 0:
+                    lr = self.schedule.apply(self.optimizer, epoch + i / self.batches_per_epoch)
+                batch = Batch(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True),
+                              subject.to(self.device, non_blocking=True))
+                last_micro = (i + 1) % accum == 0
+                sync = contextlib.nullcontext() if last_micro or not self.info.distributed else self.model.no_sync()
+                with sync:
+                    with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                        loss, parts = self.task.loss(self.model, batch)
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise WorkFailed(f"loss is {value} at epoch {epoch + 1}, step {self.step + 1} — lower "
+                                         "blr (--set blr=…) or check the data")
+                    self.scaler.scale(loss / accum).backward()
+                self._meter({"loss": value, **{k: float(v.item()) for k, v in parts.items()}})
+                images += x.shape[0]
+                if not last_micro:
+                    continue
+                if clip > 0:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                self.position = (epoch, i + 1)
+                if self.step % log_every == 0:
+                    rate = images * self.info.world_size / max(time.perf_counter() - tick, 1e-9)
+                    self._log_train(epoch, i + 1, lr, rate)
+                    tick, images = time.perf_counter(), 0
+                if self.stop_requested:
+                    self._save_last()
+                    raise Cancelled()
+        except RuntimeError:
+            if self.stop_requested:  # the loader's workers were signalled with us
+                self._save_last()
+                raise Cancelled() from None
+            raise
+        if self.meters["interval"]:
+            self._log_train(epoch, self.batches_per_epoch, lr, None)
+        self._log_epoch(epoch, lr)
+
+    def _meter(self, values: dict[str, float]) -> None:
+        for scope in ("interval", "epoch"):
+            m = self.meters[scope]
+            for k, v in values.items():
+                m[k] = m.get(k, 0.0) + v
+            m["_n"] = m.get("_n", 0.0) + 1
+
+    def _take(self, scope: str) -> dict[str, float]:
+        m = self.meters[scope]
+        n = m.pop("_n", 0.0)
+        out = {k: all_reduce_mean(v / n, self.info) for k, v in sorted(m.items())} if n else {}
+        self.meters[scope] = {}
+        return out
+
+    def _log_train(self, epoch: int, batch: int, lr: float, rate: float | None) -> None:
+        values = self._take("interval")
+        if not self.info.is_main or not values:
+            return
+        record = {"split": "train", "epoch": epoch + 1, "step": self.step,
+                  "epoch_frac": round(epoch + batch / self.batches_per_epoch, 6), "lr": lr, **values}
+        if rate is not None:
+            record["images_per_s"] = round(rate, 1)
+        self.run.append_metrics(record)
+        for k, v in values.items():
+            self.tb.add_scalar(f"train/{k}", v, self.step)
+        self.tb.add_scalar("train/lr", lr, self.step)
+        total = self.updates_per_epoch * int(self.cfg["epochs"])
+        self.run.heartbeat(epoch=epoch + 1, step=self.step, total_steps=total, epochs=int(self.cfg["epochs"]))
+        log.info("epoch %d/%d step %d/%d loss %.4f lr %.3g%s", epoch + 1, int(self.cfg["epochs"]), self.step, total,
+                 values["loss"], lr, f" {rate:.0f} img/s" if rate else "")
+
+    def _log_epoch(self, epoch: int, lr: float) -> None:
+        values = self._take("epoch")
+        if self.info.is_main and values:
+            self.run.append_metrics({"split": "train_epoch", "epoch": epoch + 1, "step": self.step, "lr": lr, **values})
+            self.tb.add_scalar("train/epoch_loss", values["loss"], epoch + 1)
+
+    # --- evaluation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def _predict(self, data: ImageSet) -> np.ndarray | None:
+        self.raw_model.eval()
+        sampler = EpochBatches(len(data), int(self.cfg["batch_size"]), 0, shuffle=False, drop_last=False,
+                               rank=self.info.rank, world_size=self.info.world_size)
+        indices = np.array([i for b in sampler.batches() for i in b], dtype=np.int64)
+        outs = []
+        for x, _, _ in self._loader(data, sampler):
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                outs.append(self.task.scores(self.raw_model, x.to(self.device, non_blocking=True)).float().cpu())
+        return gather_by_index(self.info, indices, torch.cat(outs).numpy(), len(data))
+
+    def _evaluate(self, epoch: int) -> dict[str, Any] | None:
+        tick = time.perf_counter()
+        outputs = self._predict(self.data.test)
+        if outputs is None:
+            return None
+        self._last_outputs = outputs
+        targets = self.data.test.targets.numpy()
+        scores = self.task.evaluate(outputs, targets)
+        return {"split": "test", "epoch": epoch + 1, "step": self.step, **scores,
+                "seconds": round(time.perf_counter() - tick, 3)}
+
+    def _after_eval(self, epoch: int, record: dict[str, Any] | None) -> None:
+        if record is None:
+            return
+        metric = self.task.metric
+        value = record[metric]
+        self.run.append_metrics(record)
+        for k, v in record.items():
+            if isinstance(v, (int, float)) and k not in ("epoch", "step", "seconds"):
+                self.tb.add_scalar(f"test/{k}", v, self.step)
+            elif isinstance(v, dict):
+                for name, x in v.items():
+                    if isinstance(x, (int, float)):
+                        self.tb.add_scalar(f"test/{k}/{name}", x, self.step)
+        improved = value is not None and (self.best["value"] is None or value > self.best["value"])
+        if improved:
+            self.best = {"epoch": epoch + 1, "value": value, "record": record}
+            self._save_predictions(self._last_outputs, epoch)
+            if self.cfg.get("save_best", True):
+                save_checkpoint(self.run.checkpoints / "best.pt",
+                                {"model": self.raw_model.state_dict(), "epoch": epoch + 1, "config": dict(self.cfg)})
+        self._write_summary(epoch, record)
+        best = self.best["value"]
+        log.info("test epoch %d: %s = %.4f (best %.4f at epoch %s)%s", epoch + 1, metric, value, best,
+                 self.best["epoch"], _au_line(record))
+
+    def _save_predictions(self, outputs: np.ndarray, epoch: int) -> None:
+        payload = self.task.predictions(outputs, self.data.test.targets.numpy(), self.data.test)
+        payload["epoch"] = np.array(epoch + 1)
+        buf = io.BytesIO()
+        np.savez(buf, **payload)
+        write_bytes_atomic(self.run.predictions / "best.npz", buf.getvalue())
+
+    def _write_summary(self, epoch: int, record: dict[str, Any]) -> None:
+        c = self.cfg
+        self.run.write_summary({
+            "run_id": self.run.id, "task": c["task"], "dataset": c["dataset"], "fold": c["fold"], "seed": c["seed"],
+            "model": c["model"], "recipe": c["recipe"], "lambda_id": c["lambda_id"],
+            "metric": self.task.metric, "metric_label": self.task.metric_label,
+            "epochs": int(c["epochs"]), "epochs_done": epoch + 1, "step": self.step,
+            "best_epoch": self.best["epoch"], "best_value": self.best["value"],
+            "best": self.best.get("record"), "last": record,
+        })
+
+    def _save_last(self) -> None:
+        if not self.info.is_main:
+            return
+        epoch, batch = self.position
+        save_checkpoint(self.run.checkpoints / "last.pt", {
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "epoch": epoch, "batch": batch, "step": self.step,
+            "best": {"epoch": self.best["epoch"], "value": self.best["value"], "record": self.best.get("record")},
+            "meters": self.meters,
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "config": dict(self.cfg),
+        })
+
+    # --- `fmae eval` ---------------------------------------------------------------------------
+    def _evaluate_only(self) -> None:
+        self.data = self.task.build_data()
+        log.info("%s", self.data.describe)
+        self.raw_model, _ = self.task.build_model()
+        ck = read_checkpoint(Path(self.cfg["eval_checkpoint"]))
+        state = extract_state_dict(ck)
+        try:
+            self.raw_model.load_state_dict(state)
+        except RuntimeError as e:
+            raise FmaeError(f"{self.cfg['eval_checkpoint']}: does not fit this run's model ({_one_line(e)[:160]})") from None
+        self.raw_model.to(self.device)
+        self.dtype = amp_dtype(self.cfg, self.device)
+        if self.info.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.run.path))
+        epoch = int(ck.get("epoch", 1)) - 1
+        record = self._evaluate(epoch)
+        self._after_eval(epoch, record)
+
+
+def _worker_init(worker_id: int) -> None:
+    # Cancellation signals the whole process group; workers leave it to the main process, which
+    # finishes its step and checkpoints (workers exit with it).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _au_line(record: dict[str, Any]) -> str:
+    if "f1_05_mean" not in record:
+        return ""
+    return (f"; F1@0.5 {record['f1_05_mean']:.4f}, F1 best-threshold {record['f1_best_mean']:.4f} "
+            f"@{record['best_threshold']:.2f} (tuned on test), AUC {record['auc_mean'] or float('nan'):.4f}")
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return f"{type(e).__name__}: {text}"[:300]
+
+
+def _setup_logging(run: RunDir, info: DistInfo, quiet: bool) -> list[logging.Handler]:
+    """Log to stderr, and to train.log unless stdout already goes there (the scheduler redirects it)."""
+    logger = logging.getLogger("fmae")
+    logger.setLevel(logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers: list[logging.Handler] = []
+    stream = logging.StreamHandler(sys.stderr)
+    if quiet:
+        stream.setLevel(logging.WARNING)
+    handlers.append(stream)
+    if info.is_main and not _stdout_is(run.log_path):
+        handlers.append(logging.FileHandler(run.log_path, encoding="utf-8"))
+    for h in handlers:
+        h.setFormatter(fmt)
+        h.addFilter(RankFilter(info))
+        logger.addHandler(h)
+    logger.propagate = False
+    return handlers
+
+
+def _stdout_is(path: Path) -> bool:
+    try:
+        a, b = os.fstat(sys.stdout.fileno()), os.stat(path)
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return False

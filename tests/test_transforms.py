@@ -1,0 +1,44 @@
+"""The recipe's transforms: timm's RandAugment at the paper's magnitude must not crash on new Pillow,
+and augmentation is a pure function of (seed, epoch, index)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fmae.data.datasets import ImageSet
+from fmae.data.transforms import eval_transform, train_transform
+from fmae.recipes import finetune_recipe
+
+
+def test_randaugment_at_full_magnitude_keeps_pillow_happy(tmp_path):
+    cfg = {**finetune_recipe("bp4d"), "input_size": 32, "auto_augment": "rand-m10-n6-inc1"}
+    tf = train_transform(cfg)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    for s in range(200):  # magnitude 10 always reaches PosterizeIncreasing's 0-bit level when it is drawn
+        random.seed(s)
+        torch.manual_seed(s)
+        np.random.seed(s)
+        assert tf(img).shape == (3, 32, 32)
+
+
+def test_augmentation_depends_only_on_seed_epoch_index(tmp_path):
+    path = tmp_path / "face.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(path)
+    cfg = {**finetune_recipe("bp4d"), "input_size": 32}
+    data = ImageSet([path, path], np.zeros((2, 3), np.float32), train_transform(cfg), seed=5)
+    first = data[1][0]
+    torch.manual_seed(123)
+    random.seed(9)
+    np.random.seed(7)
+    before = torch.get_rng_state()
+    assert torch.equal(data[1][0], first)  # the process's RNG state does not matter…
+    assert torch.equal(torch.get_rng_state(), before)  # …and is left untouched
+    assert not torch.equal(data[0][0], first)  # another index, another augmentation
+    data.epoch = 1
+    assert not torch.equal(data[1][0], first)  # another epoch, another augmentation
+    plain = ImageSet([path], np.zeros((1, 3), np.float32), eval_transform(cfg))
+    assert torch.equal(plain[0][0], plain[0][0])
