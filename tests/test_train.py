@@ -20,6 +20,8 @@ from conftest import assert_one_line_error, run_fmae
 TINY = ["--model", "vit_tiny", "--batch-size", "8", "--set", "input_size=32", "--set", "num_workers=0",
         "--set", "log_every=1", "--set", "warmup_epochs=1"]
 TIMING = {"t", "seconds", "images_per_s"}
+# The shared AU run: IAT on, and an lr high enough that the loss curve moves (golden test).
+AU_RUN = ["--epochs", "3", "--lambda-id", "0.5", "--seed", "1", "--set", "blr=0.05"]
 
 
 def au_args(root: Path, *extra: str) -> list:
@@ -42,7 +44,7 @@ def au_run(make_synth, tmp_path_factory) -> Path:
     """One AU run with identity-adversarial training, shared by the tests that read its folder."""
     runs = tmp_path_factory.mktemp("au_runs")
     root = make_synth("bp4d")
-    result = run_fmae(*au_args(root, "--epochs", "3", "--lambda-id", "0.5", "--seed", "1"), "--runs-dir", runs)
+    result = run_fmae(*au_args(root, *AU_RUN), "--runs-dir", runs)
     assert result.returncode == 0, result.stderr
     return only_run(runs)
 
@@ -57,8 +59,8 @@ def test_au_run_folder_has_every_file_of_the_contract(au_run):
     run_toml = tomllib.loads((au_run / "run.toml").read_text())
     cfg = run_toml["config"]
     assert (cfg["task"], cfg["dataset"], cfg["fold"], cfg["seed"], cfg["model"]) == ("au", "bp4d", 1, 1, "vit_tiny")
-    assert cfg["lambda_id"] == 0.5 and cfg["blr"] == 2e-4 and cfg["input_size"] == 32
-    assert run_toml["provenance"]["set_by"]["blr"].startswith("recipe bp4d/fmae")
+    assert cfg["lambda_id"] == 0.5 and cfg["blr"] == 0.05 and cfg["weight_decay"] == 0.05 and cfg["input_size"] == 32
+    assert run_toml["provenance"]["set_by"]["weight_decay"].startswith("recipe bp4d/fmae")
     assert run_toml["provenance"]["set_by"]["lambda_id"] == "command line"
     assert "-bp4d-f1-s1-l0.5-vit_tiny-" in au_run.name
 
@@ -94,7 +96,7 @@ def test_au_run_folder_has_every_file_of_the_contract(au_run):
     assert abs(rescored.f1_best_mean - best["f1_best_mean"]) < 1e-9  # the saved predictions re-score exactly
 
     log = (au_run / "train.log").read_text()
-    assert "lr = blr 0.0002 × batch 8 × accum 1 × 1 process(es) / 256" in log and "done:" in log
+    assert "lr = blr 0.05 × batch 8 × accum 1 × 1 process(es) / 256" in log and "done:" in log
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -105,7 +107,7 @@ def test_au_run_folder_has_every_file_of_the_contract(au_run):
 
 
 def test_same_seed_gives_identical_numbers(au_run, make_synth, tmp_path):
-    result = run_fmae(*au_args(make_synth("bp4d"), "--epochs", "3", "--lambda-id", "0.5", "--seed", "1"),
+    result = run_fmae(*au_args(make_synth("bp4d"), *AU_RUN),
                       "--runs-dir", tmp_path)
     assert result.returncode == 0, result.stderr
     assert records(only_run(tmp_path)) == records(au_run)
@@ -114,8 +116,7 @@ def test_same_seed_gives_identical_numbers(au_run, make_synth, tmp_path):
 def test_sigterm_cancels_and_resume_matches_an_unbroken_run(au_run, make_synth, tmp_path):
     root = make_synth("bp4d")
     env = {k: v for k, v in os.environ.items() if k != "FMAE_CONFIG"}
-    proc = subprocess.Popen([sys.executable, "-m", "fmae", *map(str, au_args(root, "--epochs", "3", "--lambda-id",
-                             "0.5", "--seed", "1")), "--runs-dir", str(tmp_path)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "fmae", *map(str, au_args(root, *AU_RUN)), "--runs-dir", str(tmp_path)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     run = None
@@ -249,3 +250,24 @@ def test_dry_run_shows_the_resolved_config_and_creates_nothing(tmp_path):
     assert "lambda_id" in result.stdout and "2.0" in result.stdout and "recipe bp4d/fmae_iat" in result.stdout
     assert not (tmp_path / "runs").exists()
     assert not (tmp_path / "data").exists()  # a dry run generates no synthetic data either
+
+
+GOLDEN = Path(__file__).parent / "golden" / "au_bp4d_vit_tiny_iat.json"
+
+
+def test_golden_curve(au_run):
+    """Catches silent numerical changes (init, data order, augmentation, loss, schedule). After an
+    intended change, regenerate with FMAE_UPDATE_GOLDEN=1 and say why in the commit."""
+    recs = records(au_run)
+    curve = {
+        "train_loss": [r["loss"] for r in recs if r["split"] == "train"],
+        "lr": [r["lr"] for r in recs if r["split"] == "train"],
+        "test_auc_mean": [r["auc_mean"] for r in recs if r["split"] == "test"],
+    }
+    if os.environ.get("FMAE_UPDATE_GOLDEN"):
+        GOLDEN.write_text(json.dumps(curve, indent=1) + "\n")
+    golden = json.loads(GOLDEN.read_text())
+    assert curve["lr"] == pytest.approx(golden["lr"], rel=1e-12)
+    # Loose enough for another CPU's float rounding, far tighter than any real change.
+    assert curve["train_loss"] == pytest.approx(golden["train_loss"], rel=1e-4)
+    assert curve["test_auc_mean"] == pytest.approx(golden["test_auc_mean"], abs=2e-3)

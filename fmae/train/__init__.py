@@ -1,0 +1,1 @@
+"""Training: one Trainer, tasks that plug into it, the optimiser and schedule, rank handling."""
