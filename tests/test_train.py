@@ -271,3 +271,23 @@ def test_golden_curve(au_run):
     # Loose enough for another CPU's float rounding, far tighter than any real change.
     assert curve["train_loss"] == pytest.approx(golden["train_loss"], rel=1e-4)
     assert curve["test_auc_mean"] == pytest.approx(golden["test_auc_mean"], abs=2e-3)
+
+
+def test_gradient_accumulation_equals_the_larger_batch(make_synth, tmp_path):
+    """batch 8 × accum 2 sees the same images as batch 16 (per-item augmentation) and averages the same
+    gradients: same lr, same losses, same model (up to float rounding). Clipping acts on the sum."""
+    root = make_synth("bp4d")
+    common = ["--epochs", "2", "--set", "drop_path=0.0", "--set", "clip_grad=0.5", "--set", "blr=0.05"]
+    args = au_args(root, *common)
+    args[args.index("--batch-size") + 1] = "16"
+    big = run_fmae(*args, "--runs-dir", tmp_path / "big")
+    small = run_fmae(*au_args(root, *common, "--set", "accum_iter=2"), "--runs-dir", tmp_path / "small")
+    assert big.returncode == 0 and small.returncode == 0, big.stderr + small.stderr
+    a, b = records(only_run(tmp_path / "big")), records(only_run(tmp_path / "small"))
+    ea = [r for r in a if r["split"] == "train_epoch"]
+    eb = [r for r in b if r["split"] == "train_epoch"]
+    assert [r["step"] for r in ea] == [r["step"] for r in eb] == [2, 4]
+    assert [r["loss"] for r in ea] == pytest.approx([r["loss"] for r in eb], rel=1e-5)
+    ta = [r["auc_mean"] for r in a if r["split"] == "test"]
+    tb = [r["auc_mean"] for r in b if r["split"] == "test"]
+    assert ta == pytest.approx(tb, abs=1e-6)
