@@ -257,20 +257,30 @@ def data_prepare(
 
 @data_app.command("check")
 def data_check(
-    dataset: Annotated[str, typer.Argument(help="Benchmark name.")],
+    dataset: Annotated[str, typer.Argument(help="Benchmark name, or an image store folder (from `fmae data lmdb`).")],
     root: RootOpt = None,
     labels: LabelsOpt = None,
     decode: Annotated[bool, typer.Option("--decode/--no-decode", help="Decode every image (finds truncated files).")] = True,
     config: ConfigOpt = None,
 ) -> None:
-    """Validate a dataset against its registry row: counts per fold, label rates, every problem."""
+    """Validate a dataset against its registry row (counts per fold, label rates, every problem), or an image
+    store (counts per source, every unreadable entry)."""
     from rich.progress import Progress
 
     from fmae.config import load_project
     from fmae.data.check import check_dataset
     from fmae.data.locate import dataset_location, ensure_dataset
-    from fmae.registry import get_dataset
+    from fmae.registry import DATASETS, get_dataset
 
+    # A benchmark name wins over a same-named folder here; `./NAME` or any path with a slash is a folder.
+    named = dataset.strip().lower().replace("+", "_plus").replace("-", "") in DATASETS and "/" not in dataset
+    if not named and Path(dataset).is_dir():
+        from fmae.cli_lmdb import check_store_cmd
+
+        if root is not None or labels is not None:
+            raise FmaeError("--root and --labels are for benchmarks, not for an image store")
+        check_store_cmd(Path(dataset), decode)
+        return
     spec = get_dataset(dataset)
     project = load_project(config)
     loc = dataset_location(project, spec, root, labels)
@@ -335,4 +345,5 @@ def main() -> None:
 
 
 # The engine's commands live in their own module; importing it registers them on `app`.
-from fmae import cli_train  # noqa: E402,F401
+from fmae import cli_pretrain, cli_train  # noqa: E402,F401
+from fmae import cli_lmdb  # noqa: E402,F401

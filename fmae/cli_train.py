@@ -6,6 +6,7 @@ process through `fmae.train.trainer.execute` — the same entry point the queue 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -19,6 +20,7 @@ from fmae.errors import FmaeError
 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="key=value over recipe and fmae.toml (repeatable).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on the terminal.")]
+NprocOpt = Annotated[int, typer.Option("--nproc", help="Processes (DDP via torchrun): GPUs to use, or CPU processes (gloo).")]
 
 
 def _cli_layer(**options: Any) -> dict[str, Any]:
@@ -45,14 +47,42 @@ def _show_config(resolved, title: str) -> None:
     out.print(table)
 
 
-def _run(path: Path, resume: bool, quiet: bool) -> None:
-    from fmae.train.trainer import execute
+def _run(path: Path, resume: bool, quiet: bool, nproc: int = 1) -> None:
+    """Train the run folder here, or under torchrun with `nproc` processes (DDP: one per GPU, or gloo
+    processes on the CPU), then report as the run's status says."""
+    if nproc < 1:
+        raise FmaeError(f"--nproc {nproc}: must be at least 1")
+    if nproc == 1:
+        from fmae.train.trainer import execute
 
-    code = execute(path, resume=resume, quiet=quiet)
-    if code:
+        code = execute(path, resume=resume, quiet=quiet)
+    else:
+        code = _torchrun(path, nproc, quiet)
+    if code == 143:
         err.print(f"cancelled: {path} (resume with `fmae exec {path}`)")
         raise typer.Exit(code)
-    out.print(f"run folder: {path}")
+    if code:
+        from fmae.errors import WorkFailed
+        from fmae.runs import RunDir
+
+        status = RunDir.open(path).read_status()
+        reason = status.get("error") or f"torchrun exited with code {code}"
+        if status.get("exit_code") == 2:
+            raise FmaeError(reason)
+        raise WorkFailed(f"run {path.name} failed: {reason} (see {path}/train.log)")
+    if "LOCAL_RANK" not in os.environ:  # under torchrun the launching command reports, once
+        out.print(f"run folder: {path}")
+
+
+def _torchrun(path: Path, nproc: int, quiet: bool) -> int:
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "fmae", "exec", str(path)] + (["--quiet"] if quiet else [])
+    env = dict(os.environ)
+    # One process per GPU on a GPU machine; on the CPU share the cores out instead of oversubscribing.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    return subprocess.run(cmd, env=env).returncode
 
 
 @app.command("train")
@@ -72,6 +102,7 @@ def train_cmd(
     from_: Annotated[Optional[Path], typer.Option("--from", help="Re-run a run.toml's resolved config (a new run).")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue a stopped run folder from its last checkpoint.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the resolved config; create nothing.")] = False,
+    nproc: NprocOpt = 1,
     config: ConfigOpt = None,
     runs_dir: RunsDirOpt = None,
     root: RootOpt = None,
@@ -85,7 +116,7 @@ def train_cmd(
     if resume is not None:
         if dataset or from_:
             raise FmaeError("--resume RUN continues that run as it was configured: give no dataset or --from with it")
-        _run(_run_folder(resume), True, quiet)
+        _run(_run_folder(resume), True, quiet, nproc)
         return
     project = load_project(config, runs_dir)
     if from_ is not None:
@@ -106,7 +137,7 @@ def train_cmd(
         return
     run = create_run(project.runs_dir, resolved, name=name)
     out.print(f"run {run.id}")
-    _run(run.path, False, quiet)
+    _run(run.path, False, quiet, nproc)
 
 
 @app.command("exec")

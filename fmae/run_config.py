@@ -12,11 +12,11 @@ from typing import Any, Mapping
 from fmae.config import ProjectConfig, Resolved, layer
 from fmae.data.locate import dataset_location, ensure_dataset
 from fmae.errors import FmaeError
-from fmae.model_specs import ENCODERS
-from fmae.recipes import ID_PROBE, finetune_recipe
+from fmae.model_specs import ENCODERS, check_model
+from fmae.recipes import ID_PROBE, PRETRAIN, finetune_recipe
 from fmae.registry import get_dataset
 
-TASKS = ("au", "fer", "id_probe")
+TASKS = ("au", "fer", "id_probe", "pretrain")
 
 # Settings every run has beside its recipe. Sizes and schedules come from the recipe; these say where
 # and how the run executes. Values here are the defaults a user overrides with --set key=value.
@@ -87,12 +87,11 @@ def resolve_run_config(
                      ("command line", cli))
     values, sources = resolved.values, resolved.sources
 
-    from fmae.model_specs import check_model  # the torch-free table of model names
-
     check_model(values["model"])
     if sources["input_size"].startswith("recipe") and values["model"] in MODEL_INPUT_SIZE:
         values["input_size"] = MODEL_INPUT_SIZE[values["model"]]
         sources["input_size"] = f"model {values['model']}"
+    _cap_warmup(values, sources)
     _check_values(values)
 
     # What identifies the run (never overridable with --set).
@@ -124,6 +123,13 @@ def resolve_run_config(
     return Resolved(values, sources)
 
 
+def _cap_warmup(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """A short run (`--epochs 1` to try things out) keeps the recipe's warmup only up to its length."""
+    if values["warmup_epochs"] > values["epochs"] and sources["warmup_epochs"] != "command line":
+        values["warmup_epochs"] = values["epochs"]
+        sources["warmup_epochs"] += f" (capped at epochs = {values['epochs']})"
+
+
 def _check_values(v: Mapping[str, Any]) -> None:
     positive = ("batch_size", "epochs", "input_size", "accum_iter", "log_every")
     for key in positive:
@@ -142,6 +148,60 @@ def _check_values(v: Mapping[str, Any]) -> None:
             raise FmaeError(f"{key} = '{v[key]}': choose one of {', '.join(allowed)}")
 
 
+# MAE pretraining beyond the paper's recipe table: the decoder (MAE's default 8 blocks × 512) and the
+# schedule's floor. A small decoder (e.g. 2 × 128) is much faster and is what the CPU demo uses.
+PRETRAIN_EXTRA: Mapping[str, Any] = {"decoder_dim": 512, "decoder_depth": 8, "decoder_heads": 16,
+                                     "min_lr": 0.0, "accum_iter": 1}
+
+
+def resolve_pretrain_config(project: ProjectConfig, data: list[Path], *, seed: int = 0,
+                            cli: Mapping[str, Any] | None = None) -> Resolved:
+    """MAE pretraining: the paper's recipe (batch per model size) < fmae.toml < the command line."""
+    cli = dict(cli or {})
+    if not data:
+        raise FmaeError("--data: name at least one image store (`fmae data lmdb`) or image folder")
+    missing = [p for p in data if not p.exists()]
+    if missing:
+        raise FmaeError(f"--data {missing[0]}: no such store or folder")
+    model = cli.get("model") or project.defaults.get("model") or ENGINE_DEFAULTS["model"]
+    check_model(str(model))
+    base = {k: v for k, v in PRETRAIN.items() if k not in ("batch_size", "gpus")}
+    base["betas"] = list(base["betas"])
+    base["batch_size"] = PRETRAIN["batch_size"].get(model, 64)
+    base = {**ENGINE_DEFAULTS, **base, **PRETRAIN_EXTRA, "save_best": False}
+    toml_layer: dict[str, Any] = {}
+    if project.defaults.get("model"):
+        toml_layer["model"] = project.defaults["model"]
+    if project.device != "auto":
+        toml_layer["device"] = project.device
+    resolved = layer(("recipe pretrain", base), (f"{project.label}", toml_layer), ("command line", cli))
+    values, sources = resolved.values, resolved.sources
+    check_model(values["model"])
+    if sources["input_size"].startswith("recipe") and values["model"] in MODEL_INPUT_SIZE:
+        values["input_size"] = MODEL_INPUT_SIZE[values["model"]]
+        sources["input_size"] = f"model {values['model']}"
+    _cap_warmup(values, sources)
+    _check_values(values)
+    if not 0 < float(values["mask_ratio"]) < 1:
+        raise FmaeError(f"mask_ratio = {values['mask_ratio']}: must be between 0 and 1")
+    if int(values["decoder_dim"]) % int(values["decoder_heads"]):
+        raise FmaeError(f"decoder_dim {values['decoder_dim']} must be a multiple of decoder_heads {values['decoder_heads']}")
+    values.update(task="pretrain", dataset=_data_name(data), recipe="pretrain", seed=int(seed), fold=0, lambda_id=0.0,
+                  data=[str(p.resolve()) for p in data])
+    for key in ("task", "dataset", "recipe", "seed", "fold", "lambda_id", "data"):
+        sources[key] = "command line"
+    return Resolved(values, sources)
+
+
+def _data_name(data: list[Path]) -> str:
+    import re
+
+    if len(data) > 1:
+        return "mix"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", data[0].resolve().name).strip("._-") or "images"
+    return name[:40]
+
+
 def run_name_parts(config: Mapping[str, Any]) -> dict[str, Any]:
     """The fields a run id is made of (see fmae.runs.make_run_id)."""
     task = config["task"]
@@ -151,7 +211,7 @@ def run_name_parts(config: Mapping[str, Any]) -> dict[str, Any]:
         seed=int(config["seed"]),
         fold=int(config["fold"]) if task == "au" else None,
         lambda_id=float(config["lambda_id"]) if task == "au" else None,
-        task="train" if task in ("au", "fer") else "idprobe",
+        task={"au": "train", "fer": "train", "id_probe": "idprobe"}.get(task, task),
     )
 
 

@@ -61,24 +61,57 @@ class ImageSet(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        img = load_rgb(self.paths[index])
-        s = item_seed(self.seed, self.epoch, index)
-        # timm/torchvision transforms draw from python's `random`, numpy's (RandAugment's op choice) and
-        # torch's global RNGs: give them a private, reproducible stream and leave the process's RNGs
-        # (drop-path, dropout) untouched.
-        py_state, np_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(s)
-            random.seed(s)
-            np.random.seed(s % 2**32)
-            x = self.transform(img)
-        random.setstate(py_state)
-        np.random.set_state(np_state)
+        x = seeded_transform(self.transform, load_rgb(self.paths[index]), item_seed(self.seed, self.epoch, index))
         return x, self.targets[index], self.subjects[index]
 
 
+class SourceImageSet(Dataset):
+    """Unlabelled images from image sources (LMDB stores or folders, `fmae.data.lmdb_store`), concatenated:
+    what MAE pretraining reads. Items look like ImageSet's so the one loop serves both."""
+
+    def __init__(self, sources: Sequence, transform: Callable, seed: int = 0) -> None:
+        self.sources = list(sources)
+        self.offsets = np.cumsum([0] + [len(s) for s in self.sources])
+        self.transform, self.seed, self.epoch = transform, seed, 0
+        self.targets = torch.zeros(int(self.offsets[-1]), 0)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def image(self, index: int):
+        k = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.sources[k].read_image(index - int(self.offsets[k]))
+
+    def __getitem__(self, index: int):
+        x = seeded_transform(self.transform, self.image(index), item_seed(self.seed, self.epoch, index))
+        return x, self.targets[index], torch.tensor(-1)
+
+
+def seeded_transform(transform: Callable, img, seed: int):
+    """Apply `transform` with its randomness drawn from a private stream seeded by `seed`.
+
+    timm/torchvision transforms draw from python's `random`, numpy's (RandAugment's op choice) and
+    torch's global RNGs; the process's RNG states (drop-path, dropout, masking) are left untouched.
+    """
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        x = transform(img)
+    random.setstate(py_state)
+    np.random.set_state(np_state)
+    return x
+
+
 class EpochBatches(Sampler[list[int]]):
-    """Batches of a (seed, epoch) permutation, sliced per rank; can start mid-epoch for resume."""
+    """This rank's share of each global batch of a (seed, epoch) permutation; can start mid-epoch.
+
+    A global batch is `batch_size × world_size` consecutive indices of the permutation and rank r takes
+    the r-th slice, so N processes with batch B see exactly the batches one process with batch N × B
+    sees: DDP's averaged gradient is the 1-process gradient. Without drop_last (evaluation) the last
+    global batch is shared as evenly as it goes; a rank may get fewer items, never a duplicate.
+    """
 
     def __init__(self, n: int, batch_size: int, seed: int, *, shuffle: bool, drop_last: bool,
                  rank: int = 0, world_size: int = 1) -> None:
@@ -88,24 +121,26 @@ class EpochBatches(Sampler[list[int]]):
         self.epoch = 0
         self.start_batch = 0
 
-    def _indices(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 10_007 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        if self.world_size > 1:
-            if not self.drop_last:  # pad so every rank gets the same count; the evaluator drops pads
-                order += order[: (-len(order)) % self.world_size]
-            order = order[self.rank :: self.world_size]
-        return order
+    def _order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.n))
+        g = torch.Generator().manual_seed(self.seed * 10_007 + self.epoch)
+        return torch.randperm(self.n, generator=g).tolist()
 
     def batches(self) -> list[list[int]]:
-        order = self._indices()
-        b = self.batch_size
-        out = [order[i : i + b] for i in range(0, len(order), b)]
-        if self.drop_last and out and len(out[-1]) < b:
-            out.pop()
+        order, b, w = self._order(), self.batch_size, self.world_size
+        out = []
+        for start in range(0, len(order), b * w):
+            chunk = order[start : start + b * w]
+            if len(chunk) < b * w:
+                if self.drop_last:
+                    break
+                per = -(-len(chunk) // w)
+                mine = chunk[self.rank * per : (self.rank + 1) * per]
+            else:
+                mine = chunk[self.rank * b : (self.rank + 1) * b]
+            if mine:
+                out.append(mine)
         return out
 
     def __iter__(self) -> Iterator[list[int]]:

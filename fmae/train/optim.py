@@ -26,12 +26,15 @@ def layer_id(name: str, num_layers: int) -> int:
     return num_layers + 1
 
 
-def param_groups(model: nn.Module, weight_decay: float, layer_decay: float, num_layers: int) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float, num_layers: int,
+                 no_decay_tokens: bool = True) -> list[dict]:
+    """Fine-tuning (MAE's lrd groups) exempts biases, norms and the tokens from weight decay;
+    pretraining (`no_decay_tokens=False`) exempts only biases and norms, as MAE's pretraining did."""
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        decay = not (p.ndim == 1 or name.split(".")[-1] in _NO_DECAY)
+        decay = not (p.ndim == 1 or (no_decay_tokens and name.split(".")[-1] in _NO_DECAY))
         lid = layer_id(name, num_layers)
         key = (lid, decay)
         if key not in groups:
@@ -46,9 +49,10 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float, num_
     return out
 
 
-def make_optimizer(model: nn.Module, cfg: Mapping[str, Any], num_layers: int, device: torch.device,
-                   betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
-    groups = param_groups(model, float(cfg["weight_decay"]), float(cfg.get("layer_decay", 1.0)), num_layers)
+def make_optimizer(model: nn.Module, cfg: Mapping[str, Any], num_layers: int, device: torch.device) -> torch.optim.AdamW:
+    groups = param_groups(model, float(cfg["weight_decay"]), float(cfg.get("layer_decay", 1.0)), num_layers,
+                          no_decay_tokens=cfg.get("task") != "pretrain")
+    betas = tuple(float(b) for b in cfg.get("betas", (0.9, 0.999)))
     for g in groups:
         g.pop("param_names")
     # The fused kernel exists for CUDA tensors; on the CPU the foreach path is the fast one.

@@ -45,6 +45,7 @@ class Task:
 
     metric: str = ""
     metric_label: str = ""
+    has_test = True  # evaluated on a test split every epoch
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         self.cfg = cfg
@@ -262,7 +263,59 @@ class IdProbeTask(Task):
                 "paths": np.array([str(p) for p in data.paths]), "subjects": np.array(self.spec.subjects)}
 
 
-TASKS: dict[str, type[Task]] = {"au": AUTask, "fer": FERTask, "id_probe": IdProbeTask}
+class PretrainTask(Task):
+    """MAE pretraining on unlabelled faces from LMDB stores and/or image folders. No test split: each
+    epoch ends with a grid of reconstructions of fixed images (predictions/), the loss is the curve."""
+
+    metric = "loss"
+    metric_label = "masked-patch reconstruction loss (train, epoch mean; lower is better)"
+    has_test = False
+
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        self.cfg = cfg
+        self.spec = None
+
+    def build_data(self) -> Splits:
+        from torchvision import transforms as T
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+        from fmae.data.datasets import SourceImageSet
+        from fmae.data.lmdb_store import open_image_source
+
+        sources = [open_image_source(Path(p)) for p in self.cfg["data"]]
+        size = int(self.cfg["input_size"])
+        # The original's pretraining augmentation: resize, flip, normalise (faces are already crops).
+        tf = T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC), T.RandomHorizontalFlip(),
+                        T.ToTensor(), T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
+        train = SourceImageSet(sources, tf, seed=int(self.cfg["seed"]))
+        if len(train) == 0:
+            raise FmaeError(f"--data {', '.join(self.cfg['data'])}: no images")
+        plain = T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
+                           T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
+        self.preview = SourceImageSet(sources, plain)
+        parts = ", ".join(f"{Path(p).name} ({len(s)})" for p, s in zip(self.cfg["data"], sources))
+        return Splits(train, None, f"MAE pretraining on {len(train)} images: {parts}")
+
+    def build_model(self):
+        from fmae.models.mae import MaskedAutoencoder
+
+        c = self.cfg
+        model = MaskedAutoencoder(c["model"], img_size=int(c["input_size"]), decoder_dim=int(c["decoder_dim"]),
+                                  decoder_depth=int(c["decoder_depth"]), decoder_heads=int(c["decoder_heads"]),
+                                  norm_pix_loss=bool(c["norm_pix_loss"]))
+        return model, model.depth
+
+    def loss(self, model, batch):
+        loss, _, mask = model(batch.x, mask_ratio=float(self.cfg["mask_ratio"]))
+        return loss, {}
+
+    def preview_images(self, count: int = 8) -> torch.Tensor:
+        n = len(self.preview)
+        picks = np.linspace(0, n - 1, num=min(count, n)).round().astype(int)
+        return torch.stack([self.preview[int(i)][0] for i in picks])
+
+
+TASKS: dict[str, type[Task]] = {"au": AUTask, "fer": FERTask, "id_probe": IdProbeTask, "pretrain": PretrainTask}
 
 
 def make_task(cfg: Mapping[str, Any]) -> Task:

@@ -140,6 +140,8 @@ class Trainer:
     def _setup(self, resume: bool) -> None:
         cfg, info = self.cfg, self.info
         seed = int(cfg["seed"])
+        # The same seed on every rank makes identical initial weights; after the model is built each
+        # rank draws its own stream (drop-path, MAE masks) — see below.
         torch.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed)
@@ -147,6 +149,8 @@ class Trainer:
         log.info("%s", self.data.describe)
         self.raw_model, depth = self.task.build_model()
         self.raw_model.to(self.device)
+        if info.distributed:
+            torch.manual_seed(seed * 1000 + info.rank)
         self.model = self.raw_model
         if cfg.get("compile"):
             self.model = torch.compile(self.model)
@@ -218,9 +222,11 @@ class Trainer:
         epochs = int(self.cfg["epochs"])
         first_epoch, first_batch = self.start
         for epoch in range(first_epoch, epochs):
-            self._train_epoch(epoch, first_batch if epoch == first_epoch else 0)
-            record = self._evaluate(epoch)
-            self._after_eval(epoch, record)
+            train_record = self._train_epoch(epoch, first_batch if epoch == first_epoch else 0)
+            if self.task.has_test:
+                self._after_eval(epoch, self._evaluate(epoch))
+            elif self.info.is_main:
+                self._after_pretrain_epoch(epoch, train_record)
             self.position = (epoch + 1, 0)
             self._save_last()
             if self.stop_requested and epoch + 1 < epochs:
@@ -289,7 +295,7 @@ class Trainer:
             raise
         if self.meters["interval"]:
             self._log_train(epoch, self.batches_per_epoch, lr, None)
-        self._log_epoch(epoch, lr)
+        return self._log_epoch(epoch, lr)
 
     def _meter(self, values: dict[str, float]) -> None:
         for scope in ("interval", "epoch"):
@@ -322,11 +328,30 @@ class Trainer:
         log.info("epoch %d/%d step %d/%d loss %.4f lr %.3g%s", epoch + 1, int(self.cfg["epochs"]), self.step, total,
                  values["loss"], lr, f" {rate:.0f} img/s" if rate else "")
 
-    def _log_epoch(self, epoch: int, lr: float) -> None:
+    def _log_epoch(self, epoch: int, lr: float) -> dict[str, Any] | None:
         values = self._take("epoch")
-        if self.info.is_main and values:
-            self.run.append_metrics({"split": "train_epoch", "epoch": epoch + 1, "step": self.step, "lr": lr, **values})
-            self.tb.add_scalar("train/epoch_loss", values["loss"], epoch + 1)
+        if not (self.info.is_main and values):
+            return None
+        record = {"split": "train_epoch", "epoch": epoch + 1, "step": self.step, "lr": lr, **values}
+        self.run.append_metrics(record)
+        self.tb.add_scalar("train/epoch_loss", values["loss"], epoch + 1)
+        return record
+
+    def _after_pretrain_epoch(self, epoch: int, record: dict[str, Any] | None) -> None:
+        """Pretraining has no test split: show what the model reconstructs, export the weights."""
+        from fmae.visualize import reconstruction_grid
+
+        grid = reconstruction_grid(self.raw_model, self.task.preview_images(), float(self.cfg["mask_ratio"]),
+                                   seed=int(self.cfg["seed"]))
+        buf = io.BytesIO()
+        grid.save(buf, format="PNG")
+        write_bytes_atomic(self.run.predictions / f"reconstructions-e{epoch + 1:03d}.png", buf.getvalue())
+        # The official {"model": …} layout, weights only: `fmae train --init` and other MAE code read it.
+        save_checkpoint(self.run.checkpoints / "pretrained.pth", {"model": self.raw_model.state_dict(),
+                                                                 "epoch": epoch + 1, "config": dict(self.cfg)})
+        if record is not None:
+            self._write_summary(epoch, record)
+            log.info("epoch %d: reconstruction loss %.4f", epoch + 1, record["loss"])
 
     # --- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()

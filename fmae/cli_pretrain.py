@@ -1,0 +1,133 @@
+"""`fmae pretrain` (MAE on face images from LMDB stores or folders) and `fmae visualize`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fmae.cli import ConfigOpt, RunsDirOpt, app, out
+from fmae.cli_train import NprocOpt, QuietOpt, SetOpt, _cli_layer, _run, _show_config
+from fmae.errors import FmaeError
+
+
+@app.command("pretrain")
+def pretrain_cmd(
+    data: Annotated[list[Path], typer.Option("--data", help="Image store (`fmae data lmdb`) or image folder; repeatable.")],
+    model: Annotated[Optional[str], typer.Option("--model", help="vit_tiny, vit_small, vit_base, vit_large.")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Per-process batch (recipe: by model size).")] = None,
+    mask_ratio: Annotated[Optional[float], typer.Option("--mask-ratio")] = None,
+    decoder_depth: Annotated[Optional[int], typer.Option("--decoder-depth", help="Paper: 8.")] = None,
+    decoder_dim: Annotated[Optional[int], typer.Option("--decoder-dim", help="Paper: 512.")] = None,
+    decoder_heads: Annotated[Optional[int], typer.Option("--decoder-heads")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.")] = None,
+    name: Annotated[Optional[str], typer.Option("--name")] = None,
+    set_: SetOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the resolved config; create nothing.")] = False,
+    nproc: NprocOpt = 1,
+    config: ConfigOpt = None,
+    runs_dir: RunsDirOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """MAE pretraining (the paper's recipe: mask 0.75, norm-pix loss, blr 1.5e-4, betas 0.9/0.95)."""
+    from fmae.config import load_project
+    from fmae.run_config import create_run, resolve_pretrain_config
+
+    project = load_project(config, runs_dir)
+    cli = _cli_layer(model=model, epochs=epochs, batch_size=batch_size, mask_ratio=mask_ratio,
+                     decoder_depth=decoder_depth, decoder_dim=decoder_dim, decoder_heads=decoder_heads,
+                     device=device, set_=set_)
+    resolved = resolve_pretrain_config(project, [p.expanduser() for p in data], seed=seed, cli=cli)
+    if dry_run:
+        _show_config(resolved, "MAE pretraining — resolved config (dry run: nothing created)")
+        return
+    run = create_run(project.runs_dir, resolved, name=name)
+    out.print(f"run {run.id}")
+    _run(run.path, False, quiet, nproc)
+    out.print(f"pretrained encoder: {run.checkpoints / 'pretrained.pth'} (fine-tune with --init)")
+
+
+@app.command("visualize")
+def visualize_cmd(
+    source: Annotated[Path, typer.Argument(help="A pretraining run folder or an MAE checkpoint file.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files (or folders of images).")],
+    out_png: Annotated[Path, typer.Option("--out", help="PNG to write.")],
+    model: Annotated[Optional[str], typer.Option("--model", help="Encoder of a checkpoint file (a run knows its own).")] = None,
+    mask_ratio: Annotated[float, typer.Option("--mask-ratio")] = 0.75,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random masks.")] = 0,
+    input_size: Annotated[Optional[int], typer.Option("--input-size")] = None,
+    decoder_heads: Annotated[Optional[int], typer.Option("--decoder-heads", help="For a checkpoint file (default 16).")] = None,
+) -> None:
+    """Original / masked / reconstructed (/ with visible patches) rows for each image, as one PNG."""
+    import torch
+    from PIL import Image
+
+    from fmae.atomic_write import write_bytes_atomic
+    from fmae.data.datasets import load_rgb
+    from fmae.data.fer_folders import IMAGE_SUFFIXES
+    from fmae.data.transforms import eval_transform
+    from fmae.models.checkpoint import extract_state_dict, read_checkpoint, strip_wrappers
+    from fmae.models.mae import MaskedAutoencoder
+    from fmae.runs import RunDir
+    from fmae.visualize import reconstruction_grid
+
+    if not 0 < mask_ratio < 1:
+        raise FmaeError(f"--mask-ratio {mask_ratio}: must be between 0 and 1")
+    cfg: dict = {}
+    if source.is_dir():
+        rd = RunDir.open(source)
+        cfg = dict(rd.read_config())
+        if cfg.get("task") != "pretrain":
+            raise FmaeError(f"{source}: a {cfg.get('task')} run has no decoder to reconstruct with — pass a pretraining run")
+        ckpt_path = rd.checkpoints / "pretrained.pth"
+        if not ckpt_path.is_file():
+            ckpt_path = rd.checkpoints / "last.pt"
+    else:
+        ckpt_path = source
+    state = {strip_wrappers(k): v for k, v in extract_state_dict(read_checkpoint(ckpt_path), ckpt_path).items()}
+    if "decoder_embed.weight" not in state:
+        raise FmaeError(f"{ckpt_path}: holds no MAE decoder (decoder_embed.weight) — only a pretraining checkpoint "
+                        "can reconstruct")
+    arch = model or cfg.get("model")
+    if arch is None:
+        raise FmaeError(f"{ckpt_path}: pass --model (e.g. vit_base): a checkpoint file does not name its encoder")
+    dim = state["decoder_embed.weight"].shape[0]
+    depth = len({k.split(".")[1] for k in state if k.startswith("decoder_blocks.")})
+    heads = decoder_heads or int(cfg.get("decoder_heads", 16))
+    grid = int(round((state["pos_embed"].shape[1] - 1) ** 0.5))
+    from fmae.model_specs import encoder_spec
+
+    size = input_size or int(cfg.get("input_size", grid * encoder_spec(arch).patch))
+    if dim % heads:
+        raise FmaeError(f"decoder width {dim} is not a multiple of --decoder-heads {heads}")
+    mae = MaskedAutoencoder(arch, img_size=size, decoder_dim=dim, decoder_depth=depth, decoder_heads=heads,
+                            norm_pix_loss=bool(cfg.get("norm_pix_loss", True)))
+    try:
+        mae.load_state_dict(state)
+    except RuntimeError as e:
+        raise FmaeError(f"{ckpt_path}: does not fit a {arch} MAE at {size} px ({' '.join(str(e).split())[:160]}) — "
+                        "check --model and --input-size") from None
+    files: list[Path] = []
+    for p in images:
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FmaeError(f"{p}: no such image or folder")
+    if not files:
+        raise FmaeError("no images to visualise")
+    files = files[:32]
+    tf = eval_transform({"input_size": size})
+    batch = torch.stack([tf(load_rgb(f)) for f in files])
+    png = reconstruction_grid(mae, batch, mask_ratio, seed=seed)
+    import io
+
+    buf = io.BytesIO()
+    png.save(buf, format="PNG")
+    write_bytes_atomic(out_png, buf.getvalue())
+    out.print(f"wrote {out_png}: {len(files)} images × original / masked / reconstruction / with visible patches "
+              f"(mask ratio {mask_ratio}, seed {seed})")
