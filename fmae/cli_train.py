@@ -143,10 +143,11 @@ def train_cmd(
 @app.command("exec")
 def exec_cmd(
     run: Annotated[Path, typer.Argument(help="A run folder (queued, failed or cancelled).")],
+    nproc: NprocOpt = 1,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a prepared run folder from its run.toml, resuming from its last checkpoint if it has one."""
-    _run(_run_folder(run), True, quiet)
+    _run(_run_folder(run), True, quiet, nproc)
 
 
 def _run_folder(path: Path) -> Path:

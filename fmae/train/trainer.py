@@ -285,7 +285,7 @@ class Trainer:
                     rate = images * self.info.world_size / max(time.perf_counter() - tick, 1e-9)
                     self._log_train(epoch, i + 1, lr, rate)
                     tick, images = time.perf_counter(), 0
-                if self.stop_requested:
+                if self._stop_agreed():
                     self._save_last()
                     raise Cancelled()
         except RuntimeError:
@@ -296,6 +296,18 @@ class Trainer:
         if self.meters["interval"]:
             self._log_train(epoch, self.batches_per_epoch, lr, None)
         return self._log_epoch(epoch, lr)
+
+    def _stop_agreed(self) -> bool:
+        """Every rank stops after the same step (a rank leaving early would hang the others in DDP)."""
+        if not self.info.distributed:
+            return self.stop_requested
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if self.stop_requested else 0.0],
+                            device=self.device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self.stop_requested = bool(flag.item())
+        return self.stop_requested
 
     def _meter(self, values: dict[str, float]) -> None:
         for scope in ("interval", "epoch"):
