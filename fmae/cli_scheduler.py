@@ -1,0 +1,65 @@
+"""`fmae scheduler start|stop|status|run`: the detached dispatcher of the queue."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from fmae.cli import ConfigOpt, RunsDirOpt, app, out
+
+scheduler_app = typer.Typer(help="The scheduler that runs queued work on free GPU/CPU slots.", no_args_is_help=True)
+app.add_typer(scheduler_app, name="scheduler")
+
+
+@scheduler_app.command("start")
+def start_cmd(config: ConfigOpt = None, runs_dir: RunsDirOpt = None) -> None:
+    """Start the scheduler in the background (it survives this terminal and SSH)."""
+    from fmae.config import load_project
+    from fmae.scheduler import LOG_NAME, describe, holder, start_detached
+
+    project = load_project(config, runs_dir)
+    info = holder(project.runs_dir)
+    if info is not None:
+        out.print(f"a scheduler already runs for {project.runs_dir} ({describe(info)})")
+        return
+    pid = start_detached(project)
+    out.print(f"scheduler started: pid {pid}, log {project.runs_dir / LOG_NAME}")
+
+
+@scheduler_app.command("stop")
+def stop_cmd(config: ConfigOpt = None, runs_dir: RunsDirOpt = None) -> None:
+    """Stop the scheduler; running runs go on (cancel them with `fmae queue cancel`)."""
+    from fmae.config import load_project
+    from fmae.scheduler import stop
+
+    out.print(stop(load_project(config, runs_dir).runs_dir))
+
+
+@scheduler_app.command("status")
+def status_cmd(config: ConfigOpt = None, runs_dir: RunsDirOpt = None) -> None:
+    """Whether a scheduler holds the runs folder, and the queue's counts."""
+    from fmae.config import load_project
+    from fmae.queue import Queue
+    from fmae.scheduler import describe, holder
+
+    project = load_project(config, runs_dir)
+    info = holder(project.runs_dir)
+    out.print(f"scheduler: {'running, ' + describe(info) if info else 'not running'}")
+    if (project.runs_dir / "queue.sqlite").exists():
+        jobs = Queue(project.runs_dir).jobs()
+        counts = {s: sum(j.state == s for j in jobs) for s in ("queued", "running", "done", "failed", "cancelled")}
+        out.print("queue: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+
+
+@scheduler_app.command("run", hidden=True)
+def run_cmd(
+    config: ConfigOpt = None,
+    runs_dir: RunsDirOpt = None,
+    idle_exit: Annotated[Optional[float], typer.Option("--idle-exit", help="Exit after this many idle seconds.")] = None,
+) -> None:
+    """Run the scheduler in the foreground (what `start` launches)."""
+    from fmae.config import load_project
+    from fmae.scheduler import run_foreground
+
+    run_foreground(load_project(config, runs_dir), idle_exit)

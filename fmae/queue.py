@@ -1,0 +1,505 @@
+"""The persistent job queue (`runs/queue.sqlite`) and the expansion of an experiment matrix into runs.
+
+A job is a run folder plus what it needs to run (GPUs, processes) and where it runs (slot, pid). The
+database lives beside the runs, in WAL mode, so the scheduler, the CLI and the app use it at once:
+every public method is one short transaction (`BEGIN IMMEDIATE` for writes; SQLite serialises the
+writers, so no update is lost). A job's `state` is a cache: the run folder's status.json is the truth,
+and `Queue.rebuild` re-creates the rows from the folders.
+
+No torch here: the app imports this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+
+from fmae.errors import FmaeError
+from fmae.runs import FINAL_STATES, STATES, RunDir
+
+if TYPE_CHECKING:
+    from fmae.config import ProjectConfig, Resolved
+
+DB_NAME = "queue.sqlite"
+LOCK_NAME = ".queue.lock"  # hidden: run listing ignores it
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 15_000
+# Keys that say how a run executes, not what it computes: two configs differing only here are the same
+# experiment (a run made on a GPU box and one made on a laptop are one cell).
+EXECUTION_KEYS = frozenset({"device", "amp", "num_workers", "log_every", "compile", "save_best", "data_root",
+                            "labels", "train_labels", "test_labels"})
+ACTIVE_STATES = ("queued", "running", "done")  # a cell with a run in one of these is not added again
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    gpus INTEGER NOT NULL DEFAULT 0,
+    nproc INTEGER NOT NULL DEFAULT 1,
+    slot TEXT,
+    pid INTEGER,
+    pgid INTEGER,
+    added REAL NOT NULL,
+    started REAL,
+    ended REAL,
+    cancel_requested REAL,
+    task TEXT NOT NULL DEFAULT '',
+    dataset TEXT NOT NULL DEFAULT '',
+    fold INTEGER NOT NULL DEFAULT 0,
+    seed INTEGER NOT NULL DEFAULT 0,
+    lambda_id REAL NOT NULL DEFAULT 0,
+    model TEXT NOT NULL DEFAULT '',
+    recipe TEXT NOT NULL DEFAULT '',
+    key TEXT NOT NULL DEFAULT '',
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_dispatch ON jobs (state, priority DESC, id);
+CREATE INDEX IF NOT EXISTS jobs_key ON jobs (key);
+"""
+_COLUMNS = ("id", "run_id", "state", "priority", "gpus", "nproc", "slot", "pid", "pgid", "added", "started",
+            "ended", "cancel_requested", "task", "dataset", "fold", "seed", "lambda_id", "model", "recipe", "key",
+            "error")
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
+
+
+@dataclass
+class Job:
+    id: int
+    run_id: str
+    path: Path
+    state: str  # a cache of status.json's state (the truth)
+    priority: int
+    gpus: int  # GPUs per run; 0 = a CPU slot will do
+    nproc: int
+    slot: str | None
+    pid: int | None
+    pgid: int | None
+    added: float  # unix times
+    started: float | None
+    ended: float | None
+    cancel_requested: float | None
+    task: str
+    dataset: str
+    fold: int
+    seed: int
+    lambda_id: float
+    model: str
+    recipe: str
+    key: str
+    error: str | None
+
+
+# --- the experiment's identity --------------------------------------------------------------------
+
+def _canonical(value: Any) -> Any:
+    # What run.toml gives back for what was written: no None (TOML has no null), tuples as lists, paths
+    # as text; an integral float equals its int (λ = 2 and λ = 2.0 are one experiment).
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) and value.is_integer() else value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return str(value)
+
+
+def config_key(cfg: Mapping) -> str:
+    """sha1 of the canonical JSON of a resolved config without its execution-only keys: two runs are the
+    same experiment when their keys are equal."""
+    body = {k: v for k, v in cfg.items() if k not in EXECUTION_KEYS and v is not None}
+    text = json.dumps(_canonical(body), sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def _parse_iso(text: Any) -> float | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def read_status_fast(path: Path) -> dict[str, Any] | None:
+    """status.json of a run folder as a dict, or None when it is missing or not a JSON object."""
+    try:
+        status = json.loads((Path(path) / "status.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    return status if isinstance(status, dict) and status.get("state") in STATES else None
+
+
+# --- the queue ------------------------------------------------------------------------------------
+
+class Queue:
+    """The job table of one runs folder. Safe to share between threads and across fork(): each thread of
+    each process gets its own SQLite connection."""
+
+    def __init__(self, runs_dir: Path) -> None:
+        self.runs_dir = Path(runs_dir).expanduser().resolve()
+        try:
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise FmaeError(f"runs folder {self.runs_dir}: cannot create it: {e.strerror or e}") from None
+        self.db_path = self.runs_dir / DB_NAME
+        self._local = threading.local()
+        if self._version() == SCHEMA_VERSION:  # the usual case: no write lock just to open the queue
+            return
+        with self._write() as db:
+            version = self._version()
+            if version < SCHEMA_VERSION:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _version(self) -> int:
+        version = int(self._query("PRAGMA user_version")[0][0])
+        if version > SCHEMA_VERSION:
+            raise FmaeError(f"{self.db_path}: queue schema {version} is newer than this fmae understands "
+                            f"({SCHEMA_VERSION}) — upgrade fmae")
+        return version
+
+    # --- connections and transactions ---------------------------------------------------------------
+    def _db(self) -> sqlite3.Connection:
+        cached = getattr(self._local, "conn", None)
+        if cached is not None and cached[0] == os.getpid():
+            return cached[1]
+        try:  # a connection inherited through fork() is never used: open our own
+            conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: never corrupt; the folders are the truth
+        except sqlite3.DatabaseError as e:
+            raise self._db_error(e) from None
+        self._local.conn = (os.getpid(), conn)
+        return conn
+
+    def _db_error(self, e: sqlite3.Error) -> FmaeError:
+        return FmaeError(f"{self.db_path}: {e} — if the file is damaged, move it away and run `fmae queue rebuild`")
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise self._db_error(e) from None
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise self._db_error(e) from None
+
+    def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
+        try:
+            return self._db().execute(sql, tuple(args)).fetchall()
+        except sqlite3.Error as e:
+            raise self._db_error(e) from None
+
+    def _job(self, row: tuple) -> Job:
+        values = dict(zip(_COLUMNS, row))
+        return Job(path=self.runs_dir / values["run_id"], **values)
+
+    def close(self) -> None:
+        cached = getattr(self._local, "conn", None)
+        if cached is not None and cached[0] == os.getpid():
+            cached[1].close()
+        self._local.conn = None
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """An advisory lock across processes, held while checking for duplicates and adding (so two
+        `fmae queue add` of the same matrix cannot both add it). Not needed for single calls."""
+        import fcntl
+
+        fd = os.open(self.runs_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # --- adding and reading -------------------------------------------------------------------------
+    def add(self, run: RunDir, *, priority: int = 0, gpus: int = 0, nproc: int = 1) -> Job:
+        """Queue a run folder of this runs folder (its state is taken from its status.json)."""
+        if run.path.resolve().parent != self.runs_dir:
+            raise FmaeError(f"{run.path}: not a run of the queue's runs folder {self.runs_dir}")
+        if int(gpus) < 0 or int(nproc) < 1:
+            raise FmaeError(f"run {run.id}: gpus must be >= 0 and nproc >= 1 (got {gpus}, {nproc})")
+        cfg = run.read_config()
+        state = run.read_status().get("state", "queued")
+        if state not in STATES:
+            raise FmaeError(f"{run.status_path}: unknown state {state!r}")
+        with self._write() as db:
+            row = db.execute("SELECT id FROM jobs WHERE run_id = ?", (run.id,)).fetchone()
+            if row is not None:
+                raise FmaeError(f"run {run.id} is already in the queue as job {row[0]}")
+            cur = db.execute(
+                "INSERT INTO jobs (run_id, state, priority, gpus, nproc, added, task, dataset, fold, seed, "
+                "lambda_id, model, recipe, key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run.id, state, int(priority), int(gpus), int(nproc), time.time(), *_identity(cfg)))
+            job_id = cur.lastrowid
+        job = self.get(int(job_id))
+        assert job is not None
+        return job
+
+    def get(self, job_id: int) -> Job | None:
+        rows = self._query(f"{_SELECT} WHERE id = ?", (int(job_id),))
+        return self._job(rows[0]) if rows else None
+
+    def get_run(self, run_id: str) -> Job | None:
+        """The job of a run id, or None."""
+        rows = self._query(f"{_SELECT} WHERE run_id = ?", (run_id,))
+        return self._job(rows[0]) if rows else None
+
+    def jobs(self, states: Iterable[str] | None = None) -> list[Job]:
+        """Jobs ordered by id, optionally only those in `states`."""
+        if states is None:
+            return [self._job(r) for r in self._query(f"{_SELECT} ORDER BY id")]
+        wanted = list(states)
+        if not wanted:
+            return []
+        marks = ", ".join("?" * len(wanted))
+        return [self._job(r) for r in self._query(f"{_SELECT} WHERE state IN ({marks}) ORDER BY id", wanted)]
+
+    def pending(self) -> list[Job]:
+        """Queued jobs in dispatch order: highest priority first, then oldest."""
+        rows = self._query(f"{_SELECT} WHERE state = 'queued' ORDER BY priority DESC, id ASC")
+        return [self._job(r) for r in rows]
+
+    def find_key(self, key: str) -> list[Job]:
+        return [self._job(r) for r in self._query(f"{_SELECT} WHERE key = ? ORDER BY id", (key,))]
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state (every state present, 0 where none)."""
+        found = dict(self._query("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+        return {s: int(found.get(s, 0)) for s in STATES}
+
+    # --- state changes ------------------------------------------------------------------------------
+    def _require(self, db: sqlite3.Connection, job_id: int) -> Job:
+        row = db.execute(f"{_SELECT} WHERE id = ?", (int(job_id),)).fetchone()
+        if row is None:
+            raise FmaeError(f"job {job_id}: no such job in {self.db_path}")
+        return self._job(row)
+
+    def claim(self, job_id: int, slot: str, pid: int, pgid: int) -> bool:
+        """queued → running, atomically: False when the job is not queued any more (cancelled, or claimed)."""
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = 'running', slot = ?, pid = ?, pgid = ?, started = ?, ended = NULL, "
+                "cancel_requested = NULL, error = NULL WHERE id = ? AND state = 'queued'",
+                (slot, int(pid), int(pgid), time.time(), int(job_id)))
+            return cur.rowcount == 1
+
+    def finish(self, job_id: int, state: str, error: str | None = None) -> None:
+        """→ done, failed or cancelled; ended = now."""
+        if state not in FINAL_STATES:
+            raise ValueError(f"state {state!r}: a job ends {', '.join(FINAL_STATES)}")
+        with self._write() as db:
+            self._require(db, job_id)
+            db.execute("UPDATE jobs SET state = ?, ended = ?, error = ? WHERE id = ?",
+                       (state, time.time(), error, int(job_id)))
+
+    def requeue(self, job_id: int) -> None:
+        """failed/cancelled → queued, forgetting the last attempt (slot, process, end, error)."""
+        with self._write() as db:
+            job = self._require(db, job_id)
+            if job.state not in ("failed", "cancelled"):
+                raise FmaeError(f"job {job_id} ({job.run_id}) is {job.state}: only failed or cancelled jobs can be "
+                                "retried" + (" — a done run is not re-run; queue a new one" if job.state == "done" else ""))
+            db.execute("UPDATE jobs SET state = 'queued', slot = NULL, pid = NULL, pgid = NULL, started = NULL, "
+                       "ended = NULL, cancel_requested = NULL, error = NULL WHERE id = ?", (int(job_id),))
+
+    def request_cancel(self, job_id: int) -> Job:
+        """Mark a running job to be cancelled (cancel_requested = now; the caller signals the process and
+        the scheduler escalates and records the end). Returns the job as it now is."""
+        with self._write() as db:
+            job = self._require(db, job_id)
+            if job.state != "running":
+                raise FmaeError(f"job {job_id} ({job.run_id}) is {job.state}, not running")
+            if job.cancel_requested is None:
+                db.execute("UPDATE jobs SET cancel_requested = ? WHERE id = ?", (time.time(), int(job_id)))
+            return self._require(db, job_id)
+
+    def cancel(self, job_id: int) -> Job:
+        """In one transaction: a queued job becomes cancelled (it can no longer be claimed); a running one
+        gets cancel_requested. Returns the job as it now is; FmaeError for a finished job."""
+        with self._write() as db:
+            job = self._require(db, job_id)
+            now = time.time()
+            if job.state == "queued":
+                db.execute("UPDATE jobs SET state = 'cancelled', ended = ?, cancel_requested = ?, error = ? "
+                           "WHERE id = ?", (now, now, "cancelled before it started", int(job_id)))
+            elif job.state == "running":
+                if job.cancel_requested is None:
+                    db.execute("UPDATE jobs SET cancel_requested = ? WHERE id = ?", (now, int(job_id)))
+            else:
+                raise FmaeError(f"job {job_id} ({job.run_id}) is {job.state}: only queued or running jobs can be "
+                                "cancelled")
+            return self._require(db, job_id)
+
+    def set_priority(self, job_id: int, priority: int) -> None:
+        with self._write() as db:
+            self._require(db, job_id)
+            db.execute("UPDATE jobs SET priority = ? WHERE id = ?", (int(priority), int(job_id)))
+
+    # --- the folders are the truth ------------------------------------------------------------------
+    def rebuild(self, gpus: int | None = None) -> int:
+        """Add a row for every run folder missing from the table, with its status.json's state, times and
+        process; returns how many were added. Folders that cannot be read are left out. The GPUs a job
+        needs are the number its last attempt was given, else `gpus` (default 0); priorities start at 0."""
+        known = {r[0] for r in self._query("SELECT run_id FROM jobs")}
+        try:
+            names = sorted(e.name for e in os.scandir(self.runs_dir)
+                           if not e.name.startswith(".") and e.name not in known and e.is_dir())
+        except OSError as e:
+            raise FmaeError(f"runs folder {self.runs_dir}: cannot list it: {e.strerror or e}") from None
+        rows = []
+        for name in names:  # run ids sort by creation time, so new job ids follow the runs' order
+            run = RunDir(self.runs_dir / name)
+            try:
+                cfg = run.read_config()
+                status = run.read_status()
+            except (FmaeError, OSError):
+                continue
+            state = status.get("state")
+            if state not in STATES or not isinstance(cfg, dict) or not cfg.get("dataset"):
+                continue
+            given = status.get("gpus")
+            need = len(given) if isinstance(given, list) else int(gpus or 0)
+            added = _parse_iso(status.get("created")) or _mtime(run.status_path)
+            pid, pgid = status.get("pid"), status.get("pgid")
+            rows.append((name, state, need, max(1, need), added, _parse_iso(status.get("started")),
+                         _parse_iso(status.get("ended")), pid if isinstance(pid, int) else None,
+                         pgid if isinstance(pgid, int) else None, status.get("error"), *_identity(cfg)))
+        added_n = 0
+        with self._write() as db:
+            for row in rows:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO jobs (run_id, state, gpus, nproc, added, started, ended, pid, pgid, error, "
+                    "task, dataset, fold, seed, lambda_id, model, recipe, key) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                added_n += cur.rowcount
+        return added_n
+
+
+def existing_runs(runs_dir: Path, keys: Iterable[str], *, queue: Queue | None = None,
+                  states: Iterable[str] = ACTIVE_STATES) -> dict[str, list[tuple[str, str]]]:
+    """For each key, the runs with that config whose status.json state is in `states`, as (run_id, state)
+    pairs: the queue's jobs (matched by their stored key) and the run folders the queue does not hold
+    (e.g. made by `fmae train`; their run.toml is read). Without a queue every folder is read."""
+    runs_dir = Path(runs_dir)
+    wanted, states = set(keys), set(states)
+    found: dict[str, list[tuple[str, str]]] = {}
+    known: set[str] = set()
+    if queue is not None:
+        for run_id, key in queue._query("SELECT run_id, key FROM jobs ORDER BY id"):
+            known.add(run_id)
+            if key in wanted:
+                status = read_status_fast(runs_dir / run_id)
+                if status is not None and status["state"] in states:
+                    found.setdefault(key, []).append((run_id, status["state"]))
+    try:
+        names = sorted(e.name for e in os.scandir(runs_dir)
+                       if not e.name.startswith(".") and e.name not in known and e.is_dir())
+    except OSError:
+        names = []
+    for name in names:
+        run = RunDir(runs_dir / name)
+        status = read_status_fast(run.path)
+        if status is None or status["state"] not in states:
+            continue
+        try:
+            key = config_key(run.read_config())
+        except (FmaeError, OSError):
+            continue
+        if key in wanted:
+            found.setdefault(key, []).append((name, status["state"]))
+    return found
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return time.time()
+
+
+def _identity(cfg: Mapping[str, Any]) -> tuple:
+    """task, dataset, fold, seed, lambda_id, model, recipe, key: the columns a table shows and filters."""
+    def num(name: str, kind: type, default: Any) -> Any:
+        try:
+            return kind(cfg.get(name, default))
+        except (TypeError, ValueError):
+            return default
+
+    return (str(cfg.get("task", "")), str(cfg.get("dataset", "")), num("fold", int, 0), num("seed", int, 0),
+            num("lambda_id", float, 0.0), str(cfg.get("model", "")), str(cfg.get("recipe", "")), config_key(cfg))
+
+
+# --- the experiment matrix ------------------------------------------------------------------------
+
+def expand_matrix(project: ProjectConfig, dataset: str, *, folds: Iterable[int] | None, seeds: Iterable[int] | None,
+                  lambdas: Iterable[float] | None, recipe: str | None, cli: dict, root: Path | None = None,
+                  labels: Path | None = None, generate: bool = True) -> list[Resolved]:
+    """One resolved config per cell of folds × seeds × λ, in the order seed, λ, fold (so the first runs
+    done cover every fold of one seed). FER benchmarks have no folds and no λ: one cell per seed.
+    Missing folds mean every fold; missing seeds the project's default seeds; missing λ the recipe's.
+    With `generate`, configured synthetic data is made on first use (as `fmae train` does)."""
+    from fmae.registry import get_dataset
+    from fmae.run_config import resolve_run_config
+
+    spec = get_dataset(dataset)
+    seeds_ = _unique(seeds) if seeds is not None else _unique(project.defaults.get("seeds") or [0])
+    if spec.task == "au":
+        folds_ = _unique(folds) if folds is not None else list(range(1, spec.num_folds + 1))
+        lambdas_: list[float | None] = _unique(float(x) for x in lambdas) if lambdas is not None else [None]
+    else:
+        folds_, lambdas_ = [None], [None]
+    if not seeds_ or not folds_ or not lambdas_:
+        raise FmaeError("the matrix is empty: give at least one fold, seed and λ")
+    if lambdas is not None and spec.task == "au" and "lambda_id" in cli:
+        raise FmaeError("--lambdas and --set lambda_id=… both given: use one")
+    cells = []
+    first = True
+    for seed in seeds_:
+        for lam in lambdas_:
+            for fold in folds_:
+                layer = dict(cli)
+                if lam is not None:
+                    layer["lambda_id"] = lam
+                cells.append(resolve_run_config(project, spec.name, recipe=recipe, fold=fold, seed=int(seed),
+                                                cli=layer, root=root, labels=labels, generate=generate and first))
+                first = False
+    return cells
+
+
+def _unique(values: Iterable[Any]) -> list[Any]:
+    return list(dict.fromkeys(values))

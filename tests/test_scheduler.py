@@ -1,0 +1,161 @@
+"""The scheduler with real processes: a matrix from `fmae queue add` to done run folders with no
+further command, and the faults it must survive (kill -9 of itself or of a run, two at once, hang-up),
+cancel and retry."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_fmae
+
+TINY = ["--model", "vit_tiny", "--set", "input_size=32", "--set", "num_workers=0", "--set", "batch_size=8",
+        "--set", "warmup_epochs=0"]
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A project folder with its own fmae.toml (CPU slots as the test needs) and runs folder."""
+    assert run_fmae("init", tmp_path).returncode == 0
+
+    def configure(cpu_slots: int) -> Path:
+        assert run_fmae("config", "set", "compute.cpu_slots", cpu_slots, cwd=tmp_path).returncode == 0
+        return tmp_path
+
+    yield configure
+    run_fmae("scheduler", "stop", cwd=tmp_path)  # never leave one behind
+
+
+def statuses(runs: Path) -> dict[str, dict]:
+    out = {}
+    for run in sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            out[run.name] = json.loads((run / "status.json").read_text())
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def wait_for(cond, timeout: float = 240, what: str = ""):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def add(cwd: Path, root: Path, *extra: str):
+    result = run_fmae("queue", "add", "bp4d", "--root", root, "--labels", root / "labels.jsonl", *TINY, *extra, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def scheduler_pid(runs: Path) -> int:
+    return int(json.loads((runs / "scheduler.json").read_text())["pid"])
+
+
+def launches(run: Path) -> int:
+    return (run / "train.log").read_text().count("lr = blr")
+
+
+def test_a_matrix_runs_to_done_with_no_further_command(project, make_synth):
+    cwd = project(2)
+    add(cwd, make_synth("bp4d"), "--folds", "1,2", "--seeds", "0,1", "--epochs", "1")
+    runs = cwd / "runs"
+    done = wait_for(lambda: (s := statuses(runs)) and len(s) == 4 and all(v["state"] == "done" for v in s.values())
+                    and s, what="4 done runs")
+    assert len(done) == 4
+    for name in done:
+        assert (runs / name / "checkpoints" / "last.pt").is_file() and launches(runs / name) == 1
+    log = (runs / "scheduler.log").read_text()
+    assert log.count("launched job") == 4
+
+
+def test_kill_9_of_the_scheduler_loses_and_doubles_nothing(project, make_synth):
+    cwd = project(1)
+    add(cwd, make_synth("bp4d"), "--folds", "1,2,3", "--seeds", "0", "--epochs", "4")
+    runs = cwd / "runs"
+    first = wait_for(lambda: [s for s in statuses(runs).values() if s["state"] == "running" and s.get("pid")],
+                     what="a running run")[0]
+    os.kill(scheduler_pid(runs), signal.SIGKILL)
+    time.sleep(0.5)
+    os.kill(first["pid"], 0)  # the run outlives its scheduler
+    assert run_fmae("scheduler", "start", cwd=cwd).returncode == 0
+    wait_for(lambda: (s := statuses(runs)) and all(v["state"] == "done" for v in s.values()), what="all done")
+    assert len(statuses(runs)) == 3
+    assert all(launches(runs / name) == 1 for name in statuses(runs))  # adopted, not relaunched
+    assert "adopted job" in (runs / "scheduler.log").read_text()
+
+
+def test_kill_9_of_a_run_fails_it_and_the_next_one_starts(project, make_synth):
+    cwd = project(1)
+    add(cwd, make_synth("bp4d"), "--folds", "1,2", "--seeds", "0", "--epochs", "4")
+    runs = cwd / "runs"
+    victim = wait_for(lambda: [(n, s) for n, s in statuses(runs).items() if s["state"] == "running" and s.get("pid")],
+                      what="a running run")[0]
+    wait_for(lambda: (runs / victim[0] / "train.log").exists() and launches(runs / victim[0]), what="training")
+    os.kill(victim[1]["pid"], signal.SIGKILL)
+    final = wait_for(lambda: (s := statuses(runs)) and all(v["state"] in ("done", "failed") for v in s.values()) and s,
+                     what="both ended")
+    assert final[victim[0]]["state"] == "failed"
+    assert "process vanished" in final[victim[0]]["error"] and "signal 9" in final[victim[0]]["error"]
+    assert [s["state"] for n, s in final.items() if n != victim[0]] == ["done"]
+
+
+def test_two_schedulers_started_at_once_one_runs(tmp_path):
+    cmd = [sys.executable, "-m", "fmae", "scheduler", "run", "--runs-dir", str(tmp_path), "--idle-exit", "3"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=60) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], results
+    loser = results[[p.returncode for p in procs].index(2)][1]
+    assert "a scheduler already runs" in loser and "pid" in loser
+
+
+def test_a_hang_up_of_the_starting_terminal_leaves_runs_going(project, make_synth):
+    cwd = project(1)
+    root = make_synth("bp4d")
+    args = [sys.executable, "-m", "fmae", "queue", "add", "bp4d", "--root", str(root), "--labels",
+            str(root / "labels.jsonl"), *TINY, "--folds", "1", "--seeds", "0", "--epochs", "3"]
+    # A "terminal": its own session whose shell queues the work and then waits, like a user would.
+    terminal = subprocess.Popen(["bash", "-c", " ".join(map(_quote, args)) + " && sleep 120"], cwd=cwd,
+                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = cwd / "runs"
+    wait_for(lambda: runs.exists() and any(s["state"] == "running" for s in statuses(runs).values()), what="running")
+    os.killpg(terminal.pid, signal.SIGHUP)
+    terminal.wait(timeout=30)
+    wait_for(lambda: (s := statuses(runs)) and all(v["state"] == "done" for v in s.values()), what="done after hang-up")
+
+
+def test_cancel_a_running_run_then_retry_resumes_it(project, make_synth):
+    cwd = project(1)
+    add(cwd, make_synth("bp4d"), "--folds", "1", "--seeds", "0", "--epochs", "20", "--set", "log_every=1")
+    runs = cwd / "runs"
+    name = wait_for(lambda: [n for n, s in statuses(runs).items() if s["state"] == "running"], what="running")[0]
+    wait_for(lambda: (runs / name / "metrics.jsonl").exists(), what="a first step")
+    jobs = json.loads(run_fmae("queue", "ls", "--json", cwd=cwd).stdout)
+    job_id = str(jobs[0]["id"])
+    assert run_fmae("queue", "cancel", job_id, cwd=cwd).returncode == 0
+    status = wait_for(lambda: (s := statuses(runs)[name])["state"] == "cancelled" and s, what="cancelled")
+    assert (runs / name / "checkpoints" / "last.pt").is_file(), status
+    # Retrying at once is allowed: the run folder says cancelled even before the scheduler has seen it.
+    retried = run_fmae("queue", "retry", job_id, cwd=cwd)
+    assert retried.returncode == 0, retried.stderr
+    wait_for(lambda: statuses(runs)[name]["state"] == "done", what="done after retry")
+    tests = [json.loads(x) for x in (runs / name / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in tests if r["split"] == "test"] == list(range(1, 21))
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(str(arg))
