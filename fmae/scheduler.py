@@ -128,6 +128,8 @@ class Scheduler:
     idle_exit: float = 60.0  # seconds with nothing queued or running before the scheduler exits
     grace: float = 30.0  # seconds from a cancel's SIGTERM to SIGKILL
     running: dict[int, Running] = field(default_factory=dict)
+    slurm: dict[int, Job] = field(default_factory=dict)  # jobs handed to slurm, polled through submitit
+    slurm_cancelled: set[int] = field(default_factory=set)
     stopping: bool = False
 
     def __post_init__(self) -> None:
@@ -171,7 +173,10 @@ class Scheduler:
     def reconcile(self) -> None:
         """After a (re)start: adopt live runs, fail vanished ones; nothing is launched twice."""
         for job in self.queue.jobs(states=("running",)):
-            if job.pid and pid_alive(job.pid):
+            if (job.slot or "").startswith("slurm"):
+                self.slurm[job.id] = job
+                log.info("following slurm job %d (%s)", job.id, job.run_id)
+            elif job.pid and pid_alive(job.pid):
                 self.running[job.id] = Running(job, self._slots_of(job), None, job.pid)
                 log.info("adopted job %d (%s), pid %d", job.id, job.run_id, job.pid)
             else:
@@ -194,31 +199,43 @@ class Scheduler:
                     log.warning("job %d ignored SIGTERM for %.0f s: SIGKILL", job_id, self.grace)
                     _killpg(r.pid, signal.SIGKILL)
                     r.killed = True
+        if self.slurm:
+            self._poll_slurm()
         pending = self.queue.pending()
         for job in pending:
-            placed = self._place(job)
+            try:
+                placed = self._place(job)
+            except FmaeError as e:  # e.g. fmae.toml names a GPU that is gone: say so, keep the runs
+                log.error("cannot place job %d: %s", job.id, e)
+                break
             if placed is not None:
                 self._launch(job, *placed)
-        return bool(self.running) or bool(pending)
+        return bool(self.running) or bool(self.slurm) or bool(pending)
 
-    def _place(self, job: Job) -> tuple[tuple[str, ...], str] | None:
-        """Free slots for this job now (names, CUDA_VISIBLE_DEVICES), or None."""
+    def _place(self, job: Job) -> tuple[tuple[str, ...], dict[str, str]] | None:
+        """Free slots for this job now (names, the GPU environment), or None."""
         from fmae import gpus as G
 
+        if self.project.executor == "slurm":  # the cluster places it; we only hand it over
+            return (f"slurm{job.id}",), {}
         in_use = {s for r in self.running.values() for s in r.slots}
         found = G.discover()
         slots = [s for s in G.plan_slots(self.project, found) if s.name not in in_use]
         picked = G.assign(slots, job.gpus, found, self.project.min_free_memory_gib)
         if picked is None:
             return None
-        return tuple(s.name for s in picked), G.cuda_visible(picked)
+        return tuple(s.name for s in picked), G.cuda_env(picked)
 
-    def _launch(self, job: Job, slots: tuple[str, ...], cuda: str) -> None:
+    def _launch(self, job: Job, slots: tuple[str, ...], gpu_env: dict[str, str]) -> None:
         run = RunDir.open(job.path)
+        if self.project.executor == "slurm":
+            self._submit(job, run)
+            return
+        cuda = gpu_env.get("CUDA_VISIBLE_DEVICES", "")
         cmd = [sys.executable, "-m", "fmae", "exec", str(job.path)]
         if job.nproc > 1:
             cmd += ["--nproc", str(job.nproc)]
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": cuda}
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", **gpu_env}
         with open(run.log_path, "ab") as out:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
                                     start_new_session=True, close_fds=True, cwd=str(job.path))
@@ -229,6 +246,36 @@ class Scheduler:
         run.mark_running(pid=proc.pid, pgid=proc.pid, host=socket.gethostname(), gpus=cuda)
         self.running[job.id] = Running(job, slots, proc, proc.pid)
         log.info("launched job %d (%s) on %s, pid %d", job.id, job.run_id, "+".join(slots), proc.pid)
+
+    def _submit(self, job: Job, run: RunDir) -> None:
+        """executor = "slurm": submitit submits the run; the cluster's state comes back via sacct."""
+        from fmae.executors.slurm import submit_run
+
+        if not self.queue.claim(job.id, f"slurm{job.id}", 0, 0):
+            return
+        try:
+            job_id = submit_run(job.path, self.project, gpus=job.gpus)
+        except FmaeError as e:
+            self.queue.finish(job.id, "failed", error=str(e))
+            log.error("job %d (%s): %s", job.id, job.run_id, e)
+            return
+        self.slurm[job.id] = job
+        log.info("submitted job %d (%s) to slurm as %s", job.id, job.run_id, job_id)
+
+    def _poll_slurm(self) -> None:
+        from fmae.executors.slurm import cancel_slurm, reconcile_slurm
+
+        for job_id, job in list(self.slurm.items()):
+            fresh = self.queue.get(job_id)
+            if fresh is not None and fresh.cancel_requested and job_id not in self.slurm_cancelled:
+                cancel_slurm(job.path)
+                self.slurm_cancelled.add(job_id)
+            reconcile_slurm(job.path)
+            status = RunDir.open(job.path).read_status()
+            if status.get("state") in FINAL_STATES:
+                del self.slurm[job_id]
+                self.queue.finish(job_id, status["state"], error=status.get("error"))
+                log.info("job %d (%s) ended on slurm: %s", job_id, job.run_id, status["state"])
 
     def _ended(self, job: Job, code: int | None) -> None:
         """Record how a run ended: its status.json when the trainer wrote one, else 'process vanished'."""
