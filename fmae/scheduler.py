@@ -318,7 +318,8 @@ def _killpg(pgid: int, sig: int) -> None:
 
 
 def run_foreground(project: ProjectConfig, idle_exit: float | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s.%(msecs)03d %(levelname)s %(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S", stream=sys.stderr)
     s = Scheduler(project)
     if idle_exit is not None:
         s.idle_exit = idle_exit
