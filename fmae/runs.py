@@ -397,7 +397,8 @@ class RunInfo:
     problem: str | None = None
 
 
-def _load_info(path: Path) -> RunInfo:
+def load_run(path: Path) -> RunInfo:
+    """One run folder as `list_runs` reads it (never raises): for readers that re-read only what changed."""
     run = RunDir(path)
     problems: list[str] = []
 
@@ -445,5 +446,5 @@ def list_runs(runs_dir: Path) -> list[RunInfo]:
             out.append(RunInfo(entry.name, Path(entry.path), "corrupt", {}, {}, None, f"unreadable: {e.strerror}"))
             continue
         if {"run.toml", "status.json"} & names:
-            out.append(_load_info(Path(entry.path)))
+            out.append(load_run(Path(entry.path)))
     return sorted(out, key=lambda r: r.id)

@@ -17,6 +17,7 @@ from fmae.config import ProjectConfig, load_project
 from fmae.errors import FmaeError
 from fmae_tui.screens.datasets import DatasetsScreen
 from fmae_tui.screens.help import HelpScreen
+from fmae_tui.screens.runs import RunsScreen
 
 QUIT_AGAIN_S = 5.0  # a second quit within this many seconds leaves while data is still being generated
 
@@ -30,6 +31,7 @@ class FmaeApp(App[None]):
         Binding("question_mark", "help", "Help", key_display="?",
                 tooltip="List every key of this screen"),
         Binding("q", "quit", "Quit", tooltip="Leave the app"),
+        Binding("escape", "back", "Back", tooltip="Back to the screen before (the Runs screen is home)"),
     ]
 
     def __init__(self, project: ProjectConfig, config: Path | None = None, runs_dir: Path | None = None) -> None:
@@ -45,7 +47,23 @@ class FmaeApp(App[None]):
             self.theme = "ansi-dark"
 
     def on_mount(self) -> None:
-        self.push_screen(DatasetsScreen())
+        # Runs is home. Before the first run there is nothing to show there: start where setup starts,
+        # on Datasets, with Runs one escape away.
+        self.push_screen(RunsScreen())
+        if not _has_runs(self.project.runs_dir):
+            self.push_screen(DatasetsScreen())
+
+    def action_show_datasets(self) -> None:
+        if not isinstance(self.screen, DatasetsScreen):
+            self.push_screen(DatasetsScreen())
+
+    def action_back(self) -> None:
+        self.pop_screen()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "back":  # nothing under the home screen to go back to
+            return len(self.screen_stack) > 2
+        return True
 
     def reload_project(self) -> bool:
         """Read fmae.toml again (the same discovery as at start). On a bad config keep the old one."""
@@ -69,6 +87,15 @@ class FmaeApp(App[None]):
         if isinstance(self.screen, HelpScreen):
             return
         self.push_screen(HelpScreen(self.screen.active_bindings, self.get_key_display))
+
+
+def _has_runs(runs_dir: Path) -> bool:
+    """Whether the runs folder holds any folder that may be a run (a cheap look, no reading)."""
+    try:
+        with os.scandir(runs_dir) as entries:
+            return any(not e.name.startswith(".") and e.is_dir() for e in entries)
+    except OSError:
+        return False
 
 
 def create_app(config: Path | None = None, runs_dir: Path | None = None) -> FmaeApp:

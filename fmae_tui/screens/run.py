@@ -1,0 +1,348 @@
+"""The Run screen: one run, live — curves of loss, lr and the test score per epoch, the best epoch's
+per-AU F1, the end of train.log, the resolved config and editable notes.
+
+A worker thread looks at the run folder a few times a second and reads only what is new (metrics.jsonl
+and train.log by byte offset, other files when their stat changed); one look makes at most one redraw.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Log, Static, TabbedContent, TabPane
+
+from fmae.errors import FmaeError
+from fmae.runs import STATES
+from fmae_tui.widgets.curve_plot import CurvePlot
+from fmae_tui.widgets.notes_editor import NotesEditor
+from fmae_tui.widgets.run_poller import RunPoller
+from fmae_tui.widgets.run_update import RunUpdate
+from fmae_tui.widgets.runs_table import METRIC_SHORT, STATE_STYLE, ago, parse_time
+from fmae_tui.widgets.scores_table import ScoresTable
+
+LOG_LINES = 200
+TABS = {"curves": "Train loss, lr and the test score per epoch",
+        "scores": "The best epoch's F1@0.5, F1 at the best threshold and AUC per AU",
+        "log": f"The last {LOG_LINES} lines of train.log", "config": "The resolved config (run.toml)",
+        "notes": "notes.md"}
+PROVENANCE_KEYS = ("command", "git_commit", "fmae_version", "host")
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _value_text(value: Any) -> Text:
+    if isinstance(value, float):
+        return Text(f"{value:g}")
+    if isinstance(value, list):
+        return Text(" ".join(map(str, value)))
+    if isinstance(value, dict):
+        return Text(", ".join(f"{k}={v}" for k, v in value.items()))
+    return Text(str(value))
+
+
+class RunScreen(Screen[None]):
+    SUB_TITLE = "Run"
+    POLL_S = 0.5  # one look (and at most one redraw) per this many seconds
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back", tooltip="Back to the runs"),
+        Binding("n", "edit_notes", "Notes", tooltip="Edit this run's notes (notes.md); ctrl+s saves"),
+        Binding("r", "refresh", "Refresh", tooltip="Look at the run folder again now"),
+        *(Binding(str(i), f"show_tab('{tab}')", f"{tab.capitalize()} tab", show=False, tooltip=what)
+          for i, (tab, what) in enumerate(TABS.items(), start=1)),
+    ]
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.poller = RunPoller(self.path)
+        self.updates = 0  # looks that changed something, applied (tests wait on it)
+        self.polls = 0
+        self._polling = False
+        self._files: dict[str, Any] = {}
+        self._errors: dict[str, str] = {}
+        # Per-epoch series, rebuilt from nothing when metrics.jsonl is replaced.
+        self._train: dict[str, list[float]] = {"x": [], "loss": [], "lr_x": [], "lr": []}
+        self._epoch_loss: dict[str, list[float]] = {"x": [], "loss": []}
+        self._test: dict[str, dict[str, list[float]]] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="run-head")
+        with TabbedContent(id="run-tabs"):
+            with TabPane("1 Curves", id="curves"):
+                with Horizontal():
+                    with Vertical(id="curves-left"):
+                        yield CurvePlot("train loss", id="plot-loss")
+                        yield CurvePlot("lr", id="plot-lr")
+                    yield CurvePlot("test score", id="plot-score")
+            with TabPane("2 Scores", id="scores"):
+                yield Static(id="scores-caption")
+                yield ScoresTable(id="scores-table")
+            with TabPane("3 Log", id="log"):
+                yield Log(max_lines=LOG_LINES, id="log-view")
+            with TabPane("4 Config", id="config"):
+                with VerticalScroll(id="config-scroll"):
+                    yield Static(id="config-body")
+            with TabPane("5 Notes", id="notes"):
+                with VerticalScroll(id="notes-scroll"):
+                    yield Static(id="notes-body")
+                yield NotesEditor(id="notes-editor", classes="-hidden")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = f"Run {self.path.name}"
+        self._show_head()
+        self._poll_timer = self.set_interval(self.POLL_S, self._tick, pause=True)
+        self._head_timer = self.set_interval(5.0, self._show_head, pause=True)  # "heartbeat 12s ago" ages
+
+    def on_screen_resume(self) -> None:
+        self._tick()
+        self._poll_timer.resume()
+        self._head_timer.resume()
+
+    def on_screen_suspend(self) -> None:
+        self._poll_timer.pause()
+        self._head_timer.pause()
+
+    # --- the worker -----------------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        if not self._polling:
+            self._polling = True
+            self._poll()
+
+    @work(thread=True, group="run-poll", exit_on_error=False)
+    def _poll(self) -> None:
+        try:
+            update: RunUpdate | None = self.poller.poll()
+            error = None
+        except Exception as e:  # a bug must not stop the screen: say it, keep looking
+            update, error = None, f"{type(e).__name__}: {e}"
+        try:
+            self.app.call_from_thread(self._polled, update, error)
+        except RuntimeError:  # the app closed while we looked
+            pass
+
+    def _polled(self, update: RunUpdate | None, error: str | None) -> None:
+        self._polling = False
+        self.polls += 1
+        if error is not None:
+            self.notify(error, title="reading the run", severity="error", markup=False)
+        if not update:
+            return
+        for name, problem in update.errors.items():
+            if self._errors.get(name) != problem:
+                self.notify(problem, title=f"{name} unreadable", severity="warning", markup=False)
+        self._errors.update(update.errors)
+        for name in update.files:
+            self._errors.pop(name, None)
+        self._files.update(update.files)
+        if update.records or update.metrics_reset:
+            self._add_records(update.records, update.metrics_reset)
+        if update.log_lines or update.log_reset:
+            log = self.query_one("#log-view", Log)
+            if update.log_reset:
+                log.clear()
+            log.write_lines(update.log_lines[-LOG_LINES:])
+        if "run.toml" in update.files or "run.toml" in update.errors:
+            self._show_config()
+        if "summary.json" in update.files:
+            self._show_scores()
+        if "notes.md" in update.files and self.query_one(NotesEditor).has_class("-hidden"):
+            self._show_notes()
+        if update.files.keys() & {"status.json", "summary.json", "run.toml", "tags"} or update.errors:
+            self._show_head()
+        self.updates += 1
+
+    # --- curves -------------------------------------------------------------------------------------
+
+    def _add_records(self, records: list[dict[str, Any]], reset: bool) -> None:
+        if reset:
+            for series in (self._train, self._epoch_loss):
+                for values in series.values():
+                    values.clear()
+            self._test.clear()
+        for rec in records:
+            split, epoch = rec.get("split"), _number(rec.get("epoch"))
+            if split == "train":
+                x = _number(rec.get("epoch_frac"))
+                x = x if x is not None else epoch
+                loss, lr = _number(rec.get("loss")), _number(rec.get("lr"))
+                if x is not None and loss is not None:
+                    self._train["x"].append(x)
+                    self._train["loss"].append(loss)
+                if x is not None and lr is not None:
+                    self._train["lr_x"].append(x)
+                    self._train["lr"].append(lr)
+            elif split == "train_epoch" and epoch is not None and _number(rec.get("loss")) is not None:
+                self._epoch_loss["x"].append(epoch)
+                self._epoch_loss["loss"].append(float(rec["loss"]))
+            elif split == "test" and epoch is not None:
+                for key, label in (("f1_05_mean", "F1@0.5"), ("f1_best_mean", "F1 best-thr"), ("accuracy", "acc")):
+                    value = _number(rec.get(key))
+                    if value is not None:
+                        xs_ys = self._test.setdefault(label, {"x": [], "y": []})
+                        xs_ys["x"].append(epoch)
+                        xs_ys["y"].append(value)
+        self._replot()
+
+    def _replot(self) -> None:
+        loss = self.query_one("#plot-loss", CurvePlot)
+        loss.clear_series()
+        loss.set_series("per log interval", self._train["x"], self._train["loss"])
+        if self._epoch_loss["x"]:
+            loss.set_series("epoch mean", self._epoch_loss["x"], self._epoch_loss["loss"])
+        loss.replot()
+        lr = self.query_one("#plot-lr", CurvePlot)
+        lr.set_series("lr", self._train["lr_x"], self._train["lr"])
+        lr.replot()
+        score = self.query_one("#plot-score", CurvePlot)
+        score.clear_series()
+        for label, xs_ys in self._test.items():
+            score.set_series(label, xs_ys["x"], xs_ys["y"])
+        score.title = "test accuracy" if list(self._test) == ["acc"] else "test F1 (mean over AUs)"
+        score.replot()
+
+    # --- the other panes ----------------------------------------------------------------------------
+
+    def _show_head(self) -> None:
+        status = self._files.get("status.json") or {}
+        config, _ = self._files.get("run.toml") or ({}, {})
+        summary = self._files.get("summary.json") or {}
+        state = status.get("state") if status.get("state") in STATES else "corrupt"
+        if "status.json" not in self._files and "status.json" not in self._errors:
+            state = "…"  # not looked yet
+        text = Text(state, STATE_STYLE.get(state, "") or "bold")  # the run id is in the header
+        tags = self._files.get("tags") or []
+        if tags:
+            text.append(" · tags " + " ".join(tags))
+        what = [str(config.get(k)) for k in ("task", "dataset") if config.get(k) is not None]
+        for key, label in (("fold", "fold "), ("seed", "seed "), ("lambda_id", "λ ")):
+            if config.get(key) is not None:
+                what.append(f"{label}{_value_text(config[key])}")
+        if config.get("model"):
+            what.append(str(config["model"]))
+        epoch, epochs = status.get("epoch"), status.get("epochs") or config.get("epochs")
+        if epoch is not None or epochs:
+            what.append(f"epoch {epoch or 0}/{epochs or '?'}")
+        step, total = status.get("step"), status.get("total_steps")
+        if isinstance(step, int) and isinstance(total, int) and total:
+            what.append(f"step {step}/{total} ({100 * step // total}%)")
+        if state == "running" and parse_time(status.get("heartbeat")) is not None:
+            what.append(f"heartbeat {ago(time.time() - parse_time(status['heartbeat']))} ago")
+        text.append("\n" + " · ".join(what))
+        best = _number(summary.get("best_value"))
+        if best is not None:
+            metric = METRIC_SHORT.get(str(summary.get("metric")), str(summary.get("metric")))
+            text.append(f"\nbest {metric} {best:.3f} at epoch {summary.get('best_epoch', '?')}")
+            last = _number((summary.get("last") or {}).get(str(summary.get("metric"))))
+            if last is not None and summary.get("last", {}).get("epoch") != summary.get("best_epoch"):
+                text.append(f" · last {last:.3f} (epoch {summary['last'].get('epoch', '?')})")
+        if status.get("error"):
+            text.append(f"\n{state}: {status['error']}", "red")
+        for name, problem in self._errors.items():
+            text.append(f"\n{problem}", "red")
+        self.query_one("#run-head", Static).update(text)
+
+    def _show_scores(self) -> None:
+        summary = self._files.get("summary.json") or {}
+        best = summary.get("best") if isinstance(summary.get("best"), dict) else None
+        table = self.query_one(ScoresTable)
+        table.show(best)
+        caption = Text()
+        if best is None:
+            caption.append("no evaluation yet (summary.json appears after the first test epoch)")
+        else:
+            caption.append(f"best epoch {summary.get('best_epoch', best.get('epoch', '?'))}", "bold")
+            if summary.get("epochs_done") is not None:
+                caption.append(f" of {summary['epochs_done']} evaluated")
+            threshold = _number(best.get("best_threshold"))
+            if threshold is not None:
+                caption.append(f" · best threshold {threshold:g}")
+            if summary.get("metric_label"):
+                caption.append(f"\nselected by {summary.get('metric')}: {summary['metric_label']}", "dim")
+        self.query_one("#scores-caption", Static).update(caption)
+
+    def _show_config(self) -> None:
+        body = self.query_one("#config-body", Static)
+        if "run.toml" in self._errors:
+            body.update(Text(self._errors["run.toml"], "red"))
+            return
+        config, provenance = self._files.get("run.toml") or ({}, {})
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column(overflow="fold")
+        grid.add_row(Text("[config]", "dim"), "")
+        for key, value in config.items():
+            grid.add_row(key, _value_text(value))
+        grid.add_row("", "")
+        grid.add_row(Text("[provenance]", "dim"), "")
+        for key in PROVENANCE_KEYS:
+            if key in provenance:
+                grid.add_row(key, _value_text(provenance[key]))
+        set_by = provenance.get("set_by")
+        if isinstance(set_by, dict) and set_by:
+            grid.add_row("set by", Text(", ".join(f"{k}: {v}" for k, v in set_by.items())))
+        body.update(grid)
+
+    def _show_notes(self) -> None:
+        notes = self._files.get("notes.md") or ""
+        self.query_one("#notes-body", Static).update(
+            Text(notes) if notes.strip() else Text("no notes yet: n to write some", "dim"))
+
+    # --- actions --------------------------------------------------------------------------------------
+
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+        target = {"scores": "#scores-table", "log": "#log-view", "config": "#config-scroll",
+                  "notes": "#notes-scroll"}.get(tab)
+        if target is not None:  # arrows and page keys then move what the tab shows
+            self.query_one(target).focus()
+
+    def action_refresh(self) -> None:
+        self._tick()
+
+    def action_edit_notes(self) -> None:
+        self.query_one(TabbedContent).active = "notes"
+        editor = self.query_one(NotesEditor)
+        editor.remove_class("-hidden")
+        self.query_one("#notes-scroll").add_class("-hidden")
+        editor.start(self.poller.run.read_notes() if self.poller.run.notes_path.exists() else "")
+
+    def on_notes_editor_submitted(self, event: NotesEditor.Submitted) -> None:
+        try:
+            self.poller.run.write_notes(event.text)
+        except (OSError, FmaeError) as e:
+            self.notify(f"{self.poller.run.notes_path}: {e}", title="notes not saved", severity="error",
+                        markup=False)
+            return
+        self._files["notes.md"] = event.text
+        self.notify(f"notes saved to {self.poller.run.notes_path.name}", markup=False)
+        self._close_editor()
+
+    def on_notes_editor_closed(self, event: NotesEditor.Closed) -> None:
+        self._close_editor()
+
+    def _close_editor(self) -> None:
+        self.query_one(NotesEditor).add_class("-hidden")
+        self.query_one("#notes-scroll").remove_class("-hidden")
+        self._show_notes()
+        self.query_one("#run-tabs").focus()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # While the editor is open, n and digits are text, not keys for this screen.
+        if action in ("edit_notes", "show_tab"):
+            editors = self.query(NotesEditor)
+            return not (editors and not editors.first().has_class("-hidden"))
+        return True

@@ -1,0 +1,313 @@
+"""The Runs screen (home): every run in the runs folder, live. A worker thread looks at the folder every
+few seconds and re-reads only the runs that changed; the table patches only their rows."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import TYPE_CHECKING, cast
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.events import Resize
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from fmae.errors import FmaeError
+from fmae.runs import RunDir, RunInfo
+from fmae_tui.widgets.prompt_bar import PromptBar
+from fmae_tui.widgets.run_scanner import RunScanner
+from fmae_tui.widgets.runs_table import ago, best_value, parse_time, short_metric
+from fmae_tui.widgets.runs_table import RunsTable
+
+if TYPE_CHECKING:
+    from fmae_tui.app import FmaeApp
+
+
+class RunsScreen(Screen[None]):
+    SUB_TITLE = "Runs"
+    POLL_S = 2.0  # how often the worker looks at the runs folder
+    AGES_S = 10.0  # how often the age column is brought up to date
+    BINDINGS = [
+        Binding("slash", "filter", "Filter", key_display="/",
+                tooltip="Filter by text; state:, dataset:, model:, λ:, fold:, seed:, tag: match one field"),
+        Binding("s", "sort", "Sort", tooltip="Sort by the next column: age, best, state, dataset, model, λ, …"),
+        Binding("S", "reverse_sort", "Reverse sort", show=False, tooltip="Reverse the order of the sort"),
+        Binding("f", "state_filter", "State", tooltip="Show one state only: queued, running, done, … (cycles)"),
+        Binding("t", "tags", "Tags", tooltip="Edit the selected run's tags (space-separated)"),
+        Binding("r", "refresh", "Refresh", tooltip="Read every run folder again now"),
+        Binding("escape", "clear_filters", "Clear filters", tooltip="Show every run again (text and state filters off)"),
+        Binding("d", "app.show_datasets", "Datasets", show=False, tooltip="The benchmarks and their data"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scans = 0  # scans applied so far (tests wait on it)
+        self._scanner: RunScanner | None = None
+        self._scanning = False  # a scan worker is out: the next tick waits for it
+        self._full = False
+        self._tags_for: str | None = None
+        self._error: str | None = None
+
+    @property
+    def fmae(self) -> FmaeApp:
+        return cast("FmaeApp", self.app)
+
+    @property
+    def table(self) -> RunsTable:
+        return self.query_one(RunsTable)
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="runs-bar")
+        with Horizontal(id="filter-row", classes="-hidden"):
+            yield Static("/", id="filter-label")
+            yield PromptBar(placeholder="text, or state:running dataset:bp4d model:vit_base λ:2 tag:x",
+                            id="filter")
+        yield RunsTable(id="runs")
+        yield PromptBar(placeholder="tags, separated by spaces", id="tags", classes="-hidden")
+        yield Static(id="run-info")
+        yield Footer(show_command_palette=False)  # ^p still works (help lists it); 80 columns need the room
+
+    def on_mount(self) -> None:
+        self._scanner = RunScanner(self.fmae.project.runs_dir)
+        self.table.set_width(self.app.size.width)
+        self.table.focus()
+        self._show_bar()
+        self._show_selected()
+        # Looking happens only while this screen is on top (see on_screen_resume / on_screen_suspend).
+        self._poll_timer = self.set_interval(self.POLL_S, self._tick, pause=True)
+        self._ages_timer = self.set_interval(self.AGES_S, self._tick_ages, pause=True)
+
+    def on_screen_resume(self) -> None:
+        self._tick()
+        self._poll_timer.resume()
+        self._ages_timer.resume()
+
+    def on_screen_suspend(self) -> None:
+        self._poll_timer.pause()
+        self._ages_timer.pause()
+
+    def on_resize(self, event: Resize) -> None:
+        self.table.set_width(event.size.width)
+
+    # --- the worker -----------------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        if not self._scanning and self._scanner is not None:
+            self._scanning = True
+            full, self._full = self._full, False
+            self._scan(self._scanner, full)
+
+    @work(thread=True, group="runs-scan", exit_on_error=False)
+    def _scan(self, scanner: RunScanner, full: bool) -> None:
+        error = None
+        try:
+            changed, removed = scanner.scan(full=full)
+        except (FmaeError, OSError) as e:  # the runs folder itself is unreadable: say so, keep looking
+            changed, removed, error = [], [], str(e)
+        except Exception as e:  # a bug must not stop the looking: say what happened
+            changed, removed, error = [], [], f"{type(e).__name__}: {e}"
+        try:
+            self.app.call_from_thread(self._scanned, changed, removed, error, full)
+        except RuntimeError:  # the app closed while we looked
+            pass
+
+    def _scanned(self, changed: list[tuple[RunInfo, list[str]]], removed: list[str], error: str | None,
+                 full: bool) -> None:
+        self._scanning = False
+        if error != self._error and error is not None:  # once per new problem, not every few seconds
+            self.notify(error, title="runs folder", severity="error", markup=False, timeout=10)
+        self._error = error
+        if changed or removed or self.scans == 0:
+            self.table.apply(changed, removed)
+            self._show_bar()
+            self._show_selected()
+        if full and error is None:
+            self.notify(f"read {len(self.table.runs)} runs again", markup=False)
+        self.scans += 1
+
+    def _tick_ages(self) -> None:
+        self.table.refresh_ages()
+
+    # --- text around the table ------------------------------------------------------------------------
+
+    def _show_bar(self) -> None:
+        table = self.table
+        total, shown = len(table.runs), table.row_count
+        if not total:
+            where = self.fmae.project.runs_dir
+            text = Text(f"no runs yet in {where}" + ("" if where.is_dir() else " (not created yet)"))
+        else:
+            text = Text(f"{shown} of {total} runs" if shown != total else f"{total} runs")
+            if table.state_filter:
+                text.append(" · state ").append(table.state_filter, "bold")
+            if table.text_filter.strip():
+                text.append(" · filter ").append(table.text_filter.strip(), "bold")
+            text.append(f" · sort {table.sort_label}")
+        self.query_one("#runs-bar", Static).update(text)
+        self.refresh_bindings()  # "esc Clear filters" comes and goes with the filters
+
+    def _show_selected(self) -> None:
+        info = self.table.selected
+        box = self.query_one("#run-info", Static)
+        if info is None:
+            box.update("")
+            return
+        text = Text(info.id, "bold")
+        tags = self.table.tags.get(info.id, [])
+        if tags:
+            text.append(" · tags " + " ".join(tags))
+        text.append("\n")
+        text.append_text(_state_line(info))
+        box.update(text)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_selected()
+
+    def on_runs_table_run_selected(self, event: RunsTable.RunSelected) -> None:
+        from fmae_tui.screens.run import RunScreen  # plotting code loads when first needed
+
+        self.app.push_screen(RunScreen(event.info.path))
+
+    # --- actions --------------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # While a bar takes typing, these keys are text: keep them out of the footer.
+        if action in ("filter", "sort", "reverse_sort", "state_filter", "tags", "refresh"):
+            return not isinstance(self.focused, PromptBar)
+        if action == "clear_filters":
+            return bool(self.table.state_filter or self.table.text_filter.strip())
+        return True
+
+    def action_clear_filters(self) -> None:
+        self.table.state_filter = None
+        self._close_filter(keep=False)
+        self._show_selected()
+
+    def action_filter(self) -> None:
+        self.query_one("#filter-row").remove_class("-hidden")
+        self.query_one("#filter", PromptBar).focus()
+
+    def action_sort(self) -> None:
+        self.table.cycle_sort()
+        self._show_bar()
+
+    def action_reverse_sort(self) -> None:
+        self.table.reverse_sort()
+        self._show_bar()
+
+    def action_state_filter(self) -> None:
+        self.table.cycle_state_filter()
+        self._show_bar()
+        self._show_selected()
+
+    def action_refresh(self) -> None:
+        self._full = True
+        if not self._scanning:
+            self._tick()
+
+    def action_tags(self) -> None:
+        info = self.table.selected
+        if info is None:
+            self.notify("no run selected", severity="warning")
+            return
+        self._tags_for = info.id
+        bar = self.query_one("#tags", PromptBar)
+        bar.border_title = f"tags of {info.id}"
+        bar.value = " ".join(self.table.tags.get(info.id, []))
+        bar.remove_class("-hidden")
+        self.query_one("#run-info").add_class("-hidden")
+        bar.focus()
+
+    def on_input_changed(self, event: PromptBar.Changed) -> None:
+        if event.input.id == "filter":
+            self.table.set_text_filter(event.value)
+            self._show_bar()
+            self._show_selected()
+
+    def on_input_submitted(self, event: PromptBar.Submitted) -> None:
+        if event.input.id == "filter":
+            self._close_filter(keep=True)
+        elif event.input.id == "tags":
+            self._save_tags(event.value)
+
+    def on_prompt_bar_dismissed(self, event: PromptBar.Dismissed) -> None:
+        if event.bar.id == "filter":
+            self._close_filter(keep=False)
+        else:
+            self._close_tags()
+
+    def _close_filter(self, keep: bool) -> None:
+        bar = self.query_one("#filter", PromptBar)
+        if not keep:
+            bar.value = ""  # Changed follows: the table shows every run again
+            self.table.set_text_filter("")
+        self.query_one("#filter-row").set_class(not bar.value.strip(), "-hidden")
+        self.table.focus()
+        self._show_bar()
+
+    def _save_tags(self, value: str) -> None:
+        info = self.table.runs.get(self._tags_for or "")
+        if info is None:
+            self._close_tags()
+            return
+        tags = [t for t in re.split(r"[\s,]+", value) if t]
+        run = RunDir(info.path)
+        try:
+            run.write_tags(tags)
+            saved = run.read_tags()
+        except FmaeError as e:
+            self.notify(str(e), title="tags not saved", severity="error", markup=False)
+            return
+        except OSError as e:
+            self.notify(f"{run.tags_path}: {e.strerror or e}", title="tags not saved", severity="error",
+                        markup=False)
+            return
+        self.table.set_tags(info.id, saved)
+        self.notify(f"{info.id}: tags {' '.join(saved) or '(none)'}", markup=False)
+        self._close_tags()
+
+    def _close_tags(self) -> None:
+        self._tags_for = None
+        self.query_one("#tags").add_class("-hidden")
+        self.query_one("#run-info").remove_class("-hidden")
+        self.table.focus()
+        self._show_selected()
+
+
+def _state_line(info: RunInfo) -> Text:
+    """What the state means for this run right now, in one line."""
+    s, now = info.status, time.time()
+    if info.state == "corrupt":
+        return Text(f"corrupt: {info.problem}", "red")
+    if info.state in ("failed", "cancelled"):
+        why = s.get("error") or "no reason given"
+        code = f" (exit {s['exit_code']})" if "exit_code" in s else ""
+        return Text(f"{info.state}{code}: {why}", "red" if info.state == "failed" else "")
+    parts = []
+    if info.state == "running":
+        step, total = s.get("step"), s.get("total_steps")
+        if isinstance(step, int) and isinstance(total, int) and total:
+            parts.append(f"step {step}/{total} ({100 * step // total}%)")
+        beat = parse_time(s.get("heartbeat"))
+        if beat is not None:
+            parts.append(f"heartbeat {ago(now - beat)} ago")
+        if s.get("host"):
+            gpus = s.get("gpus")
+            parts.append(f"on {s['host']}" + (f" gpus {','.join(map(str, gpus))}" if gpus else " cpu"))
+    elif info.state == "queued":
+        created = parse_time(s.get("created"))
+        parts.append(f"queued {ago(None if created is None else now - created)} ago")
+    value = best_value(info.summary)
+    if value is not None:
+        summary = info.summary or {}
+        parts.append(f"best {short_metric(summary)} {value:.3f} at epoch {summary.get('best_epoch', '?')}")
+    if info.state == "done":
+        ended = parse_time(s.get("ended"))
+        if ended is not None:
+            parts.append(f"ended {ago(now - ended)} ago")
+    return Text(" · ".join(parts) or info.state)

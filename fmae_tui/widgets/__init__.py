@@ -1,0 +1,1 @@
+"""The app's building blocks, one class a file: widgets, and the small readers they are fed by."""

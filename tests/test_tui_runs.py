@@ -1,0 +1,456 @@
+"""The Runs and Run screens, driven with Pilot over run folders built by hand (no training): a done AU run
+with known per-AU F1s, a running one, a failed one, a corrupt one and a done FER run."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from rich.console import Console
+from textual.app import App
+from textual.message import Message
+from textual.notifications import Notify
+
+from fmae.runs import RunDir, make_run_id
+from fmae_tui.app import create_app
+from fmae_tui.screens.datasets import DatasetsScreen
+from fmae_tui.screens.help import HelpScreen
+from fmae_tui.screens.run import RunScreen
+from fmae_tui.screens.runs import RunsScreen
+from fmae_tui.widgets.curve_plot import CurvePlot
+from fmae_tui.widgets.run_scanner import RunScanner
+from fmae_tui.widgets.runs_table import RunsTable
+from fmae_tui.widgets.scores_table import ScoresTable
+
+AUS = ["AU1", "AU2", "AU4", "AU6"]
+F1_05 = {"AU1": 0.41, "AU2": 0.37, "AU4": 0.52, "AU6": 0.76}
+F1_BEST = {"AU1": 0.48, "AU2": 0.44, "AU4": 0.55, "AU6": 0.79}
+AUC = {"AU1": 0.81, "AU2": 0.78, "AU4": 0.84, "AU6": 0.92}
+PROVENANCE = {"fmae_version": "0.1.0", "git_commit": "3f2a9c1", "command": ["fmae", "train"], "host": "gpu-node-3"}
+
+
+def screen_text(app: App) -> str:
+    """The characters on the terminal right now, modal screens and their background included."""
+    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(), record=True,
+                      color_system=None)
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    return console.export_text()
+
+
+def _mean(d: dict[str, float]) -> float:
+    return sum(d.values()) / len(d)
+
+
+def _make(root: Path, dataset: str, model: str, seed: int, minutes_ago: int, *, fold: int | None = None,
+          lam: float | None = None, task: str = "au") -> RunDir:
+    config = {"task": task, "dataset": dataset, "seed": seed, "model": model, "epochs": 4, "blr": 0.0005,
+              "batch_size": 64, "recipe": "fmae"}
+    if fold is not None:
+        config["fold"] = fold
+    if lam is not None:
+        config["lambda_id"] = lam
+    when = datetime.now(timezone.utc) - timedelta(minutes=minutes_ago)
+    run_id = make_run_id(dataset, model, seed, fold=fold, lambda_id=lam, now=when)
+    return RunDir.create(root, run_id, config, PROVENANCE)
+
+
+def _test_record(epoch: int, shift: float = 0.0) -> dict:
+    f05 = {k: v - shift for k, v in F1_05.items()}
+    fb = {k: v - shift for k, v in F1_BEST.items()}
+    return {"split": "test", "epoch": epoch, "step": 100 * epoch, "f1_05": f05, "f1_05_mean": _mean(f05),
+            "f1_best": fb, "f1_best_mean": _mean(fb), "best_threshold": 0.35, "auc": AUC, "auc_mean": _mean(AUC)}
+
+
+def _train_records(run: RunDir, epoch: int, n: int = 4) -> None:
+    for k in range(n):
+        run.append_metrics({"split": "train", "epoch": epoch, "step": 100 * (epoch - 1) + 25 * (k + 1),
+                            "epoch_frac": epoch - 1 + (k + 1) / n, "lr": 1e-4 * (k + 1), "loss": 1.0 / (epoch + k)})
+
+
+def _au_summary(run: RunDir, best_epoch: int, epochs_done: int, shift: float = 0.0) -> None:
+    best = _test_record(best_epoch, shift)
+    run.write_summary({
+        "run_id": run.id, "task": "au", "dataset": "bp4d", "metric": "f1_best_mean",
+        "metric_label": "mean F1 at the best threshold (tuned on the test fold, as the paper)",
+        "epochs": 4, "epochs_done": epochs_done, "step": 100 * epochs_done, "best_epoch": best_epoch,
+        "best_value": best["f1_best_mean"], "best": best, "last": _test_record(epochs_done, 0.01)})
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> dict[str, RunDir]:
+    root = tmp_path / "runs"
+    done = _make(root, "bp4d", "vit_large", 0, 120, fold=1, lam=2.0)
+    done.mark_running(pid=1, host="gpu-node-3", gpus="0")
+    for epoch in range(1, 5):
+        _train_records(done, epoch)
+        done.append_metrics(_test_record(epoch, 0.1 * (4 - epoch)))
+    done.heartbeat(epoch=4, epochs=4, step=400, total_steps=400)
+    _au_summary(done, 4, 4)
+    done.mark_ended("done", exit_code=0)
+    done.log_path.write_text("".join(f"log line {i}\n" for i in range(300)), encoding="utf-8")
+
+    running = _make(root, "disfa", "vit_base", 1, 30, fold=2, lam=0.5)
+    running.mark_running(pid=os.getpid(), host="gpu-node-4", gpus="1")
+    running.heartbeat(epoch=2, epochs=4, step=150, total_steps=400)
+    _train_records(running, 1)
+    running.append_metrics(_test_record(1, 0.2))
+    _au_summary(running, 1, 1, 0.2)
+
+    failed = _make(root, "bp4d", "vit_base", 2, 60, fold=3, lam=0.0)
+    failed.mark_running(pid=2, host="gpu-node-3")
+    failed.mark_ended("failed", exit_code=1, error="CUDA out of memory")
+
+    corrupt = _make(root, "bp4d", "vit_base", 0, 90, fold=2, lam=2.0)
+    corrupt.status_path.write_text("{not json", encoding="utf-8")
+
+    fer = _make(root, "rafdb", "vit_base", 0, 200, task="fer")
+    fer.mark_running(pid=3, host="gpu-node-3")
+    fer.mark_ended("done", exit_code=0)
+    fer.write_summary({"metric": "accuracy", "metric_label": "top-1 accuracy", "best_value": 0.8712,
+                       "best_epoch": 3, "epochs_done": 4,
+                       "best": {"split": "test", "epoch": 3, "accuracy": 0.8712, "mean_class_recall": 0.8,
+                                "per_class_recall": {"Surprise": 0.9, "Fear": 0.7}}})
+    return {"done": done, "running": running, "failed": failed, "corrupt": corrupt, "fer": fer}
+
+
+@pytest.fixture
+def fast_polling(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(RunsScreen, "POLL_S", 0.05)
+    monkeypatch.setattr(RunScreen, "POLL_S", 0.05)
+
+
+async def wait_until(pilot, condition: Callable[[], bool], timeout: float = 4.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if condition():
+            return
+        await pilot.pause(0.02)
+    raise AssertionError("condition not met in time")
+
+
+async def open_runs(app, pilot) -> RunsTable:
+    await wait_until(pilot, lambda: isinstance(app.screen, RunsScreen) and app.screen.scans > 0)
+    await pilot.pause()
+    return app.screen.query_one(RunsTable)
+
+
+def cell(table: RunsTable, run: RunDir, column: str) -> str:
+    return str(table.get_cell(run.id, column))
+
+
+async def test_runs_is_home_and_shows_every_run(runs: dict[str, RunDir], tmp_path: Path) -> None:
+    app = create_app(runs_dir=tmp_path / "runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = await open_runs(app, pilot)
+        # newest first: running (30 min ago), failed (60), corrupt (90), done (120), fer (200)
+        assert table.shown_ids == [runs[k].id for k in ("running", "failed", "corrupt", "done", "fer")]
+        assert {k: cell(table, r, "state") for k, r in runs.items()} == {
+            "done": "done", "running": "running", "failed": "failed", "corrupt": "corrupt", "fer": "done"}
+        assert cell(table, runs["done"], "best") == f"{_mean(F1_BEST):.3f} F1 best-thr"
+        assert cell(table, runs["fer"], "best") == "0.871 acc"
+        assert cell(table, runs["running"], "epoch") == "2/4"
+        assert cell(table, runs["done"], "lambda") == "2" and cell(table, runs["running"], "lambda") == "0.5"
+        assert cell(table, runs["fer"], "fold") == "-" and cell(table, runs["fer"], "lambda") == "-"
+        assert cell(table, runs["corrupt"], "best").startswith("status.json: not")
+
+        text = screen_text(app)
+        assert "5 runs · sort age (newest first)" in text
+        assert "step 150/400 (37%)" in text  # the selected (first) run's line under the table
+        for key in ("⏎ Open", "/ Filter", "s Sort", "f State", "t Tags", "r Refresh"):
+            assert key in text, (key, text)
+
+        await pilot.press("down", "down")  # the corrupt run says what is wrong with it
+        assert "corrupt: status.json: not valid JSON" in screen_text(app)
+        await pilot.press("up")
+        assert "failed (exit 1): CUDA out of memory" in screen_text(app)
+
+
+async def test_sort_orders_the_rows(runs: dict[str, RunDir], tmp_path: Path) -> None:
+    app = create_app(runs_dir=tmp_path / "runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = await open_runs(app, pilot)
+        await pilot.press("s")  # best, highest first; runs without a best value last
+        assert table.shown_ids[:3] == [runs["fer"].id, runs["done"].id, runs["running"].id]
+        assert "sort best ↓" in screen_text(app)
+        await pilot.press("S")
+        assert table.shown_ids[-3:] == [runs["running"].id, runs["done"].id, runs["fer"].id]
+        await pilot.press("s")  # state: running first
+        assert table.shown_ids[0] == runs["running"].id
+        await pilot.press("f", "escape")  # escape on the table clears every filter
+        assert table.row_count == 5 and "5 runs · sort state ↑" in screen_text(app)
+
+
+async def test_filters_change_the_rows(runs: dict[str, RunDir], tmp_path: Path) -> None:
+    app = create_app(runs_dir=tmp_path / "runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = await open_runs(app, pilot)
+        await pilot.press("f")  # state filter cycles: queued, running, …
+        assert table.row_count == 0 and "0 of 5 runs · state queued · sort age" in screen_text(app)
+        await pilot.press("f", "f")
+        assert table.shown_ids == [runs["done"].id, runs["fer"].id]
+        assert [table.cycle_state_filter() for _ in range(4)] == ["failed", "cancelled", "corrupt", None]
+        assert table.row_count == 5
+
+        await pilot.press("slash", *"ds:bp4d")
+        assert sorted(table.shown_ids) == sorted(runs[k].id for k in ("done", "failed", "corrupt"))
+        await pilot.press("space", *"l:2")
+        assert sorted(table.shown_ids) == sorted([runs["done"].id, runs["corrupt"].id])
+        await pilot.press("enter")  # keeps the filter, back to the table
+        assert table.has_focus and "filter ds:bp4d l:2" in screen_text(app)
+        await pilot.press("slash", "escape")  # clears it
+        assert table.row_count == 5
+        await pilot.press("slash", *"memo", "enter")  # plain text matches the error too
+        assert table.shown_ids == [runs["failed"].id]
+
+
+async def test_corrupt_run_opens_and_says_why(runs: dict[str, RunDir], tmp_path: Path) -> None:
+    app = create_app(runs_dir=tmp_path / "runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = await open_runs(app, pilot)
+        table.move_cursor(row=table.get_row_index(runs["corrupt"].id))
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.updates > 0)
+        text = " ".join(screen_text(app).split())
+        assert "corrupt" in text and "status.json: not valid JSON" in text and "fold 2" in text
+
+
+async def test_table_follows_the_folder_patching_rows(runs: dict[str, RunDir], tmp_path: Path,
+                                                      fast_polling: None) -> None:
+    app = create_app(runs_dir=tmp_path / "runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = await open_runs(app, pilot)
+        screen = app.screen
+        rebuilds = table.rebuilds
+        runs["running"].heartbeat(epoch=3, step=260)
+        await wait_until(pilot, lambda: cell(table, runs["running"], "epoch") == "3/4")
+        assert "step 260/400 (65%)" in screen_text(app)
+
+        new = _make(tmp_path / "runs", "bp4d", "tiny", 5, 0, fold=1, lam=0.0)
+        await wait_until(pilot, lambda: new.id in table.shown_ids)
+        assert table.shown_ids[0] == new.id and cell(table, new, "state") == "queued"
+        runs["failed"].mark_queued()
+        await wait_until(pilot, lambda: cell(table, runs["failed"], "state") == "queued")
+        os.rename(runs["fer"].path, tmp_path / "runs" / ".trash")
+        await wait_until(pilot, lambda: runs["fer"].id not in table.shown_ids)
+        assert table.rebuilds == rebuilds  # every change above patched rows in place
+        assert "5 runs" in screen_text(app)
+        assert screen.query_one("#run-info")  # still there
+
+
+def test_scanner_reads_only_the_runs_that_changed(runs: dict[str, RunDir], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from fmae_tui.widgets import run_scanner
+
+    monkeypatch.setattr(run_scanner, "RACY_NS", 0)  # the fixture's files are all brand new
+    scanner = RunScanner(tmp_path / "runs")
+    changed, removed = scanner.scan()
+    assert len(changed) == 5 and not removed
+    loads = scanner.loads
+    assert scanner.scan() == ([], [])
+    runs["running"].heartbeat(step=170)
+    changed, _ = scanner.scan()
+    assert [info.id for info, _ in changed] == [runs["running"].id] and scanner.loads == loads + 1
+    runs["done"].write_tags(["paper"])
+    changed, _ = scanner.scan()
+    assert [(info.id, tags) for info, tags in changed] == [(runs["done"].id, ["paper"])]
+    (tmp_path / "runs" / "queue.sqlite").write_text("")  # files and hidden folders are not runs
+    (tmp_path / "runs" / ".x.creating").mkdir()
+    (tmp_path / "runs" / "claimed-but-empty").mkdir()
+    assert scanner.scan() == ([], [])
+
+
+async def test_open_run_shows_per_au_scores_config_and_log(runs: dict[str, RunDir], tmp_path: Path) -> None:
+    app = create_app(runs_dir=tmp_path / "runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = await open_runs(app, pilot)
+        table.move_cursor(row=table.get_row_index(runs["done"].id))
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.updates > 0)
+        screen = app.screen
+        assert screen.query_one("#plot-score", CurvePlot).points == 8  # 4 epochs × (F1@0.5, F1 best-thr)
+        assert screen.query_one("#plot-loss", CurvePlot).points == 16
+
+        await pilot.press("2")
+        scores = screen.query_one(ScoresTable)
+        for au in AUS:
+            assert str(scores.get_cell(au, "f1_05")) == f"{F1_05[au]:.3f}"
+            assert str(scores.get_cell(au, "f1_best")) == f"{F1_BEST[au]:.3f}"
+            assert str(scores.get_cell(au, "auc")) == f"{AUC[au]:.3f}"
+        assert str(scores.get_cell("mean", "f1_best")) == f"{_mean(F1_BEST):.3f}"
+        text = screen_text(app)
+        assert "AU    F1@0.5  F1 best-thr  AUC" in text and "best threshold 0.35" in text
+
+        await pilot.press("3")
+        text = screen_text(app)
+        assert "log line 299" in text and "log line 0\n" not in text
+        await pilot.press("4")
+        text = screen_text(app)
+        assert "blr" in text and "0.0005" in text and "vit_large" in text and "3f2a9c1" in text
+
+        await pilot.press("escape")
+        assert isinstance(app.screen, RunsScreen)
+
+
+async def test_run_screen_tails_metrics_by_offset(runs: dict[str, RunDir], tmp_path: Path,
+                                                  fast_polling: None) -> None:
+    run = runs["running"]
+    app = create_app(runs_dir=tmp_path / "runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_runs(app, pilot)
+        await pilot.press("enter")  # the running run is first
+        await wait_until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.updates > 0)
+        screen = app.screen
+        assert screen.path == run.path
+        tail = screen.poller.metrics
+        loss, score = screen.query_one("#plot-loss", CurvePlot), screen.query_one("#plot-score", CurvePlot)
+        assert (loss.points, score.points) == (4, 2)
+        size, read = run.metrics_path.stat().st_size, tail.bytes_read
+        assert tail.offset == size
+
+        _train_records(run, 2)
+        run.append_metrics(_test_record(2, 0.1))
+        half = json.dumps({"split": "train", "epoch": 3, "epoch_frac": 2.1, "lr": 1e-4, "loss": 0.2})
+        with open(run.metrics_path, "a", encoding="utf-8") as f:
+            f.write(half[:20])  # a line still being written
+        await wait_until(pilot, lambda: score.points == 4)
+        assert loss.points == 8
+        complete = run.metrics_path.stat().st_size - 20
+        assert tail.offset == complete  # the unfinished line waits for its newline
+        assert tail.bytes_read - read < complete - size + 40 * 20  # only the new bytes were read (20 per look)
+
+        with open(run.metrics_path, "a", encoding="utf-8") as f:
+            f.write(half[20:] + "\n")
+        await wait_until(pilot, lambda: loss.points == 9)
+        assert tail.offset == run.metrics_path.stat().st_size and tail.bad_lines == 0
+
+        # A resumed run rewrites the file as a new one: the screen drops what it had.
+        text = run.metrics_path.read_text(encoding="utf-8").splitlines(keepends=True)
+        (run.path / "metrics.tmp").write_text("".join(text[:4]), encoding="utf-8")
+        os.replace(run.path / "metrics.tmp", run.metrics_path)
+        await wait_until(pilot, lambda: loss.points == 4)
+        assert tail.resets == 1 and score.points == 0
+
+        run.heartbeat(epoch=3, step=300)  # status follows too
+        await wait_until(pilot, lambda: "step 300/400 (75%)" in " ".join(screen_text(app).split()))
+
+
+async def test_notes_are_saved_to_notes_md(runs: dict[str, RunDir], tmp_path: Path) -> None:
+    seen: list[Message] = []
+    app = create_app(runs_dir=tmp_path / "runs")
+    async with app.run_test(size=(80, 24), message_hook=seen.append) as pilot:
+        await open_runs(app, pilot)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.updates > 0)
+        await pilot.press("n", *"lr? q", "enter", *"2e-4")
+        assert isinstance(app.screen, RunScreen) and not runs["running"].notes_path.exists()  # q typed, not quit
+        await pilot.press("ctrl+s")
+        assert runs["running"].notes_path.read_text(encoding="utf-8") == "lr? q\n2e-4"
+        assert any(isinstance(m, Notify) and m.notification.message == "notes saved to notes.md" for m in seen)
+        assert "2e-4" in screen_text(app)
+
+        await pilot.press("n", "x", "escape")  # unsaved: the first escape warns
+        said = [m.notification for m in seen if isinstance(m, Notify)]
+        assert said[-1].severity == "warning" and said[-1].message.startswith("unsaved notes")
+        await pilot.press("escape")
+        assert runs["running"].notes_path.read_text(encoding="utf-8") == "lr? q\n2e-4"
+        await pilot.press("escape")
+        assert isinstance(app.screen, RunsScreen)
+
+
+async def test_tags_are_written_and_checked(runs: dict[str, RunDir], tmp_path: Path) -> None:
+    seen: list[Message] = []
+    app = create_app(runs_dir=tmp_path / "runs")
+    async with app.run_test(size=(80, 24), message_hook=seen.append) as pilot:
+        table = await open_runs(app, pilot)
+        run = runs["running"]
+        await pilot.press("t", *"base paper", "enter")
+        assert run.read_tags() == ["base", "paper"]
+        assert table.tags[run.id] == ["base", "paper"]
+        assert "tags base paper" in screen_text(app)
+        await pilot.press("t", "ctrl+u", *"a/b", "enter")
+        errors = [m.notification for m in seen if isinstance(m, Notify) and m.notification.severity == "error"]
+        assert errors and "tag 'a/b'" in errors[-1].message
+        assert run.read_tags() == ["base", "paper"]
+        await pilot.press("escape")
+        assert table.has_focus
+        await pilot.press("slash", *"tag:base", "enter")
+        assert table.shown_ids == [run.id]
+
+
+async def test_datasets_by_key_and_when_there_are_no_runs(runs: dict[str, RunDir], tmp_path: Path) -> None:
+    app = create_app(runs_dir=tmp_path / "runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_runs(app, pilot)
+        await pilot.press("d")
+        assert isinstance(app.screen, DatasetsScreen)
+        await pilot.press("escape")
+        assert isinstance(app.screen, RunsScreen)
+        await pilot.press("escape")  # home: nothing under it
+        assert isinstance(app.screen, RunsScreen)
+
+    app = create_app(runs_dir=tmp_path / "empty")
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert isinstance(app.screen, DatasetsScreen)
+        await pilot.press("escape")
+        await open_runs(app, pilot)
+        assert "no runs yet in" in screen_text(app)
+
+
+async def test_help_lists_the_runs_and_run_keys(runs: dict[str, RunDir], tmp_path: Path) -> None:
+    app = create_app(runs_dir=tmp_path / "runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_runs(app, pilot)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        text = screen_text(app)
+        for key, what in (("⏎", "Open"), ("/", "Filter"), ("s", "Sort"), ("f", "State"), ("t", "Tags"),
+                          ("r", "Refresh"), ("S", "Reverse sort"), ("d", "Datasets")):
+            assert f"│ {key} " in text and what in text, (key, text)
+        await pilot.press("escape", "enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, RunScreen))
+        await pilot.press("question_mark")
+        text = screen_text(app)
+        for what in ("Back", "Notes", "Curves tab", "Scores tab", "Log tab", "Config tab", "Notes tab"):
+            assert what in text, (what, text)
+
+
+async def test_large_terminal_shows_tags_and_ids(runs: dict[str, RunDir], tmp_path: Path) -> None:
+    runs["done"].write_tags(["paper"])
+    app = create_app(runs_dir=tmp_path / "runs")
+    async with app.run_test(size=(200, 50)) as pilot:
+        table = await open_runs(app, pilot)
+        assert cell(table, runs["done"], "tags") == "paper" and cell(table, runs["done"], "run") == runs["done"].id
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause()
+        assert [str(c.label) for c in table.columns.values()] == \
+            ["state", "dataset", "f", "s", "λ", "model", "epoch", "best", "age"]
+
+
+def test_app_with_runs_never_imports_torch(runs: dict[str, RunDir], tmp_path: Path) -> None:
+    """A fresh interpreter: start on the runs, open one, look at every tab, leave."""
+    script = textwrap.dedent(f"""
+        import asyncio, sys
+        from pathlib import Path
+        from fmae_tui.app import create_app
+
+        async def main():
+            app = create_app(runs_dir=Path({str(tmp_path / "runs")!r}))
+            async with app.run_test(size=(80, 24)) as pilot:
+                await pilot.pause(0.3)
+                await pilot.press("enter")
+                await pilot.pause(0.3)
+                await pilot.press("2", "3", "4", "5", "escape")
+                print(type(app.screen).__name__)
+        asyncio.run(main())
+        print("torch" in sys.modules)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["RunsScreen", "False"]
