@@ -41,6 +41,7 @@ _SCHEMA: dict[str | None, dict[str, tuple[type, ...]]] = {
         "time_minutes": (int,),
         "cpus_per_task": (int,),
         "mem_gib": _NUM,
+        "cluster": (str,),
     },
     "defaults": {"model": (str,), "recipe": (str,), "seeds": (list,), "init": (str,)},
 }
@@ -61,6 +62,7 @@ _SYNTH_KEYS: dict[str, tuple[type, ...]] = {
 _CHOICES = {
     "compute.device": ("auto", "cpu", "cuda"),
     "executor.kind": ("local", "slurm"),
+    "executor.slurm.cluster": ("slurm", "local"),
 }
 _TYPE_WORDS = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "a table",
                bool: "true or false"}

@@ -254,7 +254,8 @@ class Scheduler:
         if not self.queue.claim(job.id, f"slurm{job.id}", 0, 0):
             return
         try:
-            job_id = submit_run(job.path, self.project, gpus=job.gpus)
+            job_id = submit_run(job.path, self.project, gpus=job.gpus,
+                                local=self.project.slurm.get("cluster", "slurm") == "local")
         except FmaeError as e:
             self.queue.finish(job.id, "failed", error=str(e))
             log.error("job %d (%s): %s", job.id, job.run_id, e)

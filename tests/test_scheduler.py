@@ -146,3 +146,20 @@ def _quote(arg: str) -> str:
     import shlex
 
     return shlex.quote(str(arg))
+
+
+def test_executor_slurm_goes_through_submitit(project, make_synth):
+    """executor.kind = "slurm" with submitit's local cluster: the scheduler hands the run to submitit
+    and the state comes back from status.json (the same code path as a real cluster, minus sbatch)."""
+    cwd = project(1)
+    for key, value in (("executor.kind", "slurm"), ("executor.slurm.cluster", "local")):
+        assert run_fmae("config", "set", key, value, cwd=cwd).returncode == 0
+    add(cwd, make_synth("bp4d"), "--folds", "1", "--seeds", "0", "--epochs", "1")
+    runs = cwd / "runs"
+    final = wait_for(lambda: (s := statuses(runs)) and all(v["state"] in ("done", "failed") for v in s.values()) and s,
+                     what="the slurm run to end")
+    (name, status), = final.items()
+    assert status["state"] == "done", status
+    assert status["executor"] == "slurm" and status["slurm_cluster"] == "local" and status["slurm_job_id"]
+    assert (runs / name / "slurm").is_dir()
+    assert "submitted job 1" in (runs / "scheduler.log").read_text()
