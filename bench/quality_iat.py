@@ -3,11 +3,16 @@ identity-adversarial training (λ > 0) do what the paper claims — less identit
 (identity-probe accuracy down) with AU F1 on unseen subjects up or at least holding?
 
 Everything runs through the real CLI (`fmae synth`, `fmae train`, `fmae probe-id`) on synthetic
-BP4D-format data with per-subject AU tendencies. Usage:
+BP4D-format data with per-subject AU tendencies (`--identity-strength`: how far each subject's AU rates
+stray from the dataset's, so identity predicts the labels of the training subjects and nothing about
+the unseen test subjects — the shortcut IAT exists to remove). Usage:
 
-    python bench/quality_iat.py [--epochs 40] [--lambdas 0,0.5,2] [--seeds 0,1] [--folds 1]
+    python bench/quality_iat.py [--epochs 8] [--lambdas 0,0.5,2] [--seeds 0,1] [--folds 1]
 
-Prints one table and writes it (with the settings) to bench/results/quality_iat-<machine>.md.
+Every value that differs from the paper's BP4D recipe (`fmae train bp4d --dry-run`) is a command-line
+option here and is printed, with the paper's value, in the results file. Prints one table and writes it
+to bench/results/quality_iat-<machine>.md; a hand-written section of that file starting at
+"## What it took" is kept when the benchmark is run again.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import argparse
 import json
 import os
 import platform
+import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,39 +32,76 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+KEEP_FROM = "## What it took"  # the hand-written part of the results file, kept across runs
+
+# The paper's values (fmae.recipes: BP4D "fmae" fine-tuning, and the identity probe) that options here change.
+PAPER_TRAIN = {"blr": 2e-4, "batch_size": 64, "epochs": 20, "warmup_epochs": 2, "layer_decay": 0.65,
+               "weight_decay": 0.05, "drop_path": 0.1, "auto_augment": "rand-m9-mstd0.5-inc1",
+               "random_erase_prob": 0.25}
+PAPER_PROBE = {"blr": 2e-4, "epochs": 20, "frames_per_subject": 100, "train_frames_per_subject": 70}
 
 
 def fmae(*args: object) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "fmae", *map(str, args)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}")
     return proc
 
 
-def newest(folder: Path) -> Path:
-    return max((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.name)
+def fresh(folder: Path) -> Path:
+    """An empty runs folder for exactly one run (so the run is the folder's only child)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
 
 
-def mean_std(values: list[float]) -> str:
+def only_run(folder: Path) -> Path:
+    runs = [p for p in folder.iterdir() if p.is_dir()]
+    if len(runs) != 1:
+        sys.exit(f"{folder}: expected one run folder, found {len(runs)}")
+    return runs[0]
+
+
+def mean_std(values: list[float], sign: str = "") -> str:
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+        return f"{values[0]:{sign}.3f}"
+    return f"{statistics.mean(values):{sign}.3f} ± {statistics.stdev(values):.3f}"
+
+
+def fmt(v: object) -> str:
+    return f'"{v}"' if isinstance(v, str) else f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--lambdas", default="0,0.5,2")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--folds", default="1")
-    p.add_argument("--frames", type=int, default=40, help="frames per subject (41 subjects)")
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--identity-strength", type=float, default=1.5)
-    p.add_argument("--blr", type=float, default=2e-3)
-    p.add_argument("--batch-size", type=int, default=32)
+    g = p.add_argument_group("data (fmae synth bp4d: 41 subjects)")
+    g.add_argument("--frames", type=int, default=100, help="frames per subject")
+    g.add_argument("--size", type=int, default=64)
+    g.add_argument("--identity-strength", type=float, default=1.5)
+    g.add_argument("--nuisance", type=float, default=1.0, help="pose/lighting/noise jitter, 0..1")
+    g = p.add_argument_group("fine-tuning (vit_tiny from scratch; the paper's BP4D recipe otherwise)")
+    g.add_argument("--epochs", type=int, default=8)
+    g.add_argument("--blr", type=float, default=5e-3)
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--warmup", type=float, default=1)
+    g.add_argument("--layer-decay", type=float, default=1.0)
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--drop-path", type=float, default=0.0)
+    g.add_argument("--auto-augment", default="", help='"" = no RandAugment (paper: rand-m9-mstd0.5-inc1)')
+    g.add_argument("--random-erase-prob", type=float, default=0.0)
+    g = p.add_argument_group("identity probe (frozen encoder, linear layer)")
+    g.add_argument("--probe-checkpoint", default="last", choices=("last", "best"),
+                   help="which checkpoint of each run to probe (last: the final model, as the F1 columns)")
+    g.add_argument("--probe-epochs", type=int, default=10)
+    g.add_argument("--probe-blr", type=float, default=5e-3)
+    g.add_argument("--probe-frames", type=int, default=40,
+                   help="frames per subject, split 70/30 (subjects with fewer use all theirs)")
     p.add_argument("--workdir", type=Path, default=HERE / ".quality_iat")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
@@ -65,68 +109,114 @@ def main() -> None:
     seeds = [int(x) for x in args.seeds.split(",")]
     folds = [int(x) for x in args.folds.split(",")]
     work = args.workdir
-    data = work / f"bp4d-f{args.frames}-s{args.size}-id{args.identity_strength}"
+    start = time.perf_counter()
+
+    data = work / f"bp4d-f{args.frames}-s{args.size}-id{args.identity_strength:g}-n{args.nuisance:g}"
     if not (data / "synth.json").exists():
         fmae("synth", "bp4d", "--out", data, "--frames", args.frames, "--size", args.size, "--seed", 0,
-             "--identity-strength", args.identity_strength)
+             "--identity-strength", args.identity_strength, "--nuisance", args.nuisance)
     common = ["--root", data, "--labels", data / "labels.jsonl", "--quiet"]
-    workers = str(max(1, min(4, (os.cpu_count() or 2) - 1)))
-    start = time.perf_counter()
-    rows: dict[float, dict[str, list[float]]] = {lam: {} for lam in lambdas}
+    workers = max(1, min(4, (os.cpu_count() or 2) - 1))
+    train = {"blr": args.blr, "batch_size": args.batch_size, "epochs": args.epochs, "warmup_epochs": args.warmup,
+             "layer_decay": args.layer_decay, "weight_decay": args.weight_decay, "drop_path": args.drop_path,
+             "auto_augment": args.auto_augment, "random_erase_prob": args.random_erase_prob}
+    train_sets = [f"{k}={fmt(v)}" for k, v in train.items() if k not in ("batch_size", "epochs")]
+    train_sets += [f"num_workers={workers}", "log_every=1000"]
+    per_subject = args.probe_frames
+    probe = {"blr": args.probe_blr, "epochs": args.probe_epochs, "frames_per_subject": per_subject,
+             "train_frames_per_subject": int(round(per_subject * 0.7))}
+    probe_sets = [f"{k}={fmt(v)}" for k, v in probe.items() if k != "epochs"] + [f"num_workers={workers}",
+                                                                                 "log_every=1000"]
+
+    keys = ("f1_05_last", "f1_best_last", "auc_last", "f1_05_best", "trivial", "probe", "chance", "minutes")
+    rows: dict[float, dict[str, list[float]]] = {lam: {k: [] for k in keys} for lam in lambdas}
+    paired: dict[tuple[int, int, float], dict[str, float]] = {}
+    log_lines: list[str] = []
     for fold in folds:
         for seed in seeds:
             for lam in lambdas:
-                runs = work / "runs"
-                runs.mkdir(parents=True, exist_ok=True)
+                tick = time.perf_counter()
+                tag = f"f{fold}-s{seed}-l{lam:g}"
+                runs = fresh(work / "runs" / tag)
                 fmae("train", "bp4d", "--fold", fold, "--seed", seed, "--lambda-id", lam, "--model", "vit_tiny",
-                     "--epochs", args.epochs, "--batch-size", args.batch_size, "--set", f"blr={args.blr}",
-                     "--set", f"num_workers={workers}", "--set", "log_every=50", "--runs-dir", runs, *common)
-                run = newest(runs)
+                     "--epochs", args.epochs, "--batch-size", args.batch_size,
+                     *[x for s in train_sets for x in ("--set", s)], "--runs-dir", runs, *common)
+                run = only_run(runs)
                 summary = json.loads((run / "summary.json").read_text())
                 best, last = summary["best"], summary["last"]
                 labels = np.load(run / "predictions" / "best.npz")["labels"].astype(float)
                 rate = labels.mean(0)
                 trivial = float(np.mean(2 * rate / (1 + rate)))  # F1 of predicting every AU present
-                probes = work / "probes"
-                probes.mkdir(parents=True, exist_ok=True)
-                fmae("probe-id", run, "--dataset", "bp4d", "--seed", seed, "--set", f"num_workers={workers}",
-                     "--runs-dir", probes, *common)
-                probe = json.loads((newest(probes) / "summary.json").read_text())
+                probes = fresh(work / "probes" / tag)
+                fmae("probe-id", run, "--dataset", "bp4d", "--checkpoint", args.probe_checkpoint, "--seed", seed,
+                     "--epochs", args.probe_epochs,
+                     *[x for s in probe_sets for x in ("--set", s)], "--runs-dir", probes, *common)
+                pr = json.loads((only_run(probes) / "summary.json").read_text())["best"]
+                minutes = (time.perf_counter() - tick) / 60
                 got = rows[lam]
                 for key, value in (("f1_05_last", last["f1_05_mean"]), ("f1_best_last", last["f1_best_mean"]),
-                                   ("f1_05_best", best["f1_05_mean"]), ("f1_best_best", best["f1_best_mean"]),
-                                   ("auc_last", last["auc_mean"]), ("trivial", trivial),
-                                   ("probe", probe["best"]["accuracy"]), ("chance", probe["best"]["chance"])):
-                    got.setdefault(key, []).append(value)
-                print(f"fold {fold} seed {seed} λ={lam:g}: F1@0.5 last {last['f1_05_mean']:.3f}, "
-                      f"F1 best-threshold last {last['f1_best_mean']:.3f} (tuned on test), trivial {trivial:.3f}, "
-                      f"ID probe {probe['best']['accuracy']:.3f}", flush=True)
+                                   ("auc_last", last["auc_mean"]), ("f1_05_best", best["f1_05_mean"]),
+                                   ("trivial", trivial), ("probe", pr["accuracy"]), ("chance", pr["chance"]),
+                                   ("minutes", minutes)):
+                    got[key].append(value)
+                paired[(fold, seed, lam)] = {"f1": last["f1_05_mean"], "auc": last["auc_mean"], "probe": pr["accuracy"]}
+                line = (f"fold {fold} seed {seed} λ={lam:g}: F1@0.5 last {last['f1_05_mean']:.3f} (trivial "
+                        f"{trivial:.3f}), F1 best-threshold {last['f1_best_mean']:.3f}, AUC {last['auc_mean']:.3f}, "
+                        f"ID probe {pr['accuracy']:.3f}; {minutes:.1f} min")
+                log_lines.append(line)
+                print(line, flush=True)
     minutes = (time.perf_counter() - start) / 60
     n = len(folds) * len(seeds)
+    changed_train = [f"{k} {fmt(v)} (paper {fmt(PAPER_TRAIN[k])})" for k, v in train.items() if v != PAPER_TRAIN[k]]
+    changed_probe = [f"{k} {fmt(v)} (paper {fmt(PAPER_PROBE[k])})" for k, v in probe.items() if v != PAPER_PROBE[k]]
     lines = [
-        f"# Quality on synthetic BP4D: FMAE vs FMAE-IAT (vit_tiny, CPU)",
+        "# Quality on synthetic BP4D: FMAE vs FMAE-IAT (vit_tiny from scratch, CPU)",
         "",
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
         f"{minutes:.1f} minutes in all",
-        f"data: synthetic BP4D, 41 subjects × {args.frames} frames, {args.size} px, identity strength "
-        f"{args.identity_strength}; folds {folds}, seeds {seeds} (n = {n} per row, mean ± std)",
-        f"training: vit_tiny from scratch, {args.epochs} epochs, batch {args.batch_size}, blr {args.blr:g}, "
-        "otherwise the paper's BP4D recipe; identity probe: the paper's protocol (frozen encoder, 70/30 "
-        "frames per subject)",
         "",
-        "| λ | F1@0.5 (last epoch) | F1 best-threshold (last, tuned on test) | AUC (last) | F1@0.5 (best epoch) "
-        "| trivial all-positive F1 | ID-probe top-1 | chance |",
-        "|---|---|---|---|---|---|---|---|",
+        f"command: `{shlex.join(['python', 'bench/quality_iat.py', *sys.argv[1:]])}`",
+        "",
+        f"- data: `fmae synth bp4d`, 41 subjects × {args.frames} frames, {args.size} px, identity strength "
+        f"{args.identity_strength:g}, nuisance {args.nuisance:g}, seed 0; test = the unseen subjects of fold(s) "
+        f"{folds}; seeds {seeds} (n = {n} per row, mean ± std)",
+        f"- fine-tuning: `fmae train bp4d --model vit_tiny` from a random init (no MAE pretraining), input "
+        f"{args.size} px; the paper's BP4D recipe except: {'; '.join(changed_train) or 'nothing'}",
+        f"- identity probe: `fmae probe-id --checkpoint {args.probe_checkpoint}` on each run (frozen encoder, linear layer over all "
+        f"41 subjects, frames split 70/30 per subject); the paper's protocol except: "
+        f"{'; '.join(changed_probe) or 'nothing'}",
+        "- trivial = F1 of predicting every AU present on the test split (mean over AUs of 2p/(1+p))",
+        "",
+        "| λ | F1@0.5 (last epoch) | trivial all-positive F1 | F1 best-threshold (last, tuned on test) "
+        f"| AUC (last) | F1@0.5 (best epoch) | ID-probe top-1 ({args.probe_checkpoint}) | chance | minutes per run |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for lam in lambdas:
         g = rows[lam]
-        lines.append(f"| {lam:g} | {mean_std(g['f1_05_last'])} | {mean_std(g['f1_best_last'])} | "
-                     f"{mean_std(g['auc_last'])} | {mean_std(g['f1_05_best'])} | {mean_std(g['trivial'])} | "
-                     f"{mean_std(g['probe'])} | {statistics.mean(g['chance']):.3f} |")
+        lines.append(f"| {lam:g} | {mean_std(g['f1_05_last'])} | {mean_std(g['trivial'])} | "
+                     f"{mean_std(g['f1_best_last'])} | {mean_std(g['auc_last'])} | {mean_std(g['f1_05_best'])} | "
+                     f"{mean_std(g['probe'])} | {statistics.mean(g['chance']):.3f} | "
+                     f"{statistics.mean(g['minutes']):.1f} |")
+    if 0.0 in lambdas and len(lambdas) > 1:
+        lines += ["", "Paired with λ = 0 (same fold and seed): change in the last epoch's F1@0.5 and AUC, and in "
+                  "ID-probe accuracy; \"better\" counts the pairs where F1 rose / the probe fell.", "",
+                  "| λ | ΔF1@0.5 | F1 better | ΔAUC | Δ ID-probe | probe lower |", "|---|---|---|---|---|---|"]
+        for lam in lambdas:
+            if lam == 0:
+                continue
+            pairs = [(paired[(f, s, lam)], paired[(f, s, 0.0)]) for f in folds for s in seeds]
+            d_f1 = [a["f1"] - b["f1"] for a, b in pairs]
+            d_auc = [a["auc"] - b["auc"] for a, b in pairs]
+            d_pr = [a["probe"] - b["probe"] for a, b in pairs]
+            lines.append(f"| {lam:g} | {mean_std(d_f1, '+')} | {sum(d > 0 for d in d_f1)}/{len(pairs)} | "
+                         f"{mean_std(d_auc, '+')} | {mean_std(d_pr, '+')} | {sum(d < 0 for d in d_pr)}/{len(pairs)} |")
+    lines += ["", "Per run:", "", *[f"- {x}" for x in log_lines]]
     text = "\n".join(lines) + "\n"
     print(text)
     out = args.out or HERE / "results" / f"quality_iat-{platform.machine()}-{os.cpu_count()}cpu.md"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and KEEP_FROM in (old := out.read_text()):
+        text += "\n" + old[old.index(KEEP_FROM):]
     out.write_text(text)
     print(f"wrote {out}")
 
