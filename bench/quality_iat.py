@@ -41,9 +41,12 @@ PAPER_TRAIN = {"blr": 2e-4, "batch_size": 64, "epochs": 20, "warmup_epochs": 2, 
 PAPER_PROBE = {"blr": 2e-4, "epochs": 20, "frames_per_subject": 100, "train_frames_per_subject": 70}
 
 
+ENV = dict(os.environ)  # the subprocesses' environment; main() sets their CPU threads
+
+
 def fmae(*args: object) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "fmae", *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
     if proc.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -102,6 +105,10 @@ def main() -> None:
     g.add_argument("--probe-blr", type=float, default=5e-3)
     g.add_argument("--probe-frames", type=int, default=40,
                    help="frames per subject, split 70/30 (subjects with fewer use all theirs)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads of each fmae process (OMP_NUM_THREADS; the data loader worker uses another core). "
+                   "1 keeps a 2-core machine from oversubscribing: with 2, any other load on the machine cut "
+                   "vit_tiny training from ~300 to ~20 images/s here")
     p.add_argument("--workdir", type=Path, default=HERE / ".quality_iat")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
@@ -109,7 +116,9 @@ def main() -> None:
     seeds = [int(x) for x in args.seeds.split(",")]
     folds = [int(x) for x in args.folds.split(",")]
     work = args.workdir
-    start = time.perf_counter()
+    if args.threads > 0:
+        ENV["OMP_NUM_THREADS"] = str(args.threads)
+    start, load0 = time.perf_counter(), os.getloadavg()[0]
 
     data = work / f"bp4d-f{args.frames}-s{args.size}-id{args.identity_strength:g}-n{args.nuisance:g}"
     if not (data / "synth.json").exists():
@@ -173,7 +182,8 @@ def main() -> None:
         "# Quality on synthetic BP4D: FMAE vs FMAE-IAT (vit_tiny from scratch, CPU)",
         "",
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
-        f"{minutes:.1f} minutes in all",
+        f"{minutes:.1f} minutes in all; OMP_NUM_THREADS={ENV.get('OMP_NUM_THREADS', 'unset')}; load average at the "
+        f"start {load0:.1f}, at the end {os.getloadavg()[0]:.1f} (other jobs on the machine slow the runs down)",
         "",
         f"command: `{shlex.join(['python', 'bench/quality_iat.py', *sys.argv[1:]])}`",
         "",
