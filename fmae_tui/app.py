@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import time
 from pathlib import Path
 
+from textual import work
 from textual.app import App
 from textual.binding import Binding
 
@@ -28,6 +30,10 @@ class FmaeApp(App[None]):
     TITLE = "fmae"
     CSS_PATH = "app.tcss"
     BINDINGS = [
+        Binding("l", "open('launch')", "Launch", tooltip="Queue a matrix of runs: folds × seeds × λ"),
+        Binding("j", "open('queue')", "Queue", tooltip="The queue's jobs: cancel, retry, reprioritise"),
+        Binding("g", "open('gpus')", "GPUs", tooltip="Utilisation, memory and the run on each GPU (or CPU slot)"),
+        Binding("d", "open('datasets')", "Datasets", show=False, tooltip="The benchmarks and their data"),
         Binding("question_mark", "help", "Help", key_display="?",
                 tooltip="List every key of this screen"),
         Binding("q", "quit", "Quit", tooltip="Leave the app"),
@@ -52,10 +58,40 @@ class FmaeApp(App[None]):
         self.push_screen(RunsScreen())
         if not _has_runs(self.project.runs_dir):
             self.push_screen(DatasetsScreen())
+        self._start_scheduler()
 
-    def action_show_datasets(self) -> None:
-        if not isinstance(self.screen, DatasetsScreen):
-            self.push_screen(DatasetsScreen())
+    @work(thread=True, group="scheduler", exit_on_error=False)
+    def _start_scheduler(self) -> None:
+        """Queued work and no scheduler (the machine rebooted, say): start one, as `fmae queue add` does."""
+        from fmae.queue import DB_NAME, Queue
+        from fmae.scheduler import ensure_running, holder
+
+        runs_dir = self.project.runs_dir
+        try:
+            if not (runs_dir / DB_NAME).exists() or holder(runs_dir) is not None:
+                return
+            if not Queue(runs_dir).jobs(states=("queued",)):
+                return
+            message, severity = ensure_running(self.project), "information"
+        except FmaeError as e:
+            message, severity = f"scheduler not started: {e}", "error"
+        except Exception as e:
+            message, severity = f"scheduler not started: {type(e).__name__}: {e}", "error"
+        with contextlib.suppress(RuntimeError):  # the app closed meanwhile
+            self.call_from_thread(self.notify, message, title="queued work", severity=severity, markup=False)
+
+    def action_open(self, name: str) -> None:
+        """Go to a main screen: from home, with every screen opened on top of home closed first."""
+        from fmae_tui.screens.gpus import GpusScreen
+        from fmae_tui.screens.launch import LaunchScreen
+        from fmae_tui.screens.queue import QueueScreen
+
+        kind = {"launch": LaunchScreen, "queue": QueueScreen, "gpus": GpusScreen, "datasets": DatasetsScreen}[name]
+        if isinstance(self.screen, kind):
+            return
+        while len(self.screen_stack) > 2 and not isinstance(self.screen, RunsScreen):
+            self.pop_screen()
+        self.push_screen(kind())
 
     def action_back(self) -> None:
         self.pop_screen()

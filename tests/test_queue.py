@@ -302,7 +302,7 @@ def test_ls_table_and_json(queued8, tmp_path):
 
 
 def test_ls_hides_old_finished_jobs_unless_all(tmp_path):
-    from fmae.cli_queue import queue_rows
+    from fmae.queue_ops import queue_rows
 
     runs = tmp_path / "runs"
     q = Queue(runs)

@@ -40,7 +40,6 @@ class RunsScreen(Screen[None]):
         Binding("t", "tags", "Tags", tooltip="Edit the selected run's tags (space-separated)"),
         Binding("r", "refresh", "Refresh", tooltip="Read every run folder again now"),
         Binding("escape", "clear_filters", "Clear filters", tooltip="Show every run again (text and state filters off)"),
-        Binding("d", "app.show_datasets", "Datasets", show=False, tooltip="The benchmarks and their data"),
     ]
 
     def __init__(self) -> None:

@@ -1,0 +1,366 @@
+"""What a user does to the queue — plan and add a matrix, list, cancel, retry, reprioritise — as functions
+that return what happened in words. `fmae queue …` prints those words; the app shows them. One code path
+for both, so a matrix queued from the Launch screen is exactly the one `fmae queue add` would queue.
+
+No torch here: the app imports this module.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+from fmae.errors import FmaeError
+from fmae.queue import DB_NAME, Job, Queue, config_key, existing_runs, expand_matrix, read_status_fast
+from fmae.runs import FINAL_STATES, STATES, RunDir, pid_alive
+
+if TYPE_CHECKING:
+    from fmae.config import ProjectConfig, Resolved
+
+FINISHED = ("done", "failed", "cancelled")
+RECENT_FINISHED = 20  # finished jobs a plain listing keeps
+
+
+# --- parsing the matrix's lists ----------------------------------------------------------------------
+
+def parse_ints(text: Optional[str], flag: str) -> Optional[list[int]]:
+    """"1,2,3" → [1, 2, 3]; None stays None (not given). `flag` names the field in the error."""
+    if text is None:
+        return None
+    try:
+        values = [int(x) for x in text.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise FmaeError(f"{flag} {text}: expected whole numbers separated by commas, e.g. 1,2,3") from None
+    if not values:
+        raise FmaeError(f"{flag} {text!r}: give at least one value")
+    return values
+
+
+def parse_floats(text: Optional[str], flag: str) -> Optional[list[float]]:
+    if text is None:
+        return None
+    try:
+        values = [float(x) for x in text.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise FmaeError(f"{flag} {text}: expected numbers separated by commas, e.g. 0,2") from None
+    if not values:
+        raise FmaeError(f"{flag} {text!r}: give at least one value")
+    return values
+
+
+def num(x: float) -> str:
+    return f"{x:g}"
+
+
+def cell_label(cfg: dict[str, Any]) -> str:
+    if cfg.get("task") == "au":
+        return f"fold {cfg['fold']} seed {cfg['seed']} λ {num(float(cfg['lambda_id']))}"
+    return f"seed {cfg['seed']}"
+
+
+# --- the matrix --------------------------------------------------------------------------------------
+
+def default_gpus_per_run(project: "ProjectConfig") -> int:
+    """1 when the scheduler's plan for this machine has GPU slots (fmae.toml's compute settings and what
+    NVML reports), else 0 (a CPU slot)."""
+    from fmae.gpus import plan_slots
+
+    slots = plan_slots(project)
+    return 1 if slots and slots[0].kind == "gpu" else 0
+
+
+@dataclass
+class MatrixPlan:
+    """A matrix expanded and checked against the runs folder: what would be added and what skipped."""
+
+    dataset: str
+    task: str
+    cells: list["Resolved"]
+    to_add: list["Resolved"]
+    skipped: list[tuple["Resolved", str]]  # (cell, why)
+    gpus_per_run: int
+    dims: str                  # "folds 1,2,3 × seeds 0 × λ 0,2"
+    plan: str                  # the GPU plan in one line
+    ignored: list[str] = field(default_factory=list)  # options that mean nothing for this dataset
+
+    def summary(self) -> list[str]:
+        lines = [f"{self.dataset} matrix: {self.dims} = {len(self.cells)} cell(s): {len(self.to_add)} to add, "
+                 f"{len(self.skipped)} skipped"]
+        if self.ignored:
+            lines.append(f"({' and '.join(self.ignored)} ignored: {self.dataset} is a FER benchmark with one "
+                         "split and no λ)")
+        lines.append(self.plan)
+        lines += [f"skip {cell_label(cell.values)}: {why}" for cell, why in self.skipped]
+        return lines
+
+
+def plan_matrix(project: "ProjectConfig", dataset: str, *, folds: Optional[list[int]] = None,
+                seeds: Optional[list[int]] = None, lambdas: Optional[list[float]] = None,
+                recipe: Optional[str] = None, cli: Optional[dict[str, Any]] = None,
+                gpus_per_run: Optional[int] = None, force: bool = False, root: Optional[Path] = None,
+                labels: Optional[Path] = None, generate: bool = False, queue: Optional[Queue] = None) -> MatrixPlan:
+    """Expand folds × seeds × λ (FER: seeds) and sort the cells into those to add and those skipped
+    because their experiment already has a queued, running or done run (or repeats a cell of this
+    matrix). `cli` is the options layer over recipe and fmae.toml ({"model": …, "epochs": …, …})."""
+    from fmae.gpus import plan_text
+    from fmae.registry import get_dataset
+
+    spec = get_dataset(dataset)
+    if gpus_per_run is not None and gpus_per_run < 0:
+        raise FmaeError(f"GPUs per run {gpus_per_run}: must be 0 (CPU) or more")
+    cells = expand_matrix(project, spec.name, folds=folds, seeds=seeds, lambdas=lambdas, recipe=recipe,
+                          cli=dict(cli or {}), root=root, labels=labels, generate=generate)
+    gpus = default_gpus_per_run(project) if gpus_per_run is None else gpus_per_run
+    au = spec.task == "au"
+    ignored = [flag for flag, given in (("folds", folds), ("λ", lambdas)) if given and not au]
+    dims = []
+    if au:
+        dims.append("folds " + ",".join(str(f) for f in dict.fromkeys(c.values["fold"] for c in cells)))
+    dims.append("seeds " + ",".join(str(s) for s in dict.fromkeys(c.values["seed"] for c in cells)))
+    if au:
+        dims.append("λ " + ",".join(num(float(x)) for x in dict.fromkeys(c.values["lambda_id"] for c in cells)))
+    if queue is None and (project.runs_dir / DB_NAME).exists():
+        queue = Queue(project.runs_dir)
+    keys = [config_key(c.values) for c in cells]
+    existing = {} if force else existing_runs(project.runs_dir, keys, queue=queue)
+    to_add, skipped, seen = [], [], set()
+    for cell, key in zip(cells, keys):
+        if key in seen:
+            skipped.append((cell, "a duplicate cell of this matrix"))
+        elif key in existing:
+            skipped.append((cell, ", ".join(f"{rid} ({state})" for rid, state in existing[key])))
+        else:
+            to_add.append(cell)
+        seen.add(key)
+    return MatrixPlan(spec.name, spec.task, cells, to_add, skipped, gpus, " × ".join(dims),
+                      plan_text(project, gpus), ignored)
+
+
+def add_matrix(project: "ProjectConfig", dataset: str, *, priority: int = 0,
+               progress: Optional[Any] = None, **matrix: Any) -> tuple[MatrixPlan, list[Job]]:
+    """Plan the matrix again under the queue's lock (so two adds of the same cells cannot both add
+    them), create a queued run folder per cell to add, and queue it. `progress(line)` hears each one.
+    Makes configured synthetic data on first use, as `fmae train` does. Does not start the scheduler."""
+    queue = Queue(project.runs_dir)
+    added: list[Job] = []
+    with queue.exclusive():
+        plan = plan_matrix(project, dataset, generate=True, queue=queue, **matrix)
+        from fmae.run_config import create_run
+
+        for cell in plan.to_add:
+            run = create_run(project.runs_dir, cell)
+            job = queue.add(run, priority=priority, gpus=plan.gpus_per_run, nproc=max(1, plan.gpus_per_run))
+            added.append(job)
+            if progress is not None:
+                progress(f"added job {job.id}: {run.id}")
+    return plan, added
+
+
+def start_scheduler(project: "ProjectConfig") -> str:
+    """Start the scheduler when work waits and none holds the runs folder; says what it did."""
+    from fmae.scheduler import ensure_running
+
+    return ensure_running(project)
+
+
+# --- listing -----------------------------------------------------------------------------------------
+
+def age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def progress_text(status: Optional[dict]) -> str:
+    if not status:
+        return "-"
+    parts = []
+    if status.get("epoch") is not None:
+        parts.append(f"e {status['epoch']}/{status.get('epochs', '?')}")
+    if status.get("step") is not None:
+        parts.append(f"s {status['step']}/{status.get('total_steps', '?')}")
+    return " · ".join(parts) or "-"
+
+
+def queue_rows(q: Queue, *, all_: bool = False, states: Optional[set[str]] = None,
+               recent: int = RECENT_FINISHED) -> tuple[list[dict[str, Any]], int]:
+    """The jobs as rows, each a job's fields plus its status.json facts, and how many finished jobs were
+    hidden (all but the `recent` latest, unless `all_` or `states`). `state` is status.json's (or
+    "corrupt"); `queue_state` the table's cache."""
+    now = time.time()
+    rows = []
+    for job in q.jobs():
+        status = read_status_fast(job.path)
+        row = dict(vars(job))
+        row["path"] = str(job.path)
+        row["queue_state"] = job.state
+        row["state"] = status["state"] if status else "corrupt"
+        for key in ("epoch", "epochs", "step", "total_steps", "host"):
+            row[key] = status.get(key) if status else None
+        if status and status.get("error"):
+            row["error"] = status["error"]
+        row["progress"] = progress_text(status)
+        row["age_s"] = now - job.added
+        rows.append(row)
+    if states:
+        rows = [r for r in rows if r["state"] in states]
+    hidden = 0
+    if not all_ and not states:
+        finished = [r for r in rows if r["state"] in FINISHED]
+        keep = {r["id"] for r in sorted(finished, key=lambda r: (r["ended"] or r["added"], r["id"]))[-recent:]}
+        hidden = len(finished) - len(keep)
+        rows = [r for r in rows if r["state"] not in FINISHED or r["id"] in keep]
+    return rows, hidden
+
+
+COLUMNS = (("id", ">"), ("state", "<"), ("dataset", "<"), ("fold", ">"), ("seed", ">"), ("λ", ">"),
+           ("model", "<"), ("GPU", "<"), ("progress", "<"), ("age", ">"))
+
+
+def row_state(r: dict[str, Any]) -> str:
+    state = r["state"] + (f" p{r['priority']}" if r["priority"] and r["state"] == "queued" else "")
+    if r["state"] == "running" and r["cancel_requested"]:
+        state = "cancelling"
+    return state
+
+
+def table_cells(r: dict[str, Any]) -> list[str]:
+    """One row as the text of its columns (COLUMNS)."""
+    au = r["task"] == "au"
+    return [str(r["id"]), row_state(r), r["dataset"], str(r["fold"]) if au else "-", str(r["seed"]),
+            num(r["lambda_id"]) if au else "-", r["model"], r["slot"] or "-", r["progress"], age(r["age_s"])]
+
+
+def counts_line(rows: list[dict[str, Any]], hidden: int = 0) -> str:
+    counts = {s: sum(r["state"] == s for r in rows) for s in (*STATES, "corrupt")}
+    text = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    if hidden:
+        text += f"; {hidden} older finished job(s) hidden"
+    return text
+
+
+# --- cancel / retry / priority -----------------------------------------------------------------------
+
+def resolve_jobs(q: Queue, ids: Iterable[str]) -> list[Job]:
+    """Jobs named by job id or run id, in the order given (duplicates dropped)."""
+    jobs = {}
+    for text in ids:
+        text = str(text).strip().rstrip("/")
+        job = q.get(int(text)) if text.isdigit() else q.get_run(Path(text).name)
+        if job is None:
+            raise FmaeError(f"job {text}: no such job in {q.db_path} (see `fmae queue ls --all`)")
+        jobs[job.id] = job
+    return list(jobs.values())
+
+
+def active_jobs(q: Queue) -> list[Job]:
+    """Queued and running jobs whose run folder has not ended (what `cancel --all` cancels)."""
+    out = []
+    for job in q.jobs(states=("queued", "running")):
+        status = read_status_fast(job.path)
+        if not (status and status["state"] in FINAL_STATES):
+            out.append(job)
+    return out
+
+
+def check_cancellable(jobs: Iterable[Job]) -> None:
+    for job in jobs:
+        status = read_status_fast(job.path)
+        # The row can say running for a moment after the run folder (the truth) says it ended.
+        state = status["state"] if status and status["state"] in FINAL_STATES else job.state
+        if state not in ("queued", "running"):
+            raise FmaeError(f"job {job.id} ({job.run_id}) is {state}: only queued or running jobs can be cancelled")
+
+
+def cancel_job(q: Queue, job: Job) -> str:
+    """A queued job is cancelled at once; a running one gets SIGTERM to its process group (it saves a
+    checkpoint and ends `cancelled`; the scheduler sends SIGKILL after a grace period)."""
+    now = q.cancel(job.id)
+    if now.state == "cancelled":
+        try:
+            RunDir(now.path).mark_ended("cancelled", error="cancelled before it started")
+        except (FmaeError, OSError) as e:
+            return f"job {now.id} cancelled in the queue, but its status.json could not be written: {e}"
+        return f"job {now.id} cancelled (it had not started): {now.run_id}"
+    return f"job {now.id} {_signal_running(now)}: {now.run_id}"
+
+
+def _signal_running(job: Job) -> str:
+    status = read_status_fast(job.path) or {}
+    host = status.get("host")
+    pgid = job.pgid or status.get("pgid")
+    if not pgid or int(pgid) <= 1 or int(pgid) == os.getpgrp():
+        return "cancel requested (no process group to signal yet; the scheduler stops it)"
+    if host and host != socket.gethostname():
+        return f"cancel requested (it runs on {host}; the scheduler there stops it)"
+    try:
+        os.killpg(int(pgid), signal.SIGTERM)
+    except ProcessLookupError:
+        return "cancel requested (its process is gone; the scheduler records the end)"
+    except PermissionError:
+        return f"cancel requested (no permission to signal process group {pgid})"
+    return f"cancelling: SIGTERM sent to process group {pgid} (it saves a checkpoint; SIGKILL after a grace period)"
+
+
+def check_retryable(jobs: Iterable[Job]) -> None:
+    for job in jobs:
+        status = read_status_fast(job.path)
+        truth = status["state"] if status else "corrupt"
+        # The row may still say running for a moment after the run folder says it ended (the scheduler
+        # has not noticed the exit yet): the folder is the truth, so that is retryable too.
+        if job.state not in ("failed", "cancelled") and not (job.state == "running" and truth in ("failed", "cancelled")):
+            raise FmaeError(f"job {job.id} ({job.run_id}) is {job.state}: only failed or cancelled jobs can be retried"
+                            + (" — a done run is not re-run; queue a new one" if job.state == "done" else ""))
+        if truth not in ("failed", "cancelled"):
+            raise FmaeError(f"job {job.id} ({job.run_id}): its status.json says {truth}; only failed or cancelled "
+                            "runs can be retried")
+
+
+def retry_job(q: Queue, job: Job, runs_dir: Path) -> str:
+    """Queue a failed or cancelled job again (check_retryable first); it resumes from its last checkpoint."""
+    if job.state == "running":
+        _settle(q, job, runs_dir)
+    # status.json first: once the row says queued the scheduler may start it at any moment.
+    RunDir(job.path).mark_queued()
+    q.requeue(job.id)
+    last = job.path / "checkpoints" / "last.pt"
+    how = "resumes from checkpoints/last.pt" if last.is_file() else "starts from the beginning (no checkpoint)"
+    return f"job {job.id} queued again, {how}: {job.run_id}"
+
+
+def _settle(q: Queue, job: Job, runs_dir: Path, wait: float = 30.0) -> None:
+    """Wait until the row of a run that has ended (by its status.json) is final too. A scheduler holding
+    the runs folder records the end itself (it must, before the job is queued again, or it would take the
+    requeued run for a vanished one); without one, the row is finished here once the process is gone."""
+    from fmae.scheduler import holder
+
+    deadline = time.monotonic() + wait
+    while True:
+        fresh = q.get(job.id)
+        if fresh is None or fresh.state in FINAL_STATES:
+            return
+        if holder(runs_dir) is None:
+            status = read_status_fast(job.path) or {}
+            here = status.get("host") in (None, socket.gethostname())
+            pid = fresh.pid or status.get("pid")
+            if not (here and pid and pid_alive(int(pid))) and status.get("state") in FINAL_STATES:
+                q.finish(job.id, status["state"], error=status.get("error"))
+                return
+        if time.monotonic() > deadline:
+            raise FmaeError(f"job {job.id} ({job.run_id}): its run has ended but its process has not exited "
+                            f"after {wait:.0f} s — retry again in a moment")
+        time.sleep(0.1)
+
+
+def set_priority(q: Queue, job: Job, priority: int) -> str:
+    q.set_priority(job.id, priority)
+    pending = [j.id for j in q.pending()]
+    where = f"; {pending.index(job.id) + 1} of {len(pending)} in line" if job.id in pending else f" ({job.state})"
+    return f"job {job.id}: priority {priority}{where}"

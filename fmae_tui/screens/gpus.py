@@ -1,0 +1,139 @@
+"""The GPUs screen: utilisation, memory and temperature per GPU (NVML), and which run holds each slot. On
+a machine without a GPU it says so and shows the CPU slots the scheduler uses instead."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from fmae.errors import FmaeError
+
+if TYPE_CHECKING:
+    from fmae_tui.app import FmaeApp
+
+
+def bar(fraction: float, width: int = 10) -> str:
+    """A text gauge, "█████░░░░░", so a 16-colour terminal shows the level without colour."""
+    fraction = min(1.0, max(0.0, fraction))
+    full = round(fraction * width)
+    return "█" * full + "░" * (width - full)
+
+
+def gather(project: Any) -> dict[str, Any]:
+    """Everything the screen shows, read off the UI thread: NVML's snapshot, the slots of the scheduler's
+    plan and the running jobs that hold them."""
+    from fmae.gpus import plan_slots, probe
+    from fmae.queue import DB_NAME, Queue
+
+    gpus, reason = probe()
+    try:
+        slots, plan_error = plan_slots(project, gpus), None
+    except FmaeError as e:
+        slots, plan_error = [], str(e)
+    holders: dict[str, list[Any]] = {}
+    if (project.runs_dir / DB_NAME).exists():
+        for job in Queue(project.runs_dir).jobs(states=("running",)):
+            for name in (job.slot or "").split("+"):
+                if name:
+                    holders.setdefault(name, []).append(job)
+    return {"gpus": gpus, "reason": reason, "slots": slots, "plan_error": plan_error, "holders": holders}
+
+
+class GpusScreen(Screen[None]):
+    SUB_TITLE = "GPUs"
+    POLL_S = 2.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.polls = 0
+        self._polling = False
+
+    @property
+    def fmae(self) -> FmaeApp:
+        return cast("FmaeApp", self.app)
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="gpus-bar")
+        yield DataTable(id="gpus-table", cursor_type="row", zebra_stripes=True)
+        yield Footer(show_command_palette=False)
+
+    def on_mount(self) -> None:
+        self.query_one(DataTable).focus()
+        self._timer = self.set_interval(self.POLL_S, self._tick, pause=True)
+
+    def on_screen_resume(self) -> None:
+        self._tick()
+        self._timer.resume()
+
+    def on_screen_suspend(self) -> None:
+        self._timer.pause()
+
+    def _tick(self) -> None:
+        if not self._polling:
+            self._polling = True
+            self._poll()
+
+    @work(thread=True, group="gpus-poll", exit_on_error=False)
+    def _poll(self) -> None:
+        facts, error = None, None
+        try:
+            facts = gather(self.fmae.project)
+        except Exception as e:  # NVML or the queue misbehaving must not end the app
+            error = f"{type(e).__name__}: {e}" if not isinstance(e, (FmaeError, OSError)) else str(e)
+        try:
+            self.app.call_from_thread(self._apply, facts, error)
+        except RuntimeError:
+            pass
+
+    def _apply(self, facts: dict[str, Any] | None, error: str | None) -> None:
+        self._polling = False
+        self.polls += 1
+        table = self.query_one(DataTable)
+        info = self.query_one("#gpus-bar", Static)
+        if facts is None:
+            info.update(Text(error or "?", "bold red"))
+            return
+        gpus, slots, holders = facts["gpus"], facts["slots"], facts["holders"]
+        row = table.cursor_row
+        table.clear(columns=True)
+        project = self.fmae.project
+        if gpus:
+            head = Text(f"{len(gpus)} GPU(s) by NVML · {project.runs_per_gpu} run(s) per GPU · "
+                        f"start a run with ≥ {project.min_free_memory_gib:g} GiB free")
+            for name in ("GPU", "name", "util", "memory", "temp", "runs"):
+                table.add_column(name, key=name)
+            for g in gpus:
+                mine = [s for s in slots if s.gpus and s.gpus[0] == g.index]
+                runs = [f"{s.name}: {job.run_id}" for s in mine for job in holders.get(s.name, [])]
+                if not mine:
+                    runs = ["(not in compute.gpus)"]
+                util = "n/a" if g.utilization_pct is None else f"{bar(g.utilization_pct / 100, 8)} {g.utilization_pct:3d}%"
+                used = g.memory_used_mib / max(1, g.memory_total_mib)
+                memory = f"{bar(used, 8)} {g.memory_used_mib / 1024:.1f}/{g.memory_total_mib / 1024:.0f} GiB"
+                temp = "n/a" if g.temperature_c is None else f"{g.temperature_c} °C"
+                table.add_row(str(g.index), g.short_name, util, memory, temp, "\n".join(runs) or "free",
+                              height=max(1, len(runs)))
+        else:
+            why = "compute.device = cpu" if project.device == "cpu" else (facts["reason"] or "NVML found none")
+            head = Text(f"no GPU here ({why}): runs use {len(slots)} CPU slot(s) "
+                        f"(compute.cpu_slots = {project.cpu_slots})")
+            for name in ("slot", "run", "dataset", "model"):
+                table.add_column(name, key=name)
+            for s in slots:
+                jobs = holders.get(s.name, [])
+                if jobs:
+                    for job in jobs:
+                        table.add_row(s.name, job.run_id, job.dataset, job.model)
+                else:
+                    table.add_row(s.name, "free", "", "")
+        if facts["plan_error"]:
+            head.append(f"\n{facts['plan_error']}", "bold red")
+        info.update(head)
+        if table.row_count:
+            table.move_cursor(row=min(row, table.row_count - 1))

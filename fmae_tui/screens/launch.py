@@ -1,0 +1,320 @@
+"""The Launch screen: a matrix of runs — dataset, recipe, model, epochs, folds × seeds × λ, GPUs per run —
+filled from the paper's recipe, previewed live (cells to add, cells skipped because their experiment
+already has a run, the GPU plan) and queued after a confirmation through `fmae.queue_ops`, the code path
+of `fmae queue add`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional, cast
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Input, Select, Static
+from textual.worker import get_current_worker
+
+from fmae.errors import FmaeError
+from fmae.model_specs import ENCODERS
+from fmae.registry import DATASETS, get_dataset
+from fmae_tui.screens.confirm import ConfirmScreen
+
+if TYPE_CHECKING:
+    from fmae.queue_ops import MatrixPlan
+    from fmae_tui.app import FmaeApp
+
+PREVIEW_DELAY_S = 0.3  # typing pauses this long before the plan is worked out again
+MAX_LISTED = 40  # cells listed one by one in the preview
+
+
+class LaunchScreen(Screen[None]):
+    SUB_TITLE = "Launch"
+    BINDINGS = [
+        Binding("ctrl+s", "queue", "Queue it", tooltip="Queue the cells to add (asks first); the scheduler starts"),
+        Binding("ctrl+r", "fill", "Paper's recipe", tooltip="Fill every field from the paper's recipe again"),
+    ]
+
+    def __init__(self, dataset: str | None = None) -> None:
+        super().__init__()
+        self._dataset = get_dataset(dataset).name if dataset else "bp4d"
+        self._filling = False
+        self._timer: Any = None
+        self.plan: MatrixPlan | None = None  # the latest preview's plan (None while the fields are wrong)
+        self.previews = 0  # previews shown so far (tests wait on it)
+        self.queued: list[Any] = []  # jobs queued from this screen, latest submission (tests read it)
+
+    @property
+    def fmae(self) -> FmaeApp:
+        return cast("FmaeApp", self.app)
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Grid(id="launch-form"):
+            yield Static("dataset", classes="label")
+            yield Select([(f"{s.name} — {s.title}", s.name) for s in DATASETS.values()], value=self._dataset,
+                         allow_blank=False, compact=True, id="dataset")
+            yield Static("recipe", classes="label")
+            yield Select([], allow_blank=True, compact=True, id="recipe", prompt="-")
+            yield Static("model", classes="label")
+            yield Select([(name, name) for name in ENCODERS], allow_blank=False, compact=True, id="model",
+                         value="vit_base")
+            yield Static("epochs", classes="label")
+            yield Input(compact=True, type="integer", id="epochs")
+            yield Static("folds", classes="label")
+            yield Input(compact=True, id="folds", placeholder="e.g. 1,2,3")
+            yield Static("seeds", classes="label")
+            yield Input(compact=True, id="seeds", placeholder="e.g. 0,1,2")
+            yield Static("λ (IAT)", classes="label")
+            yield Input(compact=True, id="lambdas", placeholder="e.g. 0,2")
+            yield Static("GPUs/run", classes="label")
+            yield Input(compact=True, type="integer", id="gpus", tooltip="0 = a CPU slot")
+            yield Static("priority", classes="label")
+            yield Input("0", compact=True, type="integer", id="priority")
+            yield Static("")
+            yield Static(id="launch-go")
+        with VerticalScroll(id="launch-plan"):
+            yield Static(id="launch-preview")
+        yield Footer(show_command_palette=False)
+
+    def on_mount(self) -> None:
+        self.query_one("#launch-plan").border_title = "Plan"
+        self._fill_recipes()
+        self.action_fill()
+        self.query_one("#dataset", Select).focus()
+
+    # --- filling from the recipe ---------------------------------------------------------------------
+
+    def _fill_recipes(self) -> None:
+        from fmae.recipes import recipe_names
+
+        names = recipe_names(self._dataset)
+        select = self.query_one("#recipe", Select)
+        self._filling = True
+        select.set_options([(n, n) for n in names])
+        select.value = names[0]
+        self._filling = False
+
+    def action_fill(self) -> None:
+        """Every field from the paper's recipe (over fmae.toml's defaults), as `fmae train` resolves it."""
+        from fmae.queue_ops import default_gpus_per_run
+        from fmae.run_config import resolve_run_config
+
+        spec = get_dataset(self._dataset)
+        project = self.fmae.project
+        seeds = project.defaults.get("seeds") or [0]
+        recipe = self._value("recipe")
+        try:
+            resolved = resolve_run_config(project, spec.name, recipe=recipe, fold=1 if spec.task == "au" else None,
+                                          seed=int(seeds[0]), cli={}, generate=False).values
+            gpus = default_gpus_per_run(project)
+        except FmaeError as e:
+            self._show_error(str(e))
+            return
+        self._filling = True
+        au = spec.task == "au"
+        self._set("#model", resolved["model"])
+        self._set("#epochs", str(resolved["epochs"]))
+        self._set("#folds", ",".join(str(f) for f in range(1, spec.num_folds + 1)) if au else "")
+        self._set("#seeds", ",".join(str(s) for s in seeds))
+        self._set("#lambdas", f"{float(resolved['lambda_id']):g}" if au else "")
+        self._set("#gpus", str(gpus))
+        for name in ("#folds", "#lambdas"):
+            widget = self.query_one(name, Input)
+            widget.disabled = not au
+            widget.placeholder = "" if au else f"({spec.name}: one split, no λ)"
+        self._filling = False
+        self._schedule_preview()
+
+    def _set(self, selector: str, value: str) -> None:
+        widget = self.query_one(selector)
+        if isinstance(widget, Select):
+            widget.value = value
+        else:
+            cast(Input, widget).value = value
+
+    def _value(self, name: str) -> Optional[str]:
+        widget = self.query_one(f"#{name}")
+        if isinstance(widget, Select):
+            return None if widget.is_blank() else str(widget.value)
+        text = cast(Input, widget).value.strip()
+        return text or None
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if self._filling or not self.is_mounted:
+            return
+        if event.select.id == "dataset" and not event.select.is_blank() and event.value != self._dataset:
+            self._dataset = str(event.value)
+            self._fill_recipes()
+            self.action_fill()
+        elif event.select.id == "recipe":
+            self.action_fill()
+        else:
+            self._schedule_preview()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if not self._filling:
+            self._schedule_preview()
+
+    # --- the preview -----------------------------------------------------------------------------------
+
+    def matrix(self) -> dict[str, Any]:
+        """The fields as `fmae.queue_ops.plan_matrix` options; FmaeError naming the field that is wrong."""
+        from fmae.queue_ops import parse_floats, parse_ints
+
+        au = get_dataset(self._dataset).task == "au"
+        cli: dict[str, Any] = {}
+        if self._value("model"):
+            cli["model"] = self._value("model")
+        epochs = parse_ints(self._value("epochs"), "epochs")
+        if epochs:
+            if len(epochs) != 1 or epochs[0] < 1:
+                raise FmaeError("epochs: give one whole number, at least 1")
+            cli["epochs"] = epochs[0]
+        gpus = parse_ints(self._value("gpus"), "GPUs/run")
+        if gpus and len(gpus) != 1:
+            raise FmaeError("GPUs/run: give one whole number (0 = a CPU slot)")
+        return dict(dataset=self._dataset, recipe=self._value("recipe"), cli=cli,
+                    folds=parse_ints(self._value("folds"), "folds") if au else None,
+                    seeds=parse_ints(self._value("seeds"), "seeds"),
+                    lambdas=parse_floats(self._value("lambdas"), "λ") if au else None,
+                    gpus_per_run=gpus[0] if gpus else None)
+
+    def priority(self) -> int:
+        from fmae.queue_ops import parse_ints
+
+        value = parse_ints(self._value("priority") or "0", "priority") or [0]
+        if len(value) != 1:
+            raise FmaeError("priority: give one whole number")
+        return value[0]
+
+    def _schedule_preview(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        self._timer = self.set_timer(PREVIEW_DELAY_S, self._preview)
+
+    def _preview(self) -> None:
+        self._timer = None
+        self.plan = None
+        try:
+            matrix = self.matrix()
+            self.priority()
+        except FmaeError as e:
+            self._show_error(str(e))
+            return
+        self._plan_worker(matrix)
+
+    @work(thread=True, exclusive=True, group="launch-plan", exit_on_error=False)
+    def _plan_worker(self, matrix: dict[str, Any]) -> None:
+        from fmae.queue_ops import plan_matrix
+
+        plan, error = None, None
+        try:
+            plan = plan_matrix(self.fmae.project, **matrix)  # reads run folders: not on the UI thread
+        except FmaeError as e:
+            error = str(e)
+        except Exception as e:  # a bug must show as a line, not end the app
+            error = f"{type(e).__name__}: {e}"
+        if get_current_worker().is_cancelled:
+            return
+        try:
+            self.app.call_from_thread(self._show_plan, plan, error)
+        except RuntimeError:  # the app closed meanwhile
+            pass
+
+    def _show_plan(self, plan: MatrixPlan | None, error: str | None) -> None:
+        if error is not None or plan is None:
+            self._show_error(error or "no plan")
+            return
+        from fmae.queue_ops import cell_label
+
+        self.plan = plan
+        text = Text()
+        lines = plan.summary()
+        text.append(lines[0] + "\n", "bold")
+        for line in lines[1:]:
+            text.append(line + "\n", "dim" if line.startswith("skip ") else "")
+        for cell in plan.to_add[:MAX_LISTED]:
+            text.append(f"add {cell_label(cell.values)}\n")
+        if len(plan.to_add) > MAX_LISTED:
+            text.append(f"… and {len(plan.to_add) - MAX_LISTED} more\n")
+        if plan.to_add:
+            values = plan.to_add[0].values
+            text.append(f"each: {values['model']}, {values['epochs']} epochs, batch {values['batch_size']}, "
+                        f"blr {values['blr']:g}, recipe {values['recipe']}; data {values.get('data_root')}\n", "dim")
+        self.query_one("#launch-preview", Static).update(text)
+        n = len(plan.to_add)
+        self._go(f"ctrl+s: queue {n} run{'' if n == 1 else 's'}" if n else "nothing to add")
+        self.previews += 1
+
+    def _show_error(self, message: str) -> None:
+        self.plan = None
+        self.query_one("#launch-preview", Static).update(Text(message, "bold red"))
+        self._go("fix the fields to queue")
+        self.previews += 1
+
+    def _go(self, text: str) -> None:
+        self.query_one("#launch-go", Static).update(Text(text, "bold"))
+
+    # --- queueing --------------------------------------------------------------------------------------
+
+    def action_queue(self) -> None:
+        if self._timer is not None:  # fields changed since the last preview: work it out first
+            self.notify("the plan is being worked out: press again in a moment", severity="warning")
+            return
+        plan = self.plan
+        if plan is None:
+            self.notify("fix the fields first (the plan says what is wrong)", severity="error")
+            return
+        if not plan.to_add:
+            self.notify("nothing to add: every cell already has a run", severity="warning")
+            return
+        try:
+            matrix, priority = self.matrix(), self.priority()
+        except FmaeError as e:
+            self.notify(str(e), severity="error", markup=False)
+            return
+        n = len(plan.to_add)
+        question = f"Queue {n} run{'' if n == 1 else 's'} of {plan.dataset}?"
+        detail = "\n".join([plan.summary()[0], plan.plan, f"priority {priority}"])
+        self.app.push_screen(ConfirmScreen(question, detail),
+                             lambda yes: self._submit(matrix, priority) if yes else None)
+
+    def _submit(self, matrix: dict[str, Any], priority: int) -> None:
+        self._go("queueing…")
+        self.fmae.generating.add(matrix["dataset"])  # synthetic data may be made on first use
+        self._add_worker(matrix, priority)
+
+    @work(thread=True, group="launch-add", exit_on_error=False)
+    def _add_worker(self, matrix: dict[str, Any], priority: int) -> None:
+        from fmae.queue_ops import add_matrix, start_scheduler
+
+        jobs, lines, error = [], [], None
+        try:
+            plan, jobs = add_matrix(self.fmae.project, priority=priority, **matrix)
+            if jobs:
+                lines.append(f"queued {len(jobs)} job(s) (ids {jobs[0].id}–{jobs[-1].id}, priority {priority})")
+                lines.append(start_scheduler(self.fmae.project))
+            else:
+                lines.append("nothing added: every cell already has a run")
+        except FmaeError as e:
+            error = str(e)
+        except Exception as e:  # shown, not raised: the app stays up
+            error = f"{type(e).__name__}: {e}"
+        try:
+            self.app.call_from_thread(self._added, matrix["dataset"], jobs, lines, error)
+        except RuntimeError:
+            pass
+
+    def _added(self, dataset: str, jobs: list[Any], lines: list[str], error: str | None) -> None:
+        self.fmae.generating.discard(dataset)
+        self.queued = jobs
+        if error is not None:
+            self.notify(error, title="not queued", severity="error", markup=False, timeout=10)
+            self._schedule_preview()
+            return
+        self.notify("\n".join(lines), title="launch", markup=False)
+        self._schedule_preview()  # the cells just added now show as skipped
+        if jobs:
+            self.fmae.action_open("queue")

@@ -1,0 +1,202 @@
+"""The Launch, Queue and GPUs screens with the real queue and the real detached scheduler: a matrix
+launched from the app lands as run folders and queue rows, runs on the CPU slot, shows on the GPUs screen
+and is cancelled from the Queue screen; the app starts the scheduler for queued work it finds."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sqlite3
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from rich.console import Console
+from textual.app import App
+from textual.message import Message
+from textual.notifications import Notify
+from textual.widgets import Input, Select
+
+from conftest import run_fmae
+from fmae.config import default_config_text
+from fmae.scheduler import holder, stop
+from fmae_tui.app import create_app
+from fmae_tui.screens.confirm import ConfirmScreen
+from fmae_tui.screens.gpus import GpusScreen, bar
+from fmae_tui.screens.launch import LaunchScreen
+from fmae_tui.screens.queue import QueueScreen
+
+TINY = "synthetic = { subjects = 5, frames = 24, size = 48, seed = 0 }"  # fold 1 trains on 72 frames ≥ batch 64
+
+
+@pytest.fixture
+def project(tmp_path: Path):
+    """fmae.toml with tiny synthetic data and one CPU slot; the scheduler is stopped afterwards."""
+    config = tmp_path / "fmae.toml"
+    config.write_text(re.sub(r"synthetic = \{[^}]*\}", TINY, default_config_text()), encoding="utf-8")
+    yield config, tmp_path / "runs"
+    if (tmp_path / "runs").is_dir():
+        run_fmae("queue", "cancel", "--all", "--config", config, cwd=tmp_path)
+        stop(tmp_path / "runs", wait=30)
+
+
+def screen_text(app: App) -> str:
+    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(), record=True,
+                      color_system=None)
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    return console.export_text()
+
+
+def squash(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+async def wait_until(pilot, condition: Callable[[], bool], timeout: float = 8.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out: {what}\n{screen_text(pilot.app)}")
+
+
+async def type_into(pilot, screen, selector: str, text: str) -> None:
+    field = screen.query_one(selector, Input)
+    field.focus()
+    await pilot.pause()
+    await pilot.press("end", *["backspace"] * len(field.value), *text)
+
+
+def status(run: Path) -> dict:
+    return json.loads((run / "status.json").read_text())
+
+
+async def test_launch_a_matrix_see_it_run_and_cancel_it(project, tmp_path: Path) -> None:
+    config, runs = project
+    seen: list[Message] = []
+    app = create_app(config, runs)
+    async with app.run_test(size=(80, 24), message_hook=seen.append) as pilot:
+        await pilot.press("l")
+        await wait_until(pilot, lambda: isinstance(app.screen, LaunchScreen) and app.screen.previews > 0, what="launch")
+        launch = app.screen
+        # The paper's BP4D recipe fills the fields: every fold, fmae.toml's seeds, λ 0, vit_base, 20 epochs.
+        assert launch.query_one("#folds", Input).value == "1,2,3"
+        assert launch.query_one("#seeds", Input).value == "0,1,2"
+        assert launch.query_one("#lambdas", Input).value == "0"
+        assert launch.query_one("#epochs", Input).value == "20"
+        assert launch.query_one("#gpus", Input).value == "0"  # no GPU here
+        text = screen_text(app)
+        assert "bp4d matrix: folds 1,2,3 × seeds 0,1,2 × λ 0 = 9 cell(s): 9 to add, 0 skipped" in text
+        assert "no GPU" in text and "1 CPU slot" in text
+
+        # A wrong field says which and what to do; nothing can be queued meanwhile.
+        previews = launch.previews
+        await type_into(pilot, launch, "#seeds", "0,x")
+        await wait_until(pilot, lambda: launch.previews > previews, what="error preview")
+        assert "seeds0,x:expectedwholenumbersseparatedbycommas" in squash(screen_text(app))
+        assert launch.plan is None
+
+        # 2 folds × 1 seed × 2 λ of vit_tiny for many epochs (so the first is still running when cancelled).
+        launch.query_one("#model", Select).value = "vit_tiny"
+        await type_into(pilot, launch, "#seeds", "0")
+        await type_into(pilot, launch, "#folds", "1,2")
+        await type_into(pilot, launch, "#lambdas", "0,2")
+        await type_into(pilot, launch, "#epochs", "500")
+        previews = launch.previews
+        await wait_until(pilot, lambda: launch.previews > previews and launch.plan is not None
+                         and len(launch.plan.to_add) == 4, what="4-cell plan")
+        assert "folds 1,2 × seeds 0 × λ 0,2 = 4 cell(s): 4 to add" in screen_text(app)
+
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirmation")
+        assert "Queue 4 runs of bp4d?" in screen_text(app)
+        await pilot.press("y")
+        await wait_until(pilot, lambda: isinstance(app.screen, QueueScreen) and app.screen.polls > 0
+                         and app.screen.query_one("#queue-table").row_count == 4, timeout=60, what="queue screen")
+
+        # The same result as `fmae queue add`: run folders with the asked-for config, queue rows, a scheduler.
+        folders = sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith("."))
+        assert len(folders) == 4
+        configs = [(p / "run.toml").read_text() for p in folders]
+        assert all('model = "vit_tiny"' in c and "epochs = 500" in c for c in configs)
+        with sqlite3.connect(runs / "queue.sqlite") as db:
+            rows = db.execute("SELECT run_id, fold, seed, lambda_id FROM jobs ORDER BY id").fetchall()
+        assert sorted((f, s, lam) for _, f, s, lam in rows) == [(1, 0, 0.0), (1, 0, 2.0), (2, 0, 0.0), (2, 0, 2.0)]
+        assert {r[0] for r in rows} == {p.name for p in folders}
+        assert any("queued 4 job(s)" in m.notification.message for m in seen if isinstance(m, Notify))
+        assert holder(runs) is not None
+
+        # Launching the same matrix again would add nothing: its cells are skipped, with their runs named.
+        await pilot.press("l")
+        await wait_until(pilot, lambda: isinstance(app.screen, LaunchScreen) and app.screen.plan is not None,
+                         what="launch again")
+        app.screen.query_one("#model", Select).value = "vit_tiny"
+        await type_into(pilot, app.screen, "#seeds", "0")
+        await type_into(pilot, app.screen, "#folds", "1,2")
+        await type_into(pilot, app.screen, "#lambdas", "0,2")
+        await type_into(pilot, app.screen, "#epochs", "500")
+        await wait_until(pilot, lambda: app.screen.plan is not None and len(app.screen.plan.skipped) == 4,
+                         what="all skipped")
+        assert "0 to add, 4 skipped" in screen_text(app)
+
+        # The first job starts on the CPU slot; the GPUs screen says there is no GPU and who holds cpu0.
+        first = runs / rows[0][0]
+        await wait_until(pilot, lambda: status(first)["state"] == "running", timeout=60, what="first job running")
+        await pilot.press("escape", "g")  # on Launch, letters are typing: leave it first
+        await wait_until(pilot, lambda: isinstance(app.screen, GpusScreen) and app.screen.polls > 0, what="GPUs")
+        await wait_until(pilot, lambda: rows[0][0][:20] in screen_text(app), what="cpu0 holder")
+        text = screen_text(app)
+        assert "no GPU here" in text and "cpu0" in text
+
+        # Cancel the last (queued) job, then the running one, each after a confirmation.
+        await pilot.press("j")
+        await wait_until(pilot, lambda: isinstance(app.screen, QueueScreen) and app.screen.polls > 0, what="queue")
+        queue = app.screen
+        table = queue.query_one("#queue-table")
+        table.move_cursor(row=3)
+        await pilot.pause()
+        last = runs / queue.selected["run_id"]
+        await pilot.press("c")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="cancel confirmation")
+        await pilot.press("n")  # no: nothing changes
+        await pilot.pause(0.2)
+        assert status(last)["state"] == "queued"
+        await pilot.press("c", "y")
+        await wait_until(pilot, lambda: status(last)["state"] == "cancelled", what="queued job cancelled")
+        table.move_cursor(row=0)
+        await pilot.pause()
+        assert queue.selected["run_id"] == first.name
+        await pilot.press("c", "y")
+        await wait_until(pilot, lambda: status(first)["state"] == "cancelled", timeout=60, what="running job cancelled")
+        await wait_until(pilot, lambda: "cancelled" in str(table.get_cell(str(queue.selected["id"]), "state")),
+                         timeout=10, what="table shows cancelled")
+
+        # A done or cancelled job cannot be cancelled again: one clear line.
+        seen.clear()
+        await pilot.press("c")
+        await pilot.pause(0.2)
+        errors = [m.notification.message for m in seen if isinstance(m, Notify)]
+        assert any("only queued or running jobs can be cancelled" in e for e in errors), errors
+
+
+async def test_the_app_starts_the_scheduler_for_queued_work(project, tmp_path: Path, make_synth) -> None:
+    config, runs = project
+    root = make_synth("bp4d")
+    added = run_fmae("queue", "add", "bp4d", "--folds", "1", "--seeds", "0", "--model", "vit_tiny", "--epochs", "500",
+                     "--root", root, "--labels", root / "labels.jsonl", "--no-scheduler", "--config", config,
+                     cwd=tmp_path)
+    assert added.returncode == 0, added.stderr
+    assert holder(runs) is None
+    seen: list[Message] = []
+    app = create_app(config, runs)
+    async with app.run_test(size=(80, 24), message_hook=seen.append) as pilot:
+        await wait_until(pilot, lambda: any("scheduler started" in m.notification.message
+                                            for m in seen if isinstance(m, Notify)), timeout=20, what="started")
+    # Leaving the app leaves the scheduler (and its run) alone.
+    assert holder(runs) is not None
+
+
+def test_gauge() -> None:
+    assert bar(0.0, 4) == "░░░░" and bar(0.5, 4) == "██░░" and bar(1.5, 4) == "████"
