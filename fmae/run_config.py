@@ -140,6 +140,8 @@ def _check_values(v: Mapping[str, Any]) -> None:
             raise FmaeError(f"{key} = {v[key]}: must not be negative")
     if v.get("warmup_epochs", 0) < 0 or v.get("warmup_epochs", 0) > v["epochs"]:
         raise FmaeError(f"warmup_epochs = {v['warmup_epochs']}: must be between 0 and epochs ({v['epochs']})")
+    if "crop_scale" in v and not 0 < float(v["crop_scale"]) <= 1:
+        raise FmaeError(f"crop_scale = {v['crop_scale']}: must be in (0, 1] (the smallest crop's share of the image)")
     if "layer_decay" in v and not 0 < float(v["layer_decay"]) <= 1:
         raise FmaeError(f"layer_decay = {v['layer_decay']}: must be in (0, 1]")
     choices = {"device": ("auto", "cpu", "cuda"), "amp": ("auto", "bf16", "fp16", "off")}

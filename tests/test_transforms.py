@@ -42,3 +42,21 @@ def test_augmentation_depends_only_on_seed_epoch_index(tmp_path):
     assert not torch.equal(data[1][0], first)  # another epoch, another augmentation
     plain = ImageSet([path], np.zeros((1, 3), np.float32), eval_transform(cfg))
     assert torch.equal(plain[0][0], plain[0][0])
+
+
+def test_crop_scale_sets_the_smallest_random_crop():
+    def crop(cfg):  # timm's RandomResizedCropAndInterpolation
+        return next(t for t in train_transform(cfg).transforms if "RandomResizedCrop" in type(t).__name__)
+
+    paper = {**finetune_recipe("bp4d"), "input_size": 32}
+    assert tuple(crop(paper).scale) == (0.08, 1.0)  # timm's default, the original's
+    assert tuple(crop({**paper, "crop_scale": 0.5}).scale) == (0.5, 1.0)
+    old = {k: v for k, v in paper.items() if k != "crop_scale"}  # a run.toml from before the key
+    assert tuple(crop(old).scale) == (0.08, 1.0)
+
+
+def test_crop_scale_out_of_range_is_one_line(tmp_path):
+    from conftest import assert_one_line_error, run_fmae
+
+    result = run_fmae("train", "bp4d", "--fold", "1", "--dry-run", "--set", "crop_scale=0", cwd=tmp_path)
+    assert_one_line_error(result, "crop_scale = 0", "(0, 1]")

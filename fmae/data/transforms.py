@@ -1,6 +1,6 @@
 """Image transforms of the paper's recipes (timm's, as the original scripts built them).
 
-Train: RandomResizedCrop + flip + RandAugment + random erasing (`create_transform(is_training=True)`).
+Train: RandomResizedCrop (area share `crop_scale`..1) + flip + RandAugment + random erasing (`create_transform(is_training=True)`).
 Eval: resize to a square, no centre crop (the original's AU evaluation), ImageNet normalisation.
 """
 
@@ -13,11 +13,15 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transf
 from timm.data.auto_augment import RandAugment
 from torchvision import transforms as T
 
+from fmae.recipes import FINETUNE_DEFAULTS
+
 
 def train_transform(cfg: Mapping[str, Any]):
     tf = create_transform(
         input_size=int(cfg["input_size"]),
         is_training=True,
+        # run.toml files written before crop_scale existed used timm's default, the same 0.08
+        scale=(float(cfg.get("crop_scale", FINETUNE_DEFAULTS["crop_scale"])), 1.0),
         color_jitter=None,
         auto_augment=cfg["auto_augment"] or None,
         interpolation="bicubic",

@@ -50,13 +50,16 @@ class LaunchScreen(Screen[None]):
         return cast("FmaeApp", self.app)
 
     def compose(self) -> ComposeResult:
+        from fmae.recipes import recipe_names
+
         yield Header()
         with Grid(id="launch-form"):
             yield Static("dataset", classes="label")
             yield Select([(f"{s.name} — {s.title}", s.name) for s in DATASETS.values()], value=self._dataset,
                          allow_blank=False, compact=True, id="dataset")
             yield Static("recipe", classes="label")
-            yield Select([], allow_blank=True, compact=True, id="recipe", prompt="-")
+            yield Select([(n, n) for n in recipe_names(self._dataset)], allow_blank=False, compact=True,
+                         id="recipe")
             yield Static("model", classes="label")
             yield Select([(name, name) for name in ENCODERS], allow_blank=False, compact=True, id="model",
                          value="vit_base")

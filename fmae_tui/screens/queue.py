@@ -125,7 +125,7 @@ class QueueScreen(Screen[None]):
             elif old != cells:
                 for name, new, was, shown in zip(names, cells, old, self._styled(cells, row_state(row))):
                     if new != was:
-                        table.update_cell(str(job_id), name, shown)
+                        table.update_cell(str(job_id), name, shown, update_width=True)
             self._cells[job_id] = cells
         self._rows = fresh
         if selected in fresh:
@@ -171,7 +171,8 @@ class QueueScreen(Screen[None]):
                        if not self._rows else "")
             return
         text = Text(row["run_id"], "bold")
-        text.append(f" · job {row['id']} · priority {row['priority']} · {row['gpus']} GPU(s)/run")
+        needs = f"{row['gpus']} GPU(s)" if row["gpus"] else "a CPU slot"
+        text.append(f" · job {row['id']} · priority {row['priority']} · needs {needs}")
         if row.get("error"):
             text.append("\n" + str(row["error"]), "red")
         box.update(text)
