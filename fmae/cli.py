@@ -348,3 +348,4 @@ def main() -> None:
 from fmae import cli_pretrain, cli_scheduler, cli_train  # noqa: E402,F401
 from fmae import cli_lmdb  # noqa: E402,F401
 from fmae import cli_queue  # noqa: E402,F401
+from fmae import cli_report  # noqa: E402,F401

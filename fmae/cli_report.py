@@ -1,0 +1,152 @@
+"""`fmae report`: per-AU tables over folds and seeds, the paper beside them, completeness, export.
+
+The numbers come from `fmae.report.build` (the app's Results screen calls the same); this module
+parses the options, prints warnings, and renders: a Rich table in the terminal, or md / latex / csv /
+json on stdout or into `--out FILE` (written atomically).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from fmae.cli import ConfigOpt, RunsDirOpt, app, err, out
+from fmae.errors import FmaeError
+
+
+@app.command("report")
+def report_cmd(
+    dataset: Annotated[Optional[list[str]], typer.Option("--dataset", "-d", help="Only this benchmark (repeatable; default: every one with runs).")] = None,
+    by: Annotated[Optional[list[str]], typer.Option("--by", help="Also group by this config key (repeatable), e.g. epochs, blr, init.")] = None,
+    metric: Annotated[str, typer.Option("--metric", help="AU number: f1 (F1@0.5), f1_best (F1 at the best threshold, tuned on test: the paper's) or auc. FER and probes: top-1.")] = "f1",
+    epoch: Annotated[str, typer.Option("--epoch", help="best (each run's best epoch, as the paper) or last.")] = "best",
+    threshold: Annotated[Optional[str], typer.Option("--threshold", help="Re-score the saved test predictions: a number (e.g. 0.4), test-tuned (one threshold for all AUs: the paper's) or per-au (each AU its own; both tuned on test).")] = None,
+    state: Annotated[str, typer.Option("--state", help="Score runs in these states: done (default), e.g. done,running, or all.")] = "done",
+    tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Only runs carrying this tag (repeatable: every one given).")] = None,
+    vs: Annotated[str, typer.Option("--vs", help="Paper method each row is compared with: auto (FMAE-IAT for λ > 0, else FMAE), a method (e.g. MDHR), or none.")] = "auto",
+    partial: Annotated[bool, typer.Option("--partial", help="Average seeds that lack a fold over the folds they have (marked).")] = False,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table (default), md, latex, csv or json.")] = "table",
+    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to this file (atomically) instead of stdout.")] = None,
+    digits: Annotated[Optional[int], typer.Option("--digits", help="Decimals shown (default: 1 for AU F1/AUC, 2 for accuracy).")] = None,
+    grid: Annotated[bool, typer.Option("--grid/--no-grid", help="Show the completeness grid of each group (table, md).")] = True,
+    strict: Annotated[bool, typer.Option("--strict", help="A run folder that cannot be read is an error, not a warning.")] = False,
+    config: ConfigOpt = None,
+    runs_dir: RunsDirOpt = None,
+) -> None:
+    """Per-AU results averaged over folds, mean ± std over seeds, beside the paper's; completeness and export."""
+    from fmae.atomic_write import write_text_atomic
+    from fmae.config import load_project
+    from fmae.report import Scoring, Selection, build
+    from fmae.report_export import FORMATS, render_csv, render_json, render_latex, render_markdown
+
+    if fmt not in FORMATS:
+        raise FmaeError(f"--format {fmt}: choose {', '.join(FORMATS)}")
+    if digits is not None and not 0 <= digits <= 6:
+        raise FmaeError(f"--digits {digits}: choose 0..6")
+    project = load_project(config, runs_dir)
+    states = tuple(s.strip() for s in state.split(",") if s.strip())
+    selection = Selection(tuple(dataset or ()), states, tuple(tag or ()), tuple(by or ()))
+    extra = [*(["--config", str(config)] if config else []), *(["--runs-dir", str(runs_dir)] if runs_dir else [])]
+    results = build(project.runs_dir, selection, Scoring(metric, epoch, threshold), versus=vs, partial=partial,
+                    seeds=[int(s) for s in project.defaults.get("seeds") or []], project=project, command_extra=extra)
+    for line in results.skipped:
+        err.print(f"warning: skipped {line}", soft_wrap=True)
+    if strict and results.skipped:
+        raise FmaeError(f"{len(results.skipped)} run folder(s) could not be read (listed above); --strict stops here")
+    if not any(report.rows for report in results.reports):
+        what = ", ".join(filter(None, [
+            f"dataset {', '.join(results.selection.datasets)}" if results.selection.datasets else "",
+            f"tag {', '.join(results.selection.tags)}" if results.selection.tags else "",
+            f"state {','.join(results.selection.states)}"]))
+        waiting = sum(sum(n for s, n in g.counts().items() if s in ("running", "queued"))
+                      for r in results.reports for g in r.grids)
+        why = (" — every matching folder was skipped (see the warnings)" if results.skipped else
+               f" — {waiting} run(s) still running or queued (--state all scores what they have)" if waiting else "")
+        raise FmaeError(f"no training runs to report in {project.runs_dir} ({what}){why}")
+    if fmt == "table":
+        text = None if out_file is None else _plain(render_rich(results, digits, grid))
+    else:
+        text = {"md": lambda: render_markdown(results, digits, grid), "latex": lambda: render_latex(results, digits),
+                "csv": lambda: render_csv(results), "json": lambda: render_json(results)}[fmt]()
+    if out_file is not None:
+        try:
+            write_text_atomic(out_file, text or "")
+        except OSError as e:
+            raise FmaeError(f"--out {out_file}: cannot write ({e.strerror or e})") from None
+        err.print(f"wrote {out_file} ({fmt})")
+    elif text is not None:
+        out.file.write(text)
+        out.file.flush()
+    else:
+        out.print(render_rich(results, digits, grid))
+
+
+def _plain(renderable) -> str:
+    buf = io.StringIO()
+    Console(file=buf, width=200, no_color=True, highlight=False, markup=False).print(renderable)
+    return buf.getvalue()
+
+
+def render_rich(results, digits: int | None, grids: bool = True) -> Group:
+    """The report as Rich renderables: per benchmark a table (your rows, the paper's, Δ), notes, grids."""
+    from fmae.report_export import column_title, default_digits, fmt, fmt_delta, grid_symbol, mean_std, retry_command
+
+    parts: list = []
+    for report in results.reports:
+        d = default_digits(report) if digits is None else digits
+        table = Table(title=f"{report.title}", caption=f"{report.value_label} · {report.epoch_label}\n{report.how}",
+                      title_justify="left", caption_justify="left")
+        table.add_column("group", no_wrap=True)
+        table.add_column("n", justify="right")
+        for c in report.columns:
+            table.add_column(column_title(c), justify="right", no_wrap=True)
+        for i, row in enumerate(report.rows):
+            last = i == len(report.rows) - 1 and bool(report.paper)
+            table.add_row(row.label, str(row.n), *(mean_std(row, c, d, "±") for c in report.columns), end_section=last)
+        for p in report.paper:
+            table.add_row(p.label, "", *(fmt(p.values.get(c), d) for c in report.columns), style="dim")
+        deltas = [r for r in report.rows if r.delta_vs and r.n]
+        for row in deltas:
+            cells = [Text(fmt_delta(row.delta.get(c), d), style="green" if (row.delta.get(c) or 0) >= 0 else "red")
+                     for c in report.columns]
+            table.add_row(f"Δ {row.label} − paper {row.delta_vs}", "", *cells)
+        parts.append(table)
+        if report.paper:
+            parts.append(Text(f"paper rows: {report.paper[0].metric_label} (%), as published"))
+        for note in report.notes():
+            parts.append(Text(f"note: {note}"))
+        if grids:
+            for g in report.grids:
+                parts += _rich_grid(g, results.command_extra, grid_symbol, retry_command)
+        parts.append(Text(""))
+    if results.left_out:
+        parts.append(Text("not in these tables: " + ", ".join(f"{n} {k}" for k, n in sorted(results.left_out.items()))))
+    return Group(*parts)
+
+
+def _rich_grid(g, extra, grid_symbol, retry_command) -> list:
+    from fmae.report_export import inexact_note
+
+    table = Table()
+    table.add_column("seed", justify="right")
+    for f in g.folds:
+        table.add_column(f"fold {f}" if f is not None else "run", justify="center")
+    for s in g.seeds:
+        table.add_row(str(s), *(grid_symbol(g.cells[(f, s)]) for f in g.folds))
+    parts: list = [Text(f"completeness: {g.label} ({g.summary()})", no_wrap=True, overflow="ignore"), table]
+    if g.to_add:
+        parts.append(Text("queue the missing cells:"))
+        parts += [Text(f"  {cmd}", no_wrap=True, overflow="ignore") for cmd in g.commands(extra)]
+        if not g.exact:
+            parts.append(Text(inexact_note(g)))
+    retry = retry_command(g, extra)
+    if retry:
+        parts += [Text("retry the failed / cancelled ones (they resume from their last checkpoint):"),
+                  Text(f"  {retry}", no_wrap=True, overflow="ignore")]
+    return parts

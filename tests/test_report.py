@@ -1,0 +1,531 @@
+"""`fmae report` and fmae.report: tables averaged over folds then seeds, checked to the last digit against
+an independent computation; the paper beside them; re-scoring saved predictions; the completeness grid
+and its queue command (run through the real queue); every export format; bad input; a real tiny run."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from conftest import assert_one_line_error, run_fmae
+from fmae.metrics import au_scores
+from fmae.paper import paper_rows
+from fmae.registry import get_dataset
+from fmae.report import Scoring, Selection, build
+from fmae.report_export import read_csv, render_csv, render_json, render_latex, render_markdown
+from fmae.runs import RunDir, make_run_id
+
+BP4D = get_dataset("bp4d").au_names()
+DISFA = get_dataset("disfa").au_names()
+_CLOCK = itertools.count()
+KEYS = {"f1": "f1_05", "f1_best": "f1_best", "auc": "auc"}
+
+
+# --- run folders with known numbers -------------------------------------------------------------------------
+
+def new_run(runs: Path, config: dict, state: str = "done", summary: dict | None = None, tags=()) -> RunDir:
+    """A real run folder (fmae.runs), its ids one second apart so that id order is creation order."""
+    when = datetime(2026, 1, 1) + timedelta(seconds=next(_CLOCK))
+    task = {"au": "train", "fer": "train", "id_probe": "idprobe"}.get(config["task"], config["task"])
+    run_id = make_run_id(config["dataset"], config["model"], config["seed"], task=task,
+                         fold=config.get("fold") if config["task"] == "au" else None,
+                         lambda_id=config.get("lambda_id") if config["task"] == "au" else None, now=when)
+    run = RunDir.create(runs, run_id, config, {"command": ["test"]})
+    if summary is not None:
+        run.write_summary({"run_id": run_id, **summary})
+    if tags:
+        run.write_tags(list(tags))
+    if state != "queued":
+        run.update_status(state=state)
+    return run
+
+
+def au_config(fold, seed, lam=0.0, recipe="fmae", dataset="bp4d", **extra) -> dict:
+    return {**dict(task="au", dataset=dataset, fold=fold, seed=seed, lambda_id=lam, model="vit_tiny", recipe=recipe,
+                   epochs=2), **extra}
+
+
+def rand_values(rng: random.Random, aus) -> dict[str, float]:
+    return {a: round(rng.uniform(0.2, 0.95), 4) for a in aus}
+
+
+def au_record(epoch: int, f1_05: dict, f1_best: dict, auc: dict) -> dict:
+    return {"split": "test", "epoch": epoch, "f1_05": f1_05, "f1_05_mean": statistics.fmean(f1_05.values()),
+            "f1_best": f1_best, "f1_best_mean": statistics.fmean(f1_best.values()), "best_threshold": 0.37,
+            "auc": auc, "auc_mean": statistics.fmean(v for v in auc.values() if v is not None)}
+
+
+def expected_au(per_fold_by_seed: dict[int, dict[int, dict[str, float]]], aus) -> tuple[dict, dict, int]:
+    """Independently: per seed each AU's mean over folds (×100), avg over AUs; then mean and stdev over seeds."""
+    seeds = []
+    for seed, folds in sorted(per_fold_by_seed.items()):
+        per_au = {a: sum(folds[f][a] for f in folds) / len(folds) * 100 for a in aus}
+        per_au["avg"] = sum(per_au[a] for a in aus) / len(aus)
+        seeds.append(per_au)
+    cols = [*aus, "avg"]
+    mean = {c: statistics.mean(s[c] for s in seeds) for c in cols}
+    std = {c: statistics.stdev(s[c] for s in seeds) if len(seeds) > 1 else None for c in cols}
+    return mean, std, len(seeds)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """bp4d: FMAE (λ 0) 3 seeds × 3 folds + an incomplete seed 3 + an older duplicate; FMAE-IAT (λ 2)
+    2 seeds done and seed 2 running / queued / failed; RAF-DB FER 3 seeds; identity probes of both
+    groups; one pretraining and one `fmae eval` run (left out). `truth` holds what was written."""
+    runs = tmp_path_factory.mktemp("study") / "runs"
+    rng = random.Random(7)
+    truth: dict = {}
+    ids: dict = {}
+
+    def au_run(group, fold, seed, lam, recipe, state="done", keep=True):
+        best = {m: rand_values(rng, BP4D) for m in KEYS}
+        last = {m: rand_values(rng, BP4D) for m in KEYS}
+        summary = {"task": "au", "best_epoch": 2, "best": au_record(2, best["f1"], best["f1_best"], best["auc"]),
+                   "last": au_record(3, last["f1"], last["f1_best"], last["auc"])}
+        run = new_run(runs, au_config(fold, seed, lam, recipe), state, summary)
+        if keep:
+            for epoch, rec in (("best", best), ("last", last)):
+                for m in KEYS:
+                    truth.setdefault((group, m, epoch), {}).setdefault(seed, {})[fold] = rec[m]
+        ids.setdefault(group, {})[(fold, seed)] = run.id
+        return run
+
+    ids["dup"] = au_run("fmae", 1, 0, 0.0, "fmae", keep=False).id  # older: replaced by the next one
+    for seed in (0, 1, 2):
+        for fold in (1, 2, 3):
+            au_run("fmae", fold, seed, 0.0, "fmae")
+    extra = au_run("fmae", 1, 3, 0.0, "fmae", keep=False)  # seed 3 has fold 1 only
+    truth["fmae seed3 fold1"] = json.loads(extra.summary_path.read_text())["best"]
+    for seed in (0, 1):
+        for fold in (1, 2, 3):
+            au_run("iat", fold, seed, 2.0, "fmae_iat")
+    for fold, state in ((1, "running"), (2, "queued"), (3, "failed")):
+        au_run("iat", fold, 2, 2.0, "fmae_iat", state=state, keep=False)
+    for seed in (0, 1, 2):
+        acc = round(rng.uniform(0.8, 0.95), 4)
+        truth.setdefault("rafdb", []).append(acc)
+        new_run(runs, dict(task="fer", dataset="rafdb", fold=0, seed=seed, lambda_id=0.0, model="vit_tiny",
+                           recipe="fmae", epochs=2),
+                summary={"task": "fer", "best": {"epoch": 2, "accuracy": acc}, "last": {"epoch": 2, "accuracy": acc}})
+    for group, source in (("fmae", ids["fmae"][(1, 0)]), ("fmae", ids["fmae"][(2, 0)]),
+                          ("iat", ids["iat"][(1, 0)]), ("iat", ids["iat"][(2, 1)])):
+        acc = round(rng.uniform(0.05, 0.6), 4)
+        truth.setdefault(("probe", group), []).append(acc)
+        new_run(runs, dict(task="id_probe", dataset="bp4d", fold=0, seed=0, lambda_id=0.0, model="vit_tiny",
+                           recipe="id_probe", init=f"/x/{source}/checkpoints/best.pt", source_run=source),
+                summary={"best": {"epoch": 1, "accuracy": acc, "chance": 0.1}, "last": {"epoch": 1, "accuracy": acc}})
+    new_run(runs, dict(task="pretrain", dataset="faces", fold=0, seed=0, lambda_id=0.0, model="vit_tiny",
+                       recipe="pretrain"), summary={"best": None, "last": {"loss": 0.3}})
+    new_run(runs, {**au_config(1, 0), "eval_checkpoint": "/x/best.pt", "source_run": ids["fmae"][(1, 0)]},
+            summary={"best": au_record(1, *(rand_values(rng, BP4D) for _ in range(3)))})
+    return runs, truth, ids
+
+
+def row_of(results, label: str):
+    for report in results.reports:
+        for row in report.rows:
+            if row.label == label:
+                return report, row
+    raise AssertionError(f"no row {label!r}")
+
+
+def assert_row(row, mean, std, n):
+    assert row.n == n
+    for c in mean:
+        assert row.mean[c] == pytest.approx(mean[c], rel=1e-12, abs=1e-12), c
+        if std[c] is None:
+            assert row.std[c] is None
+        else:
+            assert row.std[c] == pytest.approx(std[c], rel=1e-12, abs=1e-12), c
+
+
+# --- aggregation --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("metric,epoch", [("f1", "best"), ("f1_best", "best"), ("auc", "best"), ("f1", "last")])
+def test_au_rows_average_folds_within_a_seed_then_seeds(study, metric, epoch):
+    runs, truth, ids = study
+    results = build(runs, scoring=Scoring(metric, epoch))
+    for group, label in (("fmae", "vit_tiny fmae λ=0"), ("iat", "vit_tiny fmae_iat λ=2")):
+        mean, std, n = expected_au(truth[(group, metric, epoch)], BP4D)
+        report, row = row_of(results, label)
+        assert_row(row, mean, std, n)
+    _, row = row_of(results, "vit_tiny fmae λ=0")
+    assert row.n == 3 and row.incomplete == {3: [2, 3]}  # seed 3 lacks folds 2 and 3: left out
+    assert row.superseded == [ids["dup"]]  # the older run of (fold 1, seed 0) gave way to the newer
+    assert [s.seed for s in row.samples] == [0, 1, 2] and all(s.folds == [1, 2, 3] for s in row.samples)
+    assert report.value_label == {"f1": "F1@0.5 (%)", "f1_best": "F1 best-threshold (tuned on test) (%)",
+                                  "auc": "ROC AUC (%)"}[metric]
+    assert report.epoch_label.startswith(f"epoch: {epoch}")
+
+
+def test_partial_averages_an_incomplete_seed_over_the_folds_it_has(study):
+    runs, truth, _ = study
+    results = build(runs, Selection(datasets=("bp4d",)), partial=True)
+    _, row = row_of(results, "vit_tiny fmae λ=0")
+    per_seed = dict(truth[("fmae", "f1", "best")])
+    per_seed[3] = {1: truth["fmae seed3 fold1"]["f1_05"]}
+    mean, std, n = expected_au(per_seed, BP4D)
+    assert_row(row, mean, std, 4)
+    assert row.partial and row.samples[-1].folds == [1]
+    assert any("seed 3 lacks folds 2, 3: averaged over the folds it has" in n for n in results.reports[0].notes())
+
+
+def test_fer_and_identity_probe_rows(study):
+    runs, truth, _ = study
+    results = build(runs)
+    report, row = row_of(results, "vit_tiny fmae")
+    assert (report.dataset, report.task, report.columns, report.value_label) == \
+        ("rafdb", "fer", ["top1"], "top-1 accuracy (%)")
+    accs = [a * 100 for a in truth["rafdb"]]
+    assert row.n == 3 and row.mean["top1"] == pytest.approx(statistics.mean(accs), rel=1e-12)
+    assert row.std["top1"] == pytest.approx(statistics.stdev(accs), rel=1e-12)
+    assert row.delta_vs == "FMAE" and row.delta["top1"] == pytest.approx(row.mean["top1"] - 93.09, abs=1e-12)
+    assert [p.method for p in report.paper] == ["FMAE", "LA-Net"]
+    for group, label in (("fmae", "vit_tiny probing bp4d fmae λ=0"), ("iat", "vit_tiny probing bp4d fmae_iat λ=2")):
+        report, row = row_of(results, label)
+        accs = [a * 100 for a in truth[("probe", group)]]
+        assert report.task == "id_probe" and report.paper == [] and row.delta_vs is None
+        assert row.n == 2 and row.mean["top1"] == pytest.approx(statistics.mean(accs), rel=1e-12)
+    assert results.left_out == {"pretrain runs": 1, "evaluation runs (fmae eval)": 1}
+
+
+def test_paper_rows_and_differences(study):
+    runs, _, _ = study
+    results = build(runs, Selection(datasets=("bp4d",)), Scoring("f1_best"))
+    report, fmae = row_of(results, "vit_tiny fmae λ=0")
+    _, iat = row_of(results, "vit_tiny fmae_iat λ=2")
+    published = {p.method: p for p in paper_rows("bp4d")}
+    assert [p.method for p in report.paper] == ["FMAE", "FMAE-IAT", "MDHR", "MCM", "CLEF"]
+    assert published["FMAE"].values["AU1"] == 59.2 and published["FMAE-IAT"].values["avg"] == 67.1
+    for row, method in ((fmae, "FMAE"), (iat, "FMAE-IAT")):  # auto: λ > 0 is compared with FMAE-IAT
+        assert row.delta_vs == method
+        for c in report.columns:
+            assert row.delta[c] == pytest.approx(row.mean[c] - published[method].values[c], abs=1e-12)
+    assert report.paper_note is None  # f1_best is what the paper reports
+    mdhr = build(runs, Selection(datasets=("bp4d",)), Scoring("f1_best"), versus="mdhr")
+    _, row = row_of(mdhr, "vit_tiny fmae λ=0")
+    assert row.delta_vs == "MDHR" and row.delta["AU1"] is None
+    assert row.delta["avg"] == pytest.approx(row.mean["avg"] - 66.6, abs=1e-12)
+    assert row_of(build(runs, versus="none"), "vit_tiny fmae λ=0")[1].delta_vs is None
+    f1 = build(runs, Selection(datasets=("bp4d",)))
+    assert "not like for like" in f1.reports[0].paper_note
+    auc = build(runs, Selection(datasets=("bp4d",)), Scoring("auc"))
+    assert auc.reports[0].paper == [] and "no AUC" in auc.reports[0].paper_note
+
+
+def test_filters_by_state_tag_dataset_and_config_key(tmp_path):
+    runs = tmp_path / "runs"
+    for fold in (1, 2, 3):
+        rec = au_record(1, *({a: 0.5 for a in DISFA} for _ in range(3)))
+        new_run(runs, au_config(fold, 0, dataset="disfa", epochs=5), "done", {"best": rec, "last": rec}, tags=["a"])
+        rec = au_record(1, *({a: 0.7 for a in DISFA} for _ in range(3)))
+        new_run(runs, au_config(fold, 0, dataset="disfa", epochs=9), "running" if fold == 3 else "done",
+                {"best": rec, "last": rec})
+    plain = build(runs)
+    # one group of runs that differ in epochs: each cell's newest done run counts, and the report says so
+    assert [(r.label, r.n, round(r.mean["avg"], 9)) for r in plain.reports[0].rows] == \
+        [("vit_tiny fmae λ=0", 1, round((70 + 70 + 50) / 3, 9))]
+    assert plain.reports[0].grids[0].mixed == ["epochs"]
+    assert any("differ in epochs" in note and "--by epochs" in note for note in plain.reports[0].notes())
+    by = build(runs, Selection(by=("epochs",), states=("done", "running")))
+    assert [(r.label, round(r.mean["avg"], 9)) for r in by.reports[0].rows] == \
+        [("vit_tiny fmae λ=0 epochs=5", 50.0), ("vit_tiny fmae λ=0 epochs=9", 70.0)]
+    tagged = build(runs, Selection(by=("epochs",), tags=("a",)))
+    assert [r.label for r in tagged.reports[0].rows] == ["vit_tiny fmae λ=0 epochs=5"]
+    assert build(runs, Selection(datasets=("bp4d",))).reports == []
+
+
+# --- re-scoring saved predictions ---------------------------------------------------------------------------
+
+def f1_table(probs: np.ndarray, labels: np.ndarray, thresholds) -> np.ndarray:
+    """Plain F1 = 2TP / (2TP + FP + FN) per threshold and AU, 0 when undefined (sklearn's zero_division)."""
+    out = np.zeros((len(thresholds), probs.shape[1]))
+    for i, t in enumerate(thresholds):
+        pred = probs >= t
+        tp = (pred & labels).sum(0)
+        denom = pred.sum(0) + labels.sum(0)
+        out[i] = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory):
+    """DISFA, one seed, 3 folds, each with saved predictions (fold 2's columns stored in another AU order)."""
+    runs = tmp_path_factory.mktemp("pred") / "runs"
+    rng = np.random.default_rng(3)
+    data = {}
+    for fold in (1, 2, 3):
+        labels = rng.random((240, len(DISFA))) < rng.uniform(0.1, 0.5, len(DISFA))
+        probs = np.clip(0.35 * labels + rng.random(labels.shape) * 0.7, 0, 1).astype(np.float32)
+        data[fold] = (probs.astype(np.float64), labels)
+        codes = np.array(get_dataset("disfa").au_codes)
+        order = np.arange(len(DISFA))[::-1] if fold == 2 else np.arange(len(DISFA))
+        rec = {"epoch": 4, **au_scores(probs, labels).to_dict(codes)}
+        run = new_run(runs, au_config(fold, 0, dataset="disfa"), "done", {"best": rec, "last": rec})
+        run.predictions.mkdir()
+        np.savez(run.predictions / "best.npz", probs=probs[:, order], labels=labels[:, order].astype(np.uint8),
+                 au_codes=codes[order], epoch=np.array(4))
+    return runs, data
+
+
+def test_rescoring_policies_match_an_independent_computation(predicted):
+    runs, data = predicted
+    thresholds = np.arange(1, 100) / 100
+    # the test's F1 agrees with sklearn's f1_score where we look
+    probs, labels = data[1]
+    for t in (0.3, 0.71):
+        for k in (0, 5):
+            assert f1_table(probs, labels, [t])[0, k] == pytest.approx(f1_score(labels[:, k], probs[:, k] >= t))
+    expected = {"0.3": {}, "test-tuned": {}, "per-au": {}}
+    for fold, (probs, labels) in data.items():
+        table = f1_table(probs, labels, thresholds)
+        expected["0.3"][fold] = dict(zip(DISFA, f1_table(probs, labels, [0.3])[0]))
+        best = int(np.argmax(table.mean(1)))
+        expected["test-tuned"][fold] = dict(zip(DISFA, table[best]))
+        expected["per-au"][fold] = dict(zip(DISFA, table.max(0)))
+    for policy, want in expected.items():
+        results = build(runs, scoring=Scoring("f1", "best", policy))
+        mean, _, _ = expected_au({0: want}, DISFA)
+        report, row = row_of(results, "vit_tiny fmae λ=0")
+        assert row.n == 1 and all(row.std[c] is None for c in row.columns)
+        for c in row.columns:
+            assert row.mean[c] == pytest.approx(mean[c], rel=1e-12), (policy, c)
+        assert "re-scored from saved predictions" in report.value_label
+    assert row_of(build(runs, scoring=Scoring("f1", "best", "0.3")), "vit_tiny fmae λ=0")[0].value_label == \
+        "F1@0.3 (%), re-scored from saved predictions"
+    # re-scoring at 0.5 / test-tuned gives what the trainer recorded in summary.json
+    for summary_metric, policy in (("f1", "0.5"), ("f1_best", "test-tuned")):
+        a = row_of(build(runs, scoring=Scoring(summary_metric)), "vit_tiny fmae λ=0")[1]
+        b = row_of(build(runs, scoring=Scoring("f1", "best", policy)), "vit_tiny fmae λ=0")[1]
+        assert a.mean == pytest.approx(b.mean, rel=1e-12)
+
+
+# --- the completeness grid and its queue command -------------------------------------------------------------
+
+def test_grid_states_and_the_queue_command_adds_exactly_the_missing_cells(tmp_path):
+    from fmae.config import default_config_text, load_project
+    from fmae.run_config import create_run, resolve_run_config
+
+    cfg = tmp_path / "fmae.toml"
+    cfg.write_text(default_config_text())  # defaults.seeds = [0, 1, 2]
+    project = load_project(cfg)
+    cli = {"model": "vit_tiny", "epochs": 1, "input_size": 32, "blr": 0.003, "lambda_id": 0.5}
+    states = {(1, 0): "done", (2, 0): "done", (3, 0): "running", (1, 1): "failed", (2, 1): "queued"}
+    made = {}
+    for (fold, seed), state in states.items():
+        resolved = resolve_run_config(project, "disfa", recipe="fmae_iat", fold=fold, seed=seed, cli=cli, generate=False)
+        run = create_run(project.runs_dir, resolved)
+        if state != "queued":
+            run.update_status(state=state)
+        if state == "done":
+            rec = au_record(1, *({a: 0.5 for a in DISFA} for _ in range(3)))
+            run.write_summary({"best": rec, "last": rec})
+        made[(fold, seed)] = run.id
+    result = run_fmae("report", "--config", cfg, "--format", "json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)["reports"][0]
+    grid = report["grids"][0]
+    assert grid["group"] == "vit_tiny fmae_iat λ=0.5" and grid["seeds"] == [0, 1, 2] and grid["folds"] == [1, 2, 3]
+    cells = {(c["fold"], c["seed"]): c["state"] for c in grid["cells"]}
+    assert cells == {**{(f, s): "missing" for f in (1, 2, 3) for s in (0, 1, 2)}, **states}
+    assert grid["counts"] == {"done": 2, "running": 1, "queued": 1, "failed": 1, "cancelled": 0, "missing": 4}
+    assert grid["retry"] == [made[(1, 1)]] and grid["exact"] is True
+    commands = grid["queue_commands"]
+    assert commands == [
+        f"fmae queue add disfa --folds 3 --seeds 1 --lambdas 0.5 --model vit_tiny --recipe fmae_iat --epochs 1 "
+        f"--set blr=0.003 --set input_size=32 --config {cfg}",
+        f"fmae queue add disfa --folds 1,2,3 --seeds 2 --lambdas 0.5 --model vit_tiny --recipe fmae_iat --epochs 1 "
+        f"--set blr=0.003 --set input_size=32 --config {cfg}"]
+    added = set()
+    for command in commands:  # the queue itself says which cells each command would add
+        dry = run_fmae(*shlex.split(command)[1:], "--dry-run", cwd=tmp_path)
+        assert dry.returncode == 0, dry.stderr
+        assert re.search(r"\b0 skipped\b", dry.stdout), dry.stdout
+        added |= {(int(f), int(s)) for f, s in re.findall(r"would add fold (\d+) seed (\d+)", dry.stdout)}
+    assert added == {cell for cell, state in cells.items() if state == "missing"}
+
+
+# --- exports ------------------------------------------------------------------------------------------------
+
+def test_csv_round_trips_and_json_holds_the_same_numbers(study):
+    runs, _, _ = study
+    results = build(runs, scoring=Scoring("f1_best"))
+    back = read_csv(render_csv(results))
+    groups = {(r["dataset"], r["group"], r["column"]): r for r in back if r["kind"] == "group"}
+    deltas = {(r["dataset"], r["group"], r["column"]): r for r in back if r["kind"] == "delta"}
+    seeds = {(r["dataset"], r["group"], r["runs"], r["column"]): r for r in back if r["kind"] == "seed"}
+    paper = {(r["dataset"], r["vs"], r["column"]): r["mean"] for r in back if r["kind"] == "paper"}
+    doc = json.loads(render_json(results))
+    for report, jreport in zip(results.reports, doc["reports"]):
+        for row, jrow in zip(report.rows, jreport["rows"]):
+            assert jrow["group"] == row.label and jrow["n"] == row.n
+            for c in report.columns:
+                g = groups[(report.dataset, row.label, c)]
+                assert (g["mean"], g["std"], g["n"]) == (row.mean[c], row.std[c], row.n)  # exact, not approx
+                assert (jrow["mean"][c], jrow["std"][c]) == (row.mean[c], row.std[c])
+                if row.delta_vs:
+                    assert deltas[(report.dataset, row.label, c)]["mean"] == row.delta[c]
+                for s in row.samples:
+                    sample = seeds[(report.dataset, row.label, " ".join(s.runs), c)]
+                    assert (sample["seed"], sample["mean"]) == (s.seed, s.values[c])
+        for p in report.paper:
+            for c, v in p.values.items():
+                assert paper[(report.dataset, p.method, c)] == v
+    assert all(r["value_label"] for r in back) and {r["epoch"] for r in back} == {"best", "as published"}
+
+
+def test_markdown_and_latex(study):
+    runs, truth, _ = study
+    results = build(runs, Selection(datasets=("bp4d",)), Scoring("f1_best"))
+    md = render_markdown(results)
+    mean, std, _ = expected_au(truth[("fmae", "f1_best", "best")], BP4D)
+    line = next(x for x in md.splitlines() if x.startswith("| vit_tiny fmae λ=0 |"))
+    assert line == "| vit_tiny fmae λ=0 | 3 | " + " | ".join(f"{mean[c]:.1f} ± {std[c]:.1f}" for c in [*BP4D, "avg"]) + " |"
+    assert "| paper: FMAE |  | 59.2 | 50.0 |" in md and "Δ vit_tiny fmae λ=0 − paper FMAE" in md
+    assert "F1 best-threshold (tuned on test) (%)" in md and "### Completeness: vit_tiny fmae_iat λ=2" in md
+    tex = render_latex(results)
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "booktabs" in tex
+    report = results.reports[0]
+    first = tex.split("\\end{table}")[0]  # the AU table (the probe's follows)
+    body = [x for x in first.splitlines() if x.endswith("\\\\") and not x.startswith("Method")]
+    for j, c in enumerate(report.columns):  # the best printed value of each column is bold, and only it
+        values = [round(r.mean[c], 1) for r in report.rows] + [p.values[c] for p in report.paper if c in p.values]
+        cells = [x.split(" & ")[2 + j] for x in body]
+        bold = [cell for cell in cells if cell.startswith("\\textbf{")]
+        assert bold and all(cell.startswith(f"\\textbf{{{max(values):.1f}}}") for cell in bold), (c, bold)
+        assert len(bold) == values.count(max(values))
+    if shutil.which("pdflatex") is None:
+        return  # compile only where a TeX engine exists
+    doc = "\\documentclass{article}\\usepackage[utf8]{inputenc}\\usepackage{booktabs}\\usepackage{graphicx}" \
+          "\\begin{document}\n" + tex + "\n\\end{document}\n"
+    folder = runs.parent / "tex"
+    folder.mkdir(exist_ok=True)
+    (folder / "t.tex").write_text(doc)
+    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=folder,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+
+
+def test_cli_prints_a_labelled_table_and_writes_files_atomically(study, tmp_path):
+    runs, _, _ = study
+    result = run_fmae("report", "--runs-dir", runs, "--dataset", "bp4d", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    for needle in ("BP4D — AU detection", "F1@0.5 (%)", "epoch: best", "paper: FMAE", "mean ± sample std over seeds",
+                   "not like for like", "completeness: vit_tiny fmae_iat λ=2",
+                   f"fmae queue add bp4d --folds 2,3 --seeds 3 --lambdas 0 --model vit_tiny --recipe fmae --epochs 2"
+                   f" --runs-dir {runs}"):
+        assert needle in text, needle
+    assert "retry the failed" in text and "Traceback" not in result.stderr
+    out = tmp_path / "t.csv"
+    result = run_fmae("report", "--runs-dir", runs, "-f", "csv", "--out", out, "--metric", "f1_best", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout == "" and "wrote" in result.stderr
+    assert out.read_text() == render_csv(build(runs, scoring=Scoring("f1_best")))
+    assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]  # no temp file left behind
+
+
+# --- bad input ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,needle", [
+    (["--metric", "f2"], "--metric f2"),
+    (["--by", "epoch"], "did you mean epochs"),
+    (["--by", "seed"], "--by seed"),
+    (["--threshold", "1.5"], "--threshold 1.5"),
+    (["--threshold", "0.3", "--epoch", "last"], "--epoch best"),
+    (["--metric", "auc", "--threshold", "per-au"], "AUC has no threshold"),
+    (["--format", "pdf"], "--format pdf"),
+    (["--vs", "Nobody"], "--vs Nobody"),
+    (["--state", "finished"], "--state finished"),
+    (["--dataset", "ck+"], "unknown dataset"),
+])
+def test_bad_options_are_one_line_errors(study, tmp_path, args, needle):
+    runs, _, _ = study
+    assert_one_line_error(run_fmae("report", "--runs-dir", runs, *args, cwd=tmp_path), needle)
+
+
+def test_corrupt_and_half_written_folders_are_skipped_with_one_line_warnings(tmp_path):
+    runs = tmp_path / "runs"
+    rec = au_record(1, *({a: 0.5 for a in DISFA} for _ in range(3)))
+    good = new_run(runs, au_config(1, 0, dataset="disfa"), "done", {"best": rec, "last": rec})
+    bad = new_run(runs, au_config(2, 0, dataset="disfa"), "done", {"best": rec})
+    bad.summary_path.write_text('{"best": {"epoch": 1, "f1_05": {"AU1": 0.5')  # cut off mid-write
+    missing = new_run(runs, au_config(3, 0, dataset="disfa"), "done", {"best": {"epoch": 1, "accuracy": 0.3}})
+    half = runs / "20260101-000000-disfa-f3-s1-l0-vit_tiny-beef"
+    half.mkdir()
+    (half / "run.toml").write_text('[config]\ntask = "au"\n')  # no status.json yet
+    good.predictions.mkdir()
+    (good.predictions / "best.npz").write_bytes(b"PK\x03\x04 not a zip")
+    result = run_fmae("report", "--runs-dir", runs, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warnings = result.stderr.splitlines()
+    assert len(warnings) == 3 and all(w.startswith("warning: skipped ") for w in warnings), warnings
+    assert any(bad.id in w and "summary.json: not valid JSON" in w for w in warnings)
+    assert any(missing.id in w and "no per-AU 'f1_05'" in w for w in warnings)
+    assert any(half.name in w and "no status.json" in w for w in warnings)
+    assert "Traceback" not in result.stderr + result.stdout and "seed 0 lacks folds 2, 3" in result.stdout
+    rescore = run_fmae("report", "--runs-dir", runs, "--threshold", "0.5", "--partial", cwd=tmp_path)
+    assert "predictions/best.npz: unreadable" in rescore.stderr and "Traceback" not in rescore.stderr
+    assert_one_line_error(run_fmae("report", "--runs-dir", runs, "--strict", cwd=tmp_path), "--strict")
+    for run in (good, missing):
+        shutil.rmtree(run.path)
+    assert_one_line_error(run_fmae("report", "--runs-dir", runs, cwd=tmp_path), "no training runs to report")
+
+
+def test_report_modules_do_not_import_torch():
+    code = ("import sys, fmae.report, fmae.report_export, fmae.paper; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- a real tiny run ----------------------------------------------------------------------------------------
+
+def test_a_real_tiny_run_reads_and_rescores_consistently(make_synth, tmp_path):
+    """The trainer's own summary.json and predictions/best.npz: re-scoring at 0.5 and at the test-tuned
+    threshold gives exactly what the trainer recorded; the grid asks for the other folds and seeds."""
+    root = make_synth("bp4d")
+    runs = tmp_path / "runs"
+    result = run_fmae("train", "bp4d", "--fold", "1", "--root", root, "--labels", root / "labels.jsonl",
+                      "--model", "vit_tiny", "--batch-size", "8", "--epochs", "1", "--set", "input_size=32",
+                      "--set", "num_workers=0", "--set", "warmup_epochs=1", "--runs-dir", runs, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for summary_metric, policy in (("f1", "0.5"), ("f1_best", "test-tuned")):
+        a = build(runs, scoring=Scoring(summary_metric), partial=True)
+        b = build(runs, scoring=Scoring("f1", "best", policy), partial=True)
+        ra, rb = a.reports[0].rows[0], b.reports[0].rows[0]
+        assert ra.n == rb.n == 1 and ra.mean == pytest.approx(rb.mean, rel=1e-12, abs=1e-12)
+        assert all(0 <= v <= 100 for v in ra.mean.values() if v is not None)
+    grid = build(runs, seeds=[0, 1]).reports[0].grids[0]
+    assert grid.counts()["done"] == 1 and len(grid.missing()) == 5
+    assert [(m.folds, m.seeds) for m in grid.to_add] == [([2, 3], [0]), ([1, 2, 3], [1])]
+    assert not math.isnan(grid.to_add[0].lambda_id)
+
+
+def test_the_published_numbers_are_the_reference_transcription():
+    from conftest import SHARED_REFERENCE
+
+    from fmae.paper import all_paper_rows, parse_paper_csv
+
+    for row in all_paper_rows():  # each of the paper's own AU rows: Avg. is the mean of its AUs (±0.05 rounding)
+        aus = [v for k, v in row.values.items() if k.startswith("AU")]
+        if row.venue == "ours" and aus:
+            assert len(aus) == len(get_dataset(row.dataset).au_codes)
+            assert abs(sum(aus) / len(aus) - row.values["avg"]) <= 0.05 + 1e-9, row.method
+    reference = SHARED_REFERENCE / "paper_results.csv"
+    if not reference.is_file():
+        pytest.skip("the shared reference is not next to this checkout")
+    assert parse_paper_csv(reference.read_text()) == list(all_paper_rows())
