@@ -78,6 +78,8 @@ class DatasetsScreen(Screen[None]):
                 tooltip="Make the selected dataset's configured synthetic data"),
         Binding("d", "details", "Details", tooltip="Show or hide the selected dataset's details (also ⏎)"),
         Binding("r", "refresh", "Refresh", tooltip="Re-read fmae.toml and look at the disk again"),
+        Binding("l", "launch", "Launch", tooltip="Queue runs of the selected dataset (its synthetic copy is made "
+                "on first use)"),
     ]
 
     def __init__(self) -> None:
@@ -192,7 +194,11 @@ class DatasetsScreen(Screen[None]):
         project = self.project
         runs = str(project.runs_dir) + ("" if project.runs_dir.is_dir() else " (not created yet)")
         config = project.label if project.path else "built-in defaults (no fmae.toml here or above; `fmae init` writes one)"
-        self.query_one("#info", Static).update(_key_values([("config", config), ("runs", runs)]))
+        rows = [("config", config), ("runs", runs)]
+        if not _any_run(project.runs_dir):
+            rows.append(("start", "select a benchmark and press l to launch runs on it; one marked synthetic is "
+                                  "generated on first use, so a vit_tiny run needs no download"))
+        self.query_one("#info", Static).update(_key_values(rows))
 
     def _show_selected(self) -> None:
         if not self._built:
@@ -241,6 +247,11 @@ class DatasetsScreen(Screen[None]):
         return grid
 
     # --- actions --------------------------------------------------------------------------------------
+
+    def action_launch(self) -> None:
+        from fmae_tui.screens.launch import LaunchScreen
+
+        self.app.switch_screen(LaunchScreen(self._selected().name))
 
     def action_details(self) -> None:
         self._show_detail(not self.query_one("#detail").has_class("-shown"))
@@ -298,3 +309,10 @@ class DatasetsScreen(Screen[None]):
             self.notify(error, title=f"{spec.name}: generation failed", severity="error", markup=False,
                         timeout=15)
         self._refresh_row(spec.name)
+
+
+def _any_run(runs_dir) -> bool:
+    try:
+        return any(p.is_dir() and not p.name.startswith(".") for p in runs_dir.iterdir())
+    except OSError:
+        return False
