@@ -84,7 +84,7 @@ def report_cmd(
         out.file.write(text)
         out.file.flush()
     else:
-        out.print(render_rich(results, digits, grid))
+        out.print(render_rich(results, digits, grid, out.width))
 
 
 def _plain(renderable) -> str:
@@ -93,30 +93,66 @@ def _plain(renderable) -> str:
     return buf.getvalue()
 
 
-def render_rich(results, digits: int | None, grids: bool = True) -> Group:
+def _lines(report, d: int) -> list[tuple[str, list, str | None, bool]]:
+    """The table's lines: (label, cells, style, ends a section); cells[0] is n."""
+    from fmae.report_export import fmt, fmt_delta, mean_std
+
+    lines = []
+    for i, row in enumerate(report.rows):
+        last = i == len(report.rows) - 1 and bool(report.paper)
+        lines.append((row.label, [str(row.n), *(mean_std(row, c, d, "±") for c in report.columns)], None, last))
+    for p in report.paper:
+        lines.append((p.label, ["", *(fmt(p.values.get(c), d) for c in report.columns)], "dim", False))
+    for row in (r for r in report.rows if r.delta_vs and r.n):
+        cells = [Text(fmt_delta(row.delta.get(c), d), style="green" if (row.delta.get(c) or 0) >= 0 else "red")
+                 for c in report.columns]
+        lines.append((f"Δ {row.label} − paper {row.delta_vs}", ["", *cells], None, False))
+    return lines
+
+
+def _table(report, d: int, width: int) -> Table:
+    """Groups as rows and AUs as columns; turned (AUs as rows) when that would not fit the terminal."""
+    from fmae.report_export import column_title
+
+    lines = _lines(report, d)
+    heads = ["n", *map(column_title, report.columns)]
+    widths = [max([len(h), *(len(str(cells[j])) for _, cells, _, _ in lines)]) for j, h in enumerate(heads)]
+    label_width = max([5, *(len(label) for label, _, _, _ in lines)])
+    table = Table(title=report.title, title_justify="left")
+    if label_width + sum(w + 3 for w in widths) + 4 <= width or len(report.columns) == 1:
+        table.add_column("group", overflow="fold")
+        for h in heads:
+            table.add_column(h, justify="right", no_wrap=True)
+        for label, cells, style, end in lines:
+            table.add_row(label, *cells, style=style, end_section=end)
+        return table
+    # Turned: AUs as rows. Published rows with an Avg. only become one line under the table.
+    lines = [line for line in lines if not (line[2] == "dim" and all(c == "–" for c in line[1][1:-1]))]
+    table.add_column("", no_wrap=True)
+    for label, _, style, _ in lines:
+        table.add_column(label, justify="right", overflow="fold", style=style)
+    for j, h in enumerate(heads):
+        table.add_row(h, *(cells[j] for _, cells, _, _ in lines), end_section=j == 0)
+    return table
+
+
+def render_rich(results, digits: int | None, grids: bool = True, width: int = 200) -> Group:
     """The report as Rich renderables: per benchmark a table (your rows, the paper's, Δ), notes, grids."""
-    from fmae.report_export import column_title, default_digits, fmt, fmt_delta, grid_symbol, mean_std, retry_command
+    from fmae.report_export import default_digits, grid_symbol, retry_command
 
     parts: list = []
     for report in results.reports:
         d = default_digits(report) if digits is None else digits
-        table = Table(title=f"{report.title}", caption=f"{report.value_label} · {report.epoch_label}\n{report.how}",
-                      title_justify="left", caption_justify="left")
-        table.add_column("group", no_wrap=True)
-        table.add_column("n", justify="right")
-        for c in report.columns:
-            table.add_column(column_title(c), justify="right", no_wrap=True)
-        for i, row in enumerate(report.rows):
-            last = i == len(report.rows) - 1 and bool(report.paper)
-            table.add_row(row.label, str(row.n), *(mean_std(row, c, d, "±") for c in report.columns), end_section=last)
-        for p in report.paper:
-            table.add_row(p.label, "", *(fmt(p.values.get(c), d) for c in report.columns), style="dim")
-        deltas = [r for r in report.rows if r.delta_vs and r.n]
-        for row in deltas:
-            cells = [Text(fmt_delta(row.delta.get(c), d), style="green" if (row.delta.get(c) or 0) >= 0 else "red")
-                     for c in report.columns]
-            table.add_row(f"Δ {row.label} − paper {row.delta_vs}", "", *cells)
+        table = _table(report, d, width)
         parts.append(table)
+        shown = {str(col.header) for col in table.columns}
+        others = [p for p in report.paper if p.label not in shown and table.columns[0].header == ""]
+        if others:
+            parts.append(Text("other published Avg.: " + ", ".join(f"{p.label.removeprefix('paper: ')} "
+                                                                   f"{p.values.get('avg', float('nan')):.{d}f}"
+                                                                   for p in others)))
+        parts.append(Text(f"{report.value_label} · {report.epoch_label}"))
+        parts.append(Text(f"{report.how[0].upper()}{report.how[1:]}."))
         if report.paper:
             parts.append(Text(f"paper rows: {report.paper[0].metric_label} (%), as published"))
         for note in report.notes():

@@ -145,6 +145,8 @@ def collect(runs_dir: Path, selection: Selection = Selection(), scoring: Scoring
     for ref in refs:
         if ref.state not in selection.states:
             continue
+        if ref.state != "done" and ref.info.summary is None and ref.info.problem is None:
+            continue  # not evaluated yet (queued, or ended before its first evaluation): the grid shows it
         try:
             scores.append(score_run(ref, scoring))
         except FmaeError as e:

@@ -432,6 +432,10 @@ def test_cli_prints_a_labelled_table_and_writes_files_atomically(study, tmp_path
                    f" --runs-dir {runs}"):
         assert needle in text, needle
     assert "retry the failed" in text and "Traceback" not in result.stderr
+    narrow = run_fmae("report", "--runs-dir", runs, "--dataset", "bp4d", cwd=tmp_path, env={"COLUMNS": "80"})
+    table = [x for x in narrow.stdout.splitlines() if x[:1] in "┏┃┡│├└"]
+    assert table and max(map(len, table)) <= 80  # turned: AUs as rows, so 80 columns suffice
+    assert any(x.startswith("│ AU24 ") for x in table) and "other published Avg.: MDHR (CVPR'24) 66.6" in narrow.stdout
     out = tmp_path / "t.csv"
     result = run_fmae("report", "--runs-dir", runs, "-f", "csv", "--out", out, "--metric", "f1_best", cwd=tmp_path)
     assert result.returncode == 0 and result.stdout == "" and "wrote" in result.stderr
