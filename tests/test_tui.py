@@ -234,6 +234,16 @@ def test_app_never_imports_torch(config: Path) -> None:
             async with app.run_test(size=(80, 24)) as pilot:
                 await pilot.press("d", "question_mark", "escape", "g")
                 await app.workers.wait_for_complete()
+                # Launch (its preview resolves configs and reads the GPU plan), Queue, GPUs
+                await pilot.press("l")
+                await pilot.pause(1.0)
+                await app.workers.wait_for_complete()
+                await pilot.press("escape", "j")
+                await pilot.pause(0.5)
+                await pilot.press("escape", "g")
+                await pilot.pause(0.5)
+                await app.workers.wait_for_complete()
+                assert type(app.screen).__name__ == "GpusScreen", app.screen
         asyncio.run(main())
         print("torch" in sys.modules)
     """)
