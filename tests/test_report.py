@@ -358,6 +358,8 @@ def test_grid_states_and_the_queue_command_adds_exactly_the_missing_cells(tmp_pa
         assert re.search(r"\b0 skipped\b", dry.stdout), dry.stdout
         added |= {(int(f), int(s)) for f, s in re.findall(r"would add fold (\d+) seed (\d+)", dry.stdout)}
     assert added == {cell for cell, state in cells.items() if state == "missing"}
+    # runs not evaluated yet (running, queued, failed before an evaluation) are in the grid, not warnings
+    assert build(project.runs_dir, Selection(states=("all",))).skipped == []
 
 
 # --- exports ------------------------------------------------------------------------------------------------
@@ -397,6 +399,7 @@ def test_markdown_and_latex(study):
     line = next(x for x in md.splitlines() if x.startswith("| vit_tiny fmae λ=0 |"))
     assert line == "| vit_tiny fmae λ=0 | 3 | " + " | ".join(f"{mean[c]:.1f} ± {std[c]:.1f}" for c in [*BP4D, "avg"]) + " |"
     assert "| paper: FMAE |  | 59.2 | 50.0 |" in md and "Δ vit_tiny fmae λ=0 − paper FMAE" in md
+    assert f"| {mean['AU1']:.2f} ± {std['AU1']:.2f} |" in render_markdown(results, digits=2)
     assert "F1 best-threshold (tuned on test) (%)" in md and "### Completeness: vit_tiny fmae_iat λ=2" in md
     tex = render_latex(results)
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "booktabs" in tex
