@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from fmae import __version__
@@ -138,25 +138,24 @@ def config_recipe(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="key=value over the recipe (repeatable).")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Show a dataset's resolved training settings and which layer set each one."""
-    from fmae.config import layer, load_project, parse_set_options
-    from fmae.recipes import finetune_recipe
+    """Show a dataset's resolved training settings and which layer set each one (as `fmae train` resolves
+    them: the paper's recipe < fmae.toml < the command line; AU benchmarks shown for fold 1)."""
+    from fmae.config import load_project, parse_set_options
     from fmae.registry import get_dataset
+    from fmae.run_config import resolve_run_config
 
     project = load_project(config)
     spec = get_dataset(dataset)
-    name = recipe or project.defaults.get("recipe", "fmae")
-    resolved = layer(
-        (f"recipe {spec.name}/{name}", finetune_recipe(spec.name, name)),
-        (f"{project.path.name if project.path else 'defaults'} [overrides.{spec.name}]",
-         project.overrides.get(spec.name, {})),
-        ("--set", parse_set_options(set_ or [])),
-    )
+    resolved = resolve_run_config(project, spec.name, recipe=recipe, fold=1 if spec.task == "au" else None,
+                                  seed=int((project.defaults.get("seeds") or [0])[0]),
+                                  cli=parse_set_options(set_ or []), generate=False)
+    name = resolved.values["recipe"]
     table = Table(title=f"{spec.name} / {name}")
-    for col in ("key", "value", "from"):
-        table.add_column(col, no_wrap=True)
+    table.add_column("key", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    table.add_column("from", overflow="fold")
     for key in sorted(resolved.values):
-        table.add_row(key, escape(str(resolved.values[key])), escape(resolved.sources[key]))
+        table.add_row(key, Text(str(resolved.values[key])), Text(resolved.sources[key]))
     out.print(table)
 
 

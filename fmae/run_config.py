@@ -82,8 +82,8 @@ def resolve_run_config(
         toml_layer["init"] = project.defaults["init"]
     if project.device != "auto":
         toml_layer["device"] = project.device
-    toml_layer.update(project.overrides.get(spec.name, {}))
     resolved = layer((f"recipe {spec.name}/{recipe_name}", base), (f"{project.label}", toml_layer),
+                     (f"{project.label} [overrides.{spec.name}]", project.overrides.get(spec.name, {})),
                      ("command line", cli))
     values, sources = resolved.values, resolved.sources
 
