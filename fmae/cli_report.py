@@ -43,7 +43,7 @@ def report_cmd(
     from fmae.atomic_write import write_text_atomic
     from fmae.config import load_project
     from fmae.report import Scoring, Selection, build
-    from fmae.report_export import FORMATS, render_csv, render_json, render_latex, render_markdown
+    from fmae.report_export import FORMATS, render
 
     if fmt not in FORMATS:
         raise FmaeError(f"--format {fmt}: choose {', '.join(FORMATS)}")
@@ -72,8 +72,7 @@ def report_cmd(
     if fmt == "table":
         text = None if out_file is None else _plain(render_rich(results, digits, grid))
     else:
-        text = {"md": lambda: render_markdown(results, digits, grid), "latex": lambda: render_latex(results, digits),
-                "csv": lambda: render_csv(results), "json": lambda: render_json(results)}[fmt]()
+        text = render(results, fmt, digits, grid)
     if out_file is not None:
         try:
             write_text_atomic(out_file, text or "")

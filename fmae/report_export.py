@@ -10,6 +10,7 @@ import json
 import math
 from typing import Any
 
+from fmae.errors import FmaeError
 from fmae.report import GroupRow, Report, Results
 from fmae.report_grid import SYMBOLS, Grid
 
@@ -242,3 +243,27 @@ def render_json(results: Results) -> str:
 
     return json.dumps(clean(results.to_dict()), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
 
+
+
+# --- by name ------------------------------------------------------------------------------------------------
+
+EXTENSIONS = {".md": "md", ".tex": "latex", ".csv": "csv", ".json": "json"}
+
+
+def render(results: Results, fmt: str, digits: int | None = None, grids: bool = True) -> str:
+    """The results as one of the file formats (md, latex, csv, json)."""
+    renderers = {"md": lambda: render_markdown(results, digits, grids), "latex": lambda: render_latex(results, digits),
+                 "csv": lambda: render_csv(results), "json": lambda: render_json(results)}
+    if fmt not in renderers:
+        raise FmaeError(f"format {fmt}: choose {', '.join(renderers)}")
+    return renderers[fmt]()
+
+
+def format_for(path: str) -> str:
+    """The file format a file name asks for, by its extension."""
+    import os
+
+    ext = os.path.splitext(str(path))[1].lower()
+    if ext not in EXTENSIONS:
+        raise FmaeError(f"{path}: end the file name with {', '.join(EXTENSIONS)} to choose the format")
+    return EXTENSIONS[ext]

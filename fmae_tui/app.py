@@ -32,6 +32,7 @@ class FmaeApp(App[None]):
     BINDINGS = [
         Binding("l", "open('launch')", "Launch", tooltip="Queue a matrix of runs: folds × seeds × λ"),
         Binding("j", "open('queue')", "Queue", tooltip="The queue's jobs: cancel, retry, reprioritise"),
+        Binding("R", "open('results')", "Results", tooltip="Per-AU tables over folds and seeds, the paper beside them"),
         Binding("g", "open('gpus')", "GPUs", tooltip="Utilisation, memory and the run on each GPU (or CPU slot)"),
         Binding("d", "open('datasets')", "Datasets", show=False, tooltip="The benchmarks and their data"),
         Binding("question_mark", "help", "Help", key_display="?",
@@ -85,8 +86,10 @@ class FmaeApp(App[None]):
         from fmae_tui.screens.gpus import GpusScreen
         from fmae_tui.screens.launch import LaunchScreen
         from fmae_tui.screens.queue import QueueScreen
+        from fmae_tui.screens.results import ResultsScreen
 
-        kind = {"launch": LaunchScreen, "queue": QueueScreen, "gpus": GpusScreen, "datasets": DatasetsScreen}[name]
+        kind = {"launch": LaunchScreen, "queue": QueueScreen, "gpus": GpusScreen, "datasets": DatasetsScreen,
+                "results": ResultsScreen}[name]
         if isinstance(self.screen, kind):
             return
         while len(self.screen_stack) > 2 and not isinstance(self.screen, RunsScreen):

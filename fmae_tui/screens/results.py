@@ -1,0 +1,409 @@
+"""The Results screen: the tables of `fmae report` (the same `fmae.report.build`), one benchmark at a time —
+per-AU numbers averaged over folds, mean ± std over seeds with n, the paper's rows beside them, a pinned
+baseline group to compare against, the selected group's completeness grid with one key to queue its
+missing cells, and export to a file."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from fmae.errors import FmaeError
+from fmae_tui.screens.confirm import ConfirmScreen
+from fmae_tui.widgets.prompt_bar import PromptBar
+
+if TYPE_CHECKING:
+    from fmae.report import GroupRow, Report, Results
+    from fmae_tui.app import FmaeApp
+
+METRIC_CYCLE = ("f1", "f1_best", "auc")
+THRESHOLD_CYCLE = (None, "test-tuned", "per-au")
+DELTA_STYLE = ("red", "green")  # worse, better: colour only repeats the sign
+
+
+class ResultsScreen(Screen[None]):
+    SUB_TITLE = "Results"
+    POLL_S = 10.0  # runs finish while one looks: rebuild the tables this often
+    BINDINGS = [
+        Binding("m", "metric", "Metric", tooltip="F1@0.5 → F1 best-threshold (tuned on test, the paper's) → AUC"),
+        Binding("e", "epoch", "Epoch", tooltip="Each run's best epoch (the paper's practice) or its last"),
+        Binding("t", "threshold", "Threshold", show=False,
+                tooltip="Re-score saved predictions: stored F1 → one test-tuned threshold → per-AU thresholds"),
+        Binding("tab", "next_report", "Next table", show=False, tooltip="The next benchmark's table"),
+        Binding("shift+tab", "previous_report", "Previous table", show=False, tooltip="The previous table"),
+        Binding("k", "group_by", "Group by", show=False, tooltip="Also group rows by config keys, e.g. epochs blr"),
+        Binding("p", "paper", "Paper", show=False, tooltip="Show or hide the paper's rows"),
+        Binding("b", "baseline", "Baseline", tooltip="Pin the selected group: every Δ is then against it (b again: off)"),
+        Binding("a", "add_missing", "Queue missing", tooltip="Queue the selected group's missing (fold, seed) cells"),
+        Binding("x", "export", "Export", tooltip="Write the tables to a file: .md, .tex, .csv or .json"),
+        Binding("r", "refresh", "Refresh", show=False, tooltip="Read the runs again now"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metric, self.epoch, self.threshold = "f1", "best", None
+        self.by: tuple[str, ...] = ()
+        self.show_paper = True
+        self.baseline: tuple | None = None  # GroupRow.key of the pinned group
+        self.results: Results | None = None
+        self.index = 0  # which report (benchmark, task) is shown
+        self.builds = 0  # tables built (tests wait on it)
+        self._building = False
+        self._again = False
+        self._rows: dict[str, Any] = {}  # table row key -> GroupRow or PaperRow
+        self._prompt: str | None = None  # what the prompt bar is asking: "by" | "export"
+
+    @property
+    def fmae(self) -> FmaeApp:
+        return cast("FmaeApp", self.app)
+
+    @property
+    def table(self) -> DataTable:
+        return self.query_one("#results-table", DataTable)
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="results-bar")
+        yield DataTable(id="results-table", cursor_type="row", zebra_stripes=True)
+        with Horizontal(id="results-prompt-row", classes="-hidden"):
+            yield Static("", id="results-prompt-label")
+            yield PromptBar(id="results-prompt")
+        yield Static(id="results-grid")
+        yield Footer(show_command_palette=False)
+
+    def on_mount(self) -> None:
+        self.table.focus()
+        self._timer = self.set_interval(self.POLL_S, self._rebuild, pause=True)
+
+    def on_screen_resume(self) -> None:
+        self._rebuild()
+        self._timer.resume()
+
+    def on_screen_suspend(self) -> None:
+        self._timer.pause()
+
+    # --- building (a worker: it reads every run) -------------------------------------------------------
+
+    def _rebuild(self) -> None:
+        if self._building:
+            self._again = True  # settings changed while building: build once more after
+            return
+        self._building = True
+        self._build(self.metric, self.epoch, self.threshold, self.by)
+
+    @work(thread=True, group="results-build", exit_on_error=False)
+    def _build(self, metric: str, epoch: str, threshold: str | None, by: tuple[str, ...]) -> None:
+        from fmae.report import Scoring, Selection, build
+
+        project = self.fmae.project
+        results, error = None, None
+        try:
+            results = build(project.runs_dir, Selection(by=by), Scoring(metric, epoch, threshold),
+                            seeds=project.defaults.get("seeds") or [0], project=project)
+        except FmaeError as e:
+            error = str(e)
+        except Exception as e:  # a bug shows as a line, the app stays
+            error = f"{type(e).__name__}: {e}"
+        try:
+            self.app.call_from_thread(self._built, results, error)
+        except RuntimeError:
+            pass
+
+    def _built(self, results: Results | None, error: str | None) -> None:
+        self._building = False
+        if error is not None:
+            self.notify(error, title="results", severity="error", markup=False, timeout=10)
+        else:
+            self.results = results
+        self.builds += 1
+        self._show()
+        if self._again:
+            self._again = False
+            self._rebuild()
+
+    # --- showing ---------------------------------------------------------------------------------------
+
+    @property
+    def report(self) -> Report | None:
+        if not self.results or not self.results.reports:
+            return None
+        self.index %= len(self.results.reports)
+        return self.results.reports[self.index]
+
+    def _baseline_row(self) -> GroupRow | None:
+        if self.baseline is None or self.report is None:
+            return None
+        return next((r for r in self.report.rows if r.key == self.baseline), None)
+
+    def _show(self) -> None:
+        from fmae.report_export import column_title, default_digits, fmt, mean_std
+
+        table, report = self.table, self.report
+        selected = self._selected_key()
+        table.clear(columns=True)
+        self._rows = {}
+        bar = self.query_one("#results-bar", Static)
+        if report is None:
+            runs = self.fmae.project.runs_dir
+            skipped = len(self.results.skipped) if self.results else 0
+            bar.update(Text(f"no finished training runs to tabulate in {runs}"
+                            + (f" ({skipped} run folder(s) could not be read)" if skipped else "")
+                            + " — launch some with l", "dim"))
+            self.query_one("#results-grid", Static).update("")
+            return
+        digits = default_digits(report)
+        base = self._baseline_row()
+        head = Text(f"{report.title}", "bold")
+        head.append(f" · {report.value_label} · {report.epoch_label.split(' (')[0]}")
+        assert self.results is not None
+        if len(self.results.reports) > 1:
+            head.append(f" · table {self.index + 1}/{len(self.results.reports)} (tab)", "dim")
+        if base is not None:
+            head.append(f"\nΔ against the pinned baseline: {base.label}", "bold")
+        elif report.rows and any(r.delta_vs for r in report.rows):
+            head.append("\nΔ against the paper's " + ", ".join(sorted({r.delta_vs for r in report.rows if r.delta_vs})))
+        notes = report.notes()
+        if report.paper_note in notes:  # what the numbers mean first, then which seeds are missing
+            notes.insert(0, notes.pop(notes.index(report.paper_note)))
+        for note in notes[:2]:
+            head.append(f"\n{note}", "dim")
+        if len(notes) > 2:
+            head.append(f"\n(+{len(notes) - 2} more notes: fmae report prints them all)", "dim")
+        bar.update(head)
+
+        table.add_column("group", key="group")
+        table.add_column("n", key="n")
+        columns = ["avg", *[c for c in report.columns if c != "avg"]] if "avg" in report.columns else report.columns
+        for c in columns:
+            table.add_column(column_title(c), key=c)
+        for i, row in enumerate(report.rows):
+            versus = {c: (row.mean.get(c) - base.mean.get(c)) if base is not None and row is not base
+                      and row.mean.get(c) is not None and base.mean.get(c) is not None else None
+                      for c in columns} if base is not None else row.delta
+            cells: list[Any] = [Text(row.label + (" ★" if row is base else ""), "bold" if row is base else ""),
+                                str(row.n)]
+            lines = 1
+            for c in columns:
+                cell = Text(mean_std(row, c, digits, "±"))
+                d = (versus or {}).get(c)
+                if d is not None:
+                    cell.append(f"\n{d:+.{digits}f}", DELTA_STYLE[d >= 0])
+                    lines = 2
+                cells.append(cell)
+            key = f"row{i}"
+            self._rows[key] = row
+            table.add_row(*cells, key=key, height=lines)
+        if self.show_paper:
+            for i, paper in enumerate(report.paper):
+                key = f"paper{i}"
+                self._rows[key] = paper
+                table.add_row(Text(paper.label, "dim italic"), "", *[Text(fmt(paper.values.get(c), digits), "dim")
+                                                                     for c in columns], key=key)
+        if selected in self._rows:
+            table.move_cursor(row=table.get_row_index(selected))
+        self._show_grid()
+
+    def _selected_key(self) -> str | None:
+        table = self.table
+        if table.row_count == 0:
+            return None
+        try:
+            return table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+        except Exception:
+            return None
+
+    @property
+    def selected_row(self) -> GroupRow | None:
+        from fmae.report import GroupRow
+
+        row = self._rows.get(self._selected_key() or "")
+        return row if isinstance(row, GroupRow) else None
+
+    def _grid_of(self, row: GroupRow | None):
+        if row is None or self.report is None:
+            return None
+        return next((g for g in self.report.grids if (g.task, g.dataset, g.fields) == row.key), None)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_grid()
+
+    def _show_grid(self) -> None:
+        from fmae.report_export import grid_symbol
+
+        box = self.query_one("#results-grid", Static)
+        grid = self._grid_of(self.selected_row)
+        if grid is None:
+            box.update("")
+            return
+        text = Text(f"{grid.label}: ", "bold")
+        text.append(grid.summary())
+        for seed in grid.seeds:
+            text.append(f"\n seed {seed:<3}")
+            for fold in grid.folds:
+                state = grid.cells[(fold, seed)]
+                where = f"f{fold} " if fold is not None else ""
+                text.append(f" {where}{grid_symbol(state).split()[0]}", "bold" if state == "missing" else "")
+        if grid.to_add:
+            text.append(f"\n a queues the {len(grid.missing())} missing cell(s)", "dim")
+        box.update(text)
+
+    # --- actions ---------------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if isinstance(self.focused, PromptBar):  # letters are typing: keep these keys out of the footer
+            return action not in {b.action for b in self.BINDINGS}
+        return True
+
+    def action_metric(self) -> None:
+        self.metric = METRIC_CYCLE[(METRIC_CYCLE.index(self.metric) + 1) % len(METRIC_CYCLE)]
+        if self.metric != "f1":
+            self.threshold = None  # re-scoring applies to F1 at a threshold only
+        self._rebuild()
+
+    def action_epoch(self) -> None:
+        self.epoch = "last" if self.epoch == "best" else "best"
+        if self.epoch == "last" and self.threshold is not None:
+            self.threshold = None
+            self.notify("re-scoring needs the best epoch's saved predictions: threshold back to the stored F1")
+        self._rebuild()
+
+    def action_threshold(self) -> None:
+        if self.metric != "f1" or self.epoch != "best":
+            self.notify("re-scoring with another threshold works on F1 (m) of the best epoch (e)", severity="warning")
+            return
+        self.threshold = THRESHOLD_CYCLE[(THRESHOLD_CYCLE.index(self.threshold) + 1) % len(THRESHOLD_CYCLE)]
+        self._rebuild()
+
+    def action_next_report(self) -> None:
+        self.index += 1
+        self.baseline = None
+        self._show()
+
+    def action_previous_report(self) -> None:
+        self.index -= 1
+        self.baseline = None
+        self._show()
+
+    def action_paper(self) -> None:
+        self.show_paper = not self.show_paper
+        self._show()
+
+    def action_refresh(self) -> None:
+        self._rebuild()
+
+    def action_baseline(self) -> None:
+        row = self.selected_row
+        if row is None:
+            self.notify("select one of your groups to pin it", severity="warning")
+            return
+        self.baseline = None if self.baseline == row.key else row.key
+        self._show()
+
+    def action_add_missing(self) -> None:
+        grid = self._grid_of(self.selected_row)
+        if grid is None:
+            self.notify("select one of your groups", severity="warning")
+            return
+        if not grid.to_add:
+            self.notify(f"{grid.label}: no missing cells" + (f"; failed or cancelled ones: fmae queue retry "
+                                                             f"{' '.join(grid.retry)}" if grid.retry else ""))
+            return
+        cells = sum(m.cells() for m in grid.to_add)
+        detail = "\n".join(m.command() for m in grid.to_add)
+        self.app.push_screen(ConfirmScreen(f"Queue the {cells} missing cell(s) of {grid.label}?", detail),
+                             lambda yes: self._queue_missing(grid) if yes else None)
+
+    @work(thread=True, group="results-queue", exit_on_error=False)
+    def _queue_missing(self, grid: Any) -> None:
+        from fmae.queue_ops import add_matrix, start_scheduler
+
+        project = self.fmae.project
+        lines, error = [], None
+        try:
+            added = 0
+            for matrix in grid.to_add:
+                _, jobs = add_matrix(project, matrix.dataset, **matrix.add_kwargs())
+                added += len(jobs)
+            lines.append(f"queued {added} job(s) for {grid.label}")
+            if added:
+                lines.append(start_scheduler(project))
+        except FmaeError as e:
+            error = str(e)
+        except Exception as e:
+            error = f"{type(e).__name__}: {e}"
+        try:
+            self.app.call_from_thread(self._queued, lines, error)
+        except RuntimeError:
+            pass
+
+    def _queued(self, lines: list[str], error: str | None) -> None:
+        if error:
+            self.notify(error, title="not queued", severity="error", markup=False, timeout=10)
+        else:
+            self.notify("\n".join(lines), title="queue", markup=False)
+        self._rebuild()
+
+    # --- the prompt bar: group-by keys, export path ------------------------------------------------------
+
+    def _ask(self, what: str, label: str, value: str, placeholder: str) -> None:
+        self._prompt = what
+        self.query_one("#results-prompt-label", Static).update(label)
+        bar = self.query_one("#results-prompt", PromptBar)
+        bar.placeholder = placeholder
+        bar.value = value
+        self.query_one("#results-prompt-row").remove_class("-hidden")
+        bar.focus()
+
+    def action_group_by(self) -> None:
+        self._ask("by", "group by", " ".join(self.by), "config keys beside dataset, model, recipe, λ: e.g. epochs blr")
+
+    def action_export(self) -> None:
+        report = self.report
+        name = f"results-{report.dataset}.md" if report else "results.md"
+        self._ask("export", "export to", str(self.fmae.project.runs_dir.parent / name), "a path ending .md .tex .csv .json")
+
+    def _close_prompt(self) -> None:
+        self._prompt = None
+        self.query_one("#results-prompt-row").add_class("-hidden")
+        self.table.focus()
+
+    def on_input_submitted(self, event: PromptBar.Submitted) -> None:
+        what, value = self._prompt, event.value.strip()
+        self._close_prompt()
+        if what == "by":
+            self.by = tuple(value.replace(",", " ").split())
+            self.baseline = None
+            self._rebuild()
+        elif what == "export" and value:
+            self._export(value)
+
+    def on_prompt_bar_dismissed(self, event: PromptBar.Dismissed) -> None:
+        self._close_prompt()
+
+    def _export(self, path_text: str) -> None:
+        from pathlib import Path
+
+        from fmae.atomic_write import write_text_atomic
+        from fmae.report_export import format_for, render
+
+        if self.results is None:
+            self.notify("nothing to export yet", severity="warning")
+            return
+        path = Path(path_text).expanduser()
+        try:
+            text = render(self.results, format_for(path.name))
+            write_text_atomic(path, text)
+        except FmaeError as e:
+            self.notify(str(e), title="not exported", severity="error", markup=False, timeout=10)
+            return
+        except OSError as e:
+            self.notify(f"{path}: {e.strerror or e}", title="not exported", severity="error", markup=False, timeout=10)
+            return
+        self.notify(f"wrote {path}", title="export", markup=False)

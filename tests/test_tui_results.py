@@ -1,0 +1,192 @@
+"""The Results screen over run folders with known numbers: the same tables as `fmae report` (checked
+against an independent computation), metric and epoch switches, the paper's rows, a pinned baseline,
+the completeness grid and queueing its missing cell through the real queue, and export."""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+import sqlite3
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from rich.console import Console
+from textual.app import App
+
+from conftest import run_fmae
+from fmae.config import default_config_text, update_config
+from fmae.paper import paper_rows
+from fmae.registry import get_dataset
+from fmae.report_export import read_csv
+from fmae.scheduler import stop
+from fmae_tui.app import create_app
+from fmae_tui.screens.confirm import ConfirmScreen
+from fmae_tui.screens.results import ResultsScreen
+from test_report import au_config, au_record, expected_au, new_run, rand_values
+
+BP4D = get_dataset("bp4d").au_names()
+TINY = "synthetic = { subjects = 5, frames = 24, size = 48, seed = 0 }"
+
+
+@pytest.fixture
+def study(tmp_path: Path):
+    """bp4d vit_tiny: FMAE (λ 0) seeds 0 and 1 on every fold; FMAE-IAT (λ 2) seed 0 on folds 1 and 2 (fold 3
+    missing). fmae.toml expects seeds 0 and 1. `truth[(group, metric)][seed][fold]` = the per-AU values."""
+    config = tmp_path / "fmae.toml"
+    config.write_text(re.sub(r"synthetic = \{[^}]*\}", TINY, default_config_text()), encoding="utf-8")
+    update_config(config, {"defaults.seeds": [0, 1]})
+    runs = tmp_path / "runs"
+    rng = random.Random(3)
+    truth: dict = {}
+    for group, lam, recipe, cells in (("fmae", 0.0, "fmae", [(f, s) for s in (0, 1) for f in (1, 2, 3)]),
+                                      ("iat", 2.0, "fmae_iat", [(1, 0), (2, 0)])):
+        for fold, seed in cells:
+            best = {m: rand_values(rng, BP4D) for m in ("f1", "f1_best", "auc")}
+            last = {m: rand_values(rng, BP4D) for m in ("f1", "f1_best", "auc")}
+            summary = {"task": "au", "best_epoch": 2, "best": au_record(2, best["f1"], best["f1_best"], best["auc"]),
+                       "last": au_record(3, last["f1"], last["f1_best"], last["auc"])}
+            new_run(runs, au_config(fold, seed, lam, recipe), "done", summary)
+            for m in best:
+                truth.setdefault((group, m, "best"), {}).setdefault(seed, {})[fold] = best[m]
+                truth.setdefault((group, m, "last"), {}).setdefault(seed, {})[fold] = last[m]
+    yield config, runs, truth
+    run_fmae("queue", "cancel", "--all", "--config", config, cwd=tmp_path)
+    stop(runs, wait=30)
+
+
+def screen_text(app: App) -> str:
+    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(), record=True,
+                      color_system=None)
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    return console.export_text()
+
+
+async def wait_until(pilot, condition: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out: {what}\n{screen_text(pilot.app)}")
+
+
+def cell(screen: ResultsScreen, row_key: str, column: str) -> str:
+    return str(screen.table.get_cell(row_key, column))
+
+
+async def rebuilt(pilot, screen: ResultsScreen, before: int) -> None:
+    await wait_until(pilot, lambda: screen.builds > before and not screen._building, what="rebuild")
+    await pilot.pause()
+
+
+async def test_results_tables_switches_baseline_grid_queue_and_export(study, tmp_path: Path) -> None:
+    config, runs, truth = study
+    app = create_app(config, runs)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("R")
+        await wait_until(pilot, lambda: isinstance(app.screen, ResultsScreen) and app.screen.builds > 0, what="results")
+        screen: ResultsScreen = app.screen
+        await pilot.pause()
+        text = screen_text(app)
+        assert "BP4D — AU detection" in text and "F1@0.5 (%)" in text
+
+        # Rows as `fmae report` makes them, to the digit: folds averaged within a seed, mean ± std over seeds.
+        rows = {screen._rows[k].label: k for k in screen._rows if k.startswith("row")}
+        assert set(rows) == {"vit_tiny fmae λ=0", "vit_tiny fmae_iat λ=2"}
+        fmae_key = rows["vit_tiny fmae λ=0"]
+        mean, std, n = expected_au(truth[("fmae", "f1", "best")], BP4D)
+        assert cell(screen, fmae_key, "n") == "2"
+        for column in ("avg", "AU1", "AU24"):
+            shown = cell(screen, fmae_key, column).splitlines()[0]
+            assert shown == f"{mean[column]:.1f}±{std[column]:.1f}", (column, shown)
+        # The IAT group has fold 3 missing for seed 0: no complete seed, no numbers.
+        assert cell(screen, rows["vit_tiny fmae_iat λ=2"], "n") == "0"
+
+        # The paper's rows sit beside ours (not like for like at F1@0.5, and the screen says so).
+        fmae_paper = next(p for p in paper_rows("bp4d") if p.method == "FMAE")
+        assert any(k.startswith("paper") and cell(screen, k, "avg") == f"{fmae_paper.values['avg']:.1f}"
+                   for k in screen._rows)
+        assert "not like for like" in text
+
+        # m: F1 at the best threshold (the paper's number, labelled as tuned on test); e: the last epoch.
+        before = screen.builds
+        await pilot.press("m")
+        await rebuilt(pilot, screen, before)
+        mean_b, std_b, _ = expected_au(truth[("fmae", "f1_best", "best")], BP4D)
+        assert cell(screen, fmae_key, "avg").splitlines()[0] == f"{mean_b['avg']:.1f}±{std_b['avg']:.1f}"
+        # Δ against the paper's FMAE row, on the cell's second line
+        assert cell(screen, fmae_key, "avg").splitlines()[1] == f"{mean_b['avg'] - fmae_paper.values['avg']:+.1f}"
+        assert "tuned on test" in screen_text(app)
+        before = screen.builds
+        await pilot.press("e")
+        await rebuilt(pilot, screen, before)
+        mean_l, std_l, _ = expected_au(truth[("fmae", "f1_best", "last")], BP4D)
+        assert cell(screen, fmae_key, "avg").splitlines()[0] == f"{mean_l['avg']:.1f}±{std_l['avg']:.1f}"
+        assert "epoch: last evaluated" in screen_text(app)
+
+        # p hides the paper's rows; b pins the selected group as the baseline (★, Δ against it).
+        await pilot.press("p")
+        await pilot.pause()
+        assert not any(k.startswith("paper") for k in screen._rows)
+        screen.table.move_cursor(row=screen.table.get_row_index(fmae_key))
+        await pilot.pause()
+        await pilot.press("b")
+        await pilot.pause()
+        assert "★" in cell(screen, fmae_key, "group")
+        assert "Δ against the pinned baseline: vit_tiny fmae λ=0" in screen_text(app)
+
+        # The grid of the IAT group: fold 3 of seed 0 and seed 1 entirely are missing; a queues them.
+        screen.table.move_cursor(row=screen.table.get_row_index(rows["vit_tiny fmae_iat λ=2"]))
+        await pilot.pause()
+        grid_text = str(screen.query_one("#results-grid").render())
+        assert "2 done" in grid_text and "4 missing" in grid_text
+        await pilot.press("a")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirm")
+        assert "Queue the 4 missing cell(s) of vit_tiny fmae_iat λ=2?" in screen_text(app)
+        await pilot.press("y")
+        await wait_until(pilot, lambda: (runs / "queue.sqlite").exists() and _jobs(runs) == 4, timeout=60,
+                         what="4 jobs queued")
+        with sqlite3.connect(runs / "queue.sqlite") as db:
+            cells = sorted(db.execute("SELECT fold, seed, lambda_id, recipe, model FROM jobs"))
+        assert cells == [(1, 1, 2.0, "fmae_iat", "vit_tiny"), (2, 1, 2.0, "fmae_iat", "vit_tiny"),
+                         (3, 0, 2.0, "fmae_iat", "vit_tiny"), (3, 1, 2.0, "fmae_iat", "vit_tiny")]
+
+        # x: export; the file's format follows its extension, and the CSV reads back.
+        out = tmp_path / "tables.csv"
+        await pilot.press("x")
+        await pilot.pause()
+        bar = screen.query_one("#results-prompt")
+        bar.value = str(out)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: out.exists(), what="export")
+        rows_back = read_csv(out.read_text())
+        assert any(r.get("group") == "vit_tiny fmae λ=0" for r in rows_back)
+        # A bad extension is one clear line, and writes nothing.
+        await pilot.press("x")
+        await pilot.pause()
+        bar.value = str(tmp_path / "tables.xls")
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert not (tmp_path / "tables.xls").exists()
+
+
+def _jobs(runs: Path) -> int:
+    try:
+        with sqlite3.connect(runs / "queue.sqlite") as db:
+            return db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+    except sqlite3.Error:
+        return -1
+
+
+async def test_results_with_no_runs_says_so(tmp_path: Path) -> None:
+    config = tmp_path / "fmae.toml"
+    config.write_text(default_config_text(), encoding="utf-8")
+    app = create_app(config, tmp_path / "runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("escape", "R")  # from Datasets (no runs yet) home, then Results
+        await wait_until(pilot, lambda: isinstance(app.screen, ResultsScreen) and app.screen.builds > 0, what="built")
+        await pilot.pause()
+        assert "no finished training runs to tabulate" in screen_text(app)
