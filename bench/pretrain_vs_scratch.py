@@ -45,7 +45,7 @@ PAPER_PRETRAIN = {"blr": 1.5e-4, "batch_size": 256, "epochs": 50, "warmup_epochs
                   "decoder_dim": 512, "decoder_heads": 16}
 PAPER_TRAIN = {"blr": 2e-4, "batch_size": 64, "epochs": 20, "warmup_epochs": 2, "layer_decay": 0.65,
                "weight_decay": 0.05, "drop_path": 0.1, "auto_augment": "rand-m9-mstd0.5-inc1",
-               "random_erase_prob": 0.25}
+               "random_erase_prob": 0.25, "crop_scale": 0.08}
 PAPER_PROBE = {"blr": 2e-4, "epochs": 20, "frames_per_subject": 100, "train_frames_per_subject": 70}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -117,9 +117,9 @@ def main() -> None:
     g = p.add_argument_group("labelled data (fmae synth bp4d: 41 subjects, seed 0)")
     g.add_argument("--frames", type=int, default=40, help="frames per subject")
     g.add_argument("--identity-strength", type=float, default=1.5)
-    g.add_argument("--nuisance", type=float, default=1.0)
+    g.add_argument("--nuisance", type=float, default=0.3)
     g = p.add_argument_group("fine-tuning, the same for both arms (defaults: bench/quality_iat.py's)")
-    g.add_argument("--epochs", type=int, default=8)
+    g.add_argument("--epochs", type=int, default=25)
     g.add_argument("--blr", type=float, default=5e-3)
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--warmup", type=float, default=1)
@@ -128,6 +128,7 @@ def main() -> None:
     g.add_argument("--drop-path", type=float, default=0.0)
     g.add_argument("--auto-augment", default="", help='"" = no RandAugment (paper: rand-m9-mstd0.5-inc1)')
     g.add_argument("--random-erase-prob", type=float, default=0.0)
+    g.add_argument("--crop-scale", type=float, default=0.5, help="RandomResizedCrop's smallest area share (paper 0.08)")
     g = p.add_argument_group("identity probe (frozen encoder, linear layer)")
     g.add_argument("--probe-epochs", type=int, default=10)
     g.add_argument("--probe-blr", type=float, default=5e-3)
@@ -207,7 +208,8 @@ def main() -> None:
     # --- fine-tuning: MAE init vs random init, λ = 0 and λ > 0 ----------------------------------
     train = {"blr": args.blr, "batch_size": args.batch_size, "epochs": args.epochs, "warmup_epochs": args.warmup,
              "layer_decay": args.layer_decay, "weight_decay": args.weight_decay, "drop_path": args.drop_path,
-             "auto_augment": args.auto_augment, "random_erase_prob": args.random_erase_prob}
+             "auto_augment": args.auto_augment, "random_erase_prob": args.random_erase_prob,
+             "crop_scale": args.crop_scale}
     train_args = ["--epochs", args.epochs, "--batch-size", args.batch_size,
                   *sets({k: v for k, v in train.items() if k not in ("batch_size", "epochs")}),
                   *sets({"num_workers": workers, "log_every": 1000}), *common]

@@ -346,5 +346,6 @@ def main() -> None:
 # The engine's commands live in their own module; importing it registers them on `app`.
 from fmae import cli_pretrain, cli_scheduler, cli_train  # noqa: E402,F401
 from fmae import cli_lmdb  # noqa: E402,F401
+from fmae import cli_cache  # noqa: E402,F401
 from fmae import cli_queue  # noqa: E402,F401
 from fmae import cli_report  # noqa: E402,F401

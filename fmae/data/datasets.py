@@ -64,6 +64,11 @@ class ImageSet(Dataset):
         x = seeded_transform(self.transform, load_rgb(self.paths[index]), item_seed(self.seed, self.epoch, index))
         return x, self.targets[index], self.subjects[index]
 
+    def to_device(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """A collated batch of items → the model's input on `device` (here already normalised floats;
+        `fmae.data.cached.CachedImageSet` finishes uint8 batches on the device instead)."""
+        return x.to(device, non_blocking=True)
+
 
 class SourceImageSet(Dataset):
     """Unlabelled images from image sources (LMDB stores or folders, `fmae.data.lmdb_store`), concatenated:
@@ -85,6 +90,9 @@ class SourceImageSet(Dataset):
     def __getitem__(self, index: int):
         x = seeded_transform(self.transform, self.image(index), item_seed(self.seed, self.epoch, index))
         return x, self.targets[index], torch.tensor(-1)
+
+    def to_device(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return x.to(device, non_blocking=True)
 
 
 def seeded_transform(transform: Callable, img, seed: int):

@@ -29,6 +29,7 @@ from fmae.atomic_write import write_bytes_atomic
 from fmae.data.datasets import EpochBatches, ImageSet
 from fmae.errors import FmaeError, WorkFailed
 from fmae.models.checkpoint import extract_state_dict, read_checkpoint, save_checkpoint
+from fmae.models.encoders import set_fused_attn
 from fmae.runs import RunDir, read_metrics
 from fmae.train.dist import DistInfo, RankFilter, all_reduce_mean, gather_by_index, init_distributed, shutdown
 from fmae.train.optim import Schedule, effective_lr, make_optimizer
@@ -148,6 +149,7 @@ class Trainer:
         self.data = self.task.build_data()
         log.info("%s", self.data.describe)
         self.raw_model, depth = self.task.build_model()
+        set_fused_attn(self.raw_model, bool(cfg.get("fused_attn", True)))
         self.raw_model.to(self.device)
         if info.distributed:
             torch.manual_seed(seed * 1000 + info.rank)
@@ -257,8 +259,8 @@ class Trainer:
                     break  # a trailing partial accumulation is dropped, like the last partial batch
                 if i % accum == 0:
                     lr = self.schedule.apply(self.optimizer, epoch + i / self.batches_per_epoch)
-                batch = Batch(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True),
-                              subject.to(self.device, non_blocking=True))
+                x = self.data.train.to_device(x, self.device)  # normalised (and erased) float [B, 3, H, W]
+                batch = Batch(x, y.to(self.device, non_blocking=True), subject.to(self.device, non_blocking=True))
                 last_micro = (i + 1) % accum == 0
                 sync = contextlib.nullcontext() if last_micro or not self.info.distributed else self.model.no_sync()
                 with sync:
@@ -375,7 +377,7 @@ class Trainer:
         outs = []
         for x, _, _ in self._loader(data, sampler):
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                outs.append(self.task.scores(self.raw_model, x.to(self.device, non_blocking=True)).float().cpu())
+                outs.append(self.task.scores(self.raw_model, data.to_device(x, self.device)).float().cpu())
         return gather_by_index(self.info, indices, torch.cat(outs).numpy(), len(data))
 
     def _evaluate(self, epoch: int) -> dict[str, Any] | None:
@@ -453,6 +455,7 @@ class Trainer:
         self.data = self.task.build_data()
         log.info("%s", self.data.describe)
         self.raw_model, _ = self.task.build_model()
+        set_fused_attn(self.raw_model, bool(self.cfg.get("fused_attn", True)))
         ck = read_checkpoint(Path(self.cfg["eval_checkpoint"]))
         state = extract_state_dict(ck)
         try:

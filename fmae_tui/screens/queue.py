@@ -15,6 +15,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from fmae.errors import FmaeError
 from fmae_tui.screens.confirm import ConfirmScreen
+from fmae_tui.widgets.runs_table import widens
 
 if TYPE_CHECKING:
     from fmae_tui.app import FmaeApp
@@ -125,7 +126,7 @@ class QueueScreen(Screen[None]):
             elif old != cells:
                 for name, new, was, shown in zip(names, cells, old, self._styled(cells, row_state(row))):
                     if new != was:
-                        table.update_cell(str(job_id), name, shown, update_width=True)
+                        table.update_cell(str(job_id), name, shown, update_width=widens(table, name, shown))
             self._cells[job_id] = cells
         self._rows = fresh
         if selected in fresh:

@@ -281,7 +281,7 @@ class RunsTable(DataTable):
             elif old != plain:
                 for col, (cell, before) in zip(cells, zip(cells.values(), old)):
                     if cell.plain != before:
-                        self.update_cell(run_id, col, cell, update_width=True)
+                        self.update_cell(run_id, col, cell, update_width=widens(self, col, cell))
                 moved = moved or reorder
             self._shown[run_id] = plain
         if moved:
@@ -356,3 +356,10 @@ class RunsTable(DataTable):
         info = self.runs.get(str(event.row_key.value))
         if info is not None:
             self.post_message(self.RunSelected(info))
+
+
+def widens(table: DataTable, column: str, cell: Any) -> bool:
+    """Whether a new cell is wider than its column: only then ask `update_cell` to re-measure. Asked for a
+    narrower cell, Textual measures the whole column again, and 10,000 such updates cost minutes."""
+    width = cell.cell_len if isinstance(cell, Text) else Text(str(cell)).cell_len
+    return width > table.columns[column].content_width
