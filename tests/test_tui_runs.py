@@ -405,13 +405,15 @@ async def test_datasets_by_key_and_when_there_are_no_runs(runs: dict[str, RunDir
 
 async def test_help_lists_the_runs_and_run_keys(runs: dict[str, RunDir], tmp_path: Path) -> None:
     app = create_app(runs_dir=tmp_path / "runs")
-    async with app.run_test(size=(80, 24)) as pilot:
+    async with app.run_test(size=(100, 40)) as pilot:  # at 80×24 the list scrolls
+
         await open_runs(app, pilot)
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         text = screen_text(app)
         for key, what in (("⏎", "Open"), ("/", "Filter"), ("s", "Sort"), ("f", "State"), ("t", "Tags"),
-                          ("r", "Refresh"), ("S", "Reverse sort"), ("d", "Datasets")):
+                          ("r", "Refresh"), ("S", "Reverse sort"), ("d", "Datasets"), ("l", "Launch"),
+                          ("j", "Queue"), ("R", "Results"), ("g", "GPUs")):
             assert f"│ {key} " in text and what in text, (key, text)
         await pilot.press("escape", "enter")
         await wait_until(pilot, lambda: isinstance(app.screen, RunScreen))
