@@ -2,6 +2,10 @@
 
 Train: RandomResizedCrop (area share `crop_scale`..1) + flip + RandAugment + random erasing (`create_transform(is_training=True)`).
 Eval: resize to a square, no centre crop (the original's AU evaluation), ImageNet normalisation.
+
+The pixel-cache fast path (`fmae.data.cached`) runs the same train transform split in two: its PIL part
+(crop, flip, RandAugment) in the loader workers, then tensor conversion, normalisation and erasing on the
+device (`train_parts`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from typing import Any, Mapping
 from PIL import Image, ImageOps
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from timm.data.auto_augment import RandAugment
+from timm.data.random_erasing import RandomErasing
 from torchvision import transforms as T
 
 from fmae.recipes import FINETUNE_DEFAULTS
@@ -33,6 +38,18 @@ def train_transform(cfg: Mapping[str, Any]):
     )
     _patch_posterize(tf)
     return tf
+
+
+def train_parts(cfg: Mapping[str, Any]) -> tuple[T.Compose, RandomErasing | None]:
+    """The train transform as (its PIL part: crop, flip, RandAugment; its random erasing or None). What
+    comes between them is ToTensor + the ImageNet normalisation, which the fast path does on the device."""
+    steps = list(train_transform(cfg).transforms)
+    cut = next(i for i, t in enumerate(steps) if isinstance(t, T.ToTensor))
+    tail = steps[cut:]
+    assert isinstance(tail[1], T.Normalize) and len(tail) <= 3, tail
+    eraser = tail[2] if len(tail) == 3 else None
+    assert eraser is None or isinstance(eraser, RandomErasing), eraser
+    return T.Compose(steps[:cut]), eraser
 
 
 def _posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:

@@ -16,7 +16,8 @@ from torch import nn
 from fmae.errors import FmaeError
 from fmae.model_specs import ENCODERS, EncoderSpec, encoder_spec
 
-__all__ = ["ENCODERS", "EncoderSpec", "create_encoder", "describe_encoder", "encoder_spec", "num_layers"]
+__all__ = ["ENCODERS", "EncoderSpec", "create_encoder", "describe_encoder", "encoder_spec", "num_layers",
+           "set_fused_attn"]
 
 
 def create_encoder(name: str, img_size: int | None = None, drop_path: float = 0.0,
@@ -48,6 +49,19 @@ def _check_img_size(spec: EncoderSpec, img_size: int) -> int:
         raise FmaeError(f"input_size {img_size} is not a multiple of {spec.name}'s patch size {spec.patch}: "
                         f"use {options}")
     return img_size
+
+
+def set_fused_attn(model: nn.Module, enabled: bool) -> int:
+    """Switch every timm attention layer of `model` between F.scaled_dot_product_attention (fused: flash /
+    memory-efficient kernels on GPUs; the engine's default, config `fused_attn = true`) and the explicit
+    softmax(q·kᵀ/√d)·v that the original's timm 0.3.2 computed. The same function; returns how many
+    layers were switched. Set it before `torch.compile`."""
+    switched = 0
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = bool(enabled)
+            switched += 1
+    return switched
 
 
 def num_layers(encoder: VisionTransformer) -> int:

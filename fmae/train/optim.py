@@ -55,9 +55,13 @@ def make_optimizer(model: nn.Module, cfg: Mapping[str, Any], num_layers: int, de
     betas = tuple(float(b) for b in cfg.get("betas", (0.9, 0.999)))
     for g in groups:
         g.pop("param_names")
-    # The fused kernel exists for CUDA tensors; on the CPU the foreach path is the fast one.
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=0.0, betas=betas, fused=fused)
+    # fused_optimizer (default true): one fused kernel over all parameters on CUDA, the multi-tensor
+    # (foreach) path on the CPU; false: the per-parameter loop the original's torch ran. Same update.
+    if not cfg.get("fused_optimizer", True):
+        return torch.optim.AdamW(groups, lr=0.0, betas=betas, foreach=False, fused=False)
+    if device.type == "cuda":
+        return torch.optim.AdamW(groups, lr=0.0, betas=betas, fused=True)
+    return torch.optim.AdamW(groups, lr=0.0, betas=betas, foreach=True)
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from torch import nn
 
 from fmae.config import DatasetLocation
 from fmae.data.au_labels import AULabels, load_au_fold, read_au_jsonl
+from fmae.data.cached import choose_cache, image_set
 from fmae.data.datasets import ImageSet, Splits, check_files_exist
 from fmae.data.fer_folders import read_fer_split
 from fmae.data.problems import Problems
-from fmae.data.transforms import eval_transform, train_transform
 from fmae.errors import FmaeError
 from fmae.metrics import au_scores, fer_scores
 from fmae.models.checkpoint import load_pretrained
@@ -101,13 +101,14 @@ class AUTask(Task):
         loc = self.location()
         fold = load_au_fold(self.spec, loc, int(self.cfg["fold"]), problems)
         problems.raise_first()
-        sets = []
-        for split, labels, tf in (("train", fold.train, train_transform(self.cfg)),
-                                  ("test", fold.test, eval_transform(self.cfg))):
-            paths = [loc.root / p for p in labels.paths]
-            check_files_exist(paths, f"fold {fold.fold} {split} split")
-            sets.append(ImageSet(paths, labels.labels.astype(np.float32), tf, labels.subject_index(),
-                                 seed=int(self.cfg["seed"])))
+        parts = {"train": fold.train, "test": fold.test}
+        paths = {split: [loc.root / p for p in labels.paths] for split, labels in parts.items()}
+        for split, files in paths.items():
+            check_files_exist(files, f"fold {fold.fold} {split} split")
+        cache, keys = choose_cache(self.cfg, loc.root, paths)
+        sets = [image_set(self.cfg, paths[split], labels.labels.astype(np.float32), train=split == "train",
+                          subjects=labels.subject_index(), cache=cache, keys=keys.get(split))
+                for split, labels in parts.items()]
         describe = (f"{self.spec.title} fold {fold.fold}: train {len(fold.train)} frames of "
                     f"{len(set(fold.train.subjects))} subjects, test {len(fold.test)} frames of "
                     f"{len(set(fold.test.subjects))} subjects")
@@ -156,10 +157,12 @@ class FERTask(Task):
         train = read_fer_split(self.spec, loc.root, "train", problems)
         test = read_fer_split(self.spec, loc.root, "test", problems)
         problems.raise_first()
-        sets = []
-        for split, part, tf in (("train", train, train_transform(self.cfg)), ("test", test, eval_transform(self.cfg))):
+        parts = {"train": train, "test": test}
+        for split, part in parts.items():
             check_files_exist(part.paths, f"{split} split")
-            sets.append(ImageSet(part.paths, part.targets, tf, seed=int(self.cfg["seed"])))
+        cache, keys = choose_cache(self.cfg, loc.root, {split: part.paths for split, part in parts.items()})
+        sets = [image_set(self.cfg, part.paths, part.targets, train=split == "train", cache=cache, keys=keys.get(split))
+                for split, part in parts.items()]
         describe = f"{self.spec.title}: train {len(train)} images, test {len(test)} images, {len(self.spec.classes)} classes"
         return Splits(sets[0], sets[1], describe)
 
@@ -219,14 +222,15 @@ class IdProbeTask(Task):
         if short:
             log.warning("%d subjects have fewer than %d frames (e.g. %s); they use all they have, split %d:%d",
                         len(short), per, short[0], n_train, per - n_train)
-        tf = eval_transform(self.cfg)
         sub = frames.subject_index()
-        sets = []
-        for idx in (train_idx, test_idx):
-            idx = np.array(sorted(idx))
-            paths = [loc.root / frames.paths[i] for i in idx]
-            check_files_exist(paths, "identity-probe frames")
-            sets.append(ImageSet(paths, sub[idx], tf, sub[idx], seed=int(self.cfg["seed"])))
+        chosen = {"train": np.array(sorted(train_idx)), "test": np.array(sorted(test_idx))}
+        paths = {split: [loc.root / frames.paths[i] for i in idx] for split, idx in chosen.items()}
+        for files in paths.values():
+            check_files_exist(files, "identity-probe frames")
+        cache, keys = choose_cache(self.cfg, loc.root, paths)
+        # Probe frames are not augmented: both splits take the evaluation transform.
+        sets = [image_set(self.cfg, paths[split], sub[idx], train=False, subjects=sub[idx], cache=cache,
+                          keys=keys.get(split)) for split, idx in chosen.items()]
         describe = (f"{self.spec.title} identity probe: {len(by_subject)} subjects, {len(train_idx)} train / "
                     f"{len(test_idx)} test frames")
         return Splits(sets[0], sets[1], describe)

@@ -1,0 +1,72 @@
+"""`fmae data cache`: decode a dataset's images once into a pixel cache that training reads instead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fmae.cli import ConfigOpt, RootOpt, data_app, err, out
+from fmae.cli_lmdb import _size
+from fmae.errors import FmaeError
+
+
+@data_app.command("cache")
+def data_cache(
+    dataset: Annotated[str, typer.Argument(help="Benchmark name (its root from fmae.toml or --root), or an image folder.")],
+    size: Annotated[int, typer.Option("--size", help="Side of the square images: the runs' input_size (paper: 224).")] = 224,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Cache folder (default: ROOT/.fmae-cache/<size>px, "
+                                                                  "where training finds it; elsewhere, point "
+                                                                  "data_cache at it).")] = None,
+    root: RootOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Pre-decode every image under a dataset's root, resized to SIZE × SIZE, into an LMDB pixel cache:
+    training then reads uint8 pixels instead of decoding JPEGs (config data_cache = "auto", the default).
+    Rerun after the images change: only new or changed files are decoded again."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from fmae.data.pixel_cache import build_cache, cache_bytes
+    from fmae.data.lmdb_store import list_images
+    from fmae.registry import DATASETS
+
+    named = dataset.strip().lower().replace("+", "_plus").replace("-", "") in DATASETS and "/" not in dataset
+    if named:
+        from fmae.config import load_project
+        from fmae.data.locate import dataset_location, ensure_dataset
+        from fmae.registry import get_dataset
+
+        spec = get_dataset(dataset)
+        loc = ensure_dataset(spec, dataset_location(load_project(config), spec, root, None),
+                             say=lambda msg: err.print(msg))
+        folder = loc.root
+        if folder is None:
+            raise FmaeError(f"{spec.name} has no root in fmae.toml — pass --root or set datasets.{spec.name}.root")
+    else:
+        if root is not None:
+            raise FmaeError("--root is for benchmark names; give the image folder itself as the argument")
+        folder = Path(dataset)
+        if not folder.is_dir():
+            raise FmaeError(f"{dataset}: not a benchmark name ({', '.join(DATASETS)}) nor a folder")
+    count = len(list_images(folder)) if folder.is_dir() else 0
+    if count:
+        err.print(f"caching {count} images of {folder} at {size} px: {_size(cache_bytes(count, size))} of pixels",
+                  soft_wrap=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=err, transient=True) as bar:
+            task = bar.add_task("decoding", total=None)
+            report = build_cache(folder, out_dir, size, lambda done, total: bar.update(task, completed=done, total=total))
+    except KeyboardInterrupt:
+        err.print("interrupted: what was written is kept — rerun the same command to finish", soft_wrap=True)
+        raise
+    removed = f", {report.removed} removed (their files are gone)" if report.removed else ""
+    out.print(f"{report.out}: {report.images} images of {size} px ({report.written} decoded, {report.unchanged} "
+              f"unchanged{removed}), {_size(report.bytes)} of pixels, in {report.seconds:.1f} s", soft_wrap=True)
+    default = report.out.resolve() == (folder / ".fmae-cache" / f"{size}px").resolve()
+    if default:
+        out.print(f"runs of input_size {size} on {folder} read it (data_cache = \"auto\"; \"off\" decodes files)",
+                  soft_wrap=True)
+    else:
+        out.print(f"to use it: --set data_cache={report.out.resolve()} (with input_size {size})", soft_wrap=True)

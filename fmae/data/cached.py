@@ -1,0 +1,187 @@
+"""The fast data path: datasets read from a pixel cache, uint8 batches, and the step that finishes each
+batch on the device — the engine's default whenever a cache covers a run's images (`data_cache`).
+
+A plain `ImageSet` item is a float tensor that its worker decoded from a JPEG, augmented, converted and
+normalised. A `CachedImageSet` item is [H, W, 3] uint8 pixels read from the cache
+(`fmae.data.pixel_cache`), augmented in the worker by the same PIL transforms with the same per-item
+seed. Batches travel as uint8 (a quarter of the bytes) and `to_device` converts, normalises and erases
+on the device:
+
+- evaluation: the cache holds exactly what the eval transform's resize makes of each file, and
+  `to_device` repeats ToTensor's and Normalize's arithmetic, so the model sees the same numbers;
+- training: crop, flip and RandAugment draw the same random numbers as on the plain path (so from a cache
+  whose size is the source images' own the augmented pixels are identical; from larger sources the crop
+  starts from the resized image instead of the file). Erasing rectangles are drawn in the worker exactly
+  as timm's RandomErasing draws them — the same rectangles — and filled on the device with normal noise
+  from a generator seeded per item (the same distribution, other samples; still a function of
+  seed, epoch and index, so resume stays exact).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data.random_erasing import RandomErasing
+
+from fmae.data.datasets import ImageSet, item_seed, seeded_transform
+from fmae.data.lmdb_store import is_store
+from fmae.data.pixel_cache import PixelCache, default_cache_dir
+from fmae.data.transforms import eval_transform, train_parts, train_transform
+from fmae.errors import FmaeError
+
+log = logging.getLogger("fmae.train")
+
+DATA_CACHE_CHOICES = ("auto", "off")  # or the path of a cache folder
+_NOISE_SALT = 0x5DEECE66D  # the erasing noise's seed differs from the item's augmentation seed
+
+
+def erase_boxes(eraser: RandomErasing, height: int, width: int) -> list[tuple[int, int, int, int]]:
+    """The rectangles (top, left, h, w) timm's RandomErasing._erase would fill, drawn from python's
+    `random` in the same order and amounts (its fills draw only from torch's RNG)."""
+    if random.random() > eraser.probability:
+        return []
+    area = height * width
+    count = eraser.min_count if eraser.min_count == eraser.max_count else \
+        random.randint(eraser.min_count, eraser.max_count)
+    boxes = []
+    for _ in range(count):
+        for _attempt in range(10):
+            target_area = random.uniform(eraser.min_area, eraser.max_area) * area / count
+            aspect_ratio = math.exp(random.uniform(*eraser.log_aspect_ratio))
+            h = int(round(math.sqrt(target_area * aspect_ratio)))
+            w = int(round(math.sqrt(target_area / aspect_ratio)))
+            if w < width and h < height:
+                top = random.randint(0, height - h)
+                left = random.randint(0, width - w)
+                boxes.append((top, left, h, w))
+                break
+    return boxes
+
+
+class CachedImageSet(ImageSet):
+    """Items from a pixel cache: ({"pixels": [H, W, 3] uint8, and for training "erase": [M, 4] int32
+    rectangles (h = 0: none), "noise_seed": int64}, target, subject). `to_device` finishes a batch."""
+
+    def __init__(self, paths: Sequence[Path], targets: np.ndarray, cache: PixelCache, keys: Sequence[str],
+                 cfg: Mapping[str, Any], *, train: bool, subjects: np.ndarray | None = None, seed: int = 0) -> None:
+        augment, eraser = train_parts(cfg) if train else (None, None)
+        super().__init__(paths, targets, augment, subjects, seed)
+        assert len(keys) == len(paths)
+        if cache.size != int(cfg["input_size"]):
+            raise FmaeError(f"pixel cache {cache.path} holds {cache.size} px images; input_size is {cfg['input_size']}")
+        self.cache, self.keys, self.train, self.eraser = cache, list(keys), train, eraser
+        self.max_boxes = eraser.max_count if eraser is not None else 0
+        self._consts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._generators: dict[str, torch.Generator] = {}
+
+    def _augment(self, img: Image.Image):
+        out = self.transform(img)
+        return out, erase_boxes(self.eraser, out.height, out.width) if self.eraser is not None else []
+
+    def __getitem__(self, index: int):
+        pixels = self.cache.read(self.keys[index])  # [S, S, 3] uint8
+        if not self.train:
+            return {"pixels": torch.from_numpy(pixels)}, self.targets[index], self.subjects[index]
+        seed = item_seed(self.seed, self.epoch, index)
+        img, boxes = seeded_transform(self._augment, Image.fromarray(pixels), seed)
+        erase = torch.zeros(max(1, self.max_boxes), 4, dtype=torch.int32)
+        for j, box in enumerate(boxes):
+            erase[j] = torch.tensor(box, dtype=torch.int32)
+        item = {"pixels": torch.from_numpy(np.array(img, dtype=np.uint8)), "erase": erase,
+                "noise_seed": torch.tensor(seed ^ _NOISE_SALT, dtype=torch.int64)}
+        return item, self.targets[index], self.subjects[index]
+
+    def to_device(self, x: Mapping[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+        """uint8 [B, H, W, 3] → normalised float32 [B, 3, H, W] on `device`, erased where drawn."""
+        pixels = x["pixels"].to(device, non_blocking=True)
+        mean, std = self._normalisation(device)
+        img = pixels.permute(0, 3, 1, 2).contiguous().to(torch.float32).div(255)  # ToTensor's arithmetic
+        img = img.sub_(mean).div_(std)  # Normalize's
+        if self.train and self.eraser is not None:
+            self._erase(img, x["erase"], x["noise_seed"])
+        return img
+
+    def _normalisation(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = str(device)
+        if key not in self._consts:
+            self._consts[key] = (torch.tensor(IMAGENET_DEFAULT_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1),
+                                 torch.tensor(IMAGENET_DEFAULT_STD, dtype=torch.float32, device=device).view(1, 3, 1, 1))
+        return self._consts[key]
+
+    def _erase(self, img: torch.Tensor, erase: torch.Tensor, noise_seed: torch.Tensor) -> None:
+        mode = self.eraser.mode
+        gen = self._generators.setdefault(str(img.device), torch.Generator(device=img.device))
+        chans = img.shape[1]
+        for b, (boxes, seed) in enumerate(zip(erase.tolist(), noise_seed.tolist())):
+            for j, (top, left, h, w) in enumerate(boxes):
+                if h <= 0:
+                    continue
+                gen.manual_seed(seed + j)
+                if mode == "pixel":
+                    fill = torch.empty((chans, h, w), dtype=img.dtype, device=img.device).normal_(generator=gen)
+                elif mode == "rand":
+                    fill = torch.empty((chans, 1, 1), dtype=img.dtype, device=img.device).normal_(generator=gen)
+                else:
+                    fill = torch.zeros((chans, 1, 1), dtype=img.dtype, device=img.device)
+                img[b, :, top:top + h, left:left + w] = fill
+
+
+def image_set(cfg: Mapping[str, Any], paths: Sequence[Path], targets: np.ndarray, *, train: bool,
+              subjects: np.ndarray | None = None, cache: PixelCache | None = None,
+              keys: Sequence[str] | None = None) -> ImageSet:
+    """The split's dataset: from the pixel cache when one was chosen, else decoding the files."""
+    seed = int(cfg["seed"])
+    if cache is not None:
+        return CachedImageSet(paths, targets, cache, keys, cfg, train=train, subjects=subjects, seed=seed)
+    tf = train_transform(cfg) if train else eval_transform(cfg)
+    return ImageSet(paths, targets, tf, subjects, seed=seed)
+
+
+def choose_cache(cfg: Mapping[str, Any], root: Path, splits: Mapping[str, Sequence[Path]]
+                 ) -> tuple[PixelCache | None, dict[str, list[str]]]:
+    """The pixel cache this run reads (with each split's keys), or (None, {}) for the plain path.
+
+    data_cache = "auto": `<root>/.fmae-cache/<input_size>px` when it exists and holds every image of the
+    run unchanged, else the plain path (saying why); "off": the plain path; a folder: that cache, and any
+    gap in it is an error."""
+    setting = str(cfg.get("data_cache", "auto"))
+    if setting == "off":
+        return None, {}
+    size = int(cfg["input_size"])
+    auto = setting == "auto"
+    folder = default_cache_dir(root, size) if auto else Path(setting)
+    make = f"`fmae data cache {cfg['dataset']} --size {size}{'' if auto else f' --out {folder}'}`"
+    if not is_store(folder):
+        if auto:
+            log.info("data: decoding image files (no pixel cache at %s; %s makes one)", folder, make)
+            return None, {}
+        raise FmaeError(f"data_cache = {setting}: no pixel cache there — build it with {make}, or set "
+                        "data_cache = \"auto\" or \"off\"")
+    cache = PixelCache(folder)
+    if cache.size != size:
+        raise FmaeError(f"data_cache {folder}: holds {cache.size} px images but input_size is {size} — build one "
+                        f"with {make}")
+    keys: dict[str, list[str]] = {}
+    for split, paths in splits.items():
+        k, missing, stale = cache.keys_for(paths, root)
+        if missing or stale:
+            what = (f"{len(missing)} of the {split} images are not in it (e.g. {missing[0]})" if missing else
+                    f"{len(stale)} {split} images changed since it was built (e.g. {stale[0]})")
+            message = f"pixel cache {folder}: {what} — update it with {make}"
+            if auto:
+                log.warning("%s; decoding image files instead", message)
+                return None, {}
+            raise FmaeError(message)
+        keys[split] = k
+    cache.drop_index()
+    log.info("data: pixel cache %s (%d images of %d px): uint8 batches, normalisation and erasing on the device",
+             folder, len(cache), size)
+    return cache, keys
