@@ -91,6 +91,17 @@ async def test_launch_a_matrix_see_it_run_and_cancel_it(project, tmp_path: Path)
         assert "bp4d matrix: folds 1,2,3 × seeds 0,1,2 × λ 0 = 9 cell(s): 9 to add, 0 skipped" in text
         assert "no GPU" in text and "1 CPU slot" in text
 
+        # ctrl+t: the newcomer's first run — vit_tiny, 1 epoch, fold 1, seed 0; ctrl+r: the recipe again.
+        previews = launch.previews
+        await pilot.press("ctrl+t")
+        await wait_until(pilot, lambda: launch.previews > previews, what="try-it preview")
+        assert "folds 1 × seeds 0 × λ 0 = 1 cell(s): 1 to add" in screen_text(app)
+        assert launch.query_one("#model", Select).value == "vit_tiny"
+        previews = launch.previews
+        await pilot.press("ctrl+r")
+        await wait_until(pilot, lambda: launch.previews > previews, what="recipe preview")
+        assert "= 9 cell(s): 9 to add" in screen_text(app)
+
         # A wrong field says which and what to do; nothing can be queued meanwhile.
         previews = launch.previews
         await type_into(pilot, launch, "#seeds", "0,x")

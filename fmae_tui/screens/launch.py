@@ -34,6 +34,8 @@ class LaunchScreen(Screen[None]):
     BINDINGS = [
         Binding("ctrl+s", "queue", "Queue it", tooltip="Queue the cells to add (asks first); the scheduler starts"),
         Binding("ctrl+r", "fill", "Paper's recipe", tooltip="Fill every field from the paper's recipe again"),
+        Binding("ctrl+t", "try_it", "Try it", tooltip="One small run to see the whole path: vit_tiny, 1 epoch, "
+                "first fold, first seed (about a minute on a CPU)"),
     ]
 
     def __init__(self, dataset: str | None = None) -> None:
@@ -127,6 +129,19 @@ class LaunchScreen(Screen[None]):
             widget = self.query_one(name, Input)
             widget.disabled = not au
             widget.placeholder = "" if au else f"({spec.name}: one split, no λ)"
+        self._filling = False
+        self._schedule_preview()
+
+    def action_try_it(self) -> None:
+        """The smallest meaningful run: what a newcomer launches first."""
+        au = get_dataset(self._dataset).task == "au"
+        self._filling = True
+        self._set("#model", "vit_tiny")
+        self._set("#epochs", "1")
+        self._set("#seeds", "0")
+        if au:
+            self._set("#folds", "1")
+            self._set("#lambdas", "0")
         self._filling = False
         self._schedule_preview()
 
