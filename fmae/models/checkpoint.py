@@ -23,6 +23,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
+from fmae.atomic_write import new_file_mode
 from fmae.errors import FmaeError
 from fmae.models.encoders import ENCODERS, describe_encoder
 
@@ -47,7 +48,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except pickle.UnpicklingError as e:
         if "global" in str(e).lower():  # "Unsupported global: GLOBAL os.system …": a class or function
             raise FmaeError(f"{path}: refused: the file holds Python objects other than weights "
-                            "(weights_only loading) — re-save it with torch.save(state_dict)") from None
+                            "(weights_only loading, so none of it ran) — if you trust its source, re-save just the weights "
+                            "with torch.save(state_dict)") from None
         if _starts_like_a_pickle(path):  # e.g. pickle.dump's protocol 5, which weights_only cannot read
             raise FmaeError(f"{path}: refused: a raw pickle, not a torch.save file (weights_only loading) — "
                             "re-save it with torch.save(state_dict)") from None
@@ -257,27 +259,85 @@ _CONTAINERS = (dict, collections.OrderedDict, list, tuple, set)
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """torch.save to a temp file in the same folder, fsync, os.replace: readers never see half a file.
+    """torch.save to a temp file in the same folder, fsync, os.replace: readers never see half a file,
+    and a process killed while writing leaves the previous checkpoint as it was.
 
     The payload may hold only tensors, plain numbers/strings and dicts/lists/tuples of them, so
     that `read_checkpoint` (weights_only) can load it back; anything else is a bug, raised here.
+    A failed write (disk full, file too large) raises the OSError that caused it, naming `path`,
+    not torch's "unexpected pos" RuntimeError.
     """
     _check_payload(payload, "payload")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_temps(path)
+    # The pid in the name lets a later save recognise (and delete) what a killed writer left behind.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            os.fchmod(f.fileno(), new_file_mode(path))
+            writer = _Writer(f)
+            try:
+                torch.save(payload, writer)
+            except RuntimeError:
+                if writer.error is None:
+                    raise
+                raise OSError(writer.error.errno, writer.error.strerror, str(path)) from None
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except OSError as e:
+        _unlink(tmp)
+        if e.filename in (tmp, None):
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+class _Writer:
+    """The file torch.save writes through: keeps the OSError its C++ writer turns into a RuntimeError."""
+
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.f.flush()
+        except OSError as e:
+            self.error = e
+            raise
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete `.NAME.<pid>.*.tmp` files of writers that are gone (kill -9, OOM killer, power cut): each
+    may be as large as the checkpoint. A live writer's temp file is left alone."""
+    from fmae.runs import pid_alive
+
+    prefix = f".{path.name}."
+    try:
+        names = [n for n in os.listdir(path.parent) if n.startswith(prefix) and n.endswith(".tmp")]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            _unlink(path.parent / name)
+
+
+def _unlink(path: str | os.PathLike) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _check_payload(obj: Any, where: str) -> None:
