@@ -242,7 +242,7 @@ def data_prepare(
     else:
         raise FmaeError(f"{spec.name} needs no preparation: it is read from image folders")
     for problem in report.problems:
-        err.print(problem.report_line())
+        err.print(problem.report_line(), soft_wrap=True)
     if report.problems.errors:
         raise FmaeError(f"{len(report.problems.errors)} problems in the annotations; {out_file} was not written")
     out.print(f"wrote {report.frames_written} frames from {report.sequences} sequences to {out_file}")
@@ -322,7 +322,7 @@ def _print_check(report, seconds: float) -> None:
             table.add_row(name, f"{measured:.2f}", f"{typical:.2f}")
         out.print(table)
     for problem in report.problems:
-        (err if problem.severity == "error" else out).print(problem.report_line())
+        (err if problem.severity == "error" else out).print(problem.report_line(), soft_wrap=True)
     if report.ok:
         out.print(f"ok: no problems in {spec.name}")
 
@@ -336,11 +336,24 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
-    except Exception:  # a bug in fmae: one line for the user, the traceback in a file for the report
-        crash = Path(tempfile.gettempdir()) / f"fmae-crash-{int(time.time())}.log"
-        crash.write_text(traceback.format_exc())
-        err.print(f"internal error: {sys.exc_info()[1]!r} (traceback in {crash}; please report it)", markup=False)
-        sys.exit(1)
+    except OSError as e:  # no permission, read-only or full disk: the machine's answer, not a bug
+        from fmae.errors import environment_error
+
+        said = environment_error(e)
+        if said is None:
+            _crash()
+        err.print(f"error: {said}", markup=False, soft_wrap=True)
+        sys.exit(said.exit_code)
+    except Exception:
+        _crash()
+
+
+def _crash() -> None:
+    """A bug in fmae: one line for the user, the traceback in a file for the report."""
+    crash = Path(tempfile.gettempdir()) / f"fmae-crash-{int(time.time())}.log"
+    crash.write_text(traceback.format_exc())
+    err.print(f"internal error: {sys.exc_info()[1]!r} (traceback in {crash}; please report it)", markup=False)
+    sys.exit(1)
 
 
 # The engine's commands live in their own module; importing it registers them on `app`.

@@ -153,8 +153,13 @@ def exec_cmd(
 def _run_folder(path: Path) -> Path:
     from fmae.runs import RunDir
 
+    from fmae.runs import STATES
+
     rd = RunDir.open(path)
     state = rd.read_status().get("state")
+    if state not in STATES:
+        raise FmaeError(f"{rd.status_path}: unknown state {state!r} (expected one of {', '.join(STATES)}) — "
+                        'restore the file, or set "state": "failed" to retry the run')
     if state == "done":
         raise FmaeError(f"{path}: this run is done — start a new one (`fmae train --from {path}/run.toml`)")
     return rd.path

@@ -142,9 +142,14 @@ def load_project(
         text, base, name = default_config_text(), (cwd or Path.cwd()).resolve(), "built-in defaults"
     else:
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise FmaeError(f"{path}: cannot read ({e})") from None
+            raw = path.read_bytes()
+            text = raw.decode("utf-8")
+        except OSError as e:
+            raise FmaeError(f"{path}: cannot read ({e.strerror or e}) — check the file's permissions") from None
+        except UnicodeDecodeError as e:
+            line = raw.count(b"\n", 0, e.start) + 1
+            raise FmaeError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}) — TOML files are UTF-8: "
+                            "save it as UTF-8") from None
         base, name = path.parent, str(path)
     project = parse_project(text, name, base, path)
     if runs_dir is not None:

@@ -196,6 +196,10 @@ class Queue:
         return conn
 
     def _db_error(self, e: sqlite3.Error) -> FmaeError:
+        if isinstance(e, sqlite3.OperationalError) and not _writable(self.runs_dir, self.db_path):
+            # SQLite says "unable to open database file" / "readonly database": the folder is the cause
+            return FmaeError(f"{self.db_path}: cannot open the queue for writing ({e}) — make the runs folder "
+                             f"{self.runs_dir} writable for this user, or choose another runs_dir")
         return FmaeError(f"{self.db_path}: {e} — if the file is damaged, move it away and run `fmae queue rebuild`")
 
     @contextlib.contextmanager
@@ -443,6 +447,22 @@ def existing_runs(runs_dir: Path, keys: Iterable[str], *, queue: Queue | None = 
         if key in wanted:
             found.setdefault(key, []).append((name, status["state"]))
     return found
+
+
+def _writable(folder: Path, db: Path) -> bool:
+    """Whether this process can create files in `folder` (WAL needs -wal/-shm beside the database) and
+    write the database. Tried, not derived from mode bits: root, ACLs and read-only mounts all count."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+        if db.exists():
+            with open(db, "r+b"):
+                pass
+    except OSError:
+        return False
+    return True
 
 
 def _mtime(path: Path) -> float:

@@ -132,11 +132,18 @@ def _dumps(value: Any, indent: int | None = 1) -> str:
     return json.dumps(_plain_json(value), allow_nan=False, indent=indent) + ("\n" if indent is not None else "")
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, fix: str = "") -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError both
-        raise FmaeError(f"{path}: not valid JSON: {one_line(e)}") from None
+        raise FmaeError(f"{path}: not valid JSON: {one_line(e, 120)}{fix}") from None
+
+
+# fmae replaces these files atomically, so a damaged one was changed outside fmae: say what to do.
+_STATUS_FIX = (" — fmae never leaves it half-written, so it was changed elsewhere: restore it, or replace it "
+               'with {"state": "failed"} to retry the run')
+_RUNS_FIX = " — make it a folder this user can write to, or choose another (runs_dir in fmae.toml, --runs-dir)"
+_SUMMARY_FIX = " — it is rewritten at the run's next evaluation; delete it to clear this"
 
 
 def _member(name: str, doc: str | None = None) -> property:
@@ -148,6 +155,7 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        self._tail_checked = False  # append_metrics has looked for a cut last line (see there)
 
     @classmethod
     def create(cls, runs_dir: Path, run_id: str, config: dict[str, Any], provenance: dict[str, Any]) -> RunDir:
@@ -161,7 +169,7 @@ class RunDir:
             runs_dir.mkdir(parents=True, exist_ok=True)
             root = runs_dir.resolve()
         except OSError as e:
-            raise FmaeError(f"runs folder {runs_dir} is not a writable folder: {e.strerror or e}") from None
+            raise FmaeError(f"runs folder {runs_dir} is not a writable folder: {e.strerror or e}{_RUNS_FIX}") from None
         final = root / run_id
         if final.resolve().parent != root:  # the regex already forbids this; the check is the guarantee
             raise FmaeError(f"run id '{run_id}' would leave the runs folder {root}")
@@ -172,7 +180,7 @@ class RunDir:
         except FileExistsError:
             raise FmaeError(f"{runs_dir / run_id}: a run with this id already exists") from None
         except OSError as e:
-            raise FmaeError(f"runs folder {runs_dir} is not writable: {e.strerror or e}") from None
+            raise FmaeError(f"runs folder {runs_dir} is not writable: {e.strerror or e}{_RUNS_FIX}") from None
         staging = root / f".{run_id}.creating"
         try:
             shutil.rmtree(staging, ignore_errors=True)  # a crashed attempt's leftovers; the claim makes it ours
@@ -186,7 +194,7 @@ class RunDir:
             with contextlib.suppress(OSError):
                 final.rmdir()
             if isinstance(e, OSError):
-                raise FmaeError(f"runs folder {runs_dir} is not writable: {e.strerror or e}") from None
+                raise FmaeError(f"runs folder {runs_dir} is not writable: {e.strerror or e}{_RUNS_FIX}") from None
             raise
         return cls(runs_dir / run_id)
 
@@ -195,9 +203,11 @@ class RunDir:
         """An existing run folder; FmaeError unless it is a folder holding run.toml."""
         p = Path(path)
         if not p.is_dir():
-            raise FmaeError(f"{p} is not a run folder ({'not a folder' if p.exists() else 'no such folder'})")
+            raise FmaeError(f"{p} is not a run folder ({'not a folder' if p.exists() else 'no such folder'}) — "
+                            "pass a folder under the runs folder, e.g. runs/<run id>")
         if not (p / "run.toml").is_file():
-            raise FmaeError(f"{p} is not a run folder (no run.toml)")
+            raise FmaeError(f"{p} is not a run folder (no run.toml) — pass the run's own folder, the one "
+                            "holding run.toml")
         return cls(p)
 
     # --- paths -----------------------------------------------------------------------------------
@@ -219,7 +229,8 @@ class RunDir:
             # tomllib gives plain dicts and is fast (list_runs reads every run.toml on each refresh).
             return tomllib.loads(text) if tomllib is not None else tomlkit.parse(text).unwrap()
         except (ValueError, TOMLKitError) as e:  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
-            raise FmaeError(f"{self.run_toml}: not valid TOML: {one_line(e)}") from None
+            raise FmaeError(f"{self.run_toml}: not valid TOML: {one_line(e, 120)} — fmae writes it once and never "
+                            "half, so it was changed elsewhere: restore it from a copy of the run") from None
 
     def _table(self, name: str) -> dict[str, Any]:
         table = self._read_toml().get(name, {})
@@ -238,9 +249,9 @@ class RunDir:
     def read_status(self) -> dict[str, Any]:
         if not self.status_path.exists():
             raise FmaeError(f"{self.status_path}: missing (the run folder is incomplete)")
-        status = _read_json(self.status_path)
+        status = _read_json(self.status_path, _STATUS_FIX)
         if not isinstance(status, dict):
-            raise FmaeError(f"{self.status_path}: expected a JSON object")
+            raise FmaeError(f"{self.status_path}: expected a JSON object{_STATUS_FIX}")
         return status
 
     @contextlib.contextmanager
@@ -301,7 +312,10 @@ class RunDir:
         data = (_dumps(rec, indent=None) + "\n").encode("utf-8")
         # Unbuffered O_APPEND: the line goes to the kernel in one call, so a tailing reader sees it whole
         # or not at all, and concurrent appenders cannot interleave within a line.
-        with open(self.metrics_path, "ab", buffering=0) as f:
+        with open(self.metrics_path, "a+b", buffering=0) as f:  # + to read the last byte (see below)
+            if not self._tail_checked:  # once per writer: a crashed one may have left half a line
+                _drop_unfinished_line(f.fileno())
+                self._tail_checked = True
             written = f.write(data) or 0
             while written < len(data):  # a short write (disk full, signal) finishes the line
                 written += f.write(data[written:]) or 0
@@ -310,7 +324,7 @@ class RunDir:
         write_text_atomic(self.summary_path, _dumps(summary))  # serialised first: a failure keeps the old file
 
     def read_summary(self) -> dict[str, Any] | None:
-        return _read_json(self.summary_path) if self.summary_path.exists() else None
+        return _read_json(self.summary_path, _SUMMARY_FIX) if self.summary_path.exists() else None
 
     # --- notes and tags ----------------------------------------------------------------------------
     def read_notes(self) -> str:
@@ -328,6 +342,24 @@ class RunDir:
     def write_tags(self, tags: list[str]) -> None:
         clean = list(dict.fromkeys(check_name(t.strip() if isinstance(t, str) else t, "tag") for t in tags))
         write_text_atomic(self.tags_path, "".join(f"{t}\n" for t in clean))
+
+
+def _drop_unfinished_line(fd: int) -> None:
+    """Cut a last line that has no newline (a writer killed mid-line, or a disk that filled up), so the
+    next record starts on a line of its own instead of being glued to the fragment and lost with it.
+    Readers never consumed the fragment (they wait for its newline), so nothing they hold changes."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    end, chunk = size, 1 << 16
+    while end > 0:
+        start = max(0, end - chunk)
+        found = os.pread(fd, end - start, start).rfind(b"\n")
+        if found >= 0:
+            os.ftruncate(fd, start + found + 1)
+            return
+        end = start
+    os.ftruncate(fd, 0)
 
 
 class MetricsTail:

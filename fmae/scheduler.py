@@ -304,6 +304,8 @@ class Scheduler:
             why = "process vanished"
         elif code < 0:
             why = f"process vanished (killed by signal {-code})"
+            if -code == signal.SIGKILL:  # nobody here sends a bare SIGKILL except a cancel that overran
+                why += " — if nobody killed it, the kernel's out-of-memory killer may have: see `dmesg`"
         else:
             why = f"process vanished (exit code {code})"
         run.mark_ended("failed", exit_code=code, error=why)

@@ -72,14 +72,28 @@ def read_au_jsonl(path: Path, spec: DatasetSpec, problems: Problems) -> AULabels
     lines: list[int] = []
     seen: dict[str, int] = {}
     code_slot = {code: i for i, code in enumerate(spec.au_codes)}
+    nothing = AULabels(spec, path, [], np.zeros((0, len(spec.au_codes)), np.uint8), [], [])
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         problems.error(str(path), "label file not found — check `labels` in fmae.toml or pass --labels")
-        return AULabels(spec, path, [], np.zeros((0, len(spec.au_codes)), np.uint8), [], [])
-    except (OSError, UnicodeDecodeError) as e:
-        problems.error(str(path), f"cannot read the label file ({e})")
-        return AULabels(spec, path, [], np.zeros((0, len(spec.au_codes)), np.uint8), [], [])
+        return nothing
+    except IsADirectoryError:
+        problems.error(str(path), "is a folder, not a label file — point `labels` (or --labels) at the .json file")
+        return nothing
+    except OSError as e:
+        problems.error(str(path), f"cannot read the label file ({e.strerror or e}) — check its permissions")
+        return nothing
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        problems.error(f"{path}:{line}", f"not UTF-8 text (byte 0x{raw[e.start]:02x}) — save the label file as "
+                                         "UTF-8 JSON lines")
+        return nothing
+    if not text.strip():
+        problems.error(str(path), "the label file is empty — point `labels` (or --labels) at the JSON-lines file "
+                                  "with one frame per line")
+        return nothing
 
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -174,8 +188,9 @@ def load_au_fold(spec: DatasetSpec, location: DatasetLocation, fold: int, proble
         raise_missing_labels(spec, location)
     for split, part in (("train", train), ("test", test)):
         if len(part) == 0 and not any(p.where.startswith(str(part.source)) for p in problems.errors):
-            problems.error(f"fold {fold}", f"the {split} split is empty: no frame of {part.source} belongs to "
-                                           f"{'fold ' + str(fold) if split == 'test' else 'the other folds'}'s subjects")
+            whose = f"fold {fold}'s subjects" if split == "test" else "the other folds' subjects"
+            problems.error(f"fold {fold}", f"the {split} split is empty: no frame of {part.source} belongs to {whose} "
+                                           f"— the labels must cover the subjects of every fold (`fmae datasets`)")
     return AUFold(fold, train, test)
 
 
