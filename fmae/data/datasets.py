@@ -37,11 +37,11 @@ def load_rgb(path: Path) -> Image.Image:
 
 
 def check_files_exist(paths: Sequence[Path], what: str) -> None:
-    """Fail before training, not at epoch 7: a cheap stat of every image."""
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise FmaeError(f"{missing[0]}: image missing{more} in the {what} — run `fmae data check` for the full list")
+    """Fail before training, not at epoch 7: every missing, empty or cut-short image of the split is
+    logged, then one line names the first (a stat and a small read per image; see image_check)."""
+    from fmae.data.image_check import check_image_files
+
+    check_image_files({what: paths})
 
 
 class ImageSet(Dataset):

@@ -19,8 +19,9 @@ from torch import nn
 from fmae.config import DatasetLocation
 from fmae.data.au_labels import AULabels, load_au_fold, read_au_jsonl
 from fmae.data.cached import choose_cache, image_set
-from fmae.data.datasets import ImageSet, Splits, check_files_exist
+from fmae.data.datasets import ImageSet, Splits
 from fmae.data.fer_folders import read_fer_split
+from fmae.data.image_check import check_image_files
 from fmae.data.problems import Problems
 from fmae.errors import FmaeError
 from fmae.metrics import au_scores, fer_scores
@@ -103,8 +104,7 @@ class AUTask(Task):
         problems.raise_first()
         parts = {"train": fold.train, "test": fold.test}
         paths = {split: [loc.root / p for p in labels.paths] for split, labels in parts.items()}
-        for split, files in paths.items():
-            check_files_exist(files, f"fold {fold.fold} {split} split")
+        check_image_files({f"fold {fold.fold} {split} split": files for split, files in paths.items()})
         cache, keys = choose_cache(self.cfg, loc.root, paths)
         sets = [image_set(self.cfg, paths[split], labels.labels.astype(np.float32), train=split == "train",
                           subjects=labels.subject_index(), cache=cache, keys=keys.get(split))
@@ -158,8 +158,7 @@ class FERTask(Task):
         test = read_fer_split(self.spec, loc.root, "test", problems)
         problems.raise_first()
         parts = {"train": train, "test": test}
-        for split, part in parts.items():
-            check_files_exist(part.paths, f"{split} split")
+        check_image_files({f"{split} split": part.paths for split, part in parts.items()})
         cache, keys = choose_cache(self.cfg, loc.root, {split: part.paths for split, part in parts.items()})
         sets = [image_set(self.cfg, part.paths, part.targets, train=split == "train", cache=cache, keys=keys.get(split))
                 for split, part in parts.items()]
@@ -225,8 +224,7 @@ class IdProbeTask(Task):
         sub = frames.subject_index()
         chosen = {"train": np.array(sorted(train_idx)), "test": np.array(sorted(test_idx))}
         paths = {split: [loc.root / frames.paths[i] for i in idx] for split, idx in chosen.items()}
-        for files in paths.values():
-            check_files_exist(files, "identity-probe frames")
+        check_image_files({f"identity-probe {split} frames": files for split, files in paths.items()})
         cache, keys = choose_cache(self.cfg, loc.root, paths)
         # Probe frames are not augmented: both splits take the evaluation transform.
         sets = [image_set(self.cfg, paths[split], sub[idx], train=False, subjects=sub[idx], cache=cache,

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from fmae.atomic_write import write_bytes_atomic
 from fmae.data.datasets import EpochBatches, ImageSet
-from fmae.errors import FmaeError, WorkFailed
+from fmae.errors import FmaeError, WorkFailed, failure_hint
 from fmae.models.checkpoint import extract_state_dict, read_checkpoint, save_checkpoint
 from fmae.models.encoders import set_fused_attn
 from fmae.runs import RunDir, read_metrics
@@ -123,8 +123,9 @@ class Trainer:
                 self.run.mark_ended("failed", exit_code=e.exit_code, error=str(e))
             raise
         except Exception as e:  # a bug or the environment (CUDA OOM…): the run fails, with the reason
-            log.error("%s", traceback.format_exc())
-            reason = _one_line(e)
+            log.error("%s", traceback.format_exc(), extra={"traceback": True})  # train.log; the terminal gets one line
+            hint = failure_hint(e)  # out of memory, disk full: what to do, kept whole within the 300
+            reason = _one_line(e)[: 300 - len(hint)] + hint
             if main:
                 self.run.mark_ended("failed", exit_code=1, error=reason)
             raise WorkFailed(f"run {self.run.id} failed: {reason} (traceback in {self.run.log_path})") from None
@@ -504,6 +505,7 @@ def _setup_logging(run: RunDir, info: DistInfo, quiet: bool) -> list[logging.Han
     handlers.append(stream)
     if info.is_main and not _stdout_is(run.log_path):
         handlers.append(logging.FileHandler(run.log_path, encoding="utf-8"))
+        stream.addFilter(lambda record: not getattr(record, "traceback", False))  # tracebacks go to train.log
     for h in handlers:
         h.setFormatter(fmt)
         h.addFilter(RankFilter(info))
