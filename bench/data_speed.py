@@ -1,0 +1,171 @@
+"""Data loading speed: images/s of the pixel-cache fast path against JPEG + PIL decoding per item.
+
+Both run the engine's own datasets (`fmae.data.cached.image_set`) through a DataLoader with the same
+batches, the same worker count and the same augmentations, and include the step that makes the model's
+input on the device (here the CPU):
+
+- original-style: each worker decodes a JPEG with PIL, runs the whole timm transform (train: random
+  resized crop + flip + RandAugment + ToTensor + normalise + random erasing; eval: resize + ToTensor +
+  normalise) and ships float32 batches;
+- ours (`fmae data cache`, the engine's default when a cache exists): each worker reads uint8 pixels from
+  the LMDB pixel cache and runs only the PIL augmentations (train) or nothing (eval); batches travel as
+  uint8 and conversion, normalisation and erasing happen on the device, batched.
+
+The images are generated face-crop-like JPEGs (smooth colour fields with fine texture, ~20 KB at 256 px)
+of --source-size px; the cache is built at --size (the runs' input size). Also printed: single-process milliseconds per image of each
+stage, which say where the time goes. Target (issue 8): ≥ 3× images/s on this machine.
+
+Usage: python bench/data_speed.py [--images 1024] [--source-size 256] [--size 224] [--workers 2]
+Writes bench/results/data_speed-<machine>.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from harness import engine_datasets, finetune_cfg, load, machine, make_jpegs  # noqa: E402
+
+TARGET = 3.0
+
+
+def loader(data, batch: int, workers: int, device, seed: int = 0):
+    import torch
+    from torch.utils.data import DataLoader
+
+    from fmae.data.datasets import EpochBatches
+
+    sampler = EpochBatches(len(data), batch, seed, shuffle=True, drop_last=True)
+    return DataLoader(data, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+                      generator=torch.Generator())
+
+
+def images_per_s(data, batch: int, workers: int, device, batches: int, warmup: int = 2) -> float:
+    """Batches through the loader and onto the device (`to_device`), after `warmup` batches (worker start)."""
+    import torch
+
+    dl = loader(data, batch, workers, device)
+    done, start, epoch = 0, None, 0
+    while True:
+        data.epoch = dl.batch_sampler.epoch = epoch
+        for x, y, _ in dl:
+            x = data.to_device(x, device)
+            y = y.to(device, non_blocking=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            done += 1
+            if done == warmup:
+                start = time.perf_counter()
+            if done == warmup + batches:
+                return batches * batch / (time.perf_counter() - start)
+        epoch += 1
+
+
+def stage_costs(plain, fast, n: int = 48) -> dict[str, float]:
+    """Single-process ms per image of each stage (no loader): where the time goes."""
+    import torch
+    from PIL import Image
+
+    from fmae.data.datasets import item_seed, load_rgb, seeded_transform
+
+    idx = list(range(min(n, len(plain))))
+
+    def ms(fn) -> float:
+        start = time.perf_counter()
+        for i in idx:
+            fn(i)
+        return (time.perf_counter() - start) / len(idx) * 1e3
+
+    out = {"decode JPEG (PIL)": ms(lambda i: load_rgb(plain.paths[i])),
+           "read cached pixels (LMDB)": ms(lambda i: fast.cache.read(fast.keys[i]))}
+    imgs = [load_rgb(plain.paths[i]) for i in idx]
+    out["whole transform, per item (original-style)"] = ms(
+        lambda i: seeded_transform(plain.transform, imgs[i], item_seed(0, 0, i)))
+    if fast.train:
+        cached = [Image.fromarray(fast.cache.read(fast.keys[i])) for i in idx]
+        out["crop + flip + RandAugment, per item (ours, in the worker)"] = ms(
+            lambda i: seeded_transform(fast._augment, cached[i], item_seed(0, 0, i)))
+    batch = torch.utils.data.default_collate([fast[i][0] for i in idx])
+    cpu = torch.device("cpu")
+    start = time.perf_counter()
+    fast.to_device(batch, cpu)
+    out["convert + normalise (+ erase), batched (ours, on the device)"] = (time.perf_counter() - start) / len(idx) * 1e3
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=1024)
+    p.add_argument("--source-size", type=int, default=256, help="side of the JPEG files (face crops)")
+    p.add_argument("--size", type=int, default=224, help="input size = cache size")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers, the same for both paths")
+    p.add_argument("--batches", type=int, default=12, help="timed batches per measurement")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+
+    import torch
+
+    from fmae.data.pixel_cache import build_cache
+
+    device = torch.device("cpu")
+    tmp = Path(tempfile.mkdtemp(prefix="fmae-data-speed-"))
+    try:
+        lines = [f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+                 f"torch {torch.__version__} ({torch.get_num_threads()} threads); device: {device}",
+                 f"load average (1/5/15 min) at start: {load()}"]
+        start = time.perf_counter()
+        root = tmp / "bp4d"
+        paths = make_jpegs(root, args.images, args.source_size)
+        made = time.perf_counter() - start
+        jpeg = sum(p.stat().st_size for p in paths) / len(paths)
+        report = build_cache(root, size=args.size)
+        lines.append(f"data: {len(paths)} face-crop-like JPEGs of {args.source_size} px (mean {jpeg / 1000:.1f} KB; "
+                     f"made in {made:.0f} s); `fmae data cache` at {args.size} px: {report.seconds:.1f} s "
+                     f"({len(paths) / report.seconds:.0f} images/s, {report.bytes / 1e6:.0f} MB)")
+        lines.append(f"loader: batch {args.batch}, {args.workers} workers for both, {args.batches} timed batches "
+                     "after 2 warm-up batches, shuffled as in training")
+        lines += ["", "| transform | original-style: JPEG + PIL, float32 batches (images/s) "
+                      "| ours: pixel cache, uint8 batches, device finish (images/s) | speed-up |",
+                  "|---|---:|---:|---:|"]
+        ratios, stages = {}, {}
+        for name, train in (("train (crop, flip, RandAugment, erasing)", True), ("eval (resize)", False)):
+            cfg = finetune_cfg(args.size)
+            plain, fast = engine_datasets(root, paths, cfg, train)
+            a = images_per_s(plain, args.batch, args.workers, device, args.batches)
+            b = images_per_s(fast, args.batch, args.workers, device, args.batches)
+            ratios[name] = b / a
+            lines.append(f"| {name} | {a:.0f} | {b:.0f} | {b / a:.2f}× |")
+            stages[name] = stage_costs(plain, fast)
+        lines.append("")
+        lines.append(f"load average at end: {load()}")
+        lines.append("")
+        lines.append("single-process ms per image of each stage:")
+        for name, costs in stages.items():
+            lines.append(f"  {name}:")
+            lines += [f"    {stage}: {ms:.2f} ms" for stage, ms in costs.items()]
+        train_ratio = next(iter(ratios.values()))
+        lines.append("")
+        lines.append(f"target ≥ {TARGET:.0f}× images/s (train): {'met' if train_ratio >= TARGET else 'NOT met'} "
+                     f"({train_ratio:.2f}×)")
+        text = "\n".join(lines) + "\n"
+        print(text)
+        out = args.out or HERE / "results" / f"data_speed-{machine()}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"wrote {out}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
