@@ -78,6 +78,8 @@ def stage_costs(plain, fast, n: int = 48) -> dict[str, float]:
     from fmae.data.datasets import item_seed, load_rgb, seeded_transform
 
     idx = list(range(min(n, len(plain))))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker (and torch's pool stalls on a busy machine)
 
     def ms(fn) -> float:
         start = time.perf_counter()
@@ -99,6 +101,7 @@ def stage_costs(plain, fast, n: int = 48) -> dict[str, float]:
     start = time.perf_counter()
     fast.to_device(batch, cpu)
     out["convert + normalise (+ erase), batched (ours, on the device)"] = (time.perf_counter() - start) / len(idx) * 1e3
+    torch.set_num_threads(threads)
     return out
 
 
@@ -110,6 +113,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers, the same for both paths")
     p.add_argument("--batches", type=int, default=12, help="timed batches per measurement")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of the main process (workers have one each); 0 = torch's default")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
 
@@ -118,6 +123,8 @@ def main() -> None:
     from fmae.data.pixel_cache import build_cache
 
     device = torch.device("cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="fmae-data-speed-"))
     try:
         lines = [f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "

@@ -198,6 +198,7 @@ def settings(args) -> Settings:
     import torch
 
     if args.tiny:
+        torch.set_num_threads(1)  # a smoke test: one thread is quickest on a shared CPU
         return Settings(torch.device("cpu"), size=32, batch=4, warmup=1, steps=2, models=("vit_tiny",),
                         mae_decoders={"paper-shape (2 × 32)": (32, 2, 2), "small (1 × 16)": (16, 1, 2)},
                         loader_images=16, source_size=40, workers=0, compile=args.compile or "off",

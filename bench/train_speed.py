@@ -42,10 +42,16 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=15)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (0 = torch's default, one per core). On a shared machine the "
+                        "default stalls: every small operation waits for all cores")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from fmae.data.pixel_cache import build_cache
 
