@@ -23,14 +23,15 @@ from fmae.errors import FmaeError
 from fmae.recipes import finetune_recipe
 
 
-def _folder(tmp_path: Path, n: int = 6, side: int = 48) -> tuple[Path, list[Path]]:
-    """Face-like JPEGs (smooth, so resampling is non-trivial) in two sub-folders."""
+def _folder(tmp_path: Path, n: int = 6, side: int = 48, square: bool = False) -> tuple[Path, list[Path]]:
+    """Face-like JPEGs (smooth, so resampling is non-trivial) in two sub-folders; not all square unless
+    `square`."""
     rng = np.random.default_rng(0)
     root = tmp_path / "faces"
     paths = []
     for i in range(n):
         small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
-        img = Image.fromarray(small).resize((side + 2 * i, side), Image.Resampling.BICUBIC)  # not all square
+        img = Image.fromarray(small).resize((side + (0 if square else 2 * i), side), Image.Resampling.BICUBIC)
         path = root / f"S{i % 2}" / f"frame_{i}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         img.save(path, quality=90)
@@ -71,10 +72,8 @@ def test_eval_from_the_cache_feeds_the_model_the_same_numbers(tmp_path):
 def test_train_from_the_cache_draws_the_same_augmentation(tmp_path):
     """From a cache at the images' own size, crop/flip/RandAugment give identical pixels and erasing the
     same rectangles (filled with other N(0, 1) noise); another epoch, another augmentation."""
-    root, paths = _folder(tmp_path, side=40)
-    square = [p for p in paths if Image.open(p).size == (40, 40)]
+    root, square = _folder(tmp_path, side=40, square=True)
     build_cache(root, size=40)
-    plain, fast = _sets(root, square, _cfg(40, random_erase_prob=0.0), train=False)
     plain, fast = _sets(root, square, _cfg(40, random_erase_prob=0.0), train=True)
     for epoch in (0, 1):
         plain.epoch = fast.epoch = epoch
@@ -93,6 +92,10 @@ def test_train_from_the_cache_draws_the_same_augmentation(tmp_path):
     noise = torch.cat([b[i, :, t:t + h, l:l + w].flatten() for i, (t, l, h, w) in enumerate(boxes[:, 0].tolist())])
     assert abs(noise.mean().item()) < 0.2 and abs(noise.std().item() - 1) < 0.2
     assert torch.equal(_batch(fast), b)  # the device noise is a function of (seed, epoch, index)
+    import pickle
+
+    spawned = pickle.loads(pickle.dumps(fast))  # what a spawned worker gets, after the device finish ran
+    assert torch.equal(spawned[0][0]["pixels"], fast[0][0]["pixels"])
 
 
 def test_train_from_a_resizing_cache_has_the_plain_shape_and_range(tmp_path):

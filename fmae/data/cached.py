@@ -86,6 +86,12 @@ class CachedImageSet(ImageSet):
         self._consts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._generators: dict[str, torch.Generator] = {}
 
+    def __getstate__(self) -> dict:  # to spawned workers: no device constants, generators or tables
+        state = dict(self.__dict__)
+        state.update(_consts={}, _generators={})
+        state.pop("_table", None)
+        return state
+
     def _augment(self, img: Image.Image):
         out = self.transform(img)
         return out, erase_boxes(self.eraser, out.height, out.width) if self.eraser is not None else []
