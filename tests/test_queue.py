@@ -73,7 +73,8 @@ def queued8(make_synth, tmp_path):
 def test_config_key_ignores_execution_settings_and_number_spelling():
     base = {"task": "au", "dataset": "bp4d", "fold": 1, "seed": 0, "lambda_id": 2.0, "betas": (0.9, 0.999)}
     same = {**base, "lambda_id": 2, "betas": [0.9, 0.999], "device": "cuda", "num_workers": 8, "amp": "bf16",
-            "data_root": "/elsewhere", "labels": "/elsewhere/l.jsonl", "log_every": 5, "init": None}
+            "data_root": "/elsewhere", "labels": "/elsewhere/l.jsonl", "log_every": 5, "init": None,
+            "data_cache": "off", "fused_attn": False, "fused_optimizer": False}  # fast paths: same numbers
     assert config_key(base) == config_key(same)
     assert config_key(base) != config_key({**base, "seed": 1})
     assert config_key(base) != config_key({**base, "lambda_id": 0.5})
