@@ -29,16 +29,17 @@ class FmaeApp(App[None]):
 
     TITLE = "fmae"
     CSS_PATH = "app.tcss"
+    # Help, quit and back first: at 80 columns the footer cuts what comes last.
     BINDINGS = [
+        Binding("question_mark", "help", "Help", key_display="?",
+                tooltip="List every key of this screen"),
+        Binding("q", "quit", "Quit", tooltip="Leave the app"),
+        Binding("escape", "back", "Back", tooltip="Back to the screen before (the Runs screen is home)"),
         Binding("l", "open('launch')", "Launch", tooltip="Queue a matrix of runs: folds × seeds × λ"),
         Binding("j", "open('queue')", "Queue", tooltip="The queue's jobs: cancel, retry, reprioritise"),
         Binding("R", "open('results')", "Results", tooltip="Per-AU tables over folds and seeds, the paper beside them"),
         Binding("g", "open('gpus')", "GPUs", tooltip="Utilisation, memory and the run on each GPU (or CPU slot)"),
         Binding("d", "open('datasets')", "Datasets", show=False, tooltip="The benchmarks and their data"),
-        Binding("question_mark", "help", "Help", key_display="?",
-                tooltip="List every key of this screen"),
-        Binding("q", "quit", "Quit", tooltip="Leave the app"),
-        Binding("escape", "back", "Back", tooltip="Back to the screen before (the Runs screen is home)"),
     ]
 
     def __init__(self, project: ProjectConfig, config: Path | None = None, runs_dir: Path | None = None) -> None:

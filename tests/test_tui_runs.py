@@ -405,7 +405,7 @@ async def test_datasets_by_key_and_when_there_are_no_runs(runs: dict[str, RunDir
 
 async def test_help_lists_the_runs_and_run_keys(runs: dict[str, RunDir], tmp_path: Path) -> None:
     app = create_app(runs_dir=tmp_path / "runs")
-    async with app.run_test(size=(100, 40)) as pilot:  # at 80×24 the list scrolls
+    async with app.run_test(size=(120, 50)) as pilot:  # at 80×24 the list scrolls
 
         await open_runs(app, pilot)
         await pilot.press("question_mark")

@@ -209,6 +209,9 @@ def slurm_state(run: Path, force: bool = False) -> str | None:
         if outcome is not None:
             return "COMPLETED" if outcome[0] == "success" else "FAILED"
         return "RUNNING" if _local_alive(job) else "INTERRUPTED"
+    if force:
+        # submitit ignores a forced query within 1 ms of the last one; registering (again) resets its clock
+        job.watcher.register_job(str(job.job_id))
     state = job.watcher.get_state(job.job_id, mode="force" if force else "standard") or "UNKNOWN"
     if _word(state) not in TERMINAL_STATES and outcome is not None:
         # the function has ended; sacct lags (or accounting is off)

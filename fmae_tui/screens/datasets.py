@@ -102,7 +102,7 @@ class DatasetsScreen(Screen[None]):
         yield Static(id="selected-root")
         with VerticalScroll(id="detail"):
             yield Static(id="detail-body")
-        yield Footer()
+        yield Footer(show_command_palette=False)  # ^p still works; 80 columns need the room
 
     def on_mount(self) -> None:
         self._show_info()
@@ -196,8 +196,7 @@ class DatasetsScreen(Screen[None]):
         config = project.label if project.path else "built-in defaults (no fmae.toml here or above; `fmae init` writes one)"
         rows = [("config", config), ("runs", runs)]
         if not _any_run(project.runs_dir):
-            rows.append(("start", "select a benchmark and press l to launch runs on it; one marked synthetic is "
-                                  "generated on first use, so a vit_tiny run needs no download"))
+            rows.append(("start", "press l to launch runs on the selected benchmark"))
         self.query_one("#info", Static).update(_key_values(rows))
 
     def _show_selected(self) -> None:
