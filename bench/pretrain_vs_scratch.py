@@ -50,9 +50,12 @@ PAPER_PROBE = {"blr": 2e-4, "epochs": 20, "frames_per_subject": 100, "train_fram
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
+ENV = dict(os.environ)  # the subprocesses' environment; main() sets their CPU threads
+
+
 def fmae(*args: object) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "fmae", *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
     if proc.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -116,7 +119,7 @@ def main() -> None:
     g.add_argument("--pretrained", type=Path, default=None, help="skip pretraining: fine-tune from this checkpoint")
     g = p.add_argument_group("labelled data (fmae synth bp4d: 41 subjects, seed 0)")
     g.add_argument("--frames", type=int, default=40, help="frames per subject")
-    g.add_argument("--identity-strength", type=float, default=1.5)
+    g.add_argument("--identity-strength", type=float, default=0.75)
     g.add_argument("--nuisance", type=float, default=0.3)
     g = p.add_argument_group("fine-tuning, the same for both arms (defaults: bench/quality_iat.py's)")
     g.add_argument("--epochs", type=int, default=25)
@@ -128,16 +131,20 @@ def main() -> None:
     g.add_argument("--drop-path", type=float, default=0.0)
     g.add_argument("--auto-augment", default="", help='"" = no RandAugment (paper: rand-m9-mstd0.5-inc1)')
     g.add_argument("--random-erase-prob", type=float, default=0.0)
-    g.add_argument("--crop-scale", type=float, default=0.5, help="RandomResizedCrop's smallest area share (paper 0.08)")
+    g.add_argument("--crop-scale", type=float, default=1.0, help="RandomResizedCrop's smallest area share (paper 0.08)")
     g = p.add_argument_group("identity probe (frozen encoder, linear layer)")
     g.add_argument("--probe-epochs", type=int, default=10)
     g.add_argument("--probe-blr", type=float, default=5e-3)
     g.add_argument("--probe-frames", type=int, default=40,
                    help="frames per subject, split 70/30 (subjects with fewer use all theirs)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads of each fmae process (OMP_NUM_THREADS); 1 keeps a 2-core machine from stalling")
     p.add_argument("--workdir", type=Path, default=HERE / ".pretrain_vs_scratch")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--png", type=Path, default=HERE / "results" / "pretrain_vs_scratch-reconstructions.png")
     args = p.parse_args()
+    if args.threads > 0:
+        ENV["OMP_NUM_THREADS"] = str(args.threads)
     lambdas = [float(x) for x in args.lambdas.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
     dec_depth, dec_dim, dec_heads = (int(x) for x in args.decoder.split(","))

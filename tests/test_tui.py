@@ -3,7 +3,6 @@ Pilot, assertions on what the screen shows, the notifications it raised and what
 
 from __future__ import annotations
 
-import io
 import re
 import subprocess
 import sys
@@ -12,8 +11,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from rich.console import Console
-from textual.app import App
 from textual.message import Message
 from textual.notifications import Notification, Notify
 from textual.widgets import DataTable
@@ -23,6 +20,7 @@ from fmae.registry import DATASETS
 from fmae_tui.app import create_app
 from fmae_tui.screens import datasets
 from fmae_tui.screens.help import HelpScreen
+from tui_support import screen_text, squash
 
 BIN = Path(sys.executable).parent
 TINY = "synthetic = { subjects = 5, frames = 4, size = 48, seed = 0 }"
@@ -49,19 +47,6 @@ def config(tmp_path: Path) -> Path:
         "datasets.affectnet7": None,
     })
     return path
-
-
-def screen_text(app: App) -> str:
-    """The characters on the terminal right now, modal screens and their background included."""
-    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(), record=True,
-                      color_system=None)
-    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
-    return console.export_text()
-
-
-def squash(text: str) -> str:
-    """Text without whitespace: long paths wrap wherever the terminal's width falls."""
-    return re.sub(r"\s+", "", text)
 
 
 def notifications(messages: list[Message]) -> list[Notification]:

@@ -4,22 +4,18 @@ and is cancelled from the Queue screen; the app starts the scheduler for queued 
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import sqlite3
-import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
-from rich.console import Console
-from textual.app import App
 from textual.message import Message
 from textual.notifications import Notify
 from textual.widgets import Input, Select
 
 from conftest import run_fmae
+from tui_support import screen_text, squash, wait_until
 from fmae.config import default_config_text
 from fmae.scheduler import holder, stop
 from fmae_tui.app import create_app
@@ -40,26 +36,6 @@ def project(tmp_path: Path):
     if (tmp_path / "runs").is_dir():
         run_fmae("queue", "cancel", "--all", "--config", config, cwd=tmp_path)
         stop(tmp_path / "runs", wait=30)
-
-
-def screen_text(app: App) -> str:
-    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(), record=True,
-                      color_system=None)
-    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
-    return console.export_text()
-
-
-def squash(text: str) -> str:
-    return re.sub(r"\s+", "", text)
-
-
-async def wait_until(pilot, condition: Callable[[], bool], timeout: float = 8.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError(f"timed out: {what}\n{screen_text(pilot.app)}")
 
 
 async def type_into(pilot, screen, selector: str, text: str) -> None:

@@ -4,19 +4,15 @@ the completeness grid and queueing its missing cell through the real queue, and 
 
 from __future__ import annotations
 
-import io
 import random
 import re
 import sqlite3
-import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
-from rich.console import Console
-from textual.app import App
 
 from conftest import run_fmae
+from tui_support import screen_text, wait_until
 from fmae.config import default_config_text, update_config
 from fmae.paper import paper_rows
 from fmae.registry import get_dataset
@@ -55,22 +51,6 @@ def study(tmp_path: Path):
     yield config, runs, truth
     run_fmae("queue", "cancel", "--all", "--config", config, cwd=tmp_path)
     stop(runs, wait=30)
-
-
-def screen_text(app: App) -> str:
-    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(), record=True,
-                      color_system=None)
-    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
-    return console.export_text()
-
-
-async def wait_until(pilot, condition: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError(f"timed out: {what}\n{screen_text(pilot.app)}")
 
 
 def cell(screen: ResultsScreen, row_key: str, column: str) -> str:

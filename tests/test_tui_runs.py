@@ -3,7 +3,6 @@ with known per-AU F1s, a running one, a failed one, a corrupt one and a done FER
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -11,11 +10,8 @@ import sys
 import textwrap
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable
 
 import pytest
-from rich.console import Console
-from textual.app import App
 from textual.message import Message
 from textual.notifications import Notify
 
@@ -29,20 +25,13 @@ from fmae_tui.widgets.curve_plot import CurvePlot
 from fmae_tui.widgets.run_scanner import RunScanner
 from fmae_tui.widgets.runs_table import RunsTable
 from fmae_tui.widgets.scores_table import ScoresTable
+from tui_support import screen_text, wait_until
 
 AUS = ["AU1", "AU2", "AU4", "AU6"]
 F1_05 = {"AU1": 0.41, "AU2": 0.37, "AU4": 0.52, "AU6": 0.76}
 F1_BEST = {"AU1": 0.48, "AU2": 0.44, "AU4": 0.55, "AU6": 0.79}
 AUC = {"AU1": 0.81, "AU2": 0.78, "AU4": 0.84, "AU6": 0.92}
 PROVENANCE = {"fmae_version": "0.1.0", "git_commit": "3f2a9c1", "command": ["fmae", "train"], "host": "gpu-node-3"}
-
-
-def screen_text(app: App) -> str:
-    """The characters on the terminal right now, modal screens and their background included."""
-    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(), record=True,
-                      color_system=None)
-    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
-    return console.export_text()
 
 
 def _mean(d: dict[str, float]) -> float:
@@ -125,14 +114,6 @@ def runs(tmp_path: Path) -> dict[str, RunDir]:
 def fast_polling(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(RunsScreen, "POLL_S", 0.05)
     monkeypatch.setattr(RunScreen, "POLL_S", 0.05)
-
-
-async def wait_until(pilot, condition: Callable[[], bool], timeout: float = 4.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if condition():
-            return
-        await pilot.pause(0.02)
-    raise AssertionError("condition not met in time")
 
 
 async def open_runs(app, pilot) -> RunsTable:

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any, cast
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from fmae.errors import FmaeError
+from fmae_tui.screens.polled import PolledScreen
 
 if TYPE_CHECKING:
     from fmae_tui.app import FmaeApp
@@ -44,7 +44,7 @@ def gather(project: Any) -> dict[str, Any]:
     return {"gpus": gpus, "reason": reason, "slots": slots, "plan_error": plan_error, "holders": holders}
 
 
-class GpusScreen(Screen[None]):
+class GpusScreen(PolledScreen):
     SUB_TITLE = "GPUs"
     POLL_S = 2.0
 
@@ -65,16 +65,8 @@ class GpusScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one(DataTable).focus()
-        self._timer = self.set_interval(self.POLL_S, self._tick, pause=True)
 
-    def on_screen_resume(self) -> None:
-        self._tick()
-        self._timer.resume()
-
-    def on_screen_suspend(self) -> None:
-        self._timer.pause()
-
-    def _tick(self) -> None:
+    def poll(self) -> None:
         if not self._polling:
             self._polling = True
             self._poll()

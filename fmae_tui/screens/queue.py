@@ -10,11 +10,11 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from fmae.errors import FmaeError
 from fmae_tui.screens.confirm import ConfirmScreen
+from fmae_tui.screens.polled import PolledScreen
 from fmae_tui.widgets.runs_table import widens
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ STATE_STYLE = {"running": "bold green", "queued": "cyan", "done": "", "failed": 
                "corrupt": "bold red", "cancelling": "yellow"}
 
 
-class QueueScreen(Screen[None]):
+class QueueScreen(PolledScreen):
     SUB_TITLE = "Queue"
     POLL_S = 1.0
     BINDINGS = [
@@ -68,18 +68,10 @@ class QueueScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.table.focus()
-        self._timer = self.set_interval(self.POLL_S, self._tick, pause=True)
-
-    def on_screen_resume(self) -> None:
-        self._tick()
-        self._timer.resume()
-
-    def on_screen_suspend(self) -> None:
-        self._timer.pause()
 
     # --- listing ---------------------------------------------------------------------------------------
 
-    def _tick(self) -> None:
+    def poll(self) -> None:
         if not self._polling:
             self._polling = True
             self._poll(self.show_all)
@@ -202,7 +194,7 @@ class QueueScreen(Screen[None]):
             self.notify(str(e), title=title, severity="error", markup=False, timeout=10)
         else:
             self.notify(message, title=title, markup=False)
-        self._tick()
+        self.poll()
 
     def action_cancel(self) -> None:
         from fmae.queue_ops import cancel_job, check_cancellable
@@ -261,7 +253,7 @@ class QueueScreen(Screen[None]):
             self.notify(error, title="retry", severity="error", markup=False, timeout=10)
         else:
             self.notify("\n".join(lines), title="retry", markup=False)
-        self._tick()
+        self.poll()
 
     def action_priority(self, step: int) -> None:
         from fmae.queue_ops import set_priority
@@ -277,7 +269,7 @@ class QueueScreen(Screen[None]):
     def action_toggle_all(self) -> None:
         self.show_all = not self.show_all
         self.notify("every finished job" if self.show_all else "the latest 20 finished jobs")
-        self._tick()
+        self.poll()
 
     def action_open_run(self) -> None:
         row = self.selected

@@ -12,11 +12,11 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from fmae.errors import FmaeError
 from fmae_tui.screens.confirm import ConfirmScreen
+from fmae_tui.screens.polled import PolledScreen
 from fmae_tui.widgets.prompt_bar import PromptBar
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ THRESHOLD_CYCLE = (None, "test-tuned", "per-au")
 DELTA_STYLE = ("red", "green")  # worse, better: colour only repeats the sign
 
 
-class ResultsScreen(Screen[None]):
+class ResultsScreen(PolledScreen):
     SUB_TITLE = "Results"
     POLL_S = 10.0  # runs finish while one looks: rebuild the tables this often
     BINDINGS = [
@@ -80,14 +80,9 @@ class ResultsScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.table.focus()
-        self._timer = self.set_interval(self.POLL_S, self._rebuild, pause=True)
 
-    def on_screen_resume(self) -> None:
+    def poll(self) -> None:
         self._rebuild()
-        self._timer.resume()
-
-    def on_screen_suspend(self) -> None:
-        self._timer.pause()
 
     # --- building (a worker: it reads every run) -------------------------------------------------------
 
