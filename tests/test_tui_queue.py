@@ -45,6 +45,11 @@ async def type_into(pilot, screen, selector: str, text: str) -> None:
     await pilot.press("end", *["backspace"] * len(field.value), *text)
 
 
+def _priority(runs: Path, run_id: str) -> int:
+    with sqlite3.connect(runs / "queue.sqlite") as db:
+        return db.execute("SELECT priority FROM jobs WHERE run_id = ?", (run_id,)).fetchone()[0]
+
+
 def status(run: Path) -> dict:
     return json.loads((run / "status.json").read_text())
 
@@ -150,6 +155,15 @@ async def test_launch_a_matrix_see_it_run_and_cancel_it(project, tmp_path: Path)
         await pilot.press("n")  # no: nothing changes
         await pilot.pause(0.2)
         assert status(last)["state"] == "queued"
+        # + raises a queued job's priority, after a confirmation (n changes nothing)
+        await pilot.press("plus", "n")
+        await pilot.pause(0.2)
+        assert _priority(runs, last.name) == 0
+        await pilot.press("plus")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="priority confirmation")
+        assert "0 → 1" in screen_text(app)
+        await pilot.press("y")
+        await wait_until(pilot, lambda: _priority(runs, last.name) == 1, what="priority 1")
         await pilot.press("c", "y")
         await wait_until(pilot, lambda: status(last)["state"] == "cancelled", what="queued job cancelled")
         table.move_cursor(row=0)

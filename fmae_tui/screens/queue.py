@@ -31,9 +31,9 @@ class QueueScreen(PolledScreen):
         Binding("c", "cancel", "Cancel job", tooltip="Cancel the selected job (asks first): a running one gets SIGTERM"),
         Binding("r", "retry", "Retry", tooltip="Queue a failed or cancelled job again (asks first); it resumes"),
         Binding("plus,equals_sign", "priority(1)", "Priority +", key_display="+",
-                tooltip="Raise the selected queued job's priority by one (higher runs first)"),
+                tooltip="Raise the selected queued job's priority by one (asks first; higher runs first)"),
         Binding("minus", "priority(-1)", "Priority -", key_display="-", show=False,
-                tooltip="Lower the selected job's priority by one"),
+                tooltip="Lower the selected queued job's priority by one (asks first)"),
         Binding("a", "toggle_all", "All", tooltip="Show every finished job, or only the latest 20"),
         Binding("enter", "open_run", "Open", show=False, tooltip="Open the selected job's run"),
     ]
@@ -264,7 +264,10 @@ class QueueScreen(PolledScreen):
         if job.state != "queued":
             self.notify(f"job {job.id} is {job.state}: priority orders queued jobs only", severity="warning")
             return
-        self._do(lambda: set_priority(q, job, job.priority + step), "priority")
+        new = job.priority + step
+        self.app.push_screen(ConfirmScreen(f"Priority of job {job.id}: {job.priority} → {new}?",
+                                           f"{job.run_id}\n(queued jobs run by priority, higher first)"),
+                             lambda yes: self._do(lambda: set_priority(q, job, new), "priority") if yes else None)
 
     def action_toggle_all(self) -> None:
         self.show_all = not self.show_all
