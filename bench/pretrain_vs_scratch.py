@@ -29,12 +29,14 @@ import resource
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_runs import ENV, fmae, fmt, fresh, mean_std, only_run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 KEEP_FROM = "## Reading"  # the hand-written part of the results file, kept across runs
@@ -48,43 +50,6 @@ PAPER_TRAIN = {"blr": 2e-4, "batch_size": 64, "epochs": 20, "warmup_epochs": 2, 
                "random_erase_prob": 0.25, "crop_scale": 0.08}
 PAPER_PROBE = {"blr": 2e-4, "epochs": 20, "frames_per_subject": 100, "train_frames_per_subject": 70}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
-ENV = dict(os.environ)  # the subprocesses' environment; main() sets their CPU threads
-
-
-def fmae(*args: object) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "fmae", *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
-    if proc.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def fresh(folder: Path) -> Path:
-    """An empty runs folder for exactly one run (so the run is the folder's only child)."""
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    return folder
-
-
-def only_run(folder: Path) -> Path:
-    runs = [p for p in folder.iterdir() if p.is_dir()]
-    if len(runs) != 1:
-        sys.exit(f"{folder}: expected one run folder, found {len(runs)}")
-    return runs[0]
-
-
-def mean_std(values: list[float], sign: str = "") -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:{sign}.3f}"
-    return f"{statistics.mean(values):{sign}.3f} ± {statistics.stdev(values):.3f}"
-
-
-def fmt(v: object) -> str:
-    return f'"{v}"' if isinstance(v, str) else f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def sets(values: dict[str, object]) -> list[str]:
