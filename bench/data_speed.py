@@ -8,8 +8,10 @@ input on the device (here the CPU):
   resized crop + flip + RandAugment + ToTensor + normalise + random erasing; eval: resize + ToTensor +
   normalise) and ships float32 batches;
 - ours (`fmae data cache`, the engine's default when a cache exists): each worker reads uint8 pixels from
-  the LMDB pixel cache and runs only the PIL augmentations (train) or nothing (eval); batches travel as
-  uint8 and conversion, normalisation and erasing happen on the device, batched.
+  the LMDB pixel cache and runs only the augmentations (train: crop, flip, RandAugment in OpenCV with
+  timm's random draws, `fast_augment`; a second row runs timm's PIL ops, `fast_augment = false`) or
+  nothing (eval); batches travel as uint8 and conversion, normalisation and erasing happen on the device,
+  batched.
 
 The images are generated face-crop-like JPEGs (smooth colour fields with fine texture, ~20 KB at 256 px)
 of --source-size px; the cache is built at --size (the runs' input size). Also printed: single-process milliseconds per image of each
@@ -93,9 +95,13 @@ def stage_costs(plain, fast, n: int = 48) -> dict[str, float]:
     out["whole transform, per item (original-style)"] = ms(
         lambda i: seeded_transform(plain.transform, imgs[i], item_seed(0, 0, i)))
     if fast.train:
-        cached = [Image.fromarray(fast.cache.read(fast.keys[i])) for i in idx]
-        out["crop + flip + RandAugment, per item (ours, in the worker)"] = ms(
-            lambda i: seeded_transform(fast._augment, cached[i], item_seed(0, 0, i)))
+        cached = [fast.cache.read(fast.keys[i]) for i in idx]
+        if fast.fast is not None:
+            out["crop + flip + RandAugment, per item (ours, OpenCV, in the worker)"] = ms(
+                lambda i: seeded_transform(fast.fast, cached[i], item_seed(0, 0, i)))
+        pil = [Image.fromarray(x) for x in cached]
+        out["crop + flip + RandAugment, per item (PIL, fast_augment = false)"] = ms(
+            lambda i: seeded_transform(fast.transform, pil[i], item_seed(0, 0, i)))
     batch = torch.utils.data.default_collate([fast[i][0] for i in idx])
     cpu = torch.device("cpu")
     start = time.perf_counter()
@@ -145,14 +151,17 @@ def main() -> None:
                       "| ours: pixel cache, uint8 batches, device finish (images/s) | speed-up |",
                   "|---|---:|---:|---:|"]
         ratios, stages = {}, {}
-        for name, train in (("train (crop, flip, RandAugment, erasing)", True), ("eval (resize)", False)):
-            cfg = finetune_cfg(args.size)
+        for name, train, fast_augment in (("train (crop, flip, RandAugment, erasing)", True, True),
+                                           ("train, fast_augment = false (timm's PIL ops from the cache)", True, False),
+                                           ("eval (resize)", False, True)):
+            cfg = {**finetune_cfg(args.size), "fast_augment": fast_augment}
             plain, fast = engine_datasets(root, paths, cfg, train)
             a = images_per_s(plain, args.batch, args.workers, device, args.batches)
             b = images_per_s(fast, args.batch, args.workers, device, args.batches)
             ratios[name] = b / a
             lines.append(f"| {name} | {a:.0f} | {b:.0f} | {b / a:.2f}× |")
-            stages[name] = stage_costs(plain, fast)
+            if fast_augment:
+                stages[name] = stage_costs(plain, fast)
         lines.append("")
         lines.append(f"load average at end: {load()}")
         lines.append("")

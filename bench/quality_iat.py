@@ -18,6 +18,7 @@ to bench/results/quality_iat-<machine>.md; a hand-written section of that file s
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -42,6 +43,10 @@ PAPER_TRAIN = {"blr": 2e-4, "batch_size": 64, "epochs": 20, "warmup_epochs": 2, 
 PAPER_PROBE = {"blr": 2e-4, "epochs": 20, "frames_per_subject": 100, "train_frames_per_subject": 70}
 
 
+def sha256_prefix(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lambdas", default="0,0.5,2")
@@ -52,7 +57,11 @@ def main() -> None:
     g.add_argument("--size", type=int, default=64)
     g.add_argument("--identity-strength", type=float, default=0.75)
     g.add_argument("--nuisance", type=float, default=0.3, help="pose/lighting/noise jitter, 0..1")
-    g = p.add_argument_group("fine-tuning (vit_tiny from scratch; the paper's BP4D recipe otherwise)")
+    g = p.add_argument_group("fine-tuning (vit_tiny; the paper's BP4D recipe otherwise)")
+    g.add_argument("--init", type=Path, default=None,
+                   help="MAE checkpoint to fine-tune from, as the paper's FMAE / FMAE-IAT do (for vit_tiny, "
+                   "bench/pretrain_vs_scratch.py leaves one at <workdir>/runs/pretrain/*/checkpoints/pretrained.pth); "
+                   "default: random init")
     g.add_argument("--epochs", type=int, default=25)
     g.add_argument("--blr", type=float, default=5e-3)
     g.add_argument("--batch-size", type=int, default=32)
@@ -105,6 +114,9 @@ def main() -> None:
     probe_sets = [f"{k}={fmt(v)}" for k, v in probe.items() if k != "epochs"] + [f"num_workers={workers}",
                                                                                  "log_every=1000"]
 
+    init_args = ["--init", args.init] if args.init else []
+    init_text = (f"from the MAE checkpoint `{args.init}` (sha256 {sha256_prefix(args.init)}…)" if args.init
+                 else "from a random init (no MAE pretraining)")
     keys = ("f1_05_last", "f1_best_last", "auc_last", "f1_05_best", "trivial", "probe", "chance", "minutes")
     rows: dict[float, dict[str, list[float]]] = {lam: {k: [] for k in keys} for lam in lambdas}
     paired: dict[tuple[int, int, float], dict[str, float]] = {}
@@ -117,7 +129,7 @@ def main() -> None:
                 runs = fresh(work / "runs" / tag)
                 fmae("train", "bp4d", "--fold", fold, "--seed", seed, "--lambda-id", lam, "--model", "vit_tiny",
                      "--epochs", args.epochs, "--batch-size", args.batch_size,
-                     *[x for s in train_sets for x in ("--set", s)], "--runs-dir", runs, *common)
+                     *init_args, *[x for s in train_sets for x in ("--set", s)], "--runs-dir", runs, *common)
                 run = only_run(runs)
                 summary = json.loads((run / "summary.json").read_text())
                 best, last = summary["best"], summary["last"]
@@ -147,7 +159,7 @@ def main() -> None:
     changed_train = [f"{k} {fmt(v)} (paper {fmt(PAPER_TRAIN[k])})" for k, v in train.items() if v != PAPER_TRAIN[k]]
     changed_probe = [f"{k} {fmt(v)} (paper {fmt(PAPER_PROBE[k])})" for k, v in probe.items() if v != PAPER_PROBE[k]]
     lines = [
-        "# Quality on synthetic BP4D: FMAE vs FMAE-IAT (vit_tiny from scratch, CPU)",
+        f"# Quality on synthetic BP4D: FMAE vs FMAE-IAT (vit_tiny {'MAE-pretrained' if args.init else 'from scratch'}, CPU)",
         "",
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
         f"{minutes:.1f} minutes in all; OMP_NUM_THREADS={ENV.get('OMP_NUM_THREADS', 'unset')}; load average at the "
@@ -158,7 +170,7 @@ def main() -> None:
         f"- data: `fmae synth bp4d`, 41 subjects × {args.frames} frames, {args.size} px, identity strength "
         f"{args.identity_strength:g}, nuisance {args.nuisance:g}, seed 0; test = the unseen subjects of fold(s) "
         f"{folds}; seeds {seeds} (n = {n} per row, mean ± std)",
-        f"- fine-tuning: `fmae train bp4d --model vit_tiny` from a random init (no MAE pretraining), input "
+        f"- fine-tuning: `fmae train bp4d --model vit_tiny` {init_text}, input "
         f"{args.size} px; the paper's BP4D recipe except: {'; '.join(changed_train) or 'nothing'}",
         f"- identity probe: `fmae probe-id --checkpoint {args.probe_checkpoint}` on each run (frozen encoder, linear layer over all "
         f"41 subjects, frames split 70/30 per subject); the paper's protocol except: "

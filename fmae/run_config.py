@@ -34,6 +34,7 @@ ENGINE_DEFAULTS: Mapping[str, Any] = {
     "fused_attn": True,  # F.scaled_dot_product_attention; false = explicit softmax(q·kᵀ)·v
     "fused_optimizer": True,  # fused AdamW on CUDA, multi-tensor on the CPU; false = per-parameter loop
     "data_cache": "auto",  # auto = the pixel cache of `fmae data cache` when it covers the run | off | a cache folder
+    "fast_augment": True,  # from the pixel cache: crop, flip, RandAugment in OpenCV; false = timm's PIL ops
 }
 
 # The input size a model trains at when nothing above the recipe chose one: the CPU demo model is

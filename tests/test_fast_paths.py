@@ -70,16 +70,17 @@ def test_eval_from_the_cache_feeds_the_model_the_same_numbers(tmp_path):
 
 
 def test_train_from_the_cache_draws_the_same_augmentation(tmp_path):
-    """From a cache at the images' own size, crop/flip/RandAugment give identical pixels and erasing the
-    same rectangles (filled with other N(0, 1) noise); another epoch, another augmentation."""
+    """From a cache at the images' own size, crop/flip/RandAugment in PIL (fast_augment = false) give
+    identical pixels and erasing the same rectangles (filled with other N(0, 1) noise); another epoch,
+    another augmentation. (The OpenCV ops against PIL's: tests/test_fast_augment.py.)"""
     root, square = _folder(tmp_path, side=40, square=True)
     build_cache(root, size=40)
-    plain, fast = _sets(root, square, _cfg(40, random_erase_prob=0.0), train=True)
+    plain, fast = _sets(root, square, _cfg(40, random_erase_prob=0.0, fast_augment=False), train=True)
     for epoch in (0, 1):
         plain.epoch = fast.epoch = epoch
         assert torch.equal(_batch(plain), _batch(fast))
 
-    plain, fast = _sets(root, square, _cfg(40, random_erase_prob=1.0), train=True)
+    plain, fast = _sets(root, square, _cfg(40, random_erase_prob=1.0, fast_augment=False), train=True)
     a, b = _batch(plain), _batch(fast)
     boxes = next(iter(DataLoader(fast, batch_size=len(fast))))[0]["erase"]
     for i in range(len(square)):
@@ -162,8 +163,9 @@ def test_cache_folder_rules(tmp_path):
 
 def test_training_from_the_cache_end_to_end_equals_the_plain_path(tmp_path):
     """`fmae data cache`, then the same run through the trainer from the cache (the default) and with
-    data_cache = off: with sources at the input size and no erasing noise the model sees the same
-    numbers, so the metrics records are identical."""
+    data_cache = off: with sources at the input size, no erasing noise and PIL's augmentation on both
+    paths the model sees the same numbers, so the metrics records are identical. With fast_augment (the
+    default) the run trains from OpenCV's augmentation."""
     from fmae.config import load_project
     from fmae.data.synth.writer import SynthOptions, synthesize
     from fmae.registry import get_dataset
@@ -179,10 +181,10 @@ def test_training_from_the_cache_end_to_end_equals_the_plain_path(tmp_path):
     common = {"model": "vit_tiny", "batch_size": 8, "epochs": 1, "input_size": 32, "num_workers": 0, "log_every": 1,
               "random_erase_prob": 0.0, "blr": 0.05, "device": "cpu"}
 
-    def records(data_cache: str) -> tuple[list[dict], str]:
+    def records(data_cache: str, fast_augment: bool = False) -> tuple[list[dict], str]:
         resolved = resolve_run_config(project, "bp4d", fold=1, root=root, labels=root / "labels.jsonl",
-                                      cli={**common, "data_cache": data_cache})
-        run = create_run(tmp_path / data_cache, resolved)
+                                      cli={**common, "data_cache": data_cache, "fast_augment": fast_augment})
+        run = create_run(tmp_path / f"{data_cache}-{fast_augment}", resolved)
         assert execute(run.path, quiet=True) == 0
         drop = {"t", "seconds", "images_per_s"}
         lines = (run.path / "metrics.jsonl").read_text().splitlines()
@@ -194,10 +196,14 @@ def test_training_from_the_cache_end_to_end_equals_the_plain_path(tmp_path):
     try:
         fast, fast_log = records("auto")
         plain, plain_log = records("off")
+        opencv, opencv_log = records("auto", fast_augment=True)
     finally:
         torch.set_num_threads(threads)
     assert "data: pixel cache" in fast_log and "data: pixel cache" not in plain_log
+    assert "data: crop, flip and RandAugment in OpenCV" in opencv_log and "OpenCV" not in fast_log
     assert [r["split"] for r in fast] == ["train", "train", "train_epoch", "test"] and fast == plain
+    assert [r["split"] for r in opencv] == [r["split"] for r in plain] and opencv != plain
+    assert all(np.isfinite(r["loss"]) for r in opencv if "loss" in r)
 
 
 def test_data_cache_of_an_unknown_name_is_one_line():
@@ -254,10 +260,12 @@ def test_fast_path_switches_are_config_keys(tmp_path):
     project = load_project(cwd=tmp_path)
     values = resolve_run_config(project, "bp4d", fold=1, root=tmp_path, labels=tmp_path / "l.jsonl",
                                 generate=False).values
-    assert (values["fused_attn"], values["fused_optimizer"], values["data_cache"]) == (True, True, "auto")
-    cli = {"fused_attn": False, "fused_optimizer": False, "data_cache": "caches/bp4d"}
+    assert (values["fused_attn"], values["fused_optimizer"], values["data_cache"], values["fast_augment"]) == \
+        (True, True, "auto", True)
+    cli = {"fused_attn": False, "fused_optimizer": False, "data_cache": "caches/bp4d", "fast_augment": False}
     values = resolve_run_config(project, "bp4d", fold=1, root=tmp_path, labels=tmp_path / "l.jsonl",
                                 generate=False, cli=cli).values
     assert values["data_cache"] == str(Path("caches/bp4d").resolve())  # a folder is made absolute
+    assert values["fast_augment"] is False
     with pytest.raises(FmaeError, match="fused_attn must be true or false"):
         resolve_run_config(project, "bp4d", fold=1, root=tmp_path, generate=False, cli={"fused_attn": "yes"})

@@ -2,16 +2,18 @@
 batch on the device — the engine's default whenever a cache covers a run's images (`data_cache`).
 
 A plain `ImageSet` item is a float tensor that its worker decoded from a JPEG, augmented, converted and
-normalised. A `CachedImageSet` item is [H, W, 3] uint8 pixels read from the cache
-(`fmae.data.pixel_cache`), augmented in the worker by the same PIL transforms with the same per-item
-seed. Batches travel as uint8 (a quarter of the bytes) and `to_device` converts, normalises and erases
+normalised. A `CachedImageSet` item is [3, H, W] uint8 pixels read from the cache
+(`fmae.data.pixel_cache`), augmented in the worker with the same per-item seed — by OpenCV versions of
+timm's ops that draw the same random numbers (`fmae.data.fast_augment`; `fast_augment = false`: by the
+same PIL transforms). Batches travel as uint8 (a quarter of the bytes) and `to_device` converts, normalises and erases
 on the device:
 
 - evaluation: the cache holds exactly what the eval transform's resize makes of each file, and
   `to_device` repeats ToTensor's and Normalize's arithmetic, so the model sees the same numbers;
-- training: crop, flip and RandAugment draw the same random numbers as on the plain path (so from a cache
-  whose size is the source images' own the augmented pixels are identical; from larger sources the crop
-  starts from the resized image instead of the file). Erasing rectangles are drawn in the worker exactly
+- training: crop, flip and RandAugment draw the same random numbers as on the plain path, so each image
+  gets the same crop box, flip, ops and magnitudes; with `fast_augment = false` and a cache whose size is
+  the source images' own the augmented pixels are identical (from larger sources the crop starts from the
+  resized image instead of the file; OpenCV's interpolation differs by a level or two). Erasing rectangles are drawn in the worker exactly
   as timm's RandomErasing draws them — the same rectangles — and filled on the device with normal noise
   from a generator seeded per item (the same distribution, other samples; still a function of
   seed, epoch and index, so resume stays exact).
@@ -29,6 +31,7 @@ import random
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -36,6 +39,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data.random_erasing import RandomErasing
 
 from fmae.data.datasets import ImageSet, item_seed, seeded_transform
+from fmae.data.fast_augment import fast_pipeline
 from fmae.data.lmdb_store import is_store
 from fmae.data.pixel_cache import PixelCache, default_cache_dir
 from fmae.data.transforms import eval_transform, train_parts, train_transform
@@ -45,6 +49,11 @@ log = logging.getLogger("fmae.train")
 
 DATA_CACHE_CHOICES = ("auto", "off")  # or the path of a cache folder
 _NOISE_SALT = 0x5DEECE66D  # the erasing noise's seed differs from the item's augmentation seed
+
+
+def _planes(pixels: np.ndarray) -> torch.Tensor:
+    """[H, W, 3] → [3, H, W] uint8, in the worker: the main process's finish then reads whole planes."""
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
 
 def erase_boxes(eraser: RandomErasing, height: int, width: int) -> list[tuple[int, int, int, int]]:
@@ -71,13 +80,17 @@ def erase_boxes(eraser: RandomErasing, height: int, width: int) -> list[tuple[in
 
 
 class CachedImageSet(ImageSet):
-    """Items from a pixel cache: ({"pixels": [H, W, 3] uint8, and for training "erase": [M, 4] int32
+    """Items from a pixel cache: ({"pixels": [3, H, W] uint8, and for training "erase": [M, 4] int32
     rectangles (h = 0: none), "noise_seed": int64}, target, subject). `to_device` finishes a batch."""
 
     def __init__(self, paths: Sequence[Path], targets: np.ndarray, cache: PixelCache, keys: Sequence[str],
                  cfg: Mapping[str, Any], *, train: bool, subjects: np.ndarray | None = None, seed: int = 0) -> None:
         augment, eraser = train_parts(cfg) if train else (None, None)
         super().__init__(paths, targets, augment, subjects, seed)
+        self.fast = fast_pipeline(augment) if train and cfg.get("fast_augment", True) else None
+        if train and cfg.get("fast_augment", True):
+            log.info("data: crop, flip and RandAugment in %s", "OpenCV (fast_augment)" if self.fast is not None else
+                     f"PIL (no fast version of auto_augment = {cfg.get('auto_augment')!r})")
         assert len(keys) == len(paths)
         if cache.size != int(cfg["input_size"]):
             raise FmaeError(f"pixel cache {cache.path} holds {cache.size} px images; input_size is {cfg['input_size']}")
@@ -92,25 +105,28 @@ class CachedImageSet(ImageSet):
         state.pop("_table", None)
         return state
 
-    def _augment(self, img: Image.Image):
-        out = self.transform(img)
-        return out, erase_boxes(self.eraser, out.height, out.width) if self.eraser is not None else []
+    def _augment(self, pixels: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+        if self.fast is not None:
+            out = self.fast(pixels)
+        else:
+            out = np.array(self.transform(Image.fromarray(pixels)), dtype=np.uint8)
+        return out, erase_boxes(self.eraser, out.shape[0], out.shape[1]) if self.eraser is not None else []
 
     def __getitem__(self, index: int):
         pixels = self.cache.read(self.keys[index])  # [S, S, 3] uint8
         if not self.train:
-            return {"pixels": torch.from_numpy(pixels)}, self.targets[index], self.subjects[index]
+            return {"pixels": _planes(pixels)}, self.targets[index], self.subjects[index]
         seed = item_seed(self.seed, self.epoch, index)
-        img, boxes = seeded_transform(self._augment, Image.fromarray(pixels), seed)
+        img, boxes = seeded_transform(self._augment, pixels, seed)
         erase = torch.zeros(max(1, self.max_boxes), 4, dtype=torch.int32)
         for j, box in enumerate(boxes):
             erase[j] = torch.tensor(box, dtype=torch.int32)
-        item = {"pixels": torch.from_numpy(np.array(img, dtype=np.uint8)), "erase": erase,
+        item = {"pixels": _planes(img), "erase": erase,
                 "noise_seed": torch.tensor(seed ^ _NOISE_SALT, dtype=torch.int64)}
         return item, self.targets[index], self.subjects[index]
 
     def to_device(self, x: Mapping[str, torch.Tensor], device: torch.device) -> torch.Tensor:
-        """uint8 [B, H, W, 3] → normalised float32 [B, 3, H, W] on `device`, erased where drawn."""
+        """uint8 [B, 3, H, W] → normalised float32 [B, 3, H, W] on `device`, erased where drawn."""
         erase = self.train and self.eraser is not None
         if device.type == "cpu":  # numpy, one thread: torch's small ops stall on a busy CPU's thread pool
             out = self._normalise_by_table(x["pixels"])
@@ -119,7 +135,7 @@ class CachedImageSet(ImageSet):
             return torch.from_numpy(out)
         pixels = x["pixels"].to(device, non_blocking=True)
         mean, std = self._normalisation(device)
-        img = pixels.permute(0, 3, 1, 2).contiguous().to(torch.float32).div(255)  # ToTensor's arithmetic
+        img = pixels.to(torch.float32).div(255)  # ToTensor's arithmetic
         img = img.sub_(mean).div_(std)  # Normalize's
         if erase:
             self._erase(img, x["erase"], x["noise_seed"])
@@ -139,10 +155,12 @@ class CachedImageSet(ImageSet):
             mean, std = self._normalisation(torch.device("cpu"))
             values = torch.arange(256, dtype=torch.uint8).view(1, 1, 1, 256).expand(1, 3, 1, 256)
             self._table = values.to(torch.float32).div(255).sub_(mean).div_(std).reshape(3, 256).numpy()
-        src = pixels.numpy()  # [B, H, W, 3]
-        out = np.empty((src.shape[0], 3, src.shape[1], src.shape[2]), dtype=np.float32)
-        for c in range(3):
-            np.take(self._table[c], src[..., c], out=out[:, c])
+        src = pixels.numpy()  # [B, 3, H, W]
+        out = np.empty(src.shape, dtype=np.float32)
+        tables = [np.ascontiguousarray(t).reshape(1, 256) for t in self._table]
+        for b in range(src.shape[0]):  # OpenCV's LUT on each plane: 3x numpy's gather
+            for c in range(3):
+                cv2.LUT(src[b, c], tables[c], dst=out[b, c])
         return out
 
     def _erase_numpy(self, img: np.ndarray, erase: torch.Tensor, noise_seed: torch.Tensor) -> None:

@@ -1,0 +1,121 @@
+"""The OpenCV train augmentation (fmae.data.fast_augment) against timm's PIL ops: the same random draws,
+the same colour arithmetic, and geometric ops that differ only by interpolation rounding."""
+
+from __future__ import annotations
+
+import random
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fmae.data.datasets import seeded_transform
+from fmae.data.fast_augment import apply_op, fast_pipeline
+from fmae.data.transforms import train_parts
+from fmae.recipes import finetune_recipe
+
+COLOUR = {"AutoContrast", "Equalize", "Invert", "PosterizeIncreasing", "SolarizeIncreasing", "SolarizeAdd",
+          "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing"}
+GEOMETRIC = {"Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"}
+
+
+def _faces(n: int = 4, side: int = 64) -> list[np.ndarray]:
+    """Smooth images (upsampled noise) with a dark and a bright patch, so histograms have tails."""
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        small = rng.integers(30, 220, (6, 6, 3), dtype=np.uint8)
+        img = np.asarray(Image.fromarray(small).resize((side, side), Image.Resampling.BICUBIC)).copy()
+        img[:4, :4] = 5
+        img[-4:, -4:] = 250
+        out.append(img)
+    return out
+
+
+def _parts(**extra):
+    cfg = {**finetune_recipe("bp4d"), "input_size": 64, **extra}
+    return train_parts(cfg)[0]
+
+
+def _rng_after(fn, img, seed: int):
+    """fn(img) under the item seed, and the next draw of each of the three generators after it."""
+    def both(x):
+        return fn(x), (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    return seeded_transform(both, img, seed)
+
+
+def test_the_recipe_transform_has_a_fast_version_with_every_op_known():
+    pipeline = fast_pipeline(_parts())
+    assert pipeline is not None and len(pipeline.steps) == 3  # crop, flip, RandAugment
+    names = {op.name for op in _parts().transforms[2].ops}
+    assert names == COLOUR | GEOMETRIC
+
+
+@pytest.mark.parametrize("name", sorted(COLOUR | GEOMETRIC))
+def test_each_op_matches_pil(name):
+    op = next(o for o in _parts().transforms[2].ops if o.name == name)
+    op.prob = 1.0  # always applied, so every call compares pixels
+    diffs, inside = [], []
+    white = np.full_like(_faces(1)[0], 255)
+    for img in _faces():
+        for seed in range(4):
+            pil, pil_next = _rng_after(lambda x: np.asarray(op(Image.fromarray(x))), img, seed)
+            ours, our_next = _rng_after(lambda x: apply_op(op, x), img, seed)
+            assert pil_next == our_next  # the same draws, in the same number
+            assert ours.shape == pil.shape and ours.dtype == np.uint8
+            diffs.append(np.abs(ours.astype(int) - pil.astype(int)))
+            # where the same warp of a white image stays white, 2 px from any fill: away from the edge
+            moved = _rng_after(lambda x: np.asarray(op(Image.fromarray(x))), white, seed)[0]
+            inside.append(cv2.erode((moved == 255).all(2).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0)
+    d = np.stack(diffs)
+    if name in COLOUR:
+        assert d.max() <= 1 and (d == 0).mean() > 0.999, (d.max(), (d == 0).mean())  # Pillow's formulas
+    else:  # interpolation kernels and the edge rule differ; what the op does does not
+        interior = d[np.stack(inside)]
+        assert interior.size > d.size / 6
+        assert interior.mean() < 1.0 and np.percentile(interior, 99) <= 6, (interior.mean(), interior.max())
+        assert d.mean() < 2.0
+
+
+def test_the_whole_pipeline_draws_as_pil_does_and_stays_close():
+    parts = _parts()
+    fast = fast_pipeline(parts)
+    means = []
+    for img in _faces(6):
+        for seed in range(10):
+            pil, pil_next = _rng_after(lambda x: np.asarray(parts(Image.fromarray(x))), img, seed)
+            ours, our_next = _rng_after(fast, img, seed)
+            assert pil_next == our_next
+            assert ours.shape == pil.shape == (64, 64, 3) and ours.flags.c_contiguous and ours.flags.writeable
+            means.append(np.abs(ours.astype(int) - pil.astype(int)).mean())
+    assert np.median(means) < 2.0 and max(means) < 25, (np.median(means), max(means))
+
+
+def test_posterize_to_zero_bits_is_black_as_on_the_pil_path():
+    op = next(o for o in _parts().transforms[2].ops if o.name == "PosterizeIncreasing")
+    img = _faces(1)[0]
+    assert not apply_op(type(op)("PosterizeIncreasing", prob=1.0, magnitude=10, hparams=op.hparams), img).any()
+
+
+def test_an_unknown_transform_keeps_the_pil_path_and_an_unknown_op_runs_in_pil():
+    assert fast_pipeline(_parts(auto_augment="augmix-m5-w4-d2")) is None  # AugMix: not RandAugment
+    from timm.data.auto_augment import AugmentOp
+
+    blur = AugmentOp("GaussianBlur", prob=1.0, magnitude=5)
+    img = _faces(1)[0]
+    pil, pil_next = _rng_after(lambda x: np.asarray(blur(Image.fromarray(x))), img, 0)
+    ours, our_next = _rng_after(lambda x: apply_op(blur, x), img, 0)
+    assert np.array_equal(pil, ours) and pil_next == our_next
+
+
+def test_no_randaugment_and_no_crop_scale_still_match():
+    parts = _parts(auto_augment="", crop_scale=1.0)
+    fast = fast_pipeline(parts)
+    assert fast is not None and len(fast.steps) == 2
+    img = _faces(1)[0]
+    for seed in range(5):
+        pil, pil_next = _rng_after(lambda x: np.asarray(parts(Image.fromarray(x))), img, seed)
+        ours, our_next = _rng_after(fast, img, seed)
+        assert pil_next == our_next and np.abs(ours.astype(int) - pil.astype(int)).mean() < 2.0
