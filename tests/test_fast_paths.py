@@ -269,3 +269,17 @@ def test_fast_path_switches_are_config_keys(tmp_path):
     assert values["fast_augment"] is False
     with pytest.raises(FmaeError, match="fused_attn must be true or false"):
         resolve_run_config(project, "bp4d", fold=1, root=tmp_path, generate=False, cli={"fused_attn": "yes"})
+
+
+def test_a_loader_worker_draws_the_same_augmentation_as_the_main_process(tmp_path):
+    """In a worker, seeded_transform only seeds the generators (no save/restore): same items."""
+    root, paths = _folder(tmp_path, side=40, square=True)
+    build_cache(root, size=40)
+    plain, fast = _sets(root, paths, _cfg(40), train=True)
+    for data in (plain, fast):
+        data.epoch = 1
+        batches = []
+        for workers in (0, 1):
+            x, _, _ = next(iter(DataLoader(data, batch_size=len(data), shuffle=False, num_workers=workers)))
+            batches.append(data.to_device(x, torch.device("cpu")))
+        assert torch.equal(batches[0], batches[1])

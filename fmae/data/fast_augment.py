@@ -89,7 +89,7 @@ class _Flip:
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
         if torch.rand(1) < self.p:  # torchvision's RandomHorizontalFlip draw
-            return img[:, ::-1]
+            return cv2.flip(np.ascontiguousarray(img), 1)  # contiguous, unlike a [:, ::-1] view
         return img
 
 
