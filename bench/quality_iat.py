@@ -9,6 +9,14 @@ the unseen test subjects — the shortcut IAT exists to remove). Usage:
 
     python bench/quality_iat.py [--epochs 8] [--lambdas 0,0.5,2] [--seeds 0,1] [--folds 1]
 
+The paper fine-tunes from an MAE-pretrained encoder (FMAE, FMAE-IAT); `--init CKPT` does so here (a
+vit_tiny one comes from bench/pretrain_vs_scratch.py). The run that meets the quality bar:
+
+    python bench/quality_iat.py --frames 300 --epochs 20 --init pretrained.pth --lambdas 0,0.5,2 --seeds 0,1,2
+
+Runs of a sweep can go in parallel processes over one --workdir with --reuse (each process a subset of
+--lambdas/--seeds); a last call with the whole sweep and --reuse then only gathers and writes the table.
+
 Every value that differs from the paper's BP4D recipe (`fmae train bp4d --dry-run`) is a command-line
 option here and is printed, with the paper's value, in the results file. Prints one table and writes it
 to bench/results/quality_iat-<machine>.md; a hand-written section of that file starting at
@@ -26,6 +34,8 @@ import shlex
 import statistics
 import sys
 import time
+import tomllib
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +55,29 @@ PAPER_PROBE = {"blr": 2e-4, "epochs": 20, "frames_per_subject": 100, "train_fram
 
 def sha256_prefix(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def finished_run(folder: Path, expect: dict) -> Path | None:
+    """The one finished run in `folder` whose run.toml [config] has every value of `expect`, else None."""
+    runs = [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+    if len(runs) != 1:
+        return None
+    run = runs[0]
+    try:
+        state = json.loads((run / "status.json").read_text())["state"]
+        config = tomllib.loads((run / "run.toml").read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        return None
+    same = all(config.get(k) == v or (isinstance(v, float) and isinstance(config.get(k), (int, float))
+                                      and abs(config[k] - v) < 1e-12) for k, v in expect.items())
+    return run if state == "done" and same and (run / "summary.json").exists() else None
+
+
+def run_minutes(run: Path) -> float:
+    """Wall minutes from the run's start to its last status update."""
+    status = json.loads((run / "status.json").read_text())
+    start, end = (datetime.fromisoformat(status[k].replace("Z", "+00:00")) for k in ("started", "updated"))
+    return (end - start).total_seconds() / 60
 
 
 def main() -> None:
@@ -85,6 +118,10 @@ def main() -> None:
                    help="CPU threads of each fmae process (OMP_NUM_THREADS; the data loader worker uses another core). "
                    "1 keeps a 2-core machine from oversubscribing: with 2, any other load on the machine cut "
                    "vit_tiny training from ~300 to ~20 images/s here")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep a finished run (and its probe) already in the workdir when its run.toml has exactly "
+                   "these settings, instead of training it again: lets parts of a sweep run as parallel processes "
+                   "(--lambdas/--seeds subsets), then one call with the whole sweep writes the table")
     p.add_argument("--workdir", type=Path, default=HERE / ".quality_iat")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
@@ -121,27 +158,39 @@ def main() -> None:
     rows: dict[float, dict[str, list[float]]] = {lam: {k: [] for k in keys} for lam in lambdas}
     paired: dict[tuple[int, int, float], dict[str, float]] = {}
     log_lines: list[str] = []
+    reused: list[str] = []
     for fold in folds:
         for seed in seeds:
             for lam in lambdas:
                 tick = time.perf_counter()
                 tag = f"f{fold}-s{seed}-l{lam:g}"
-                runs = fresh(work / "runs" / tag)
-                fmae("train", "bp4d", "--fold", fold, "--seed", seed, "--lambda-id", lam, "--model", "vit_tiny",
-                     "--epochs", args.epochs, "--batch-size", args.batch_size,
-                     *init_args, *[x for s in train_sets for x in ("--set", s)], "--runs-dir", runs, *common)
-                run = only_run(runs)
+                expect = {**train, "epochs": args.epochs, "lambda_id": lam, "seed": seed, "fold": fold,
+                          "data_root": str(data.resolve()), "init": str(args.init.resolve()) if args.init else ""}
+                run = finished_run(work / "runs" / tag, expect) if args.reuse else None
+                if run is None:
+                    runs = fresh(work / "runs" / tag)
+                    fmae("train", "bp4d", "--fold", fold, "--seed", seed, "--lambda-id", lam, "--model", "vit_tiny",
+                         "--epochs", args.epochs, "--batch-size", args.batch_size,
+                         *init_args, *[x for s in train_sets for x in ("--set", s)], "--runs-dir", runs, *common)
+                    run = only_run(runs)
+                else:
+                    reused.append(tag)
                 summary = json.loads((run / "summary.json").read_text())
                 best, last = summary["best"], summary["last"]
                 labels = np.load(run / "predictions" / "best.npz")["labels"].astype(float)
                 rate = labels.mean(0)
                 trivial = float(np.mean(2 * rate / (1 + rate)))  # F1 of predicting every AU present
-                probes = fresh(work / "probes" / tag)
-                fmae("probe-id", run, "--dataset", "bp4d", "--checkpoint", args.probe_checkpoint, "--seed", seed,
-                     "--epochs", args.probe_epochs,
-                     *[x for s in probe_sets for x in ("--set", s)], "--runs-dir", probes, *common)
-                pr = json.loads((only_run(probes) / "summary.json").read_text())["best"]
-                minutes = (time.perf_counter() - tick) / 60
+                probe_expect = {**probe, "epochs": args.probe_epochs, "seed": seed, "source_run": run.name,
+                                "init": str((run / "checkpoints" / f"{args.probe_checkpoint}.pt").resolve())}
+                probe_run = finished_run(work / "probes" / tag, probe_expect) if args.reuse else None
+                if probe_run is None:
+                    probes = fresh(work / "probes" / tag)
+                    fmae("probe-id", run, "--dataset", "bp4d", "--checkpoint", args.probe_checkpoint, "--seed", seed,
+                         "--epochs", args.probe_epochs,
+                         *[x for s in probe_sets for x in ("--set", s)], "--runs-dir", probes, *common)
+                    probe_run = only_run(probes)
+                pr = json.loads((probe_run / "summary.json").read_text())["best"]
+                minutes = run_minutes(run) + run_minutes(probe_run)
                 got = rows[lam]
                 for key, value in (("f1_05_last", last["f1_05_mean"]), ("f1_best_last", last["f1_best_mean"]),
                                    ("auc_last", last["auc_mean"]), ("f1_05_best", best["f1_05_mean"]),
@@ -200,7 +249,11 @@ def main() -> None:
             d_pr = [a["probe"] - b["probe"] for a, b in pairs]
             lines.append(f"| {lam:g} | {mean_std(d_f1, '+')} | {sum(d > 0 for d in d_f1)}/{len(pairs)} | "
                          f"{mean_std(d_auc, '+')} | {mean_std(d_pr, '+')} | {sum(d < 0 for d in d_pr)}/{len(pairs)} |")
-    lines += ["", "Per run:", "", *[f"- {x}" for x in log_lines]]
+    lines += ["", "Per run (minutes: the training's and the probe's own, from their status.json):", "",
+              *[f"- {x}" for x in log_lines]]
+    if reused:
+        lines += ["", f"Reused finished runs of this workdir (`--reuse`, same settings): {', '.join(reused)}; the "
+                  "total time above counts only this call."]
     text = "\n".join(lines) + "\n"
     print(text)
     out = args.out or HERE / "results" / f"quality_iat-{platform.machine()}-{os.cpu_count()}cpu.md"

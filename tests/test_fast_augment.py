@@ -121,3 +121,18 @@ def test_no_randaugment_and_no_crop_scale_still_match():
         pil, pil_next = _rng_after(lambda x: np.asarray(parts(Image.fromarray(x))), img, seed)
         ours, our_next = _rng_after(fast, img, seed)
         assert pil_next == our_next and np.abs(ours.astype(int) - pil.astype(int)).mean() < 2.0
+
+
+@pytest.mark.parametrize("dx, dy", [(37.3, 0.0), (-80.77, 0.0), (0.0, 12.5), (0.0, -3.01), (0.0, 99.99)])
+def test_a_bicubic_translation_is_the_general_warp_as_a_filter(dx, dy):
+    """Translations take a 4-tap filter instead of warpAffine: the same pixels (±1 from fixed-point)."""
+    from fmae.data import fast_augment
+
+    img = _faces(1, side=96)[0]
+    fill = (124, 116, 104)
+    shifted = fast_augment._affine(img, (1, 0, dx, 0, 1, dy), fillcolor=fill)  # takes the filter path
+    general = cv2.warpAffine(img, np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float64), (96, 96),
+                             flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+                             borderValue=fill)
+    d = np.abs(shifted.astype(int) - general.astype(int))
+    assert d.max() <= 1 and (d == 0).mean() > 0.999

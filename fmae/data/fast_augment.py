@@ -240,11 +240,50 @@ def _affine(img: np.ndarray, matrix: tuple[float, ...], fillcolor: Any = None,
     if isinstance(resample, (tuple, list)):  # timm's _interpolation draw
         resample = random.choice(resample)
     a, b, c, d, e, f = matrix
+    fill = tuple(int(v) for v in fillcolor) if fillcolor is not None else (0, 0, 0)
+    if (a, b, d, e) == (1, 0, 0, 1) and resample == Image.Resampling.BICUBIC:
+        return _shift(img, c, f, fill)
     m = np.array([[a, b, c + 0.5 * (a + b) - 0.5], [d, e, f + 0.5 * (d + e) - 0.5]], dtype=np.float64)
     h, w = img.shape[:2]
-    fill = tuple(int(v) for v in fillcolor) if fillcolor is not None else (0, 0, 0)
     return cv2.warpAffine(img, m, (w, h), flags=_cv_interp(resample) | cv2.WARP_INVERSE_MAP,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+
+
+def _cubic_taps(t: float, a: float = -0.75) -> np.ndarray:
+    """OpenCV's bicubic weights of the pixels at -1, 0, +1, +2 for a sample t ∈ [0, 1) past pixel 0."""
+    w0 = ((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a
+    w1 = ((a + 2) * t - (a + 3)) * t * t + 1
+    w2 = ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1
+    return np.array([w0, w1, w2, 1 - w0 - w1 - w2], dtype=np.float32)
+
+
+def _shift(img: np.ndarray, dx: float, dy: float, fill: tuple[int, ...]) -> np.ndarray:
+    """warpAffine's bicubic translation (output (x, y) samples the input at (x + dx, y + dy), the fill
+    outside) as what it is: a whole-pixel shift and one 4-tap filter along each moved axis — a
+    fraction of the cost of the general warp."""
+    h, w = img.shape[:2]
+    out = img
+    for axis, delta in ((1, dx), (0, dy)):
+        if delta == 0:
+            continue
+        n = math.floor(delta)
+        size = out.shape[axis]
+        pad = abs(n) + 3
+        shape = list(out.shape)
+        shape[axis] += 2 * pad
+        padded = np.empty(shape, dtype=np.uint8)
+        padded[...] = np.array(fill, dtype=np.uint8)
+        inner = [slice(None)] * 3
+        inner[axis] = slice(pad, pad + size)
+        padded[tuple(inner)] = out
+        taps = _cubic_taps(delta - n)
+        kernel = taps.reshape(1, 4) if axis == 1 else taps.reshape(4, 1)
+        anchor = (1, 0) if axis == 1 else (0, 1)
+        filtered = cv2.filter2D(padded, -1, kernel, anchor=anchor, borderType=cv2.BORDER_REPLICATE)
+        window = [slice(None)] * 3
+        window[axis] = slice(pad + n, pad + n + size)
+        out = filtered[tuple(window)]
+    return np.ascontiguousarray(out)
 
 
 def rotate(img: np.ndarray, degrees: float, **kwargs: Any) -> np.ndarray:
