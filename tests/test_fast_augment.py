@@ -136,3 +136,13 @@ def test_a_bicubic_translation_is_the_general_warp_as_a_filter(dx, dy):
                              borderValue=fill)
     d = np.abs(shifted.astype(int) - general.astype(int))
     assert d.max() <= 1 and (d == 0).mean() > 0.999
+
+
+def test_the_pipeline_survives_pickling_to_a_spawned_worker():
+    import pickle
+
+    fast = fast_pipeline(_parts())
+    again = pickle.loads(pickle.dumps(fast))
+    img = _faces(1)[0]
+    for seed in range(3):
+        assert np.array_equal(seeded_transform(fast, img, seed), seeded_transform(again, img, seed))
