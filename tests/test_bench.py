@@ -59,3 +59,28 @@ def test_a_failing_measurement_is_a_note_not_a_crash():
     measure(row, build, lambda: iter(()), settings)
     assert row.timing is None
     assert row.note == "failed (with torch.compile): RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+
+
+def test_quality_sweeps_reuse_only_finished_runs_with_the_same_settings(tmp_path):
+    """`quality_iat.py --reuse` keeps a run only when it is done and its run.toml has every setting."""
+    import json
+
+    from quality_iat import finished_run, run_minutes
+
+    folder = tmp_path / "runs" / "f1-s0-l2"
+    run = folder / "20261129-094201-bp4d-f1-s0-l2-vit_tiny-ceb4"
+    run.mkdir(parents=True)
+    (run / "run.toml").write_text('[config]\nepochs = 20\nlambda_id = 2.0\nwarmup_epochs = 1\ninit = "/x/pre.pth"\n')
+    status = {"state": "running", "started": "2026-11-29T09:42:01.000Z", "updated": "2026-11-29T10:17:55.000Z"}
+    (run / "status.json").write_text(json.dumps(status))
+    (run / "summary.json").write_text("{}")
+    same = {"epochs": 20, "lambda_id": 2.0, "warmup_epochs": 1.0, "init": "/x/pre.pth"}
+    assert finished_run(folder, same) is None  # still running
+    (run / "status.json").write_text(json.dumps({**status, "state": "done"}))
+    assert finished_run(folder, same) == run
+    assert run_minutes(run) == pytest.approx(35.9, abs=0.01)
+    assert finished_run(folder, {**same, "epochs": 25}) is None
+    assert finished_run(folder, {**same, "init": ""}) is None
+    assert finished_run(tmp_path / "runs" / "none", same) is None
+    (folder / "another").mkdir()
+    assert finished_run(folder, same) is None  # two runs: which one is unclear, train again
