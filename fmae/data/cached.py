@@ -164,17 +164,19 @@ class CachedImageSet(ImageSet):
         return out
 
     def _erase_numpy(self, img: np.ndarray, erase: torch.Tensor, noise_seed: torch.Tensor) -> None:
-        """`_erase` on the CPU, the noise from numpy's generator seeded per item."""
+        """`_erase` on the CPU into a numpy batch: the same noise as `_erase` on CPU tensors (torch's CPU
+        generator draws normals 3x faster than numpy's, and its normal_ runs on one thread)."""
         mode, chans = self.eraser.mode, img.shape[1]
+        gen = self._generators.setdefault("cpu", torch.Generator())
         for b, (boxes, seed) in enumerate(zip(erase.tolist(), noise_seed.tolist())):
             for j, (top, left, h, w) in enumerate(boxes):
                 if h <= 0:
                     continue
-                rng = np.random.default_rng(seed + j)
+                gen.manual_seed(seed + j)
                 if mode == "pixel":
-                    fill = rng.standard_normal((chans, h, w), dtype=np.float32)
+                    fill = torch.empty((chans, h, w)).normal_(generator=gen).numpy()
                 elif mode == "rand":
-                    fill = rng.standard_normal((chans, 1, 1), dtype=np.float32)
+                    fill = torch.empty((chans, 1, 1)).normal_(generator=gen).numpy()
                 else:
                     fill = np.zeros((chans, 1, 1), dtype=np.float32)
                 img[b, :, top:top + h, left:left + w] = fill
