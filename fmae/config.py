@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -314,9 +315,9 @@ def parse_set_options(items: list[str], flag: str = "--set") -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise FmaeError(f"{flag} {item!r}: expected key=value, e.g. {flag} blr=3e-4")
-        try:
-            value = tomlkit.parse(f"v = {raw.strip()}")["v"].unwrap()
-        except ParseError:
+        try:  # tomllib: plain python values (tomlkit hands back booleans unwrapped, other values wrapped)
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
             value = raw.strip()
         out[key.strip()] = value
     return out

@@ -139,3 +139,20 @@ def test_recipe_command_shows_sources(tmp_path):
     assert "0.0003" in rows["blr"] and "overrides.bp4d" in rows["blr"]
     assert "4" in rows["epochs"] and "command line" in rows["epochs"]
     assert "2.0" in rows["lambda_id"] and "recipe bp4d/fmae_iat" in rows["lambda_id"]
+
+
+def test_set_options_parse_toml_scalars_and_bare_text():
+    assert parse_set_options(["fast_augment=false", "fused_attn=true", "blr=3e-4", "epochs=7",
+                              'auto_augment=""', "model=vit_tiny", "data_cache=caches/bp4d"]) == {
+        "fast_augment": False, "fused_attn": True, "blr": 3e-4, "epochs": 7, "auto_augment": "",
+        "model": "vit_tiny", "data_cache": "caches/bp4d"}
+
+
+def test_a_boolean_set_option_reaches_a_dry_run(tmp_path):
+    """`--set fast_augment=false` once crashed: tomlkit hands back booleans without .unwrap()."""
+    from conftest import run_fmae
+
+    made = run_fmae("train", "bp4d", "--fold", "1", "--model", "vit_tiny", "--dry-run", "--set", "fast_augment=false",
+                    "--set", "fused_attn=false", "--root", tmp_path, "--labels", tmp_path / "labels.jsonl", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert "fast_augment" in made.stdout and "internal error" not in made.stderr
