@@ -42,6 +42,13 @@ ENGINE_DEFAULTS: Mapping[str, Any] = {
 MODEL_INPUT_SIZE = {name: s.input_size for name, s in ENCODERS.items() if s.input_size != 224}
 
 
+def _name_engine_defaults(sources: dict[str, str], keys) -> None:
+    """A setting no recipe has and nothing overrode comes from ENGINE_DEFAULTS: say so, not "recipe"."""
+    for key in keys:
+        if sources[key].startswith("recipe"):
+            sources[key] = "engine default"
+
+
 def _task_of(dataset: str, probe: bool) -> str:
     if probe:
         return "id_probe"
@@ -78,6 +85,7 @@ def resolve_run_config(
         if spec.task == "fer" and recipe is None:
             recipe_name = "fmae"  # FER has one recipe; a project default of fmae_iat means the AU runs
         base = finetune_recipe(spec.name, recipe_name)
+    engine_only = ENGINE_DEFAULTS.keys() - base.keys()
     base = {**ENGINE_DEFAULTS, **base}
 
     toml_layer: dict[str, Any] = {}
@@ -91,6 +99,7 @@ def resolve_run_config(
                      (f"{project.label} [overrides.{spec.name}]", project.overrides.get(spec.name, {})),
                      ("command line", cli))
     values, sources = resolved.values, resolved.sources
+    _name_engine_defaults(sources, engine_only)
 
     check_model(values["model"])
     if sources["input_size"].startswith("recipe") and values["model"] in MODEL_INPUT_SIZE:
@@ -179,6 +188,7 @@ def resolve_pretrain_config(project: ProjectConfig, data: list[Path], *, seed: i
     base = {k: v for k, v in PRETRAIN.items() if k not in ("batch_size", "gpus")}
     base["betas"] = list(base["betas"])
     base["batch_size"] = PRETRAIN["batch_size"].get(model, 64)
+    engine_only = ENGINE_DEFAULTS.keys() - base.keys() - PRETRAIN_EXTRA.keys() - {"save_best"}
     base = {**ENGINE_DEFAULTS, **base, **PRETRAIN_EXTRA, "save_best": False}
     toml_layer: dict[str, Any] = {}
     if project.defaults.get("model"):
@@ -187,6 +197,7 @@ def resolve_pretrain_config(project: ProjectConfig, data: list[Path], *, seed: i
         toml_layer["device"] = project.device
     resolved = layer(("recipe pretrain", base), (f"{project.label}", toml_layer), ("command line", cli))
     values, sources = resolved.values, resolved.sources
+    _name_engine_defaults(sources, engine_only)
     check_model(values["model"])
     if sources["input_size"].startswith("recipe") and values["model"] in MODEL_INPUT_SIZE:
         values["input_size"] = MODEL_INPUT_SIZE[values["model"]]

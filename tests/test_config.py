@@ -156,3 +156,7 @@ def test_a_boolean_set_option_reaches_a_dry_run(tmp_path):
                     "--set", "fused_attn=false", "--root", tmp_path, "--labels", tmp_path / "labels.jsonl", cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     assert "fast_augment" in made.stdout and "internal error" not in made.stderr
+    rows = {line.split()[1]: line for line in made.stdout.splitlines() if line.startswith("│")}
+    assert "command line" in rows["fast_augment"] and "False" in rows["fast_augment"]
+    assert "engine default" in rows["fused_optimizer"]  # no recipe has it: not labelled "recipe"
+    assert "recipe bp4d/fmae" in rows["blr"]
