@@ -87,8 +87,9 @@ class CachedImageSet(ImageSet):
                  cfg: Mapping[str, Any], *, train: bool, subjects: np.ndarray | None = None, seed: int = 0) -> None:
         augment, eraser = train_parts(cfg) if train else (None, None)
         super().__init__(paths, targets, augment, subjects, seed)
-        self.fast = fast_pipeline(augment) if train and cfg.get("fast_augment", True) else None
-        if train and cfg.get("fast_augment", True):
+        wants_fast = train and bool(cfg.get("fast_augment", True))
+        self.fast = fast_pipeline(augment) if wants_fast else None
+        if wants_fast:
             log.info("data: crop, flip and RandAugment in %s", "OpenCV (fast_augment)" if self.fast is not None else
                      f"PIL (no fast version of auto_augment = {cfg.get('auto_augment')!r})")
         assert len(keys) == len(paths)

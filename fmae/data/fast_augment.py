@@ -31,11 +31,12 @@ from PIL import Image
 from timm.data.auto_augment import AugmentOp, RandAugment, _LEVEL_DENOM
 from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision import transforms as T
+from torchvision.transforms.functional import pil_modes_mapping
 
 cv2.setNumThreads(1)  # one loader worker = one core; OpenCV's own pool would oversubscribe it
 
 _CV_INTERP = {Image.Resampling.NEAREST: cv2.INTER_NEAREST, Image.Resampling.BILINEAR: cv2.INTER_LINEAR,
-              Image.Resampling.BICUBIC: cv2.INTER_CUBIC}
+              Image.Resampling.BICUBIC: cv2.INTER_CUBIC, Image.Resampling.LANCZOS: cv2.INTER_LANCZOS4}
 _IDENTITY = np.arange(256, dtype=np.uint8)
 
 
@@ -322,12 +323,9 @@ def translate_y_abs(img: np.ndarray, pixels: float, **kwargs: Any) -> np.ndarray
 
 
 def _cv_interp(resample: Any) -> int:
-    mode = resample
-    if isinstance(mode, T.InterpolationMode):  # torchvision's enum (timm's crop) → Pillow's
-        mode = {T.InterpolationMode.NEAREST: Image.Resampling.NEAREST,
-                T.InterpolationMode.BILINEAR: Image.Resampling.BILINEAR,
-                T.InterpolationMode.BICUBIC: Image.Resampling.BICUBIC}.get(mode, Image.Resampling.BICUBIC)
-    return _CV_INTERP.get(Image.Resampling(mode), cv2.INTER_CUBIC)
+    if isinstance(resample, T.InterpolationMode):  # torchvision's enum (timm's crop) → Pillow's
+        resample = pil_modes_mapping[resample]
+    return _CV_INTERP.get(Image.Resampling(resample), cv2.INTER_CUBIC)
 
 
 # timm's op names (fmae.data.transforms builds the ops; its posterize patch is `posterize` here)
