@@ -27,6 +27,18 @@ from fmae.errors import FmaeError
 
 THRESHOLDS = np.arange(1, 100) / 100  # [99]: 0.01 … 0.99, each exactly i/100 as Python computes it
 BEST_THRESHOLD_LABEL = "F1 best-threshold (tuned on test)"
+DEGENERATE_LABEL = "degenerate: best threshold at the grid's edge (all or nothing predicted)"
+
+
+def degenerate_threshold(threshold: float | None) -> bool:
+    """True when a tuned threshold sits at the grid's edge (0.01 or 0.99).
+
+    There the model predicts every AU present (or none): its best-threshold F1 is the all-positive F1,
+    not evidence of learning.
+    """
+    if threshold is None or not math.isfinite(threshold):
+        return False
+    return threshold <= THRESHOLDS[0] + 1e-9 or threshold >= THRESHOLDS[-1] - 1e-9
 
 
 # ---------------------------------------------------------------------------------------------------
