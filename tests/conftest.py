@@ -67,3 +67,9 @@ def _make(synth_root: Path, name: str, *extra: str) -> Path:
 @pytest.fixture(scope="session")
 def make_synth(synth_root):
     return lambda name: _make(synth_root, name)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_tui_state(tmp_path_factory, monkeypatch):
+    """The app's remembered choices live in a per-test file, never the user's own (fmae_tui/prefs.py)."""
+    monkeypatch.setenv("FMAE_TUI_STATE", str(tmp_path_factory.mktemp("tui-state") / "tui.json"))
