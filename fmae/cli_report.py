@@ -30,7 +30,8 @@ def report_cmd(
     state: Annotated[str, typer.Option("--state", help="Score runs in these states: done (default), e.g. done,running, or all.")] = "done",
     tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Only runs carrying this tag (repeatable: every one given).")] = None,
     vs: Annotated[str, typer.Option("--vs", help="Paper method each row is compared with: auto (FMAE-IAT for λ > 0, else FMAE), a method (e.g. MDHR), or none.")] = "auto",
-    partial: Annotated[bool, typer.Option("--partial", help="Average seeds that lack a fold over the folds they have (marked).")] = False,
+    complete_only: Annotated[bool, typer.Option("--complete-only", help="Only seeds that have every fold. Default: seeds missing folds form their own partial rows, named by the folds they hold (never averaged with complete seeds).")] = False,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Widen the completeness grids to these seeds as well, e.g. 0,1,2 (default: the seeds each group's runs used).")] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table (default), md, latex, csv or json.")] = "table",
     out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to this file (atomically) instead of stdout.")] = None,
     digits: Annotated[Optional[int], typer.Option("--digits", help="Decimals shown (default: 1 for AU F1/AUC, 2 for accuracy).")] = None,
@@ -53,8 +54,11 @@ def report_cmd(
     states = tuple(s.strip() for s in state.split(",") if s.strip())
     selection = Selection(tuple(dataset or ()), states, tuple(tag or ()), tuple(by or ()))
     extra = [*(["--config", str(config)] if config else []), *(["--runs-dir", str(runs_dir)] if runs_dir else [])]
-    results = build(project.runs_dir, selection, Scoring(metric, epoch, threshold), versus=vs, partial=partial,
-                    seeds=[int(s) for s in project.defaults.get("seeds") or []], project=project, command_extra=extra)
+    from fmae.queue_ops import parse_ints
+
+    results = build(project.runs_dir, selection, Scoring(metric, epoch, threshold), versus=vs,
+                    complete_only=complete_only, seeds=parse_ints(seeds, "--seeds") or [], project=project,
+                    command_extra=extra)
     for line in results.skipped:
         err.print(f"warning: skipped {line}", soft_wrap=True)
     if strict and results.skipped:

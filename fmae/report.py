@@ -3,14 +3,15 @@
 The pipeline, each step a function the CLI (`fmae report`) and the app's Results screen both call:
 
     collect(runs_dir, selection, scoring) -> Collected    every selected run, scored from its folder
-    aggregate(scores, partial=...)        -> [GroupRow]   one row per group (dataset, model, recipe, λ, --by)
+    aggregate(scores, complete_only=...)  -> [GroupRow]   one row per group (dataset, model, recipe, λ, --by)
     completeness(refs, ...)               -> [Grid]       (fold, seed) cells and what queues the missing
     build(runs_dir, ...)                  -> Results      all of it, one `Report` per benchmark and task
 
 How a row is made (the paper's practice, see the reference protocol): within one seed, each AU's
 per-fold value is averaged over the benchmark's folds, and "avg" is the mean over AUs of those; across
 seeds the row shows the mean and the sample standard deviation (n−1) with n = the number of seeds.
-A seed missing a fold is left out (listed as incomplete) unless `partial`. FER rows: top-1 accuracy,
+Seeds missing folds make their own partial row per set of folds they hold ("folds 1–2 of 3, seed 0"),
+never averaged with complete seeds; `complete_only` leaves them out. FER rows: top-1 accuracy,
 mean ± std over seeds; identity-probe rows: top-1 over every probe run of the group. Values are in %.
 
 numpy only for re-scoring saved predictions (through fmae.metrics); no torch: the app imports this.
@@ -18,8 +19,6 @@ numpy only for re-scoring saved predictions (through fmae.metrics); no torch: th
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,8 @@ from fmae.errors import FmaeError
 from fmae.paper import PaperRow, find_method, paper_rows
 from fmae.registry import DATASETS, DatasetSpec, get_dataset
 from fmae.report_grid import Grid, Matrix, completeness  # noqa: F401  (part of this module's interface)
+from fmae.report_rows import (GroupRow, Sample, _columns, aggregate, coverage_text, is_degenerate,  # noqa: F401
+                              span)
 from fmae.report_runs import (METRICS, PER_AU, TUNED, RunRef, RunScore, Scoring, canonical_value,  # noqa: F401
                               group_fields, group_label, num, parse_threshold, score_run)
 from fmae.runs import STATES, RunDir, RunInfo, list_runs
@@ -154,111 +155,6 @@ def collect(runs_dir: Path, selection: Selection = Selection(), scoring: Scoring
     return Collected(refs, scores, skipped, left_out)
 
 
-# --- aggregating -------------------------------------------------------------------------------------------
-
-@dataclass
-class Sample:
-    """One seed of a row (AU: its folds averaged; FER: its run; probe: one probe run), values in %."""
-
-    seed: int
-    values: dict[str, float | None]
-    runs: list[str]
-    folds: list[int] | None = None
-
-
-@dataclass
-class GroupRow:
-    task: str
-    dataset: str
-    fields: tuple  # ((name, value), …): model, recipe, λ / probed, --by keys
-    columns: list[str]  # "AU1"…, "avg" (AU); "top1" (FER, probe)
-    mean: dict[str, float | None]
-    std: dict[str, float | None]  # sample std (n−1); None when n < 2
-    n: int
-    samples: list[Sample]
-    incomplete: dict[int, list[int]] = field(default_factory=dict)  # seed -> missing folds
-    superseded: list[str] = field(default_factory=list)  # older runs of a cell that a newer one replaced
-    partial: bool = False  # incomplete seeds were averaged anyway
-    delta: dict[str, float | None] = field(default_factory=dict)  # mean − the paper's, per column
-    delta_vs: str | None = None  # the paper method compared with
-
-    @property
-    def label(self) -> str:
-        return group_label(self.fields)
-
-    @property
-    def key(self) -> tuple:
-        return (self.task, self.dataset, self.fields)
-
-    def value_of(self, name: str) -> Any:
-        """One grouping field's value ("model", "recipe", "lambda_id", "probed" or a --by key)."""
-        return dict(self.fields).get(name)
-
-
-def _mean(values: list[float]) -> float | None:
-    ok = [v for v in values if v is not None and not math.isnan(v)]
-    return math.fsum(ok) / len(ok) if ok else None
-
-
-def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
-    ok = [v for v in values if v is not None and not math.isnan(v)]
-    if not ok:
-        return None, None
-    return math.fsum(ok) / len(ok), (statistics.stdev(ok) if len(ok) > 1 else None)
-
-
-def _columns(task: str, spec: DatasetSpec) -> list[str]:
-    return [*spec.au_names(), "avg"] if task == "au" else ["top1"]
-
-
-def aggregate(scores: Iterable[RunScore], *, partial: bool = False) -> list[GroupRow]:
-    """One row per group. A (fold, seed) cell with several scored runs keeps the newest (by run id)."""
-    groups: dict[tuple, list[RunScore]] = defaultdict(list)
-    for s in scores:
-        groups[s.ref.key].append(s)
-    rows = []
-    for key in sorted(groups, key=lambda k: (k[0], k[1], [(n, str(v)) for n, v in k[2]])):
-        task, dataset, fields = key
-        spec = get_dataset(dataset)
-        columns = _columns(task, spec)
-        cells: dict[tuple, RunScore] = {}
-        superseded = []
-        for s in sorted(groups[key], key=lambda s: s.run_id):
-            cell = (s.ref.fold, s.ref.seed) if task != "id_probe" else (s.run_id, s.ref.seed)
-            if cell in cells:
-                superseded.append(cells[cell].run_id)
-            cells[cell] = s
-        samples, incomplete = [], {}
-        if task == "au":
-            by_seed: dict[int, dict[int, RunScore]] = defaultdict(dict)
-            for (fold, seed), s in cells.items():
-                by_seed[seed][fold] = s
-            for seed in sorted(by_seed):
-                folds = by_seed[seed]
-                missing = [f for f in range(1, spec.num_folds + 1) if f not in folds]
-                if missing:
-                    incomplete[seed] = missing
-                    if not partial:
-                        continue
-                order = sorted(folds)
-                values: dict[str, float | None] = {}
-                for name in columns[:-1]:
-                    m = _mean([folds[f].values[name] for f in order])
-                    values[name] = None if m is None else m * 100
-                values["avg"] = _mean([values[c] for c in columns[:-1]])  # type: ignore[misc]
-                samples.append(Sample(seed, values, [folds[f].run_id for f in order], order))
-        else:
-            for cell in sorted(cells, key=lambda c: (c[1], str(c[0]))):
-                s = cells[cell]
-                samples.append(Sample(s.ref.seed, {"top1": s.values["top1"] * 100}, [s.run_id]))
-        mean, std = {}, {}
-        for c in columns:
-            mean[c], std[c] = _mean_std([smp.values.get(c) for smp in samples])
-        rows.append(GroupRow(task, dataset, fields, columns, mean, std, len(samples), samples, incomplete,
-                             superseded, partial=partial and bool(incomplete)))
-    return rows
-
-
 def compare(row: GroupRow, paper: PaperRow) -> dict[str, float | None]:
     """row mean − published value per column (None where either is missing)."""
     return {c: (row.mean[c] - paper.values[c]) if row.mean.get(c) is not None and c in paper.values else None
@@ -303,15 +199,21 @@ class Report:
     grids: list[Grid]
 
     def notes(self) -> list[str]:
-        """What a reader must know about the rows: seeds left out or averaged incomplete, replaced runs."""
+        """What a reader must know about the rows: partial rows, seeds left out, degenerate and replaced runs."""
         out = []
         for row in self.rows:
+            if row.partial:
+                out.append(f"{row.label}: averaged over {len(row.coverage or ())} of {row.num_folds} folds: "
+                           "not comparable with a complete row or the paper")
             for seed, missing in sorted(row.incomplete.items()):
                 folds = ", ".join(map(str, missing))
-                verb = "averaged over the folds it has" if row.partial else "left out (--partial averages it anyway)"
-                out.append(f"{row.label}: seed {seed} lacks fold{'s' if len(missing) > 1 else ''} {folds}: {verb}")
+                out.append(f"{row.label}: seed {seed} lacks fold{'s' if len(missing) > 1 else ''} {folds}: "
+                           "left out (complete-only)")
             if row.n == 0:
-                out.append(f"{row.label}: no seed has every fold yet: no numbers")
+                out.append(f"{row.label}: no seed has every fold yet: no complete numbers")
+            if row.degenerate:
+                out.append(f"{row.label}: {len(row.degenerate)} run(s) degenerate (best threshold at the grid's "
+                           "edge: every AU or none predicted): " + ", ".join(row.degenerate))
             if row.superseded:
                 out.append(f"{row.label}: {len(row.superseded)} older run(s) of a cell replaced by a newer one: "
                            + ", ".join(row.superseded))
@@ -339,7 +241,8 @@ def _row_dict(row: GroupRow) -> dict[str, Any]:
     return {
         "group": row.label, "fields": dict(row.fields), "n": row.n, "mean": row.mean, "std": row.std,
         "delta": row.delta or None, "delta_vs": row.delta_vs, "incomplete_seeds": row.incomplete,
-        "partial": row.partial, "superseded": row.superseded,
+        "partial": row.partial, "coverage": list(row.coverage) if row.coverage else None,
+        "degenerate": row.degenerate, "superseded": row.superseded,
         "samples": [{"seed": s.seed, "folds": s.folds, "runs": s.runs, "values": s.values} for s in row.samples],
     }
 
@@ -365,26 +268,28 @@ class Results:
         }
 
 
-def _how(task: str, spec: DatasetSpec, partial: bool) -> str:
+def _how(task: str, spec: DatasetSpec, complete_only: bool) -> str:
     if task == "au":
         return (f"within a seed, each AU's per-fold value is averaged over the {spec.num_folds} folds and avg is the "
                 "mean over AUs; a row shows mean ± sample std over seeds (n = seeds)"
-                + ("; seeds missing a fold are averaged over the folds they have (--partial)" if partial else ""))
+                + ("; seeds missing a fold are left out (complete-only)" if complete_only else
+                   "; seeds missing folds form partial rows, each named by the folds it holds"))
     if task == "fer":
         return "mean ± sample std over seeds (n = seeds)"
     return "mean ± sample std over probe runs (n = runs)"
 
 
 def build(runs_dir: Path, selection: Selection = Selection(), scoring: Scoring = Scoring(), *,
-          versus: str = "auto", partial: bool = False, seeds: Iterable[int] = (),
+          versus: str = "auto", complete_only: bool = False, seeds: Iterable[int] = (),
           project: ProjectConfig | None = None, infos: list[RunInfo] | None = None,
           command_extra: Iterable[str] = ()) -> Results:
     """The whole report: `collect` → `aggregate` → the paper and Δ → `completeness`, one Report per
     (benchmark, task). `versus`: the paper method each row is compared with ("auto": FMAE-IAT for λ > 0,
-    else FMAE; "none"). `seeds`: the seeds every grid expects (fmae.toml's defaults.seeds)."""
+    else FMAE; "none"). `complete_only`: no partial rows. `seeds`: seeds every grid expects beside those
+    its group's runs used (the user widening the grid; empty = only the seeds the runs used)."""
     selection, scoring = selection.checked(), scoring.checked()
     collected = collect(runs_dir, selection, scoring, infos=infos)
-    rows = aggregate(collected.scores, partial=partial)
+    rows = aggregate(collected.scores, complete_only=complete_only, epoch=scoring.epoch)
     grids = completeness(collected.refs, seeds=seeds, project=project)
     order = list(DATASETS)
     keys = sorted({(r.task, r.dataset) for r in rows} | {(g.task, g.dataset) for g in grids},
@@ -406,7 +311,7 @@ def build(runs_dir: Path, selection: Selection = Selection(), scoring: Scoring =
         elif task == "au" and scoring.metric == "auc" and paper_rows(dataset):
             note = "the paper publishes no AUC: its rows are not shown"
         reports.append(Report(dataset, task, f"{spec.title} — {_TASK_TITLES[task]}", scoring.value_label(task),
-                              scoring.epoch_label(), _how(task, spec, partial), _columns(task, spec), mine,
+                              scoring.epoch_label(), _how(task, spec, complete_only), _columns(task, spec), mine,
                               published, note, [g for g in grids if (g.task, g.dataset) == (task, dataset)]))
     return Results(Path(runs_dir), selection, scoring, reports, collected.skipped, collected.left_out,
                    list(command_extra))

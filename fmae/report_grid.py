@@ -87,6 +87,13 @@ class Matrix:
     def cells(self) -> int:
         return len(self.folds or [None]) * len(self.seeds)
 
+    def cell_labels(self) -> list[str]:
+        """Each cell this matrix adds, as the queue names it ("fold 3 seed 0 λ 2")."""
+        lam = "" if self.lambda_id is None else f" λ {num(float(self.lambda_id))}"
+        if self.folds is None:
+            return [f"seed {s}" for s in self.seeds]
+        return [f"fold {f} seed {s}{lam}" for s in self.seeds for f in self.folds]
+
 
 @dataclass
 class Grid:
@@ -94,7 +101,7 @@ class Grid:
     dataset: str
     fields: tuple
     folds: list[int | None]  # [None] for FER (one split)
-    seeds: list[int]  # seen in the group ∪ the project's default seeds
+    seeds: list[int]  # the seeds the group's runs used ∪ those the user widened the grid with
     cells: dict[tuple[int | None, int], str]  # (fold, seed) -> one of CELL_STATES
     runs: dict[tuple[int | None, int], list[str]]  # the cell's run ids, oldest first
     to_add: list[Matrix]  # queue exactly the missing cells
@@ -134,8 +141,10 @@ class Grid:
 
 
 def completeness(refs: Iterable[RunRef], *, seeds: Iterable[int] = (), project: ProjectConfig | None = None) -> list[Grid]:
-    """One grid per AU / FER group of `refs` (runs in any state). With `project` the queue commands
-    carry every config value the project's resolution would otherwise choose differently."""
+    """One grid per AU / FER group of `refs` (runs in any state): the benchmark's folds × the seeds its
+    runs used, plus `seeds` when the user widens it (never fmae.toml's defaults by themselves: a grid
+    must not ask for seeds nobody chose). With `project` the queue commands carry every config value the
+    project's resolution would otherwise choose differently."""
     groups: dict[tuple, list[RunRef]] = defaultdict(list)
     for ref in refs:
         if ref.task in ("au", "fer"):

@@ -165,7 +165,7 @@ def test_au_rows_average_folds_within_a_seed_then_seeds(study, metric, epoch):
         report, row = row_of(results, label)
         assert_row(row, mean, std, n)
     _, row = row_of(results, "vit_tiny fmae λ=0")
-    assert row.n == 3 and row.incomplete == {3: [2, 3]}  # seed 3 lacks folds 2 and 3: left out
+    assert row.n == 3 and not row.partial  # seed 3 lacks folds 2 and 3: not in the complete row
     assert row.superseded == [ids["dup"]]  # the older run of (fold 1, seed 0) gave way to the newer
     assert [s.seed for s in row.samples] == [0, 1, 2] and all(s.folds == [1, 2, 3] for s in row.samples)
     assert report.value_label == {"f1": "F1@0.5 (%)", "f1_best": "F1 best-threshold (tuned on test) (%)",
@@ -173,16 +173,63 @@ def test_au_rows_average_folds_within_a_seed_then_seeds(study, metric, epoch):
     assert report.epoch_label.startswith(f"epoch: {epoch}")
 
 
-def test_partial_averages_an_incomplete_seed_over_the_folds_it_has(study):
+def test_an_incomplete_seed_is_its_own_partial_row_and_complete_only_leaves_it_out(study):
     runs, truth, _ = study
-    results = build(runs, Selection(datasets=("bp4d",)), partial=True)
-    _, row = row_of(results, "vit_tiny fmae λ=0")
-    per_seed = dict(truth[("fmae", "f1", "best")])
-    per_seed[3] = {1: truth["fmae seed3 fold1"]["f1_05"]}
-    mean, std, n = expected_au(per_seed, BP4D)
-    assert_row(row, mean, std, 4)
-    assert row.partial and row.samples[-1].folds == [1]
-    assert any("seed 3 lacks folds 2, 3: averaged over the folds it has" in n for n in results.reports[0].notes())
+    results = build(runs, Selection(datasets=("bp4d",)))
+    report = results.reports[0]
+    labels = [r.label for r in report.rows if r.group == "vit_tiny fmae λ=0"]
+    assert labels == ["vit_tiny fmae λ=0", "vit_tiny fmae λ=0 · fold 1 of 3, seed 3"]  # complete first
+    _, complete = row_of(results, "vit_tiny fmae λ=0")
+    mean, std, _ = expected_au(truth[("fmae", "f1", "best")], BP4D)
+    assert_row(complete, mean, std, 3)  # the partial seed is never averaged into the complete row
+    _, row = row_of(results, "vit_tiny fmae λ=0 · fold 1 of 3, seed 3")
+    mean, std, _ = expected_au({3: {1: truth["fmae seed3 fold1"]["f1_05"]}}, BP4D)
+    assert_row(row, mean, std, 1)
+    assert row.partial and row.coverage == (1,) and row.samples[0].folds == [1] and row.group_key == complete.group_key
+    assert any(n.startswith("vit_tiny fmae λ=0 · fold 1 of 3, seed 3: averaged over 1 of 3 folds: not comparable")
+               for n in report.notes())
+
+    only = build(runs, Selection(datasets=("bp4d",)), complete_only=True)
+    assert not any(r.partial for r in only.reports[0].rows)
+    _, row = row_of(only, "vit_tiny fmae λ=0")
+    assert row.n == 3 and row.incomplete == {3: [2, 3]}
+    assert "vit_tiny fmae λ=0: seed 3 lacks folds 2, 3: left out (complete-only)" in only.reports[0].notes()
+
+
+def test_partial_rows_group_seeds_by_the_folds_they_hold(tmp_path):
+    """folds 1,2 × seeds 0,1 is one row "folds 1–2 of 3, seeds 0–1"; a seed with other folds is another."""
+    runs = tmp_path / "runs"
+    rng = random.Random(11)
+    per_seed: dict = {}
+    for fold, seed in ((1, 0), (2, 0), (1, 1), (2, 1), (1, 2), (3, 2)):
+        rec = au_record(1, *(rand_values(rng, DISFA) for _ in range(3)))
+        new_run(runs, au_config(fold, seed, dataset="disfa"), "done", {"best": rec, "last": rec})
+        per_seed.setdefault(seed, {})[fold] = rec["f1_05"]
+    rows = build(runs).reports[0].rows
+    assert [r.label for r in rows] == ["vit_tiny fmae λ=0 · folds 1–2 of 3, seeds 0–1",
+                                       "vit_tiny fmae λ=0 · folds 1,3 of 3, seed 2"]
+    mean, std, _ = expected_au({s: per_seed[s] for s in (0, 1)}, DISFA)
+    assert_row(rows[0], mean, std, 2)
+    # nothing complete: complete-only shows the group with no numbers, and says why
+    only = build(runs, complete_only=True).reports[0]
+    assert [(r.label, r.n, r.mean["avg"]) for r in only.rows] == [("vit_tiny fmae λ=0", 0, None)]
+    assert "vit_tiny fmae λ=0: no seed has every fold yet: no complete numbers" in only.notes()
+
+
+def test_degenerate_runs_mark_their_row(tmp_path):
+    """A best threshold at the grid's edge (every AU predicted) marks the run's row, from summary.json's own
+    flag when it has one, else from the threshold."""
+    runs = tmp_path / "runs"
+    rng = random.Random(5)
+    made = []
+    for fold, threshold, flag in ((1, 0.01, None), (2, 0.4, None), (3, 0.4, True)):
+        rec = {**au_record(1, *(rand_values(rng, DISFA) for _ in range(3))), "best_threshold": threshold}
+        if flag is not None:
+            rec["degenerate"] = flag
+        made.append(new_run(runs, au_config(fold, 0, dataset="disfa"), "done", {"best": rec, "last": rec}).id)
+    report = build(runs).reports[0]
+    assert report.rows[0].degenerate == [made[0], made[2]]
+    assert any("2 run(s) degenerate (best threshold at the grid's edge" in n for n in report.notes())
 
 
 def test_fer_and_identity_probe_rows(study):
@@ -336,7 +383,12 @@ def test_grid_states_and_the_queue_command_adds_exactly_the_missing_cells(tmp_pa
             rec = au_record(1, *({a: 0.5 for a in DISFA} for _ in range(3)))
             run.write_summary({"best": rec, "last": rec})
         made[(fold, seed)] = run.id
-    result = run_fmae("report", "--config", cfg, "--format", "json", cwd=tmp_path)
+    # The grid's seeds are those the group's runs used (0, 1), not fmae.toml's defaults.seeds (0, 1, 2) ...
+    plain = run_fmae("report", "--config", cfg, "--format", "json", cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    assert json.loads(plain.stdout)["reports"][0]["grids"][0]["seeds"] == [0, 1]
+    # ... unless the user widens them.
+    result = run_fmae("report", "--config", cfg, "--format", "json", "--seeds", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)["reports"][0]
     grid = report["grids"][0]
@@ -484,7 +536,7 @@ def test_corrupt_and_half_written_folders_are_skipped_with_one_line_warnings(tmp
     assert any(bad.id in w and "summary.json: not valid JSON" in w for w in warnings)
     assert any(missing.id in w and "no per-AU 'f1_05'" in w for w in warnings)
     assert any(half.name in w and "no status.json" in w for w in warnings)
-    assert "Traceback" not in result.stderr + result.stdout and "seed 0 lacks folds 2, 3" in result.stdout
+    assert "Traceback" not in result.stderr + result.stdout and "fold 1 of 3, seed 0: averaged over 1 of 3" in result.stdout
     rescore = build(runs, scoring=Scoring("f1", "best", "0.5"))
     assert any(good.id in line and "predictions/best.npz: unreadable" in line for line in rescore.skipped)
     assert_one_line_error(run_fmae("report", "--runs-dir", runs, "--strict", cwd=tmp_path), "--strict")
@@ -511,8 +563,8 @@ def test_a_real_tiny_run_reads_and_rescores_consistently(make_synth, tmp_path):
                       "--set", "num_workers=0", "--set", "warmup_epochs=1", "--runs-dir", runs, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for summary_metric, policy in (("f1", "0.5"), ("f1_best", "test-tuned")):
-        a = build(runs, scoring=Scoring(summary_metric), partial=True)
-        b = build(runs, scoring=Scoring("f1", "best", policy), partial=True)
+        a = build(runs, scoring=Scoring(summary_metric))
+        b = build(runs, scoring=Scoring("f1", "best", policy))
         ra, rb = a.reports[0].rows[0], b.reports[0].rows[0]
         assert ra.n == rb.n == 1 and ra.mean == pytest.approx(rb.mean, rel=1e-12, abs=1e-12)
         assert all(0 <= v <= 100 for v in ra.mean.values() if v is not None)
