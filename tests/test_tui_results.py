@@ -71,43 +71,69 @@ async def test_results_tables_switches_baseline_grid_queue_and_export(study, tmp
         screen: ResultsScreen = app.screen
         await pilot.pause()
         text = screen_text(app)
-        assert "BP4D — AU detection" in text and "F1@0.5 (%)" in text
+        # The default is the number the paper's rows are: F1 at the best threshold, labelled as tuned on test.
+        assert "BP4D — AU detection" in text and "F1 best-threshold (tuned on test) (%)" in text
+        assert "not like for like" not in text
 
         # Rows as `fmae report` makes them, to the digit: folds averaged within a seed, mean ± std over seeds.
         rows = {screen._rows[k].label: k for k in screen._rows if k.startswith("row")}
-        assert set(rows) == {"vit_tiny fmae λ=0", "vit_tiny fmae_iat λ=2"}
-        fmae_key = rows["vit_tiny fmae λ=0"]
-        mean, std, n = expected_au(truth[("fmae", "f1", "best")], BP4D)
+        iat_label = "vit_tiny fmae_iat λ=2 · folds 1–2 of 3, seed 0"
+        assert set(rows) == {"vit_tiny fmae λ=0", iat_label}
+        fmae_key, iat_key = rows["vit_tiny fmae λ=0"], rows[iat_label]
+        fmae_paper = next(p for p in paper_rows("bp4d") if p.method == "FMAE")
+        iat_paper = next(p for p in paper_rows("bp4d") if p.method == "FMAE-IAT")
+        mean_b, std_b, _ = expected_au(truth[("fmae", "f1_best", "best")], BP4D)
         assert cell(screen, fmae_key, "n") == "2"
         for column in ("avg", "AU1", "AU24"):
             shown = cell(screen, fmae_key, column).splitlines()[0]
-            assert shown == f"{mean[column]:.1f}±{std[column]:.1f}", (column, shown)
-        # The IAT group has fold 3 missing for seed 0: no complete seed, no numbers.
-        assert cell(screen, rows["vit_tiny fmae_iat λ=2"], "n") == "0"
-
-        # The paper's rows sit beside ours (not like for like at F1@0.5, and the screen says so).
-        fmae_paper = next(p for p in paper_rows("bp4d") if p.method == "FMAE")
+            assert shown == f"{mean_b[column]:.1f}±{std_b[column]:.1f}", (column, shown)
+        # Δ against the paper's FMAE row, on the cell's last line; the group cell names that row.
+        assert cell(screen, fmae_key, "avg").splitlines()[-1] == f"{mean_b['avg'] - fmae_paper.values['avg']:+.1f}"
+        assert cell(screen, fmae_key, "group").splitlines()[-1] == "Δ vs paper: FMAE"
+        # The IAT group has only folds 1 and 2 of seed 0: a partial row, labelled with what it holds, with
+        # its own numbers (never averaged with complete rows), compared with the FMAE-IAT row.
+        partial = expected_au(truth[("iat", "f1_best", "best")], BP4D)[0]
+        assert cell(screen, iat_key, "n") == "1"
+        assert cell(screen, iat_key, "avg").splitlines()[0] == f"{partial['avg']:.1f}"
+        assert cell(screen, iat_key, "group").splitlines() == ["vit_tiny fmae_iat λ=2",
+                                                                "folds 1–2 of 3, seed 0 (partial)",
+                                                                "Δ vs paper: FMAE-IAT"]
+        assert cell(screen, iat_key, "avg").splitlines()[-1] == f"{partial['avg'] - iat_paper.values['avg']:+.1f}"
         assert any(k.startswith("paper") and cell(screen, k, "avg") == f"{fmae_paper.values['avg']:.1f}"
                    for k in screen._rows)
-        assert "not like for like" in text
 
-        # m: F1 at the best threshold (the paper's number, labelled as tuned on test); e: the last epoch.
+        # c: complete seeds only — the IAT group has none: n 0, no numbers; c again: back.
+        before = screen.builds
+        await pilot.press("c")
+        await rebuilt(pilot, screen, before)
+        rows_c = {screen._rows[k].label: k for k in screen._rows if k.startswith("row")}
+        assert cell(screen, rows_c["vit_tiny fmae_iat λ=2"], "n") == "0"
+        assert cell(screen, rows_c["vit_tiny fmae_iat λ=2"], "avg") == "–"
+        assert "complete only (c)" in screen_text(app)
+        before = screen.builds
+        await pilot.press("c")
+        await rebuilt(pilot, screen, before)
+
+        # m: F1@0.5 (the screen says it is not like for like with the paper); e: the last epoch.
         before = screen.builds
         await pilot.press("m")
         await rebuilt(pilot, screen, before)
-        mean_b, std_b, _ = expected_au(truth[("fmae", "f1_best", "best")], BP4D)
-        assert cell(screen, fmae_key, "avg").splitlines()[0] == f"{mean_b['avg']:.1f}±{std_b['avg']:.1f}"
-        # Δ against the paper's FMAE row, on the cell's second line
-        assert cell(screen, fmae_key, "avg").splitlines()[1] == f"{mean_b['avg'] - fmae_paper.values['avg']:+.1f}"
-        assert "tuned on test" in screen_text(app)
+        mean, std, _ = expected_au(truth[("fmae", "f1", "best")], BP4D)
+        assert cell(screen, fmae_key, "avg").splitlines()[0] == f"{mean['avg']:.1f}±{std['avg']:.1f}"
+        assert "F1@0.5 is not like for like" in screen_text(app)
         before = screen.builds
         await pilot.press("e")
         await rebuilt(pilot, screen, before)
-        mean_l, std_l, _ = expected_au(truth[("fmae", "f1_best", "last")], BP4D)
+        mean_l, std_l, _ = expected_au(truth[("fmae", "f1", "last")], BP4D)
         assert cell(screen, fmae_key, "avg").splitlines()[0] == f"{mean_l['avg']:.1f}±{std_l['avg']:.1f}"
         assert "epoch: last evaluated" in screen_text(app)
+        # t names the exact metric and epoch it cannot re-score
+        await pilot.press("t")
+        await pilot.pause()
+        said = [n.message for n in app._notifications]
+        assert any("works on F1@0.5 of the best epoch; now: F1@0.5, last epoch" in m for m in said), said
 
-        # p hides the paper's rows; b pins the selected group as the baseline (★, Δ against it).
+        # p hides the paper's rows; b pins the selected group as the baseline (★, Δ against it, named).
         await pilot.press("p")
         await pilot.pause()
         assert not any(k.startswith("paper") for k in screen._rows)
@@ -116,16 +142,30 @@ async def test_results_tables_switches_baseline_grid_queue_and_export(study, tmp
         await pilot.press("b")
         await pilot.pause()
         assert "★" in cell(screen, fmae_key, "group")
-        assert "Δ against the pinned baseline: vit_tiny fmae λ=0" in screen_text(app)
+        assert cell(screen, iat_key, "group").splitlines()[-1] == "Δ vs ★ vit_tiny fmae λ=0"
+        assert "Δ: each row − the pinned baseline ★ vit_tiny fmae λ=0" in screen_text(app)
 
-        # The grid of the IAT group: fold 3 of seed 0 and seed 1 entirely are missing; a queues them.
-        screen.table.move_cursor(row=screen.table.get_row_index(rows["vit_tiny fmae_iat λ=2"]))
+        # The IAT group's grid: folds × the seeds its runs used (seed 0 only, not fmae.toml's 0,1): fold 3.
+        screen.table.move_cursor(row=screen.table.get_row_index(iat_key))
         await pilot.pause()
         grid_text = str(screen.query_one("#results-grid").render())
-        assert "2 done" in grid_text and "4 missing" in grid_text
+        assert "2 done, 1 missing of 3 cells" in grid_text and "seed 1" not in grid_text
+        # w widens the grid to seed 1 as well; a then lists exactly the 4 cells it adds.
+        await pilot.press("w")
+        await pilot.pause()
+        screen.query_one("#results-prompt").value = "0,1"
+        before = screen.builds
+        await pilot.press("enter")
+        await rebuilt(pilot, screen, before)
+        screen.table.move_cursor(row=screen.table.get_row_index(iat_key))
+        await pilot.pause()
+        assert "2 done, 4 missing of 6 cells" in str(screen.query_one("#results-grid").render())
         await pilot.press("a")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirm")
-        assert "Queue the 4 missing cell(s) of vit_tiny fmae_iat λ=2?" in screen_text(app)
+        text = screen_text(app)
+        assert "Queue the 4 missing cell(s) of vit_tiny fmae_iat λ=2?" in text
+        listed = re.findall(r"add (fold \d seed \d λ \d)", text)
+        assert listed == ["fold 3 seed 0 λ 2", "fold 1 seed 1 λ 2", "fold 2 seed 1 λ 2", "fold 3 seed 1 λ 2"], text
         await pilot.press("y")
         await wait_until(pilot, lambda: (runs / "queue.sqlite").exists() and _jobs(runs) == 4, timeout=60,
                          what="4 jobs queued")
@@ -134,11 +174,13 @@ async def test_results_tables_switches_baseline_grid_queue_and_export(study, tmp
         assert cells == [(1, 1, 2.0, "fmae_iat", "vit_tiny"), (2, 1, 2.0, "fmae_iat", "vit_tiny"),
                          (3, 0, 2.0, "fmae_iat", "vit_tiny"), (3, 1, 2.0, "fmae_iat", "vit_tiny")]
 
-        # x: export; the file's format follows its extension, and the CSV reads back.
-        out = tmp_path / "tables.csv"
+        # x: export, by default under the runs folder; the file's format follows its extension, and the
+        # CSV reads back.
         await pilot.press("x")
         await pilot.pause()
         bar = screen.query_one("#results-prompt")
+        assert bar.value == str(runs / "exports" / "results-bp4d.md")
+        out = tmp_path / "tables.csv"
         bar.value = str(out)
         await pilot.press("enter")
         await wait_until(pilot, lambda: out.exists(), what="export")
@@ -151,6 +193,18 @@ async def test_results_tables_switches_baseline_grid_queue_and_export(study, tmp
         await pilot.press("enter")
         await pilot.pause(0.2)
         assert not (tmp_path / "tables.xls").exists()
+
+    # Every choice survives a restart: metric, epoch, paper hidden, the pinned group, the widened grid.
+    app = create_app(config, runs)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("R")
+        await wait_until(pilot, lambda: isinstance(app.screen, ResultsScreen) and app.screen.builds > 0, what="results")
+        screen = app.screen
+        await pilot.pause()
+        assert (screen.metric, screen.epoch, screen.show_paper, screen.widen) == ("f1", "last", False, (0, 1))
+        text = screen_text(app)
+        assert "F1@0.5 (%)" in text and "epoch: last evaluated" in text
+        assert "Δ: each row − the pinned baseline ★ vit_tiny fmae λ=0" in text
 
 
 def _jobs(runs: Path) -> int:

@@ -1,7 +1,8 @@
 """The Results screen: the tables of `fmae report` (the same `fmae.report.build`), one benchmark at a time —
-per-AU numbers averaged over folds, mean ± std over seeds with n, the paper's rows beside them, a pinned
-baseline group to compare against, the selected group's completeness grid with one key to queue its
-missing cells, and export to a file."""
+per-AU numbers averaged over folds, mean ± std over seeds with n, partial rows named by the folds and seeds
+they hold (c: complete-only), the paper's rows beside them, a pinned baseline group to compare against, the
+selected group's completeness grid with one key to queue its missing cells, and export to a file. Every
+choice is remembered (fmae_tui/prefs.py, section "results")."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Header, Static
 
 from fmae.errors import FmaeError
+from fmae_tui import prefs
 from fmae_tui.screens.confirm import ConfirmScreen
 from fmae_tui.screens.polled import PolledScreen
 from fmae_tui.widgets.prompt_bar import PromptBar
@@ -23,22 +25,29 @@ if TYPE_CHECKING:
     from fmae.report import GroupRow, Report, Results
     from fmae_tui.app import FmaeApp
 
-METRIC_CYCLE = ("f1", "f1_best", "auc")
+# The paper's AU numbers are best-threshold F1: the default is the one number comparable with its rows.
+METRIC_CYCLE = ("f1_best", "f1", "auc")
+METRIC_NAMES = {"f1": "F1@0.5", "f1_best": "F1 best-threshold (tuned on test)", "auc": "ROC AUC"}
 THRESHOLD_CYCLE = (None, "test-tuned", "per-au")
 DELTA_STYLE = ("red", "green")  # worse, better: colour only repeats the sign
+PREFS = "results"
 
 
 class ResultsScreen(PolledScreen):
     SUB_TITLE = "Results"
     POLL_S = 10.0  # runs finish while one looks: rebuild the tables this often
     BINDINGS = [
-        Binding("m", "metric", "Metric", tooltip="F1@0.5 → F1 best-threshold (tuned on test, the paper's) → AUC"),
+        Binding("m", "metric", "Metric", tooltip="F1 best-threshold (tuned on test, the paper's) → F1@0.5 → AUC"),
         Binding("e", "epoch", "Epoch", tooltip="Each run's best epoch (the paper's practice) or its last"),
         Binding("t", "threshold", "Threshold", show=False,
                 tooltip="Re-score saved predictions: stored F1 → one test-tuned threshold → per-AU thresholds"),
         Binding("tab", "next_report", "Next table", show=False, tooltip="The next benchmark's table"),
         Binding("shift+tab", "previous_report", "Previous table", show=False, tooltip="The previous table"),
+        Binding("c", "complete_only", "Complete only", tooltip="Show only seeds that have every fold, or partial rows "
+                "too (named by the folds and seeds they hold)"),
         Binding("k", "group_by", "Group by", show=False, tooltip="Also group rows by config keys, e.g. epochs blr"),
+        Binding("w", "widen", "Widen grid", show=False, tooltip="Seeds every grid expects beside those its runs used"),
+        Binding("n", "notes", "Notes", show=False, tooltip="Show every note under the table (instead of the grid)"),
         Binding("p", "paper", "Paper", show=False, tooltip="Show or hide the paper's rows"),
         Binding("b", "baseline", "Baseline", tooltip="Pin the selected group: every Δ is then against it (b again: off)"),
         Binding("a", "add_missing", "Queue missing", tooltip="Queue the selected group's missing (fold, seed) cells"),
@@ -48,10 +57,20 @@ class ResultsScreen(PolledScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.metric, self.epoch, self.threshold = "f1", "best", None
-        self.by: tuple[str, ...] = ()
-        self.show_paper = True
-        self.baseline: tuple | None = None  # GroupRow.key of the pinned group
+        saved = prefs.load(PREFS)
+        self.metric = saved.get("metric") if saved.get("metric") in METRIC_CYCLE else METRIC_CYCLE[0]
+        self.epoch = "last" if saved.get("epoch") == "last" else "best"
+        threshold = saved.get("threshold")
+        self.threshold = threshold if threshold in THRESHOLD_CYCLE and self.metric == "f1" else None
+        self.by: tuple[str, ...] = tuple(str(k) for k in saved.get("by") or () if isinstance(k, str))
+        self.complete_only = bool(saved.get("complete_only", False))
+        self.widen: tuple[int, ...] = tuple(int(s) for s in saved.get("widen") or () if isinstance(s, int))
+        self.show_paper = bool(saved.get("show_paper", True))
+        base = saved.get("baseline")
+        # the pinned group: (task, dataset, row label); a label names one row of one table
+        self.baseline: tuple | None = tuple(base) if isinstance(base, list) and len(base) == 3 else None
+        self._table_wanted = saved.get("table")  # "dataset/task" last shown
+        self.show_notes = False
         self.results: Results | None = None
         self.index = 0  # which report (benchmark, task) is shown
         self.builds = 0  # tables built (tests wait on it)
@@ -84,6 +103,13 @@ class ResultsScreen(PolledScreen):
     def poll(self) -> None:
         self._rebuild()
 
+    def _save_prefs(self) -> None:
+        report = self.report
+        prefs.save(PREFS, {"metric": self.metric, "epoch": self.epoch, "threshold": self.threshold,
+                           "by": list(self.by), "complete_only": self.complete_only, "widen": list(self.widen),
+                           "show_paper": self.show_paper, "baseline": list(self.baseline) if self.baseline else None,
+                           "table": f"{report.dataset}/{report.task}" if report else self._table_wanted})
+
     # --- building (a worker: it reads every run) -------------------------------------------------------
 
     def _rebuild(self) -> None:
@@ -91,17 +117,18 @@ class ResultsScreen(PolledScreen):
             self._again = True  # settings changed while building: build once more after
             return
         self._building = True
-        self._build(self.metric, self.epoch, self.threshold, self.by)
+        self._build(self.metric, self.epoch, self.threshold, self.by, self.complete_only, self.widen)
 
     @work(thread=True, group="results-build", exit_on_error=False)
-    def _build(self, metric: str, epoch: str, threshold: str | None, by: tuple[str, ...]) -> None:
+    def _build(self, metric: str, epoch: str, threshold: str | None, by: tuple[str, ...], complete_only: bool,
+               widen: tuple[int, ...]) -> None:
         from fmae.report import Scoring, Selection, build
 
         project = self.fmae.project
         results, error = None, None
         try:
             results = build(project.runs_dir, Selection(by=by), Scoring(metric, epoch, threshold),
-                            seeds=project.defaults.get("seeds") or [0], project=project)
+                            complete_only=complete_only, seeds=widen, project=project)
         except FmaeError as e:
             error = str(e)
         except Exception as e:  # a bug shows as a line, the app stays
@@ -117,6 +144,11 @@ class ResultsScreen(PolledScreen):
             self.notify(error, title="results", severity="error", markup=False, timeout=10)
         else:
             self.results = results
+            if self._table_wanted and results is not None:  # the table shown last time, once
+                names = [f"{r.dataset}/{r.task}" for r in results.reports]
+                if self._table_wanted in names:
+                    self.index = names.index(self._table_wanted)
+                    self._table_wanted = None
         self.builds += 1
         self._show()
         if self._again:
@@ -135,10 +167,36 @@ class ResultsScreen(PolledScreen):
     def _baseline_row(self) -> GroupRow | None:
         if self.baseline is None or self.report is None:
             return None
-        return next((r for r in self.report.rows if r.key == self.baseline), None)
+        return next((r for r in self.report.rows if (r.task, r.dataset, r.label) == self.baseline), None)
+
+    def _head(self, report: Report, base: GroupRow | None) -> Text:
+        """What every number is, what Δ is against, and what the notes say — each line short enough for 80
+        columns, so nothing is cut off."""
+        assert self.results is not None
+        head = Text(report.title, "bold")
+        if len(self.results.reports) > 1:
+            head.append(f" · table {self.index + 1}/{len(self.results.reports)} (tab)", "dim")
+        head.append(f"\n{report.value_label} · {report.epoch_label.split(' (')[0]}")
+        if self.complete_only:
+            head.append(" · complete only (c)", "bold")
+        if base is not None:
+            head.append(f"\nΔ: each row − the pinned baseline ★ {base.label}", "bold")
+        elif any(r.delta_vs for r in report.rows):
+            head.append("\nΔ: each row − the paper's row named in its group cell")
+        if report.paper_note:
+            head.append(f"\n{self._short_paper_note(report)}", "dim")
+        notes = [n for n in report.notes() if n != report.paper_note]
+        if notes:
+            head.append(f"\n{len(notes)} note(s) on these rows: n shows them", "dim")
+        return head
+
+    def _short_paper_note(self, report: Report) -> str:
+        if self.metric == "auc":
+            return "the paper publishes no AUC: its rows are not shown"
+        return f"paper rows: F1 best-threshold; {METRIC_NAMES.get(self.metric, self.metric)} is not like for like (m)"
 
     def _show(self) -> None:
-        from fmae.report_export import column_title, default_digits, fmt, mean_std
+        from fmae.report_export import default_digits, fmt, mean_std
 
         table, report = self.table, self.report
         selected = self._selected_key()
@@ -155,46 +213,32 @@ class ResultsScreen(PolledScreen):
             return
         digits = default_digits(report)
         base = self._baseline_row()
-        head = Text(f"{report.title}", "bold")
-        head.append(f" · {report.value_label} · {report.epoch_label.split(' (')[0]}")
-        assert self.results is not None
-        if len(self.results.reports) > 1:
-            head.append(f" · table {self.index + 1}/{len(self.results.reports)} (tab)", "dim")
-        if base is not None:
-            head.append(f"\nΔ against the pinned baseline: {base.label}", "bold")
-        elif report.rows and any(r.delta_vs for r in report.rows):
-            head.append("\nΔ against the paper's " + ", ".join(sorted({r.delta_vs for r in report.rows if r.delta_vs})))
-        notes = report.notes()
-        if report.paper_note in notes:  # what the numbers mean first, then which seeds are missing
-            notes.insert(0, notes.pop(notes.index(report.paper_note)))
-        for note in notes[:2]:
-            head.append(f"\n{note}", "dim")
-        if len(notes) > 2:
-            head.append(f"\n(+{len(notes) - 2} more notes: fmae report prints them all)", "dim")
-        bar.update(head)
+        bar.update(self._head(report, base))
 
         table.add_column("group", key="group")
         table.add_column("n", key="n")
         columns = ["avg", *[c for c in report.columns if c != "avg"]] if "avg" in report.columns else report.columns
+        from fmae.report_export import column_title
+
         for c in columns:
             table.add_column(column_title(c), key=c)
         for i, row in enumerate(report.rows):
             versus = {c: (row.mean.get(c) - base.mean.get(c)) if base is not None and row is not base
                       and row.mean.get(c) is not None and base.mean.get(c) is not None else None
                       for c in columns} if base is not None else row.delta
-            cells: list[Any] = [Text(row.label + (" ★" if row is base else ""), "bold" if row is base else ""),
-                                str(row.n)]
-            lines = 1
+            reference = (f"Δ vs ★ {base.group}" if base is not None and row is not base else
+                         f"Δ vs paper: {row.delta_vs}" if base is None and row.delta_vs and row.n else None)
+            group = self._group_cell(row, row is base, reference)
+            cells: list[Any] = [group, str(row.n)]
             for c in columns:
                 cell = Text(mean_std(row, c, digits, "±"))
-                d = (versus or {}).get(c)
+                d = (versus or {}).get(c) if reference else None
                 if d is not None:
-                    cell.append(f"\n{d:+.{digits}f}", DELTA_STYLE[d >= 0])
-                    lines = 2
+                    cell.append("\n" * (len(group.plain.splitlines()) - 1) + f"{d:+.{digits}f}", DELTA_STYLE[d >= 0])
                 cells.append(cell)
             key = f"row{i}"
             self._rows[key] = row
-            table.add_row(*cells, key=key, height=lines)
+            table.add_row(*cells, key=key, height=len(group.plain.splitlines()))
         if self.show_paper:
             for i, paper in enumerate(report.paper):
                 key = f"paper{i}"
@@ -204,6 +248,18 @@ class ResultsScreen(PolledScreen):
         if selected in self._rows:
             table.move_cursor(row=table.get_row_index(selected))
         self._show_grid()
+
+    @staticmethod
+    def _group_cell(row: GroupRow, pinned: bool, reference: str | None) -> Text:
+        """The group's name (★ pinned, ⚠ degenerate runs), what a partial row holds, and what its Δ is against."""
+        cell = Text(row.group + (" ★" if pinned else ""), "bold" if pinned else "")
+        if row.degenerate:
+            cell.append(f" ⚠ {len(row.degenerate)} degenerate", "bold yellow")
+        if row.partial:
+            cell.append(f"\n{row.coverage_label} (partial)", "italic")
+        if reference:
+            cell.append(f"\n{reference}", "dim")
+        return cell
 
     def _selected_key(self) -> str | None:
         table = self.table
@@ -224,7 +280,7 @@ class ResultsScreen(PolledScreen):
     def _grid_of(self, row: GroupRow | None):
         if row is None or self.report is None:
             return None
-        return next((g for g in self.report.grids if (g.task, g.dataset, g.fields) == row.key), None)
+        return next((g for g in self.report.grids if (g.task, g.dataset, g.fields) == row.group_key), None)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self._show_grid()
@@ -233,6 +289,10 @@ class ResultsScreen(PolledScreen):
         from fmae.report_export import grid_symbol
 
         box = self.query_one("#results-grid", Static)
+        if self.show_notes and self.report is not None:
+            notes = self.report.notes()
+            box.update(Text("\n".join(f"• {n}" for n in notes) if notes else "no notes on this table", "dim"))
+            return
         grid = self._grid_of(self.selected_row)
         if grid is None:
             box.update("")
@@ -246,7 +306,7 @@ class ResultsScreen(PolledScreen):
                 where = f"f{fold} " if fold is not None else ""
                 text.append(f" {where}{grid_symbol(state).split()[0]}", "bold" if state == "missing" else "")
         if grid.to_add:
-            text.append(f"\n a queues the {len(grid.missing())} missing cell(s)", "dim")
+            text.append(f"\n a queues the {len(grid.missing())} missing cell(s) · w widens the seeds", "dim")
         box.update(text)
 
     # --- actions ---------------------------------------------------------------------------------------
@@ -256,39 +316,54 @@ class ResultsScreen(PolledScreen):
             return action not in {b.action for b in self.BINDINGS}
         return True
 
+    def _changed(self) -> None:
+        self._save_prefs()
+        self._rebuild()
+
     def action_metric(self) -> None:
         self.metric = METRIC_CYCLE[(METRIC_CYCLE.index(self.metric) + 1) % len(METRIC_CYCLE)]
         if self.metric != "f1":
             self.threshold = None  # re-scoring applies to F1 at a threshold only
-        self._rebuild()
+        self._changed()
 
     def action_epoch(self) -> None:
         self.epoch = "last" if self.epoch == "best" else "best"
         if self.epoch == "last" and self.threshold is not None:
             self.threshold = None
-            self.notify("re-scoring needs the best epoch's saved predictions: threshold back to the stored F1")
-        self._rebuild()
+            self.notify("re-scoring needs the best epoch's saved predictions: back to the stored F1@0.5")
+        self._changed()
 
     def action_threshold(self) -> None:
         if self.metric != "f1" or self.epoch != "best":
-            self.notify("re-scoring with another threshold works on F1 (m) of the best epoch (e)", severity="warning")
+            now = f"{METRIC_NAMES[self.metric]}, {self.epoch} epoch"
+            self.notify(f"re-scoring at another threshold works on F1@0.5 of the best epoch; now: {now} "
+                        "(m picks the metric, e the epoch)", severity="warning", markup=False)
             return
         self.threshold = THRESHOLD_CYCLE[(THRESHOLD_CYCLE.index(self.threshold) + 1) % len(THRESHOLD_CYCLE)]
-        self._rebuild()
+        self._changed()
+
+    def action_complete_only(self) -> None:
+        self.complete_only = not self.complete_only
+        self._changed()
 
     def action_next_report(self) -> None:
         self.index += 1
-        self.baseline = None
         self._show()
+        self._save_prefs()
 
     def action_previous_report(self) -> None:
         self.index -= 1
-        self.baseline = None
         self._show()
+        self._save_prefs()
 
     def action_paper(self) -> None:
         self.show_paper = not self.show_paper
         self._show()
+        self._save_prefs()
+
+    def action_notes(self) -> None:
+        self.show_notes = not self.show_notes
+        self._show_grid()
 
     def action_refresh(self) -> None:
         self._rebuild()
@@ -298,8 +373,10 @@ class ResultsScreen(PolledScreen):
         if row is None:
             self.notify("select one of your groups to pin it", severity="warning")
             return
-        self.baseline = None if self.baseline == row.key else row.key
+        key = (row.task, row.dataset, row.label)
+        self.baseline = None if self.baseline == key else key
         self._show()
+        self._save_prefs()
 
     def action_add_missing(self) -> None:
         grid = self._grid_of(self.selected_row)
@@ -310,9 +387,9 @@ class ResultsScreen(PolledScreen):
             self.notify(f"{grid.label}: no missing cells" + (f"; failed or cancelled ones: fmae queue retry "
                                                              f"{' '.join(grid.retry)}" if grid.retry else ""))
             return
-        cells = sum(m.cells() for m in grid.to_add)
-        detail = "\n".join(m.command() for m in grid.to_add)
-        self.app.push_screen(ConfirmScreen(f"Queue the {cells} missing cell(s) of {grid.label}?", detail),
+        cells = [label for m in grid.to_add for label in m.cell_labels()]
+        detail = "\n".join([*(f"add {c}" for c in cells), "as:", *(m.command() for m in grid.to_add)])
+        self.app.push_screen(ConfirmScreen(f"Queue the {len(cells)} missing cell(s) of {grid.label}?", detail),
                              lambda yes: self._queue_missing(grid) if yes else None)
 
     @work(thread=True, group="results-queue", exit_on_error=False)
@@ -345,7 +422,7 @@ class ResultsScreen(PolledScreen):
             self.notify("\n".join(lines), title="queue", markup=False)
         self._rebuild()
 
-    # --- the prompt bar: group-by keys, export path ------------------------------------------------------
+    # --- the prompt bar: group-by keys, grid seeds, export path -----------------------------------------
 
     def _ask(self, what: str, label: str, value: str, placeholder: str) -> None:
         self._prompt = what
@@ -359,10 +436,16 @@ class ResultsScreen(PolledScreen):
     def action_group_by(self) -> None:
         self._ask("by", "group by", " ".join(self.by), "config keys beside dataset, model, recipe, λ: e.g. epochs blr")
 
+    def action_widen(self) -> None:
+        self._ask("widen", "grid seeds", ",".join(map(str, self.widen)),
+                  "seeds every grid expects beside its runs' own, e.g. 0,1,2 (empty: only those)")
+
     def action_export(self) -> None:
         report = self.report
         name = f"results-{report.dataset}.md" if report else "results.md"
-        self._ask("export", "export to", str(self.fmae.project.runs_dir.parent / name), "a path ending .md .tex .csv .json")
+        # under the runs folder, never loose in a source checkout
+        self._ask("export", "export to", str(self.fmae.project.runs_dir / "exports" / name),
+                  "a path ending .md .tex .csv .json")
 
     def _close_prompt(self) -> None:
         self._prompt = None
@@ -375,7 +458,16 @@ class ResultsScreen(PolledScreen):
         if what == "by":
             self.by = tuple(value.replace(",", " ").split())
             self.baseline = None
-            self._rebuild()
+            self._changed()
+        elif what == "widen":
+            from fmae.queue_ops import parse_ints
+
+            try:
+                self.widen = tuple(parse_ints(value, "grid seeds") or ()) if value else ()
+            except FmaeError as e:
+                self.notify(str(e), severity="error", markup=False)
+                return
+            self._changed()
         elif what == "export" and value:
             self._export(value)
 
@@ -394,6 +486,7 @@ class ResultsScreen(PolledScreen):
         path = Path(path_text).expanduser()
         try:
             text = render(self.results, format_for(path.name))
+            path.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(path, text)
         except FmaeError as e:
             self.notify(str(e), title="not exported", severity="error", markup=False, timeout=10)
