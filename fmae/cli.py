@@ -362,3 +362,4 @@ from fmae import cli_lmdb  # noqa: E402,F401
 from fmae import cli_cache  # noqa: E402,F401
 from fmae import cli_queue  # noqa: E402,F401
 from fmae import cli_report  # noqa: E402,F401
+from fmae import cli_predict  # noqa: E402,F401
