@@ -38,7 +38,7 @@ BUSY_TIMEOUT_MS = 15_000
 # experiment (a run made on a GPU box and one made on a laptop are one cell).
 EXECUTION_KEYS = frozenset({"device", "amp", "num_workers", "log_every", "compile", "save_best", "data_root",
                             "labels", "train_labels", "test_labels", "data_cache", "fused_attn", "fused_optimizer",
-                            "fast_augment"})
+                            "fast_augment", "max_image_pixels"})
 ACTIVE_STATES = ("queued", "running", "done")  # a cell with a run in one of these is not added again
 
 _SCHEMA = """

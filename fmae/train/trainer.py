@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from fmae.atomic_write import write_bytes_atomic
 from fmae.data.datasets import EpochBatches, ImageSet
+from fmae.data.image_decode import set_max_pixels
 from fmae.errors import FmaeError, WorkFailed, failure_hint
 from fmae.models.checkpoint import extract_state_dict, read_checkpoint, save_checkpoint
 from fmae.models.encoders import set_fused_attn
@@ -49,6 +50,7 @@ def execute(path: Path, resume: bool = False, quiet: bool = False) -> int:
     Bad input raises FmaeError and a failed run WorkFailed, after status.json says so."""
     run = RunDir.open(path)
     cfg = run.read_config()
+    set_max_pixels(cfg.get("max_image_pixels"))  # [data] max_image_pixels, before any image opens
     device = pick_device(cfg)
     info = init_distributed(device.type)
     if device.type == "cuda":

@@ -1,7 +1,8 @@
 """The Launch screen: a matrix of runs — dataset, recipe, model, epochs, folds × seeds × λ, GPUs per run —
 filled from the paper's recipe, previewed live (cells to add, cells skipped because their experiment
-already has a run, the GPU plan) and queued after a confirmation through `fmae.queue_ops`, the code path
-of `fmae queue add`."""
+already has a run, the GPU plan, what in the config will keep runs from learning, and how long the study
+trains at the speed past runs measured) and queued after a confirmation through `fmae.queue_ops`, the
+code path of `fmae queue add`. The last plan is remembered (fmae_tui/prefs.py, section "launch")."""
 
 from __future__ import annotations
 
@@ -19,14 +20,18 @@ from textual.worker import get_current_worker
 from fmae.errors import FmaeError
 from fmae.model_specs import ENCODERS
 from fmae.registry import DATASETS, get_dataset
+from fmae_tui import prefs
 from fmae_tui.screens.confirm import ConfirmScreen
 
 if TYPE_CHECKING:
     from fmae.queue_ops import MatrixPlan
+    from fmae.run_speed import Estimate
     from fmae_tui.app import FmaeApp
 
 PREVIEW_DELAY_S = 0.3  # typing pauses this long before the plan is worked out again
 MAX_LISTED = 40  # cells listed one by one in the preview
+PREFS = "launch"
+FIELDS = ("model", "epochs", "folds", "seeds", "lambdas", "gpus", "priority")  # remembered beside dataset, recipe
 
 
 class LaunchScreen(Screen[None]):
@@ -40,12 +45,17 @@ class LaunchScreen(Screen[None]):
 
     def __init__(self, dataset: str | None = None) -> None:
         super().__init__()
+        self._saved = prefs.load(PREFS)
+        if dataset is None and self._saved.get("dataset") in DATASETS:
+            dataset = str(self._saved["dataset"])
         self._dataset = get_dataset(dataset).name if dataset else "bp4d"
         self._filling = False
         self._timer: Any = None
         self.plan: MatrixPlan | None = None  # the latest preview's plan (None while the fields are wrong)
         self.previews = 0  # previews shown so far (tests wait on it)
         self.queued: list[Any] = []  # jobs queued from this screen, latest submission (tests read it)
+        self.estimate: Estimate | None = None  # the latest preview's duration estimate
+        self.warnings: list[str] = []  # the latest preview's config warnings
 
     @property
     def fmae(self) -> FmaeApp:
@@ -87,7 +97,35 @@ class LaunchScreen(Screen[None]):
         self.query_one("#launch-plan").border_title = "Plan"
         self._fill_recipes()
         self.action_fill()
+        self._restore()
         self.query_one("#dataset", Select).focus()
+
+    def _restore(self) -> None:
+        """The last plan of this dataset, as the user left it (not the recipe's defaults again)."""
+        saved = self._saved
+        if saved.get("dataset") != self._dataset:
+            return
+        with self.prevent(Select.Changed, Input.Changed):  # no re-fill from the recipe while restoring
+            from fmae.recipes import recipe_names
+
+            if saved.get("recipe") in recipe_names(self._dataset) and saved["recipe"] != self._value("recipe"):
+                self._set("#recipe", str(saved["recipe"]))
+                self.action_fill()
+            self._filling = True
+            for name in FIELDS:
+                value = saved.get(name)
+                if not isinstance(value, str) or self.query_one(f"#{name}").disabled:
+                    continue
+                if name == "model" and value not in ENCODERS:
+                    continue
+                self._set(f"#{name}", value)
+            self._filling = False
+        self._schedule_preview()
+
+    def _remember(self) -> None:
+        values = {"dataset": self._dataset, "recipe": self._value("recipe")}
+        values.update({name: self._value(name) or "" for name in FIELDS})
+        prefs.save(PREFS, values)
 
     # --- filling from the recipe ---------------------------------------------------------------------
 
@@ -227,9 +265,10 @@ class LaunchScreen(Screen[None]):
     def _plan_worker(self, matrix: dict[str, Any]) -> None:
         from fmae.queue_ops import plan_matrix
 
-        plan, error = None, None
+        plan, error, estimate, warnings = None, None, None, []
         try:
             plan = plan_matrix(self.fmae.project, **matrix)  # reads run folders: not on the UI thread
+            estimate, warnings = self._judge(plan)
         except FmaeError as e:
             error = str(e)
         except Exception as e:  # a bug must show as a line, not end the app
@@ -237,20 +276,43 @@ class LaunchScreen(Screen[None]):
         if get_current_worker().is_cancelled:
             return
         try:
-            self.app.call_from_thread(self._show_plan, plan, error)
+            self.app.call_from_thread(self._show_plan, plan, error, estimate, warnings)
         except RuntimeError:  # the app closed meanwhile
             pass
 
-    def _show_plan(self, plan: MatrixPlan | None, error: str | None) -> None:
+    def _judge(self, plan: MatrixPlan) -> tuple[Estimate | None, list[str]]:
+        """How long the cells to add train (at the speed past runs measured on the device they will use),
+        and what in their config will keep them from learning (fmae.run_config.config_warnings)."""
+        from fmae.run_config import config_warnings
+        from fmae.run_speed import estimate, train_images
+
+        cells = [c.values for c in plan.to_add]
+        if not cells:
+            return None, []
+        project = self.fmae.project
+        device = "cpu" if plan.gpus_per_run == 0 or project.device == "cpu" else "cuda"
+        found = estimate(project.runs_dir, cells, device)
+        first = cells[0]
+        images = train_images(first)
+        step = int(first["batch_size"]) * int(first.get("accum_iter") or 1)
+        return found, config_warnings(first, images // step if images else None)
+
+    def _show_plan(self, plan: MatrixPlan | None, error: str | None, estimate: Estimate | None = None,
+                   warnings: list[str] | None = None) -> None:
         if error is not None or plan is None:
             self._show_error(error or "no plan")
             return
         from fmae.queue_ops import cell_label
 
-        self.plan = plan
+        self.plan, self.estimate, self.warnings = plan, estimate, list(warnings or [])
+        self._remember()
         text = Text()
         lines = plan.summary()
         text.append(lines[0] + "\n", "bold")
+        for warning in self.warnings:
+            text.append(f"warning: {warning}\n", "bold yellow")
+        if estimate is not None:
+            text.append(f"time: {estimate.text()}\n")
         for line in lines[1:]:
             text.append(line + "\n", "dim" if line.startswith("skip ") else "")
         for cell in plan.to_add[:MAX_LISTED]:
