@@ -63,7 +63,7 @@ def _root(
 def datasets_cmd(config: ConfigOpt = None) -> None:
     """List the benchmarks fmae knows and where each is configured."""
     from fmae.config import load_project
-    from fmae.data.locate import synthetic_ready
+    from fmae.data.locate import synth_generator, synthetic_ready
     from fmae.registry import DATASETS
 
     project = load_project(config)
@@ -75,7 +75,8 @@ def datasets_cmd(config: ConfigOpt = None) -> None:
         if loc.root is None:
             status = "not configured"
         elif loc.synthetic is not None:
-            status = "synthetic, ready" if synthetic_ready(loc) else "synthetic, made on first use"
+            status = ("synthetic, ready" if synthetic_ready(loc) else "synthetic, made on first use"
+                      if synth_generator(loc.root) is None else "synthetic, outdated (made again on first use)")
         else:
             status = "present" if loc.root.is_dir() else "missing"
         labels = " ".join(spec.au_names()) if spec.task == "au" else ", ".join(spec.classes)
@@ -268,6 +269,7 @@ def data_check(
 
     from fmae.config import load_project
     from fmae.data.check import check_dataset
+    from fmae.data.image_decode import set_max_pixels
     from fmae.data.locate import dataset_location, ensure_dataset
     from fmae.registry import DATASETS, get_dataset
 
@@ -282,6 +284,7 @@ def data_check(
         return
     spec = get_dataset(dataset)
     project = load_project(config)
+    set_max_pixels(project.max_image_pixels)
     loc = dataset_location(project, spec, root, labels)
     loc = ensure_dataset(spec, loc, say=lambda msg: err.print(msg))
     start = time.perf_counter()

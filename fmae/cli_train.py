@@ -6,10 +6,12 @@ process through `fmae.train.trainer.execute` — the same entry point the queue 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
 from rich.markup import escape
@@ -137,7 +139,28 @@ def train_cmd(
         return
     run = create_run(project.runs_dir, resolved, name=name)
     out.print(f"run {run.id}")
-    _run(run.path, False, quiet, nproc)
+    with _no_folder_if_refused(run):
+        _run(run.path, False, quiet, nproc)
+
+
+@contextlib.contextmanager
+def _no_folder_if_refused(run) -> Iterator[None]:
+    """A new run refused for bad input (FmaeError, exit 2) before its first step leaves no run folder
+    behind; one that trained anything, or failed at work (exit 1), keeps its folder and its record."""
+    try:
+        yield
+    except FmaeError:
+        if not any(run.checkpoints.glob("*")) and not _has_records(run.metrics_path):
+            shutil.rmtree(run.path, ignore_errors=True)
+            err.print(f"run {run.id} removed: refused before its first step", soft_wrap=True)
+        raise
+
+
+def _has_records(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
 
 
 @app.command("exec")
@@ -207,7 +230,8 @@ def probe_id_cmd(
         resolved.values["source_run"] = source_cfg["run_id"]
     run = create_run(project.runs_dir, resolved, name=name)
     out.print(f"run {run.id}")
-    _run(run.path, False, quiet)
+    with _no_folder_if_refused(run):
+        _run(run.path, False, quiet)
     summary = run.read_summary() or {}
     if summary.get("best"):
         out.print(f"identity probe top-1 accuracy: {summary['best']['accuracy']:.4f} "
@@ -238,7 +262,8 @@ def eval_cmd(
     resolved = Resolved(values, {k: f"{run}/run.toml" for k in values})
     new = create_run(project.runs_dir, resolved, name=f"eval-{checkpoint}")
     out.print(f"run {new.id}")
-    _run(new.path, False, quiet)
+    with _no_folder_if_refused(new):
+        _run(new.path, False, quiet)
     summary = new.read_summary() or {}
     if summary.get("last"):
         rec = summary["last"]

@@ -45,7 +45,11 @@ _SCHEMA: dict[str | None, dict[str, tuple[type, ...]]] = {
         "cluster": (str,),
     },
     "defaults": {"model": (str,), "recipe": (str,), "seeds": (list,), "init": (str,)},
+    "data": {"max_image_pixels": (int,)},
 }
+# Pillow's own Image.MAX_IMAGE_PIXELS (about 9459 × 9459): a larger image is refused as a likely
+# decompression bomb unless [data] max_image_pixels raises the limit.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 _DATASET_KEYS: dict[str, tuple[type, ...]] = {
     "root": (str,),
     "labels": (str,),
@@ -87,6 +91,7 @@ class DatasetLocation:
     test_labels: str | None = None
     synthetic: SynthSettings | None = None
     origin: str = ""  # where this entry was written, for error messages ("fmae.toml:42")
+    labels_origin: str = ""  # where the label path came from, when not `origin` ("--root (its labels.jsonl)")
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ class ProjectConfig:
     executor: str = "local"
     slurm: Mapping[str, Any] = field(default_factory=dict)
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     datasets: Mapping[str, DatasetLocation] = field(default_factory=dict)
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -144,7 +150,7 @@ def load_project(
     else:
         try:
             raw = path.read_bytes()
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig")  # a UTF-8 BOM (Windows editors write one) is accepted
         except OSError as e:
             raise FmaeError(f"{path}: cannot read ({e.strerror or e}) — check the file's permissions") from None
         except UnicodeDecodeError as e:
@@ -182,12 +188,12 @@ def parse_project(text: str, name: str, base: Path, path: Path | None = None) ->
 
     check(None, {k: v for k, v in doc.items() if not isinstance(v, dict)}, _SCHEMA[None])
     for key, value in doc.items():
-        if isinstance(value, dict) and key not in ("compute", "executor", "defaults", "datasets", "overrides"):
+        if isinstance(value, dict) and key not in ("compute", "executor", "defaults", "datasets", "overrides", "data"):
             raise FmaeError(
                 f"{where(None, key) if lines.find(None, key) else name}: unknown section [{key}] "
-                "(expected: compute, executor, defaults, datasets, overrides)"
+                "(expected: compute, executor, defaults, datasets, overrides, data)"
             )
-    for section in ("compute", "executor", "executor.slurm", "defaults"):
+    for section in ("compute", "executor", "executor.slurm", "defaults", "data"):
         table = _dig(doc, section, name)
         check(section, table, _SCHEMA[section])
         for key, value in table.items():
@@ -199,6 +205,10 @@ def parse_project(text: str, name: str, base: Path, path: Path | None = None) ->
         isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpus
     ):
         raise FmaeError(f"{where('compute', 'gpus')}: compute.gpus must be \"auto\" or a list of GPU indices")
+
+    max_pixels = _dig(doc, "data", name).get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
+    if max_pixels < 1:
+        raise FmaeError(f"{where('data', 'max_image_pixels')}: data.max_image_pixels must be at least 1, got {max_pixels}")
 
     datasets: dict[str, DatasetLocation] = {}
     for ds, entry in _dig(doc, "datasets", name).items():
@@ -254,6 +264,7 @@ def parse_project(text: str, name: str, base: Path, path: Path | None = None) ->
         executor=executor.get("kind", "local"),
         slurm=dict(_dig(doc, "executor.slurm", name)),
         defaults=dict(_dig(doc, "defaults", name)),
+        max_image_pixels=max_pixels,
         datasets=datasets,
         overrides=overrides,
     )
@@ -263,7 +274,9 @@ def update_config(path: Path, changes: Mapping[str, Any]) -> None:
     """Set (or, with value None, remove) dotted keys in fmae.toml, keeping every comment; refuse to
     write a file that would not load."""
     try:
-        doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+        original = path.read_text(encoding="utf-8")
+        bom = "\ufeff" if original.startswith("\ufeff") else ""
+        doc = tomlkit.parse(original.removeprefix(bom))
     except ParseError as e:
         raise FmaeError(f"{path}:{e.line}:{e.col}: TOML syntax error ({_parse_reason(e)}) — fix that line") from None
     for dotted_key, value in changes.items():
@@ -283,7 +296,7 @@ def update_config(path: Path, changes: Mapping[str, Any]) -> None:
         node[key] = value
     text = tomlkit.dumps(doc)
     parse_project(text, str(path), path.parent, path)  # validate before anything touches the disk
-    write_text_atomic(path, text)
+    write_text_atomic(path, bom + text)  # a BOM the file had stays
 
 
 # --- layering -------------------------------------------------------------------------------------

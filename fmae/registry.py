@@ -7,7 +7,7 @@ dataset's name. Tests parametrize over `DATASETS`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePath, PurePosixPath
 from typing import Literal
 
@@ -44,17 +44,25 @@ class SubjectScheme:
 
 # BP4D / BP4D+: F or M, a 2–3 digit number, an optional leading digit (the original's `2F15_T8`),
 # an optional task suffix (`_T8`) and anything after an underscore or dot (`F015_T8_0001.jpg`).
+# Synthetic BP4D is written in the original's layout by default (`2F01_T1/frame_1.jpg`: its BP4D reader
+# cuts the subject as img_path[1:4]), so data made by fmae feeds the original code for side-by-side
+# checks. BP4D+ keeps `F001_T1/…`, which the original's BP4D+ reader cuts as img_path[0:4].
 BP4D_SUBJECTS = SubjectScheme(
     pattern=re.compile(r"^\d?(?P<sex>[FM])(?P<num>\d{2,3})(?:_T\d+)?(?:[_.].*)?$"),
     prefix_group="sex",
     fixed_prefix="",
     digits=3,
     layouts={
-        "task_folders": "{subject}_T{task}/frame_{frame}.jpg",
         "original": "2{short}_T{task}/frame_{frame}.jpg",
+        "task_folders": "{subject}_T{task}/frame_{frame}.jpg",
         "nested": "{subject}/T{task}/{frame:04d}.jpg",
     },
 )
+BP4D_PLUS_SUBJECTS = replace(BP4D_SUBJECTS, layouts={
+    "task_folders": "{subject}_T{task}/frame_{frame}.jpg",
+    "original": "2{short}_T{task}/frame_{frame}.jpg",
+    "nested": "{subject}/T{task}/{frame:04d}.jpg",
+})
 
 # DISFA: SN and three digits anywhere in a component (`SN001`, `RightVideoSN001_comp`).
 DISFA_SUBJECTS = SubjectScheme(
@@ -163,7 +171,7 @@ _ROWS = (
         task="au",
         au_codes=_BP4D_AUS,
         folds=FOLDS["bp4d_plus"],
-        subject_scheme=BP4D_SUBJECTS,
+        subject_scheme=BP4D_PLUS_SUBJECTS,
         typical_rates=(0.15, 0.13, 0.12, 0.52, 0.58, 0.61, 0.55, 0.52, 0.13, 0.21, 0.16, 0.10),
     ),
     DatasetSpec(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from fmae.config import ProjectConfig, Resolved, layer
-from fmae.data.locate import dataset_location, ensure_dataset
+from fmae.data.locate import dataset_location, ensure_dataset, missing_labels
 from fmae.errors import FmaeError
 from fmae.model_specs import ENCODERS, check_model
 from fmae.recipes import ID_PROBE, PRETRAIN, finetune_recipe
@@ -126,6 +126,8 @@ def resolve_run_config(
     sources["fold"] = "command line"
 
     loc = dataset_location(project, spec, root, labels)
+    if spec.task == "au" and not (loc.labels or (loc.train_labels and loc.test_labels)):
+        raise missing_labels(spec, loc)  # before any run folder exists, dry run included
     if generate:
         loc = ensure_dataset(spec, loc)
     values.update(
@@ -136,6 +138,10 @@ def resolve_run_config(
     )
     for key in ("data_root", "labels", "train_labels", "test_labels"):
         sources[key] = loc.origin
+    for key in ("labels", "train_labels", "test_labels"):
+        sources[key] = loc.labels_origin or loc.origin
+    values["max_image_pixels"] = project.max_image_pixels  # how images are read, not what is trained
+    sources["max_image_pixels"] = project.label
     return Resolved(values, sources)
 
 
@@ -212,6 +218,8 @@ def resolve_pretrain_config(project: ProjectConfig, data: list[Path], *, seed: i
                   data=[str(p.resolve()) for p in data])
     for key in ("task", "dataset", "recipe", "seed", "fold", "lambda_id", "data"):
         sources[key] = "command line"
+    values["max_image_pixels"] = project.max_image_pixels
+    sources["max_image_pixels"] = project.label
     return Resolved(values, sources)
 
 

@@ -29,16 +29,19 @@ class FmaeApp(App[None]):
 
     TITLE = "fmae"
     CSS_PATH = "app.tcss"
-    # Help, quit and back first: at 80 columns the footer cuts what comes last.
+    # The footer shows help, quit and back; every screen adds its own most-used keys, home the ways out.
+    # Going to a main screen works from everywhere, listed under `?` (80 columns hold no more).
     BINDINGS = [
         Binding("question_mark", "help", "Help", key_display="?",
                 tooltip="List every key of this screen"),
         Binding("q", "quit", "Quit", tooltip="Leave the app"),
         Binding("escape", "back", "Back", tooltip="Back to the screen before (the Runs screen is home)"),
-        Binding("l", "open('launch')", "Launch", tooltip="Queue a matrix of runs: folds × seeds × λ"),
-        Binding("j", "open('queue')", "Queue", tooltip="The queue's jobs: cancel, retry, reprioritise"),
-        Binding("R", "open('results')", "Results", tooltip="Per-AU tables over folds and seeds, the paper beside them"),
-        Binding("g", "open('gpus')", "GPUs", tooltip="Utilisation, memory and the run on each GPU (or CPU slot)"),
+        Binding("l", "open('launch')", "Launch", show=False, tooltip="Queue a matrix of runs: folds × seeds × λ"),
+        Binding("j", "open('queue')", "Queue", show=False, tooltip="The queue's jobs: cancel, retry, reprioritise"),
+        Binding("R", "open('results')", "Results", show=False,
+                tooltip="Per-AU tables over folds and seeds, the paper beside them"),
+        Binding("g", "open('gpus')", "GPUs", show=False,
+                tooltip="Utilisation, memory and the run on each GPU (or the CPU and its jobs)"),
         Binding("d", "open('datasets')", "Datasets", show=False, tooltip="The benchmarks and their data"),
     ]
 
@@ -83,7 +86,8 @@ class FmaeApp(App[None]):
             self.call_from_thread(self.notify, message, title="queued work", severity=severity, markup=False)
 
     def action_open(self, name: str) -> None:
-        """Go to a main screen: from home, with every screen opened on top of home closed first."""
+        """Go to a main screen. One already open further down comes back to the top (the screens above it
+        close), so `esc` always returns to the screen the user came from and the stack stays short."""
         from fmae_tui.screens.gpus import GpusScreen
         from fmae_tui.screens.launch import LaunchScreen
         from fmae_tui.screens.queue import QueueScreen
@@ -93,8 +97,10 @@ class FmaeApp(App[None]):
                 "results": ResultsScreen}[name]
         if isinstance(self.screen, kind):
             return
-        while len(self.screen_stack) > 2 and not isinstance(self.screen, RunsScreen):
-            self.pop_screen()
+        if any(isinstance(s, kind) for s in self.screen_stack):
+            while not isinstance(self.screen, kind):
+                self.pop_screen()
+            return
         self.push_screen(kind())
 
     def action_back(self) -> None:

@@ -46,7 +46,7 @@ def test_the_corpus_is_what_the_docs_count():
         assert "file" in case or case["feed"] in ("args", "tags") or "remove" in case, case
         assert "file" not in case or (CORPUS / case["file"]).is_file(), case
     listed = {str(p.relative_to(CORPUS)) for p in CORPUS.rglob("*") if p.is_file()
-              and p.name not in ("cases.toml", "make_checkpoints.py") and "__pycache__" not in p.parts}
+              and p.name not in ("cases.toml", "make_checkpoints.py", "make_images.py") and "__pycache__" not in p.parts}
     assert listed == {c["file"] for c in CASES.values() if "file" in c}, "every corpus file is a case"
     doc = (REPO / "docs" / "robustness.md").read_text()
     assert f"{len(CASES)} bad inputs" in doc
@@ -374,10 +374,10 @@ def test_a_training_run_reports_every_bad_image_of_both_splits_before_its_first_
 
     root = tmp_path / "bp4d"
     shutil.copytree(make_synth("bp4d"), root)
-    test_subjects = get_dataset("bp4d").test_subjects(1)
+    spec = get_dataset("bp4d")
     images = sorted(root.rglob("*.jpg"))
-    in_train = next(p for p in images if p.parent.name.split("_")[0] not in test_subjects)
-    in_test = next(p for p in images if p.parent.name.split("_")[0] in test_subjects)
+    in_train = next(p for p in images if spec.parse_subject(p.relative_to(root)) not in spec.test_subjects(1))
+    in_test = next(p for p in images if spec.parse_subject(p.relative_to(root)) in spec.test_subjects(1))
     in_train.write_bytes(b"")
     in_test.write_bytes(in_test.read_bytes()[:300])
     cfg = resolve_run_config(load_project(None, tmp_path / "runs", cwd=tmp_path), "bp4d", fold=1, seed=0,

@@ -18,6 +18,7 @@ from fmae.errors import FmaeError
 from fmae.registry import DATASETS
 
 BP4D = DATASETS["bp4d"]
+DISFA = DATASETS["disfa"]
 
 
 def write_lines(path: Path, *lines: str) -> Path:
@@ -52,8 +53,8 @@ BAD_LINES = [
     ('{"img_path": "F001_T1/frame_1.jpg", "AUs": [1, 2', "l.jsonl:2: not valid JSON"),
     ('{"img_path": "F001_T1/frame_1.jpg", "AUs": [3]}', "l.jsonl:2: AU 3 is not a BP4D AU"),
     ('{"img_path": "F001_T1/frame_1.jpg", "AUs": [1, 999, 999]}', "l.jsonl:2: the AU list has 3 slots but BP4D has 12 AUs"),
-    ('{"img_path": "F001_T1/frame_1.jpg", "AUs": [2, 999, 999, 999, 999, 999, 999, 999, 999, 999, 999, 999]}',
-     "l.jsonl:2: slot 1 holds AU 2, but slot 1 of BP4D is AU 1"),
+    ('{"img_path": "F001_T1/frame_1.jpg", "AUs": [1, 1, 999, 999, 999, 999, 999, 999, 999, 999, 999, 999]}',
+     "l.jsonl:2: AU 1 fills two slots"),
     ('{"img_path": "F099_T1/frame_1.jpg", "AUs": []}', "l.jsonl:2: subject F099 (from 'F099_T1/frame_1.jpg') is in no bp4d fold"),
     ('{"img_path": "frames/x.jpg", "AUs": []}', "l.jsonl:2: cannot read a BP4D subject id from 'frames/x.jpg'"),
     ('{"path": "F001_T1/frame_1.jpg", "AUs": []}', 'l.jsonl:2: expected {"img_path"'),
@@ -76,6 +77,113 @@ def test_all_problems_are_collected_not_just_the_first(tmp_path):
     assert len(labels) == 0 and len(problems.errors) == len(BAD_LINES)
     with pytest.raises(FmaeError, match=r"and 7 more problems: run `fmae data check`"):
         problems.raise_first()
+
+
+def write_disfa_raw(folder: Path, subjects: list[str], frames: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """DISFA's ActionUnit_Labels: SN001/SN001_au1.txt, `frame,intensity` lines (0-5); the files are created
+    in shuffled order, as a copy made by other tools would be. Returns each subject's intensities [F, A]."""
+    rng = np.random.default_rng(seed)
+    truth = {}
+    for sn in subjects:
+        levels = rng.integers(0, 6, size=(frames, len(DISFA.au_codes)))
+        truth[sn] = levels
+        (folder / sn).mkdir(parents=True)
+        for a in rng.permutation(len(DISFA.au_codes)):
+            code = DISFA.au_codes[a]
+            (folder / sn / f"{sn}_au{code}.txt").write_text("".join(f"{f},{levels[f, a]}\n" for f in range(frames)))
+    return truth
+
+
+def original_disfa_labels(folder: Path, out: Path) -> list[list[int]]:
+    """The original's DISFA preprocessing, step for step: for each subject, the AU files in the order
+    `os.listdir` returns them, each frame's code appended when intensity >= 2, else 999."""
+    import os
+
+    lines, slot_orders = [], []
+    for sn in sorted(os.listdir(folder)):
+        files = [f for f in os.listdir(folder / sn) if f.endswith(".txt")]
+        codes = [int(f.split("_au")[1].split(".")[0]) for f in files]
+        slot_orders.append(codes)
+        per_file = [[int(line.split(",")[1]) for line in (folder / sn / f).read_text().splitlines()] for f in files]
+        for frame in range(len(per_file[0])):
+            aus = [code if levels[frame] >= 2 else 999 for code, levels in zip(codes, per_file)]
+            lines.append(json.dumps({"img_path": f"RightVideo{sn}/{frame}.jpg", "AUs": aus}))
+    out.write_text("\n".join(lines) + "\n")
+    return slot_orders
+
+
+def test_disfa_labels_from_the_original_preprocessing_read_by_value(tmp_path):
+    subjects = ["SN001", "SN002", "SN009", "SN016"]
+    truth = write_disfa_raw(tmp_path / "ActionUnit_Labels", subjects, frames=20)
+    path = tmp_path / "DISFA_labels.json"
+    orders = original_disfa_labels(tmp_path / "ActionUnit_Labels", path)
+    problems = Problems()
+    labels = read_au_jsonl(path, DISFA, problems)
+    assert not problems.errors, problems
+    expected = np.concatenate([(truth[sn] >= 2).astype(np.uint8) for sn in subjects])
+    assert np.array_equal(labels.labels, expected)  # every AU where its code says, whatever its slot
+    assert labels.subjects == [sn for sn in subjects for _ in range(20)]
+    # The note counts the lines whose present codes sit in another AU's slot.
+    def out_of_order(sn: str, order: list[int], f: int) -> bool:
+        """A present code outside its own AU's slot (a line with every AU present has no 999 and reads as
+        the plain list of present codes, which has no slots)."""
+        present = [truth[sn][f, DISFA.au_codes.index(code)] >= 2 for code in order]
+        return not all(present) and any(on and code != DISFA.au_codes[i] for i, (code, on) in enumerate(zip(order, present)))
+
+    reordered = sum(out_of_order(sn, order, f) for sn, order in zip(subjects, orders) for f in range(20))
+    notes = [p for p in problems if p.severity == "info"]
+    if reordered:
+        assert len(notes) == 1 and notes[0].report_line().startswith(f"note: {path}: {reordered} of 80 lines hold")
+        assert "read by value" in notes[0].message and "nothing to fix" in notes[0].message
+    else:  # os.listdir happened to return AU order for every subject
+        assert not notes
+
+
+def test_codes_in_any_slot_order_read_by_value_and_unknown_codes_are_refused(tmp_path):
+    path = write_lines(tmp_path / "l.jsonl",
+                       '{"img_path": "SN001/frame_1.jpg", "AUs": [26, 999, 999, 2, 999, 999, 999, 1]}',
+                       '{"img_path": "SN001/frame_2.jpg", "AUs": [1, 2, 999, 999, 999, 999, 999, 999]}',
+                       '{"img_path": "SN001/frame_3.jpg", "AUs": [999, 999, 999, 999, 999, 999, 999, 17]}')
+    problems = Problems()
+    labels = read_au_jsonl(path, DISFA, problems)
+    assert labels.labels.tolist() == [[1, 1, 0, 0, 0, 0, 0, 1], [1, 1, 0, 0, 0, 0, 0, 0]]
+    assert [p.report_line() for p in problems] == [
+        f"problem: {path}:3: AU 17 is not a DISFA AU (its AUs: 1, 2, 4, 6, 9, 12, 25, 26)",
+        f"note: {path}: 1 of 2 lines hold their AU codes in other slots than DISFA's AU order (first: line 1); "
+        "each code is read by value, as the original's reader does — nothing to fix"]
+
+
+def test_an_image_listed_twice(tmp_path):
+    same = write_lines(tmp_path / "same.jsonl", '{"img_path": "F001_T1/frame_1.jpg", "AUs": [1, 2]}',
+                       '{"img_path": "F003_T1/frame_1.jpg", "AUs": []}', '{"img_path": "F001_T1/frame_1.jpg", "AUs": [2, 1]}')
+    problems = Problems()
+    labels = read_au_jsonl(same, BP4D, problems)
+    assert len(labels) == 3 and not problems.errors  # kept twice, as the original trains on both
+    assert [p.report_line() for p in problems] == [
+        f"warning: {same}:3: 'F001_T1/frame_1.jpg' is listed again with the same AUs (first at line 1); both lines "
+        "are kept, so it counts twice in training"]
+    other = write_lines(tmp_path / "other.jsonl", '{"img_path": "F001_T1/frame_1.jpg", "AUs": [1, 2]}',
+                        '{"img_path": "F001_T1/frame_1.jpg", "AUs": [4]}')
+    with pytest.raises(FmaeError) as e:
+        strict(read_au_jsonl, other, BP4D)
+    assert str(e.value) == (f"{other}:2: 'F001_T1/frame_1.jpg' is listed again with other AUs (line 1: AU1 AU2; here: "
+                            "AU4) — keep one line per image (`fmae data check` lists every duplicate)")
+
+
+def test_a_json_array_is_named_once_with_how_to_convert(tmp_path):
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps([{"img_path": f"F001_T1/frame_{i}.jpg", "AUs": [1]} for i in range(50)], indent=2))
+    problems = Problems()
+    assert len(read_au_jsonl(path, BP4D, problems)) == 0
+    assert [str(p) for p in problems] == [f"{path}: is one JSON array, but fmae reads JSON lines (one object a line) "
+                                          "— convert it: jq -c '.[]' labels.json > labels.jsonl"]
+
+
+def test_a_utf8_bom_is_accepted(tmp_path):
+    path = tmp_path / "l.jsonl"
+    path.write_bytes("\ufeff".encode() + b'{"img_path": "F001_T1/frame_1.jpg", "AUs": [1]}\n')
+    labels = strict(read_au_jsonl, path, BP4D)
+    assert labels.paths == ["F001_T1/frame_1.jpg"] and labels.labels[0, 0] == 1
 
 
 def test_single_file_is_split_by_the_fold_table(make_synth):

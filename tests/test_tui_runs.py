@@ -134,18 +134,20 @@ async def test_runs_is_home_and_shows_every_run(runs: dict[str, RunDir], tmp_pat
         assert table.shown_ids == [runs[k].id for k in ("running", "failed", "corrupt", "done", "fer")]
         assert {k: cell(table, r, "state") for k, r in runs.items()} == {
             "done": "done", "running": "running", "failed": "failed", "corrupt": "corrupt", "fer": "done"}
-        assert cell(table, runs["done"], "best") == f"{_mean(F1_BEST):.3f} F1 best-thr"
-        assert cell(table, runs["fer"], "best") == "0.871 acc"
+        assert cell(table, runs["done"], "result") == f"{_mean(F1_BEST):.3f} F1 best-thr"
+        assert cell(table, runs["fer"], "result") == "0.871 acc"
         assert cell(table, runs["running"], "epoch") == "2/4"
-        assert cell(table, runs["done"], "lambda") == "2" and cell(table, runs["running"], "lambda") == "0.5"
-        assert cell(table, runs["fer"], "fold") == "-" and cell(table, runs["fer"], "lambda") == "-"
-        assert cell(table, runs["corrupt"], "best").startswith("status.json: not")
+        assert cell(table, runs["done"], "cell") == "f1 s0 λ2" and cell(table, runs["running"], "cell") == "f2 s1 λ0.5"
+        assert cell(table, runs["fer"], "cell") == "s0"  # no fold or λ where they mean nothing
+        assert cell(table, runs["done"], "kind") == "AU" and cell(table, runs["fer"], "kind") == "FER"
+        assert cell(table, runs["corrupt"], "result").startswith("status.json: not")
 
         text = screen_text(app)
         assert "5 runs · sort age (newest first)" in text
         assert "step 150/400 (37%)" in text  # the selected (first) run's line under the table
-        for key in ("⏎ Open", "/ Filter", "s Sort", "f State", "t Tags", "r Refresh"):
-            assert key in text, (key, text)
+        footer = text.splitlines()[-1]
+        for key in ("⏎ Open", "/ Filter", "s Sort", "l Launch", "j Queue", "R Results", "? Help", "q Quit"):
+            assert key in footer, (key, footer)
 
         await pilot.press("down", "down")  # the corrupt run says what is wrong with it
         assert "corrupt: status.json: not valid JSON" in screen_text(app)
@@ -157,15 +159,16 @@ async def test_sort_orders_the_rows(runs: dict[str, RunDir], tmp_path: Path) -> 
     app = create_app(runs_dir=tmp_path / "runs")
     async with app.run_test(size=(80, 24)) as pilot:
         table = await open_runs(app, pilot)
-        await pilot.press("s")  # best, highest first; runs without a best value last
+        await pilot.press("s")  # state: running first
+        assert table.shown_ids[0] == runs["running"].id and "sort state ↑" in screen_text(app)
+        table.set_sort("result")  # highest first; runs without a result last
+        await pilot.pause()
         assert table.shown_ids[:3] == [runs["fer"].id, runs["done"].id, runs["running"].id]
-        assert "sort best ↓" in screen_text(app)
         await pilot.press("S")
         assert table.shown_ids[-3:] == [runs["running"].id, runs["done"].id, runs["fer"].id]
-        await pilot.press("s")  # state: running first
-        assert table.shown_ids[0] == runs["running"].id
+        assert "sort result ↑" in screen_text(app)
         await pilot.press("f", "escape")  # escape on the table clears every filter
-        assert table.row_count == 5 and "5 runs · sort state ↑" in screen_text(app)
+        assert table.row_count == 5 and "5 runs · sort result ↑" in screen_text(app)
 
 
 async def test_filters_change_the_rows(runs: dict[str, RunDir], tmp_path: Path) -> None:
@@ -237,10 +240,10 @@ def test_scanner_reads_only_the_runs_that_changed(runs: dict[str, RunDir], tmp_p
     assert scanner.scan() == ([], [])
     runs["running"].heartbeat(step=170)
     changed, _ = scanner.scan()
-    assert [info.id for info, _ in changed] == [runs["running"].id] and scanner.loads == loads + 1
+    assert [info.id for info, _, _ in changed] == [runs["running"].id] and scanner.loads == loads + 1
     runs["done"].write_tags(["paper"])
     changed, _ = scanner.scan()
-    assert [(info.id, tags) for info, tags in changed] == [(runs["done"].id, ["paper"])]
+    assert [(info.id, tags) for info, tags, _ in changed] == [(runs["done"].id, ["paper"])]
     (tmp_path / "runs" / "queue.sqlite").write_text("")  # files and hidden folders are not runs
     (tmp_path / "runs" / ".x.creating").mkdir()
     (tmp_path / "runs" / "claimed-but-empty").mkdir()
@@ -400,7 +403,8 @@ async def test_help_lists_the_runs_and_run_keys(runs: dict[str, RunDir], tmp_pat
         await wait_until(pilot, lambda: isinstance(app.screen, RunScreen))
         await pilot.press("question_mark")
         text = screen_text(app)
-        for what in ("Back", "Notes", "Curves tab", "Scores tab", "Log tab", "Config tab", "Notes tab"):
+        for what in ("Back", "Notes", "Curves tab", "Scores tab", "Log tab", "Config tab", "Notes tab", "Per-AU tab",
+                     "Cancel run", "Wrap", "Per-AU F1"):
             assert what in text, (what, text)
 
 
@@ -413,7 +417,7 @@ async def test_large_terminal_shows_tags_and_ids(runs: dict[str, RunDir], tmp_pa
         await pilot.resize_terminal(80, 24)
         await pilot.pause()
         assert [str(c.label) for c in table.columns.values()] == \
-            ["state", "dataset", "f", "s", "λ", "model", "epoch", "best", "age"]
+            ["state", "kind", "dataset", "cell", "model", "epoch", "result", "age"]
 
 
 def test_app_with_runs_never_imports_torch(runs: dict[str, RunDir], tmp_path: Path) -> None:

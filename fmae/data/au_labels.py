@@ -1,8 +1,11 @@
 """AU labels in the original's JSON-lines format, read into a multi-hot matrix, and split into folds.
 
 One line per frame: `{"img_path": "2F15_T8/frame_1.jpg", "AUs": [999, 999, 4, 999, …]}` — one slot per
-AU of the dataset holding its code when present and 999 when absent. A plain list of the present codes
-(`"AUs": [4, 10]`, accepted by one of the original branches) reads the same.
+AU of the dataset holding its code when present and 999 when absent. Codes are read by value, in any slot
+order: the original's DISFA preprocessing appended them in `os.listdir` order of its `SN00x_auN.txt`
+files and its reader mapped each code by value. A plain list of the present codes (`"AUs": [4, 10]`,
+accepted by one of the original branches) reads the same. An image listed twice with different AUs is an
+error; listed twice with the same AUs, a warning (both lines are kept, as the original would train on both).
 
 A dataset comes either as one file for all subjects, split by the fold table, or as the original's
 explicit per-fold train/test files; `load_au_fold` takes both.
@@ -17,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from fmae.config import DatasetLocation
+from fmae.data.locate import missing_labels
 from fmae.data.problems import Problems
-from fmae.errors import FmaeError
 from fmae.registry import DatasetSpec
 
 ABSENT = 999
@@ -70,12 +73,13 @@ def read_au_jsonl(path: Path, spec: DatasetSpec, problems: Problems) -> AULabels
     rows: list[np.ndarray] = []
     subjects: list[str] = []
     lines: list[int] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, np.ndarray]] = {}  # img_path -> (first line, its AUs)
     code_slot = {code: i for i, code in enumerate(spec.au_codes)}
+    reordered: list[int] = []  # lines whose codes sit in other slots than the dataset's AU order
     nothing = AULabels(spec, path, [], np.zeros((0, len(spec.au_codes)), np.uint8), [], [])
     try:
         raw = path.read_bytes()
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a UTF-8 BOM (Windows editors write one) is accepted
     except FileNotFoundError:
         problems.error(str(path), "label file not found — check `labels` in fmae.toml or pass --labels")
         return nothing
@@ -94,6 +98,10 @@ def read_au_jsonl(path: Path, spec: DatasetSpec, problems: Problems) -> AULabels
         problems.error(str(path), "the label file is empty — point `labels` (or --labels) at the JSON-lines file "
                                   "with one frame per line")
         return nothing
+    if text.lstrip().startswith("["):
+        problems.error(str(path), "is one JSON array, but fmae reads JSON lines (one object a line) — convert it: "
+                                  f"jq -c '.[]' {path.name} > {path.stem}.jsonl")
+        return nothing
 
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -111,9 +119,10 @@ def read_au_jsonl(path: Path, spec: DatasetSpec, problems: Problems) -> AULabels
         if not isinstance(aus, list) or not all(isinstance(a, int) and not isinstance(a, bool) for a in aus):
             problems.error(where, f'"AUs" must be a list of AU codes and {ABSENT}s, got {json.dumps(aus)}')
             continue
-        present = _decode_aus(aus, spec, code_slot, where, problems)
-        if present is None:
+        decoded = _decode_aus(aus, spec, code_slot, where, problems)
+        if decoded is None:
             continue
+        present, in_order = decoded
         subject = spec.parse_subject(img)
         if subject is None:
             problems.error(where, f"cannot read a {spec.title} subject id from '{img}' "
@@ -124,19 +133,37 @@ def read_au_jsonl(path: Path, spec: DatasetSpec, problems: Problems) -> AULabels
                                   "fix the path or remove its lines")
             continue
         if img in seen:
-            problems.warning(where, f"'{img}' is listed again (first at line {seen[img]}); the duplicate is kept")
-        seen.setdefault(img, number)
+            first, before = seen[img]
+            if not np.array_equal(before, present):
+                problems.error(where, f"'{img}' is listed again with other AUs (line {first}: {_names(spec, before)}; "
+                                      f"here: {_names(spec, present)}) — keep one line per image "
+                                      "(`fmae data check` lists every duplicate)")
+                continue
+            problems.warning(where, f"'{img}' is listed again with the same AUs (first at line {first}); both lines "
+                                    "are kept, so it counts twice in training")
+        seen.setdefault(img, (number, present))
+        if not in_order:
+            reordered.append(number)
         paths.append(img)
         rows.append(present)
         subjects.append(subject)
         lines.append(number)
 
+    if reordered:
+        problems.info(str(path), f"{len(reordered)} of {len(paths)} lines hold their AU codes in other slots than "
+                                 f"{spec.title}'s AU order (first: line {reordered[0]}); each code is read by value, "
+                                 "as the original's reader does — nothing to fix")
     labels = np.stack(rows) if rows else np.zeros((0, len(spec.au_codes)), np.uint8)
     return AULabels(spec, path, paths, labels, subjects, lines)
 
 
+def _names(spec: DatasetSpec, present: np.ndarray) -> str:
+    return " ".join(f"AU{c}" for c, on in zip(spec.au_codes, present) if on) or "none"
+
+
 def _decode_aus(aus: list[int], spec: DatasetSpec, code_slot: dict[int, int], where: str,
-                problems: Problems) -> np.ndarray | None:
+                problems: Problems) -> tuple[np.ndarray, bool] | None:
+    """The 0/1 vector over the dataset's AUs, and whether every code sat in its own AU's slot."""
     n = len(spec.au_codes)
     present = np.zeros(n, np.uint8)
     unknown = [a for a in aus if a != ABSENT and a not in code_slot]
@@ -144,23 +171,23 @@ def _decode_aus(aus: list[int], spec: DatasetSpec, code_slot: dict[int, int], wh
         problems.error(where, f"AU {unknown[0]} is not a {spec.title} AU (its AUs: "
                               f"{', '.join(map(str, spec.au_codes))})")
         return None
-    if ABSENT in aus:  # the slot form: position i is AU i of the dataset
+    if ABSENT in aus:  # the slot form: one slot per AU, in any order
         if len(aus) != n:
             problems.error(where, f"the AU list has {len(aus)} slots but {spec.title} has {n} AUs "
                                   f"({', '.join(map(str, spec.au_codes))}); one slot per AU, {ABSENT} = absent")
             return None
-        for i, a in enumerate(aus):
-            if a == ABSENT:
-                continue
-            if a != spec.au_codes[i]:
-                problems.error(where, f"slot {i + 1} holds AU {a}, but slot {i + 1} of {spec.title} is "
-                                      f"AU {spec.au_codes[i]} — list the codes in the dataset's AU order")
-                return None
-            present[i] = 1
-        return present
+        codes = [a for a in aus if a != ABSENT]
+        twice = next((a for a in codes if codes.count(a) > 1), None)
+        if twice is not None:
+            problems.error(where, f"AU {twice} fills two slots — one slot per AU: its code when present, "
+                                  f"{ABSENT} when absent")
+            return None
+        for a in codes:
+            present[code_slot[a]] = 1
+        return present, all(a == ABSENT or a == spec.au_codes[i] for i, a in enumerate(aus))
     for a in aus:  # the plain form: the codes present
         present[code_slot[a]] = 1
-    return present
+    return present, True
 
 
 def _example_path(spec: DatasetSpec) -> str:
@@ -195,5 +222,4 @@ def load_au_fold(spec: DatasetSpec, location: DatasetLocation, fold: int, proble
 
 
 def raise_missing_labels(spec: DatasetSpec, location: DatasetLocation) -> None:
-    raise FmaeError(f"{location.origin}: datasets.{spec.name} has no label file — set `labels` (or "
-                    "`train_labels` and `test_labels`) in fmae.toml, or pass --labels")
+    raise missing_labels(spec, location)

@@ -14,10 +14,10 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
-from fmae.errors import FmaeError
+from fmae.data.image_decode import decode_rgb, max_pixels as pixel_limit
 
 _MIX = 0x9E3779B97F4A7C15
 
@@ -26,14 +26,10 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + index * _MIX) % (2**63)
 
 
-def load_rgb(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise FmaeError(f"{path}: image missing — run `fmae data check` to list every bad image") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise FmaeError(f"{path}: unreadable image ({e}) — run `fmae data check` to list every bad image") from None
+def load_rgb(path: Path, max_pixels: int | None = None) -> Image.Image:
+    """8-bit RGB of any image mode, or one FmaeError line naming the image and what to do (a decode
+    error, a decompression bomb, a mode fmae cannot read): `fmae.data.image_decode.decode_rgb`."""
+    return decode_rgb(path, str(path), limit=max_pixels)
 
 
 def check_files_exist(paths: Sequence[Path], what: str) -> None:
@@ -56,12 +52,14 @@ class ImageSet(Dataset):
         self.transform = transform
         self.seed = seed
         self.epoch = 0  # set by the trainer before each epoch's loader is created
+        self.max_pixels = pixel_limit()  # the run's limit, carried to workers however they start
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        x = seeded_transform(self.transform, load_rgb(self.paths[index]), item_seed(self.seed, self.epoch, index))
+        img = load_rgb(self.paths[index], self.max_pixels)
+        x = seeded_transform(self.transform, img, item_seed(self.seed, self.epoch, index))
         return x, self.targets[index], self.subjects[index]
 
     def to_device(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:

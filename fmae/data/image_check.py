@@ -8,14 +8,23 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from PIL import Image
+from PIL import UnidentifiedImageError
 
+from fmae.data.image_decode import DECODE_ERRORS, EIGHT_BIT_MODES, ImageRefused, open_image, reason, to_rgb
 from fmae.data.problems import Problems
 from fmae.errors import FmaeError
 
 
-def image_problem(path: Path, decode: bool) -> str | None:
-    """Why this image cannot be used, or None when it is fine."""
+def image_problem(path: Path, decode: bool, reduced: bool = False) -> str | None:
+    """Why this image cannot be used, or None when it is fine.
+
+    decode=False: only missing or empty. decode=True: opened through fmae's one decode
+    (`image_decode`): the pixel limit and the mode from the header, then every pixel, converted as
+    training converts it. reduced=True (the check before every run) decodes a JPEG at 1/8 scale in
+    the DCT domain — every entropy-coded block is still read, so a damaged header or stream fails as in
+    a full decode, in about half the time — and a PNG of an 8-bit mode by `verify` (every chunk's CRC,
+    the image data included); other formats decode fully.
+    """
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -27,48 +36,32 @@ def image_problem(path: Path, decode: bool) -> str | None:
     if not decode:
         return None
     try:
-        with Image.open(path) as img:
-            img.load()  # a full decode: truncated files fail here, not in the header check
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        return f"image cannot be decoded ({str(e).splitlines()[0] or type(e).__name__})"
+        with open_image(path) as img:
+            if reduced and img.format == "JPEG":
+                img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))
+                img.load()
+            elif reduced and img.format == "PNG" and img.mode in EIGHT_BIT_MODES:
+                img.verify()
+            else:
+                img.load()  # a full decode: truncated files fail here, not in the header check
+                to_rgb(img)  # 16-bit, integer and float images are checked as training reads them
+    except ImageRefused as e:
+        return str(e)
+    except UnidentifiedImageError:
+        return "image cannot be decoded (not an image: cannot identify the format)"
+    except DECODE_ERRORS as e:
+        return f"image cannot be decoded ({reason(e)})"
     return None
 
 
-# How each format ends: a file cut short (a copy or download that stopped) lacks its last bytes.
-_ENDINGS = {".jpg": (b"\xff\xd9",), ".jpeg": (b"\xff\xd9",), ".png": (b"IEND\xaeB`\x82",)}
-_TAIL = 4096  # JPEGs may carry padding after their end marker; look for it this far back
-
-
-def quick_image_problem(path: Path) -> str | None:
-    """What `image_problem` finds without decoding every image: missing, empty, or cut short. A JPEG/PNG
-    whose last bytes lack the format's end marker is decoded to confirm (some writers pad after it), so
-    only files that really cannot be read are reported. Costs a stat and one small read per image."""
-    why = image_problem(path, decode=False)
-    if why is not None:
-        return why
-    endings = _ENDINGS.get(path.suffix.lower())
-    if endings is None:
-        return None
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - _TAIL))
-            tail = f.read()
-    except OSError as e:
-        return f"cannot read the image ({e.strerror})"
-    if any(end in tail for end in endings):
-        return None
-    return image_problem(path, decode=True)
-
-
 def check_image_files(splits: Mapping[str, Sequence[Path]]) -> None:
-    """Before training: every missing, empty or cut-short image (`quick_image_problem`) of every split
-    ({"fold 1 train split": paths, …}), all logged, then one FmaeError naming the first and the count —
-    instead of a run dying at epoch 7."""
+    """Before training: every missing, empty, damaged, too large or unreadable image of every split
+    ({"fold 1 train split": paths, …}; `image_problem` with a reduced decode), all logged, then one
+    FmaeError naming the first and the count — instead of a run dying at epoch 7."""
     items = [(p, what) for what, paths in splits.items() for p in paths]
     workers = min(8, (os.cpu_count() or 2) * 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        whys = list(pool.map(lambda item: quick_image_problem(item[0]), items, chunksize=256))
+        whys = list(pool.map(lambda item: image_problem(item[0], decode=True, reduced=True), items, chunksize=256))
     found = [(p, what, why) for (p, what), why in zip(items, whys) if why]
     if not found:
         return

@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from fmae.data.fer_folders import IMAGE_SUFFIXES
+from fmae.data.image_decode import decode_rgb, to_rgb
 from fmae.data.problems import Problems
 from fmae.errors import FmaeError
 
@@ -95,12 +96,8 @@ def list_images(folder: Path) -> list[str]:
 
 
 def _decode_rgb(data: bytes, where: str) -> Image.Image:
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.convert("RGB")
-    except _DECODE_ERRORS as e:
-        raise FmaeError(f"{where}: image cannot be decoded ({_reason(e)}) — run `fmae data check` "
-                        "to list every bad image") from None
+    """fmae's one decode (`fmae.data.image_decode`): the plain path, stores and the pixel cache agree."""
+    return decode_rgb(data, where)
 
 
 class ImageFolderList:
@@ -306,14 +303,8 @@ class ImageStore:
         return bytes(data)
 
     def read_image(self, i: int) -> Image.Image:
-        key = self.key(i)
-        data = self.read_bytes(i)
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                return img.convert("RGB")
-        except _DECODE_ERRORS as e:
-            raise FmaeError(f"{self.path}: entry {key} cannot be decoded ({_reason(e)}) — "
-                            f"run `fmae data check {self.path}`") from None
+        return decode_rgb(self.read_bytes(i), f"{self.path}: entry {self.key(i)}",
+                          fix=f"run `fmae data check {self.path}`")
 
     def __repr__(self) -> str:
         return f"ImageStore({str(self.path)!r}, {len(self)} images)"
@@ -401,7 +392,7 @@ def _load(key: str, path: Path, max_side: int | None, max_key: int) -> _Loaded:
             if max_side and max(img.size) > max_side:
                 scale = max_side / max(img.size)
                 size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-                small = img.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+                small = to_rgb(img).resize(size, Image.Resampling.LANCZOS)
                 buf = io.BytesIO()
                 small.save(buf, format="JPEG", quality=JPEG_QUALITY)
                 data = buf.getvalue()

@@ -8,17 +8,20 @@ from typing import Literal
 from fmae.errors import FmaeError
 
 
+_WORDS = {"error": "problem", "warning": "warning", "info": "note"}
+
+
 @dataclass(frozen=True)
 class Problem:
     where: str  # "labels.jsonl:17", a file path, or "fold 2"
     message: str
-    severity: Literal["error", "warning"] = "error"
+    severity: Literal["error", "warning", "info"] = "error"  # info: worth knowing, nothing to fix
 
     def __str__(self) -> str:
         return f"{self.where}: {self.message}"
 
     def report_line(self) -> str:
-        return f"{'problem' if self.severity == 'error' else 'warning'}: {self}"
+        return f"{_WORDS[self.severity]}: {self}"
 
 
 class Problems(list[Problem]):
@@ -29,6 +32,9 @@ class Problems(list[Problem]):
 
     def warning(self, where: str, message: str) -> None:
         self.append(Problem(where, message, "warning"))
+
+    def info(self, where: str, message: str) -> None:
+        self.append(Problem(where, message, "info"))
 
     @property
     def errors(self) -> list[Problem]:

@@ -60,6 +60,6 @@ def _key_rows(bindings: Mapping[str, ActiveBinding],
         keys = list(dict.fromkeys(key_display(b) for b in sorted(group, key=lambda b: not b.show)))
         description = next(b.description for b in group if b.show or b is group[-1])
         tooltip = next((b.tooltip for b in sorted(group, key=lambda b: not b.show) if b.tooltip), "")
-        rows.append((", ".join(keys), description[:1].upper() + description[1:].lower(), tooltip,
+        rows.append((", ".join(keys), description[:1].upper() + description[1:], tooltip,
                      any(b.show for b in group)))
     return sorted(rows, key=lambda row: not row[3])  # stable: footer keys first

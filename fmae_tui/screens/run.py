@@ -18,22 +18,27 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Log, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Header, RichLog, Static, TabbedContent, TabPane
 
 from fmae.errors import FmaeError
-from fmae.runs import STATES
+from fmae.runs import FINAL_STATES, STATES
+from fmae_tui.screens.confirm import ConfirmScreen
 from fmae_tui.widgets.curve_plot import CurvePlot
 from fmae_tui.widgets.notes_editor import NotesEditor
+from fmae_tui.widgets.per_au_curves import per_au_table
+from fmae_tui.widgets.run_kind import METRIC_LONG, degenerate_text, is_degenerate, kind_label, short_metric
 from fmae_tui.widgets.run_poller import RunPoller
 from fmae_tui.widgets.run_update import RunUpdate
-from fmae_tui.widgets.runs_table import METRIC_SHORT, STATE_STYLE, ago, parse_time
+from fmae_tui.widgets.runs_table import STATE_STYLE, ago, parse_time
 from fmae_tui.widgets.scores_table import ScoresTable
 
 LOG_LINES = 200
 TABS = {"curves": "Train loss, lr and the test score per epoch",
         "scores": "The best epoch's F1@0.5, F1 at the best threshold and AUC per AU",
         "log": f"The last {LOG_LINES} lines of train.log", "config": "The resolved config (run.toml)",
-        "notes": "notes.md"}
+        "notes": "notes.md", "per_au": "Each AU's F1@0.5 and best-threshold F1 over the epochs (also a)"}
+TAB_TITLES = {"curves": "1 Curves", "scores": "2 Scores", "log": "3 Log", "config": "4 Config", "notes": "5 Notes",
+              "per_au": "6 Per-AU"}
 PROVENANCE_KEYS = ("command", "git_commit", "fmae_version", "host")
 
 
@@ -55,11 +60,15 @@ class RunScreen(Screen[None]):
     SUB_TITLE = "Run"
     POLL_S = 0.5  # one look (and at most one redraw) per this many seconds
     BINDINGS = [
-        Binding("escape", "app.pop_screen", "Back", tooltip="Back to the runs"),
+        Binding("escape", "app.back", "Back", tooltip="Back to the screen before"),
+        Binding("c", "cancel", "Cancel run", tooltip="Cancel this run (asks first): queued, it never starts; "
+                "running, it saves a checkpoint and stops"),
+        Binding("a", "show_tab('per_au')", "Per-AU F1", tooltip="Each AU's F1 over the epochs"),
+        Binding("w", "wrap", "Wrap", tooltip="Wrap the log's long lines, or cut them at the edge (toggles)"),
         Binding("n", "edit_notes", "Notes", tooltip="Edit this run's notes (notes.md); ctrl+s saves"),
-        Binding("r", "refresh", "Refresh", tooltip="Look at the run folder again now"),
-        *(Binding(str(i), f"show_tab('{tab}')", f"{tab.capitalize()} tab", show=False, tooltip=what)
-          for i, (tab, what) in enumerate(TABS.items(), start=1)),
+        Binding("r", "refresh", "Refresh", show=False, tooltip="Look at the run folder again now"),
+        *(Binding(TAB_TITLES[tab][0], f"show_tab('{tab}')", f"{TAB_TITLES[tab][2:]} tab", show=False, tooltip=what)
+          for tab, what in TABS.items()),
     ]
 
     def __init__(self, path: Path) -> None:
@@ -75,30 +84,37 @@ class RunScreen(Screen[None]):
         self._train: dict[str, list[float]] = {"x": [], "loss": [], "lr_x": [], "lr": []}
         self._epoch_loss: dict[str, list[float]] = {"x": [], "loss": []}
         self._test: dict[str, dict[str, list[float]]] = {}
+        self._test_records: list[dict[str, Any]] = []  # for the per-AU curves
+        self._log_lines: list[str] = []  # kept to lay the log out again when wrapping is toggled
+        self.wrap = True
+        self._cancelled: Any = None  # a job whose cancel was sent, until its end is told
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(id="run-head")
         with TabbedContent(id="run-tabs"):
-            with TabPane("1 Curves", id="curves"):
+            with TabPane(TAB_TITLES["curves"], id="curves"):
                 with Horizontal():
                     with Vertical(id="curves-left"):
                         yield CurvePlot("train loss", id="plot-loss")
                         yield CurvePlot("lr", id="plot-lr")
                     yield CurvePlot("test score", id="plot-score")
-            with TabPane("2 Scores", id="scores"):
+            with TabPane(TAB_TITLES["scores"], id="scores"):
                 yield Static(id="scores-caption")
                 yield ScoresTable(id="scores-table")
-            with TabPane("3 Log", id="log"):
-                yield Log(max_lines=LOG_LINES, id="log-view")
-            with TabPane("4 Config", id="config"):
+            with TabPane(TAB_TITLES["log"], id="log"):
+                yield RichLog(max_lines=LOG_LINES, wrap=True, markup=False, highlight=False, id="log-view")
+            with TabPane(TAB_TITLES["config"], id="config"):
                 with VerticalScroll(id="config-scroll"):
                     yield Static(id="config-body")
-            with TabPane("5 Notes", id="notes"):
+            with TabPane(TAB_TITLES["notes"], id="notes"):
                 with VerticalScroll(id="notes-scroll"):
                     yield Static(id="notes-body")
                 yield NotesEditor(id="notes-editor", classes="-hidden")
-        yield Footer()
+            with TabPane(TAB_TITLES["per_au"], id="per_au"):
+                with VerticalScroll(id="per-au-scroll"):
+                    yield Static(id="per-au-body")
+        yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
         self.sub_title = f"Run {self.path.name}"
@@ -151,10 +167,13 @@ class RunScreen(Screen[None]):
         if update.records or update.metrics_reset:
             self._add_records(update.records, update.metrics_reset)
         if update.log_lines or update.log_reset:
-            log = self.query_one("#log-view", Log)
+            log = self.query_one("#log-view", RichLog)
             if update.log_reset:
                 log.clear()
-            log.write_lines(update.log_lines[-LOG_LINES:])
+                self._log_lines.clear()
+            self._log_lines = (self._log_lines + update.log_lines)[-LOG_LINES:]
+            for line in update.log_lines[-LOG_LINES:]:
+                log.write(Text(line), scroll_end=True)
         if "run.toml" in update.files or "run.toml" in update.errors:
             self._show_config()
         if "summary.json" in update.files:
@@ -163,6 +182,13 @@ class RunScreen(Screen[None]):
             self._show_notes()
         if update.files.keys() & {"status.json", "summary.json", "run.toml", "tags"} or update.errors:
             self._show_head()
+        if self._cancelled is not None and (update.files.get("status.json") or {}).get("state") in FINAL_STATES:
+            from fmae.queue_ops import cancel_outcome
+
+            outcome = cancel_outcome(self._cancelled)
+            if outcome is not None:
+                self.notify(outcome, title="cancel", markup=False)
+                self._cancelled = None
         self.updates += 1
 
     # --- curves -------------------------------------------------------------------------------------
@@ -173,6 +199,7 @@ class RunScreen(Screen[None]):
                 for values in series.values():
                     values.clear()
             self._test.clear()
+            self._test_records.clear()
         for rec in records:
             split, epoch = rec.get("split"), _number(rec.get("epoch"))
             if split == "train":
@@ -189,6 +216,7 @@ class RunScreen(Screen[None]):
                 self._epoch_loss["x"].append(epoch)
                 self._epoch_loss["loss"].append(float(rec["loss"]))
             elif split == "test" and epoch is not None:
+                self._test_records.append(rec)
                 for key, label in (("f1_05_mean", "F1@0.5"), ("f1_best_mean", "F1 best-thr"), ("accuracy", "acc")):
                     value = _number(rec.get(key))
                     if value is not None:
@@ -196,6 +224,11 @@ class RunScreen(Screen[None]):
                         xs_ys["x"].append(epoch)
                         xs_ys["y"].append(value)
         self._replot()
+        self._show_per_au()
+
+    def _show_per_au(self) -> None:
+        body = self.query_one("#per-au-body", Static)
+        body.update(per_au_table(self._test_records, self.app.size.width))
 
     def _replot(self) -> None:
         loss = self.query_one("#plot-loss", CurvePlot)
@@ -227,28 +260,40 @@ class RunScreen(Screen[None]):
         tags = self._files.get("tags") or []
         if tags:
             text.append(" · tags " + " ".join(tags))
-        what = [str(config.get(k)) for k in ("task", "dataset") if config.get(k) is not None]
-        for key, label in (("fold", "fold "), ("seed", "seed "), ("lambda_id", "λ ")):
+        what = [kind_label(config, wide=True)] if config else []
+        if config.get("dataset") is not None:
+            what.append(str(config["dataset"]))
+        # A fold and λ only where they mean something: AU work (not pretraining, FER or a probe).
+        keys = (("fold", "fold "), ("seed", "seed "), ("lambda_id", "λ ")) if config.get("task") == "au" else (("seed", "seed "),)
+        for key, label in keys:
             if config.get(key) is not None:
                 what.append(f"{label}{_value_text(config[key])}")
         if config.get("model"):
             what.append(str(config["model"]))
+        if config.get("source_run"):
+            what.append(f"of {config['source_run']}")
         epoch, epochs = status.get("epoch"), status.get("epochs") or config.get("epochs")
         if epoch is not None or epochs:
             what.append(f"epoch {epoch or 0}/{epochs or '?'}")
         step, total = status.get("step"), status.get("total_steps")
-        if isinstance(step, int) and isinstance(total, int) and total:
+        if isinstance(step, int) and isinstance(total, int) and total and (state == "running" or step < total):
             what.append(f"step {step}/{total} ({100 * step // total}%)")
         if state == "running" and parse_time(status.get("heartbeat")) is not None:
             what.append(f"heartbeat {ago(time.time() - parse_time(status['heartbeat']))} ago")
         text.append("\n" + " · ".join(what))
         best = _number(summary.get("best_value"))
         if best is not None:
-            metric = METRIC_SHORT.get(str(summary.get("metric")), str(summary.get("metric")))
-            text.append(f"\nbest {metric} {best:.3f} at epoch {summary.get('best_epoch', '?')}")
-            last = _number((summary.get("last") or {}).get(str(summary.get("metric"))))
+            metric = str(summary.get("metric"))
+            label = METRIC_LONG.get(metric, metric)
+            if config.get("eval_checkpoint"):
+                text.append(f"\n{label} {best:.3f} (the epoch-{summary.get('best_epoch', '?')} checkpoint)")
+            else:
+                text.append(f"\nbest {label} {best:.3f} at epoch {summary.get('best_epoch', '?')}")
+            last = _number((summary.get("last") or {}).get(metric))
             if last is not None and summary.get("last", {}).get("epoch") != summary.get("best_epoch"):
                 text.append(f" · last {last:.3f} (epoch {summary['last'].get('epoch', '?')})")
+        if is_degenerate(summary):
+            text.append("\n" + degenerate_text(summary), "bold red")
         if status.get("error"):
             text.append(f"\n{state}: {status['error']}", "red")
         for name, problem in self._errors.items():
@@ -261,7 +306,16 @@ class RunScreen(Screen[None]):
         table = self.query_one(ScoresTable)
         table.show(best)
         caption = Text()
-        if best is None:
+        config, _ = self._files.get("run.toml") or ({}, {})
+        if config.get("task") == "pretrain":
+            caption.append("pretraining has no test split: ", "bold")
+            value = _number(summary.get("best_value"))
+            if value is not None:
+                caption.append(f"its number is the {short_metric(summary)} ({value:.4f}, epoch "
+                               f"{summary.get('best_epoch', '?')}); ")
+            caption.append("each epoch's reconstructions are in predictions/, the encoder in "
+                           "checkpoints/pretrained.pth")
+        elif best is None:
             caption.append("no evaluation yet (summary.json appears after the first test epoch)")
         else:
             caption.append(f"best epoch {summary.get('best_epoch', best.get('epoch', '?'))}", "bold")
@@ -272,6 +326,8 @@ class RunScreen(Screen[None]):
                 caption.append(f" · best threshold {threshold:g}")
             if summary.get("metric_label"):
                 caption.append(f"\nselected by {summary.get('metric')}: {summary['metric_label']}", "dim")
+            if is_degenerate(summary):
+                caption.append("\n" + degenerate_text(summary), "bold red")
         self.query_one("#scores-caption", Static).update(caption)
 
     def _show_config(self) -> None:
@@ -313,6 +369,55 @@ class RunScreen(Screen[None]):
     def action_refresh(self) -> None:
         self._tick()
 
+    def action_wrap(self) -> None:
+        """Lay the log out again, wrapped at the edge or cut there."""
+        log = self.query_one("#log-view", RichLog)
+        self.wrap = log.wrap = not log.wrap
+        log.clear()
+        for line in self._log_lines:
+            log.write(Text(line), scroll_end=True)
+        self.action_show_tab("log")
+        self.notify("log lines wrap" if self.wrap else "log lines are cut at the edge (w: wrap)")
+
+    def action_cancel(self) -> None:
+        """Through the queue, as the Queue screen cancels (asks first)."""
+        from fmae.queue import DB_NAME, Queue
+        from fmae.queue_ops import check_cancellable
+
+        status = self._files.get("status.json") or {}
+        job = None
+        try:
+            if (self.path.parent / DB_NAME).exists():
+                q = Queue(self.path.parent)
+                job = q.get_run(self.path.name)
+            if job is None:
+                pid = status.get("pid")
+                how = (f"stop it where it runs (ctrl+c, or kill -TERM {pid})" if status.get("state") == "running"
+                       and pid else "only queued or running queue jobs can be cancelled")
+                self.notify(f"{self.path.name} is not a queue job (started by `fmae train`?): {how}",
+                            severity="warning", markup=False)
+                return
+            check_cancellable([job])
+        except FmaeError as e:
+            self.notify(str(e), severity="error", markup=False)
+            return
+        how = "it has not started" if job.state == "queued" else "it gets SIGTERM, saves a checkpoint and stops"
+        self.app.push_screen(ConfirmScreen(f"Cancel job {job.id}?", f"{job.run_id}\n({how})"),
+                             lambda yes: self._cancel(q, job) if yes else None)
+
+    def _cancel(self, q: Any, job: Any) -> None:
+        from fmae.queue_ops import cancel_job
+
+        try:
+            message = cancel_job(q, job)
+        except FmaeError as e:
+            self.notify(str(e), title="cancel", severity="error", markup=False, timeout=10)
+            return
+        self.notify(message, title="cancel", markup=False)
+        if job.state != "queued" and "finished before" not in message:
+            self._cancelled = job  # the look that sees it end says how: cancelled, or done anyway
+        self._tick()
+
     def action_edit_notes(self) -> None:
         self.query_one(TabbedContent).active = "notes"
         editor = self.query_one(NotesEditor)
@@ -342,7 +447,7 @@ class RunScreen(Screen[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # While the editor is open, n and digits are text, not keys for this screen.
-        if action in ("edit_notes", "show_tab"):
+        if action in ("edit_notes", "show_tab", "cancel", "wrap"):
             editors = self.query(NotesEditor)
             return not (editors and not editors.first().has_class("-hidden"))
         return True

@@ -20,8 +20,9 @@ from fmae.errors import FmaeError
 from fmae.runs import RunDir, RunInfo
 from fmae_tui.widgets.prompt_bar import PromptBar
 from fmae_tui.widgets.run_scanner import RunScanner
-from fmae_tui.widgets.runs_table import ago, best_value, parse_time, short_metric
-from fmae_tui.widgets.runs_table import RunsTable
+from fmae_tui import prefs
+from fmae_tui.widgets.run_kind import degenerate_text, headline, is_degenerate, kind_label
+from fmae_tui.widgets.runs_table import RunsTable, ago, duration_s, parse_time, took
 
 if TYPE_CHECKING:
     from fmae_tui.app import FmaeApp
@@ -34,12 +35,19 @@ class RunsScreen(Screen[None]):
     BINDINGS = [
         Binding("slash", "filter", "Filter", key_display="/",
                 tooltip="Filter by text; state:, dataset:, model:, λ:, fold:, seed:, tag: match one field"),
-        Binding("s", "sort", "Sort", tooltip="Sort by the next column: age, best, state, dataset, model, λ, …"),
+        Binding("s", "sort", "Sort", tooltip="Sort by the next column: age, state, kind, dataset, cell, model, "
+                "recipe, epoch, result, duration, images/s (or click a header); remembered"),
         Binding("S", "reverse_sort", "Reverse sort", show=False, tooltip="Reverse the order of the sort"),
-        Binding("f", "state_filter", "State", tooltip="Show one state only: queued, running, done, … (cycles)"),
-        Binding("t", "tags", "Tags", tooltip="Edit the selected run's tags (space-separated)"),
-        Binding("r", "refresh", "Refresh", tooltip="Read every run folder again now"),
-        Binding("escape", "clear_filters", "Clear filters", tooltip="Show every run again (text and state filters off)"),
+        Binding("f", "state_filter", "State", show=False,
+                tooltip="Show one state only: queued, running, done, … (cycles)"),
+        Binding("t", "tags", "Tags", show=False, tooltip="Edit the selected run's tags (space-separated)"),
+        Binding("r", "refresh", "Refresh", show=False, tooltip="Read every run folder again now"),
+        # Home's footer shows the ways out (the app's own bindings for these keys stay out of footers).
+        Binding("l", "app.open('launch')", "Launch", tooltip="Queue a matrix of runs: folds × seeds × λ"),
+        Binding("j", "app.open('queue')", "Queue", tooltip="The queue's jobs: cancel, retry, reprioritise"),
+        Binding("R", "app.open('results')", "Results",
+                tooltip="Per-AU tables over folds and seeds, the paper beside them"),
+        Binding("escape", "clear_filters", "Clear", tooltip="Show every run again (text and state filters off)"),
     ]
 
     def __init__(self) -> None:
@@ -73,6 +81,8 @@ class RunsScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self._scanner = RunScanner(self.fmae.project.runs_dir)
+        saved = prefs.load("runs")
+        self.table.set_sort(str(saved.get("sort", "age")), saved.get("reverse") if isinstance(saved.get("reverse"), bool) else None)
         self.table.set_width(self.app.size.width)
         self.table.focus()
         self._show_bar()
@@ -115,7 +125,7 @@ class RunsScreen(Screen[None]):
         except RuntimeError:  # the app closed while we looked
             pass
 
-    def _scanned(self, changed: list[tuple[RunInfo, list[str]]], removed: list[str], error: str | None,
+    def _scanned(self, changed: list[tuple[RunInfo, list[str], float | None]], removed: list[str], error: str | None,
                  full: bool) -> None:
         self._scanning = False
         if error != self._error and error is not None:  # once per new problem, not every few seconds
@@ -193,10 +203,17 @@ class RunsScreen(Screen[None]):
 
     def action_sort(self) -> None:
         self.table.cycle_sort()
-        self._show_bar()
+        self._sorted()
 
     def action_reverse_sort(self) -> None:
         self.table.reverse_sort()
+        self._sorted()
+
+    def on_runs_table_sort_changed(self, event: RunsTable.SortChanged) -> None:
+        self._sorted()
+
+    def _sorted(self) -> None:
+        prefs.save("runs", {"sort": self.table.sort_column, "reverse": self.table.sort_reverse})
         self._show_bar()
 
     def action_state_filter(self) -> None:
@@ -279,15 +296,18 @@ class RunsScreen(Screen[None]):
 
 
 def _state_line(info: RunInfo) -> Text:
-    """What the state means for this run right now, in one line."""
-    s, now = info.status, time.time()
+    """What the run is and what its state means right now, in one or two lines."""
+    s, now, c = info.status, time.time(), info.config
     if info.state == "corrupt":
         return Text(f"corrupt: {info.problem}", "red")
+    what = [kind_label(c, wide=True)] if c else []
+    if c.get("eval_checkpoint") and c.get("source_run"):
+        what.append(f"of {c['source_run']}")
     if info.state in ("failed", "cancelled"):
         why = s.get("error") or "no reason given"
         code = f" (exit {s['exit_code']})" if "exit_code" in s else ""
-        return Text(f"{info.state}{code}: {why}", "red" if info.state == "failed" else "")
-    parts = []
+        return Text(" · ".join(what + [f"{info.state}{code}: {why}"]), "red" if info.state == "failed" else "")
+    parts = what
     if info.state == "running":
         step, total = s.get("step"), s.get("total_steps")
         if isinstance(step, int) and isinstance(total, int) and total:
@@ -301,12 +321,15 @@ def _state_line(info: RunInfo) -> Text:
     elif info.state == "queued":
         created = parse_time(s.get("created"))
         parts.append(f"queued {ago(None if created is None else now - created)} ago")
-    value = best_value(info.summary)
+    summary = info.summary or {}
+    value, label = headline(summary)
     if value is not None:
-        summary = info.summary or {}
-        parts.append(f"best {short_metric(summary)} {value:.3f} at epoch {summary.get('best_epoch', '?')}")
+        parts.append(f"{label} {value:.3f} (best epoch {summary.get('best_epoch', '?')})")
     if info.state == "done":
         ended = parse_time(s.get("ended"))
         if ended is not None:
-            parts.append(f"ended {ago(now - ended)} ago")
-    return Text(" · ".join(parts) or info.state)
+            parts.append(f"took {took(duration_s(info, now))}, ended {ago(now - ended)} ago")
+    text = Text(" · ".join(parts) or info.state)
+    if is_degenerate(summary):
+        text.append("\n" + degenerate_text(summary), "bold red")
+    return text

@@ -1,4 +1,9 @@
-"""A live line plot of a few named series (textual-plotext): set the series, then replot."""
+"""A live line plot of a few named series (textual-plotext): set the series, then replot.
+
+The legend is the x axis's label, not a box inside the plot (plotext's box covers the lines it names),
+and each series has its own marker as well as its colour, so the legend reads without colour too. A
+series of one point is drawn as a visible mark on an axis widened around it (a braille dot alone is
+nearly invisible, and a zero-width range draws nothing)."""
 
 from __future__ import annotations
 
@@ -7,6 +12,9 @@ from typing import Sequence
 from textual_plotext import PlotextPlot
 
 MAX_POINTS = 600  # per series on screen; longer series are thinned evenly (the last point always kept)
+MARKERS = ("braille", "x", "+", "o", "*", "#")  # the first series' line, then one mark per series
+LEGEND_MARKS = {"braille": "⣿"}
+COLORS = ("cyan", "orange", "magenta", "green", "red", "blue")
 
 
 def _thin(xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -17,11 +25,21 @@ def _thin(xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], list[f
     return [xs[i] for i in keep], [ys[i] for i in keep]
 
 
+def _around(lo: float, hi: float) -> tuple[float, float]:
+    """A range that shows a single value (lo == hi) in the middle."""
+    if hi > lo:
+        return lo, hi
+    pad = abs(lo) * 0.1 or 0.5
+    return lo - pad, hi + pad
+
+
 class CurvePlot(PlotextPlot):
-    def __init__(self, title: str, *, id: str | None = None) -> None:  # noqa: A002 (Textual's name)
+    def __init__(self, title: str, *, xlabel: str = "epoch", id: str | None = None) -> None:  # noqa: A002
         super().__init__(id=id)
         self.title = title
+        self.xlabel = xlabel
         self.series: dict[str, tuple[list[float], list[float]]] = {}
+        self.legend = ""  # what the x axis's label says: the series and their marks
 
     @property
     def points(self) -> int:
@@ -40,9 +58,25 @@ class CurvePlot(PlotextPlot):
     def replot(self) -> None:
         plt = self.plt
         plt.clear_data()
+        plt.xlim(None, None)  # back to automatic: a range widened for one point must not stay
+        plt.ylim(None, None)
         drawn = [(name, xs, ys) for name, (xs, ys) in self.series.items() if xs]
         plt.title(self.title if drawn else f"{self.title} (nothing yet)")
-        for name, xs, ys in drawn:
+        marks = []
+        for i, (name, xs, ys) in enumerate(drawn):
             tx, ty = _thin(xs, ys)
-            plt.plot(tx, ty, label=name if len(self.series) > 1 else None, marker="braille")
+            single = len(tx) == 1
+            marker = "•" if single and i == 0 else MARKERS[i % len(MARKERS)]
+            color = COLORS[i % len(COLORS)]
+            (plt.scatter if single else plt.plot)(tx, ty, marker=marker, color=color)
+            marks.append(f"{LEGEND_MARKS.get(marker, marker)} {name}")
+        if drawn:
+            xs_all = [x for _, xs, _ in drawn for x in xs]
+            ys_all = [y for _, _, ys in drawn for y in ys]
+            if min(xs_all) == max(xs_all):
+                plt.xlim(*_around(min(xs_all), max(xs_all)))
+            if min(ys_all) == max(ys_all):
+                plt.ylim(*_around(min(ys_all), max(ys_all)))
+        self.legend = "   ".join(marks) if len(drawn) > 1 else ""
+        plt.xlabel(f"{self.xlabel}   {self.legend}" if self.legend else self.xlabel)
         self.refresh()

@@ -7,6 +7,7 @@ the runs folder plus a few stats a run tell what to re-read, and only those runs
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from fmae.runs import load_run as load_run_info
 
 WATCHED = ("status.json",)  # also stat'ed: a writer that edits it in place (not by the contract) still shows
 RACY_NS = 2_000_000_000  # a change this recent may share its mtime with the next one: look again
+RATE_TAIL = 8192  # bytes read from the end of metrics.jsonl for the last images/s
 
 
 def _stamp(path: str) -> tuple[int, int, int] | None:
@@ -27,7 +29,8 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
 
 
 class RunScanner:
-    """`scan()` returns the runs that appeared or changed (with their tags) and the ids that went away."""
+    """`scan()` returns the runs that appeared or changed (with their tags and last images/s) and the ids
+    that went away."""
 
     def __init__(self, runs_dir: Path) -> None:
         self.runs_dir = Path(runs_dir)
@@ -55,14 +58,15 @@ class RunScanner:
             out[entry.name] = None if now - newest < RACY_NS else sig
         return out
 
-    def scan(self, full: bool = False) -> tuple[list[tuple[RunInfo, list[str]]], list[str]]:
-        """(changed runs with their tags, ids of runs gone). The first scan, or `full`, reads every run."""
+    def scan(self, full: bool = False) -> tuple[list[tuple[RunInfo, list[str], float | None]], list[str]]:
+        """(changed runs with their tags and images/s, ids of runs gone). The first scan, or `full`, reads
+        every run."""
         first = full or not self._seen
         signatures = self._signatures()  # before reading: a change made while we read shows next time
         if first:
             infos = list_runs(self.runs_dir)
             self.loads += len(infos)
-            changed = [(info, _tags(info)) for info in infos]
+            changed = [(info, _tags(info), last_rate(info.path)) for info in infos]
             present = {info.id for info in infos}
         else:
             changed, present = [], set()
@@ -73,7 +77,7 @@ class RunScanner:
                     continue
                 info = self._load(self.runs_dir / run_id)
                 if info is not None:
-                    changed.append((info, _tags(info)))
+                    changed.append((info, _tags(info), last_rate(info.path)))
                     present.add(run_id)
         removed = [run_id for run_id in self._seen if run_id not in present]
         self._seen = {run_id: signatures.get(run_id) for run_id in present}
@@ -98,3 +102,24 @@ def _tags(info: RunInfo) -> list[str]:
         return RunDir(info.path).read_tags()
     except (OSError, ValueError):
         return []
+
+
+def last_rate(path: Path) -> float | None:
+    """The images/s of the last train record in metrics.jsonl (read from its end only), or None."""
+    try:
+        with open(path / "metrics.jsonl", "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - RATE_TAIL))
+            tail = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in reversed(tail.splitlines()):
+        if '"images_per_s"' not in line:
+            continue
+        try:
+            value = json.loads(line).get("images_per_s")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None

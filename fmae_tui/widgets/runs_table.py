@@ -17,40 +17,34 @@ from textual.widgets import DataTable
 
 from fmae.runs import STATES, RunInfo
 from fmae_tui.widgets.keyed_text import KeyedText
+from fmae_tui.widgets.row_table import RowTable
+from fmae_tui.widgets.run_kind import cell_fields, headline, is_degenerate, kind_label, number, run_kind
 
 # Words carry the meaning; colour only repeats it.
 STATE_STYLE = {"queued": "", "running": "bold yellow", "done": "green", "failed": "red",
                "cancelled": "dim", "corrupt": "bold red"}
 STATE_RANK = {s: i for i, s in enumerate(("running", "queued", "failed", "corrupt", "cancelled", "done"))}
 STATE_FILTERS = (None, *STATES, "corrupt")  # what `f` cycles through; None shows every state
+RESULT_WIDTH = 17  # "0.612 F1 best-thr"
+DEGENERATE = "⚠ degenerate"
 
-# What summary.json's `metric` is, in a few characters (metric_label has the long form).
-METRIC_SHORT = {"f1_best_mean": "F1 best-thr", "f1_05_mean": "F1@0.5", "accuracy": "acc", "loss": "loss"}
-BEST_WIDTH = 17  # "0.612 F1 best-thr"
-
-# (key, header when narrow, header when wide); tags and the run id join when there is room.
-COLUMNS = (("state", "state", "state"), ("dataset", "dataset", "dataset"), ("fold", "f", "fold"),
-           ("seed", "s", "seed"), ("lambda", "λ", "λ"), ("model", "model", "model"),
-           ("epoch", "epoch", "epoch"), ("best", "best", "best"), ("age", "age", "age"))
-WIDE = 110  # from this width: full headers and a tags column
-WIDEST = 170  # from this width: the run id as well
-REBUILD_OVER = 200  # more row additions/removals than this at once: rebuild rather than patch
+# (key, header when narrow, header when wide, shown from this width). At 80 columns the essentials;
+# wider terminals add the recipe, duration and speed, then tags and the run id.
+COLUMNS = (("state", "state", "state", 0), ("kind", "kind", "kind", 0), ("dataset", "dataset", "dataset", 0),
+           ("cell", "cell", "fold seed λ", 0), ("model", "model", "model", 0), ("recipe", "recipe", "recipe", 110),
+           ("epoch", "epoch", "epoch", 0), ("result", "result", "result", 0),
+           ("duration", "took", "duration", 110), ("rate", "img/s", "images/s", 110), ("age", "age", "age", 0),
+           ("tags", "tags", "tags", 140), ("run", "run", "run id", 190))
+WIDE = 110  # from this width: full headers and the recipe, duration and images/s
 
 FIELD_ALIASES = {"state": "state", "dataset": "dataset", "ds": "dataset", "model": "model", "λ": "lambda",
                  "l": "lambda", "lambda": "lambda", "lambda_id": "lambda", "fold": "fold", "seed": "seed",
-                 "tag": "tag", "tags": "tag", "task": "task"}
+                 "tag": "tag", "tags": "tag", "task": "task", "kind": "kind", "recipe": "recipe"}
+REBUILD_OVER = 200  # more row additions/removals than this at once: rebuild rather than patch
 
 
 def _number(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def short_metric(summary: dict[str, Any] | None) -> str:
-    metric = str((summary or {}).get("metric") or "")
-    return METRIC_SHORT.get(metric, metric)
+    return number(value)
 
 
 def best_value(summary: dict[str, Any] | None) -> float | None:
@@ -83,8 +77,32 @@ def progress(info: RunInfo) -> tuple[int | None, int | None]:
     return (epoch if isinstance(epoch, int) else None), (epochs if isinstance(epochs, int) else None)
 
 
+def duration_s(info: RunInfo, now: float) -> float | None:
+    """Seconds from start to end (to the last heartbeat, or now, while it runs); None before it starts."""
+    started = parse_time(info.status.get("started"))
+    if started is None:
+        return None
+    end = parse_time(info.status.get("ended"))
+    if end is None:
+        end = now if info.state == "running" else parse_time(info.status.get("heartbeat"))
+    return None if end is None else max(0.0, end - started)
+
+
+def took(seconds: float | None) -> str:
+    """"42s", "3m05s", "1h20m": a duration to the second while short."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 def parse_filter(text: str) -> list[tuple[str | None, str]]:
-    """Terms that must all match: `field:value` (state, dataset, model, λ, fold, seed, tag, task) or text."""
+    """Terms that must all match: `field:value` (state, dataset, model, λ, fold, seed, tag, task, kind,
+    recipe) or text."""
     terms: list[tuple[str | None, str]] = []
     for word in text.lower().split():
         field, sep, value = word.partition(":")
@@ -100,38 +118,53 @@ def matches(info: RunInfo, tags: list[str], terms: list[tuple[str | None, str]])
     for field, value in terms:
         if field == "state":
             ok = info.state.startswith(value)
-        elif field in ("dataset", "model", "task"):
+        elif field in ("dataset", "model", "task", "recipe"):
             ok = str(c.get(field, "")).lower() == value
+        elif field == "kind":
+            ok = value in (run_kind(c), kind_label(c).lower(), kind_label(c, wide=True).lower())
         elif field == "tag":
             ok = value in (t.lower() for t in tags)
         elif field in ("lambda", "fold", "seed"):
             have = _number(c.get("lambda_id" if field == "lambda" else field))
             ok = have is not None and have == _number(value)
         else:
-            hay = " ".join([info.id, info.state, *map(str, c.values()), *tags, info.problem or "",
-                            str(info.status.get("error", ""))]).lower()
+            hay = " ".join([info.id, info.state, kind_label(c, wide=True), *map(str, c.values()), *tags,
+                            info.problem or "", str(info.status.get("error", ""))]).lower()
             ok = value in hay
         if not ok:
             return False
     return True
 
 
-# name, key on (info, tags), whether the first press sorts descending.
-SORTS: tuple[tuple[str, Callable[[RunInfo, list[str]], Any], bool], ...] = (
-    ("age", lambda i, t: 0, False),  # ties keep newest first: "age" is creation order
-    ("best", lambda i, t: (best_value(i.summary) is not None, best_value(i.summary) or 0.0), True),
-    ("state", lambda i, t: STATE_RANK.get(i.state, 9), False),
-    ("dataset", lambda i, t: str(i.config.get("dataset", "~")), False),
-    ("model", lambda i, t: str(i.config.get("model", "~")), False),
-    ("λ", lambda i, t: _number(i.config.get("lambda_id")) or -1.0, False),
-    ("epoch", lambda i, t: (progress(i)[0] or 0) / max(1, progress(i)[1] or 1), True),
-    ("fold", lambda i, t: _number(i.config.get("fold")) or -1.0, False),
-    ("seed", lambda i, t: _number(i.config.get("seed")) or -1.0, False),
-)
+def _cell_key(info: RunInfo) -> tuple:
+    c = info.config
+    return (_number(c.get("fold")) or -1.0, _number(c.get("seed")) or -1.0, _number(c.get("lambda_id")) or -1.0)
 
 
-class RunsTable(DataTable):
-    """Holds every run it was given; shows those that pass the filter, in the chosen order."""
+def _some(value: float | None) -> tuple[bool, float]:
+    return value is not None, value or 0.0  # runs without the number sort after those with it
+
+
+# column -> (key on (info, now, rate), whether the first press sorts descending). Ties keep newest first.
+SORTS: dict[str, tuple[Callable[[RunInfo, float, float | None], Any], bool]] = {
+    "age": (lambda i, now, r: 0, False),  # creation order: see _order
+    "state": (lambda i, now, r: STATE_RANK.get(i.state, 9), False),
+    "kind": (lambda i, now, r: run_kind(i.config), False),
+    "dataset": (lambda i, now, r: str(i.config.get("dataset", "~")), False),
+    "cell": (lambda i, now, r: _cell_key(i), False),
+    "model": (lambda i, now, r: str(i.config.get("model", "~")), False),
+    "recipe": (lambda i, now, r: str(i.config.get("recipe", "~")), False),
+    "epoch": (lambda i, now, r: (progress(i)[0] or 0) / max(1, progress(i)[1] or 1), True),
+    "result": (lambda i, now, r: _some(best_value(i.summary)), True),
+    "duration": (lambda i, now, r: _some(duration_s(i, now)), True),
+    "rate": (lambda i, now, r: _some(r), True),
+}
+SORT_ORDER = tuple(SORTS)  # what `s` cycles through
+
+
+class RunsTable(RowTable):
+    """Holds every run it was given; shows those that pass the filter, in the chosen order. The cursor
+    belongs to a run id, not a row number: whatever moves rows around, it stays on the same run."""
 
     BINDINGS = [Binding("enter", "select_cursor", "Open",
                         tooltip="Open the selected run: curves, per-AU F1, log, config, notes")]
@@ -143,20 +176,25 @@ class RunsTable(DataTable):
             super().__init__()
             self.info = info
 
+    class SortChanged(Message):
+        """A click on a column's header chose the sort."""
+
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        super().__init__(**kwargs)
         self.runs: dict[str, RunInfo] = {}
         self.tags: dict[str, list[str]] = {}
+        self.rates: dict[str, float] = {}  # run id -> the last images/s its metrics.jsonl measured
         self.state_filter: str | None = None
         self.text_filter = ""
-        self.sort_index = 0
-        self.sort_reverse = SORTS[0][2]
+        self.sort_column = "age"
+        self.sort_reverse = SORTS["age"][1]
         self.rebuilds = 0  # whole-table rebuilds so far: a tick that changes one run must not add one
         self._terms: list[tuple[str | None, str]] = []
         self._columns: tuple[str, ...] = ()
         self._wide = False
         self._shown: dict[str, tuple[str, ...]] = {}  # run id -> plain text of its cells on screen
         self._now = time.time()
+        self._want: str | None = None  # the run the cursor belongs to
 
     # --- what is shown ------------------------------------------------------------------------------
 
@@ -167,12 +205,13 @@ class RunsTable(DataTable):
         return matches(info, self.tags.get(run_id, []), self._terms)
 
     def _order(self, ids: Iterable[str]) -> list[str]:
-        _, key, _ = SORTS[self.sort_index]
+        key, first = SORTS[self.sort_column]
         newest_first = sorted(ids, reverse=True)
-        if self.sort_index == 0:
-            return newest_first[::-1] if self.sort_reverse != SORTS[0][2] else newest_first
+        if self.sort_column == "age":
+            return newest_first[::-1] if self.sort_reverse != first else newest_first
+        now = self._now
         # Python's sort is stable, reverse included: equal keys stay newest first.
-        return sorted(newest_first, key=lambda r: key(self.runs[r], self.tags.get(r, [])), reverse=self.sort_reverse)
+        return sorted(newest_first, key=lambda r: key(self.runs[r], now, self.rates.get(r)), reverse=self.sort_reverse)
 
     def _cells(self, run_id: str) -> dict[str, Text]:
         info, tags = self.runs[run_id], self.tags.get(run_id, [])
@@ -181,25 +220,32 @@ class RunsTable(DataTable):
         def plain(value: Any) -> Text:
             return Text("-" if value is None or value == "" else str(value), end="")
 
-        lam = _number(c.get("lambda_id"))
         epoch, epochs = progress(info)
         if info.state == "corrupt":
             problem = info.problem or "unreadable"
-            best = Text(problem if len(problem) <= BEST_WIDTH else problem[:BEST_WIDTH - 1] + "…", "red")
+            result = Text(problem if len(problem) <= RESULT_WIDTH else problem[:RESULT_WIDTH - 1] + "…", "red")
+        elif is_degenerate(info.summary):
+            result = Text(DEGENERATE, "bold red")
         else:
-            value = best_value(info.summary)
-            best = plain(None if value is None else f"{value:.3f} {short_metric(info.summary)}")
+            value, label = headline(info.summary)
+            result = plain(None if value is None else f"{value:.3f} {label}")
         created = parse_time(info.status.get("created"))
+        model = str(c.get("model") or "")
+        rate = self.rates.get(run_id)
         cells = {
             "state": KeyedText(info.state, STATE_STYLE.get(info.state, ""), key=run_id),
+            "kind": plain(kind_label(c, self._wide) if c else None),
             "dataset": plain(c.get("dataset")),
-            "fold": plain(c.get("fold")),
-            "seed": plain(c.get("seed")),
-            "lambda": plain(None if lam is None else f"{lam:g}"),
-            "model": plain(c.get("model")),
-            "epoch": plain(None if info.state == "corrupt" or epoch is None and epochs is None
+            "cell": plain(cell_fields(c)),
+            # At 80 columns "vit_" says nothing the row does not: every model is a ViT.
+            "model": plain(model if self._wide else model.removeprefix("vit_")),
+            "recipe": plain(c.get("recipe")),
+            # An eval run trains no epochs: its config's `epochs` is its source's.
+            "epoch": plain(None if info.state == "corrupt" or c.get("eval_checkpoint") or epoch is None and epochs is None
                            else f"{epoch or 0}/{epochs or '?'}"),
-            "best": best,
+            "result": result,
+            "duration": plain(took(duration_s(info, self._now))),
+            "rate": plain(None if rate is None else f"{rate:.0f}"),
             "age": plain(ago(None if created is None else self._now - created)),
             "tags": plain(" ".join(tags)[:30] or None),
             "run": plain(run_id),
@@ -211,14 +257,14 @@ class RunsTable(DataTable):
     def set_width(self, width: int) -> None:
         """Choose the columns for a terminal this wide; rebuilds only when the choice changes."""
         wide = width >= WIDE
-        columns = tuple(key for key, _, _ in COLUMNS) + (("tags",) if wide else ()) + (("run",) if width >= WIDEST else ())
+        columns = tuple(key for key, _, _, least in COLUMNS if width >= least)
         if columns == self._columns:
             return
         self._columns, self._wide = columns, wide
         self.clear(columns=True)
-        labels = {key: (wide_label if wide else narrow) for key, narrow, wide_label in COLUMNS}
-        for col in columns:
-            self.add_column(labels.get(col, col), key=col)
+        for key, narrow, wide_label, _ in COLUMNS:
+            if key in columns:
+                self.add_column(wide_label if wide else narrow, key=key)
         self._shown.clear()
         self.rebuild()
 
@@ -234,15 +280,19 @@ class RunsTable(DataTable):
             self._shown[run_id] = tuple(cell.plain for cell in cells.values())
         self._restore_cursor(selected)
 
-    def apply(self, changed: Iterable[tuple[RunInfo, list[str]]], removed: Iterable[str]) -> None:
-        """New facts about some runs: patch their rows and nothing else."""
+    def apply(self, changed: Iterable[tuple[RunInfo, list[str]] | tuple[RunInfo, list[str], float | None]],
+              removed: Iterable[str]) -> None:
+        """New facts about some runs (with their tags, and images/s when known): patch their rows only."""
         dirty = set()
-        for info, tags in changed:
+        for info, tags, *rate in changed:
             self.runs[info.id], self.tags[info.id] = info, tags
+            if rate and rate[0] is not None:
+                self.rates[info.id] = float(rate[0])
             dirty.add(info.id)
         for run_id in removed:
             self.runs.pop(run_id, None)
             self.tags.pop(run_id, None)
+            self.rates.pop(run_id, None)
             dirty.add(run_id)
         self._patch(dirty)
 
@@ -252,7 +302,7 @@ class RunsTable(DataTable):
             self._patch({run_id})
 
     def refresh_ages(self) -> None:
-        """The age column moves with the clock: update the cells whose text changed."""
+        """The age and duration columns move with the clock: update the cells whose text changed."""
         self._now = time.time()
         self._patch(set(self._shown), reorder=False)
 
@@ -271,6 +321,7 @@ class RunsTable(DataTable):
                 if run_id in self._shown:
                     self.remove_row(run_id)
                     del self._shown[run_id]
+                    moved = True
                 continue
             cells = self._cells(run_id)
             plain = tuple(cell.plain for cell in cells.values())
@@ -286,17 +337,22 @@ class RunsTable(DataTable):
             self._shown[run_id] = plain
         if moved:
             self._reorder(selected)
+        self._restore_cursor(selected)
 
     def _reorder(self, selected: str | None) -> None:
         order = self._order(self._shown)
-        if order != [str(row.key.value) for row in self.ordered_rows]:
+        if order != self.shown_ids:
             rank = {run_id: i for i, run_id in enumerate(order)}
             self.sort("state", key=lambda cell: rank[cell.key])
-            self._restore_cursor(selected)
+        self._restore_cursor(selected)
 
     def _restore_cursor(self, run_id: str | None) -> None:
+        """Back onto `run_id` when its row moved; a run that left the view hands the cursor to the row
+        that took its place."""
         if run_id is not None and run_id in self._shown:
-            self.move_cursor(row=self.get_row_index(run_id), scroll=False)
+            row = self.get_row_index(run_id)
+            if row != self.cursor_row:
+                self.move_cursor(row=row, scroll=True, animate=False)
 
     # --- filter and sort ----------------------------------------------------------------------------
 
@@ -311,23 +367,40 @@ class RunsTable(DataTable):
         self._refilter()
         return self.state_filter
 
-    def cycle_sort(self) -> str:
-        self.sort_index = (self.sort_index + 1) % len(SORTS)
-        self.sort_reverse = SORTS[self.sort_index][2]
+    def set_sort(self, column: str, reverse: bool | None = None) -> str:
+        """Sort by `column` (a key of SORTS); `reverse` None: that column's natural first direction."""
+        if column not in SORTS:
+            column = "age"
+        self.sort_column = column
+        self.sort_reverse = SORTS[column][1] if reverse is None else bool(reverse)
         self._reorder(self.selected_id)
         return self.sort_label
 
+    def cycle_sort(self) -> str:
+        i = SORT_ORDER.index(self.sort_column)
+        return self.set_sort(SORT_ORDER[(i + 1) % len(SORT_ORDER)])
+
     def reverse_sort(self) -> str:
-        self.sort_reverse = not self.sort_reverse
-        self._reorder(self.selected_id)
-        return self.sort_label
+        return self.set_sort(self.sort_column, not self.sort_reverse)
 
     @property
     def sort_label(self) -> str:
-        name, _, first = SORTS[self.sort_index]
+        name, first = self.sort_column, SORTS[self.sort_column][1]
         if name == "age":
             return "age (newest first)" if self.sort_reverse == first else "age (oldest first)"
         return f"{name} {'↓' if self.sort_reverse else '↑'}"
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        """A click on a header sorts by that column; a second click reverses it."""
+        event.stop()
+        column = str(event.column_key.value)
+        if column not in SORTS:
+            return
+        if column == self.sort_column:
+            self.reverse_sort()
+        else:
+            self.set_sort(column)
+        self.post_message(self.SortChanged())
 
     def _refilter(self) -> None:
         self._patch(set(self.runs) | set(self._shown))

@@ -19,6 +19,7 @@ import numpy as np
 
 from fmae.atomic_write import write_text_atomic
 from fmae.data.au_labels import encode_aus
+from fmae.data.synth import GENERATOR_VERSION
 from fmae.data.synth.faces import Identity, Nuisance, render_face
 from fmae.data.synth.labels import SubjectTendencies, expression_aus, sample_au_video, subject_rng
 from fmae.errors import FmaeError
@@ -88,7 +89,8 @@ def synthesize(spec: DatasetSpec, out: Path, options: SynthOptions,
     report = writer(spec, out, options, progress or (lambda done, total: None))
     report.seconds = time.perf_counter() - start
     write_text_atomic(out / "synth.json", json.dumps({
-        "dataset": spec.name, "images": report.images, "subjects": len(report.subjects),
+        "dataset": spec.name, "generator": {"name": "fmae synth", "version": GENERATOR_VERSION},
+        "images": report.images, "subjects": len(report.subjects),
         "options": {k: v for k, v in options.__dict__.items()}, "measured_rates": report.rates,
     }, indent=2) + "\n")
     return report
@@ -105,6 +107,9 @@ def _write_au(spec: DatasetSpec, out: Path, o: SynthOptions, progress) -> SynthR
     scheme = spec.subject_scheme
     assert scheme is not None
     template = scheme.layouts[o.layout or next(iter(scheme.layouts))]
+    # A layout without the task (DISFA's: one video a subject) numbers frames on across tasks; numbers
+    # restarting every task would write each task's frames over the previous one's.
+    per_task = "{task" in template
     subjects = pick_subjects(spec, o.subjects)
     rates = np.array(spec.typical_rates)
     report = SynthReport(out, subjects=subjects)
@@ -122,11 +127,11 @@ def _write_au(spec: DatasetSpec, out: Path, o: SynthOptions, progress) -> SynthR
             n = min(FRAMES_PER_TASK, o.frames - done)
             present, intensity = sample_au_video(spec.au_codes, tendencies, n, rng)
             for f in range(n):
-                frame = f + 1
+                frame = f + 1  # within the task, as the raw annotations number it
                 aus = {c: float(intensity[f, i]) for i, c in enumerate(spec.au_codes) if present[f, i]}
                 img = render_face(identity, aus, o.size, Nuisance.sample(rng, o.nuisance))
                 short = f"{subject[0]}{int(subject[1:]):02d}" if subject[0] in "FM" else subject
-                rel = template.format(subject=subject, short=short, task=task, frame=frame)
+                rel = template.format(subject=subject, short=short, task=task, frame=frame if per_task else done + frame)
                 _save_jpeg(img, out / rel, rng)
                 records.append((subject, rel, present[f]))
                 raw_rows.setdefault((subject, task), []).append((frame, present[f], intensity[f]))
@@ -134,6 +139,7 @@ def _write_au(spec: DatasetSpec, out: Path, o: SynthOptions, progress) -> SynthR
                 progress(report.images, total)
             done += n
 
+    assert len({rel for _, rel, _ in records}) == len(records), f"layout {template} names two frames alike"
     matrix = np.stack([r[2] for r in records])
     report.rates = {f"AU{c}": round(float(matrix[:, i].mean()), 4) for i, c in enumerate(spec.au_codes)}
     lines = [json.dumps({"img_path": rel, "AUs": encode_aus(spec, present)}) for _, rel, present in records]

@@ -1,0 +1,90 @@
+"""What kind of run a folder holds (AU fine-tune, FER, pretraining, identity probe, eval) and what is worth
+showing for that kind: its own fields (a fold and λ only where they mean something) and its headline
+number, labelled. Shared by the Runs table, the line under it and the Run screen."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fmae.metrics import degenerate_threshold
+
+# kind -> (short name for an 80-column table, long name)
+KINDS = {"au": ("AU", "AU fine-tune"), "fer": ("FER", "FER"), "pretrain": ("MAE", "MAE pretrain"),
+         "probe": ("probe", "identity probe"), "eval": ("eval", "eval")}
+
+# What summary.json's `metric` is, in a few characters; every number shown carries one of these.
+METRIC_SHORT = {"f1_best_mean": "F1 best-thr", "f1_05_mean": "F1@0.5", "accuracy": "acc", "loss": "loss",
+                "auc_mean": "AUC"}
+METRIC_LONG = {"f1_best_mean": "F1 best-thr (tuned on test)", "f1_05_mean": "F1@0.5", "accuracy": "accuracy",
+               "loss": "reconstruction loss", "auc_mean": "AUC"}
+
+
+def number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def run_kind(config: dict[str, Any]) -> str:
+    """One of KINDS. An eval run keeps its source's task but has an `eval_checkpoint`."""
+    if config.get("eval_checkpoint"):
+        return "eval"
+    task = str(config.get("task") or "")
+    return "probe" if task == "id_probe" else task or "au"
+
+
+def kind_label(config: dict[str, Any], wide: bool = False) -> str:
+    kind = run_kind(config)
+    names = KINDS.get(kind)
+    return names[1 if wide else 0] if names else kind
+
+
+def cell_fields(config: dict[str, Any]) -> str:
+    """The cell of a study this run is: "f1 s0 λ2" for AU work (fine-tune, or an eval of one), "s0" else."""
+    seed = config.get("seed")
+    parts = [] if seed is None else [f"s{seed}"]
+    if config.get("task") == "au":
+        lam = number(config.get("lambda_id"))
+        if config.get("fold") is not None:
+            parts.insert(0, f"f{config['fold']}")
+        if lam is not None:
+            parts.append(f"λ{lam:g}")
+    return " ".join(parts)
+
+
+def short_metric(summary: dict[str, Any] | None) -> str:
+    metric = str((summary or {}).get("metric") or "")
+    return METRIC_SHORT.get(metric, metric)
+
+
+def headline(summary: dict[str, Any] | None) -> tuple[float | None, str]:
+    """(value, short label) of the number that sums this run up: the best epoch's score for fine-tuning
+    and probes, the last evaluation for an eval run, the epoch loss for pretraining."""
+    s = summary or {}
+    return number(s.get("best_value")), short_metric(s)
+
+
+def best_threshold(summary: dict[str, Any] | None) -> float | None:
+    best = (summary or {}).get("best")
+    return number(best.get("best_threshold")) if isinstance(best, dict) else None
+
+
+def is_degenerate(summary: dict[str, Any] | None) -> bool:
+    """summary.json's own `degenerate` flag when the trainer wrote one, else the best threshold at the
+    grid's edge (every AU predicted present, or none): its F1 is the trivial one."""
+    s = summary or {}
+    if isinstance(s.get("degenerate"), bool):
+        return bool(s["degenerate"])
+    return degenerate_threshold(best_threshold(s))
+
+
+def degenerate_text(summary: dict[str, Any] | None) -> str:
+    t = best_threshold(summary)
+    what = "every AU predicted present" if t is not None and t < 0.5 else "no AU predicted"
+    where = f"best threshold {t:g}" if t is not None else "best threshold at the grid's edge"
+    return f"⚠ degenerate: {where} = {what} (the trivial F1)"
