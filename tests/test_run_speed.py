@@ -1,0 +1,62 @@
+"""fmae.run_speed: the images/s past runs measured (same model, input size and device only), the train
+split's size read from the labels, and a study's training time from both — checked by hand arithmetic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fmae.config import DatasetLocation
+from fmae.data.au_labels import load_au_fold
+from fmae.data.problems import Problems
+from fmae.registry import get_dataset
+from fmae.run_speed import duration, estimate, past_speed, train_images
+from test_report import au_config, new_run
+
+
+def past_run(runs: Path, rates: list[float], fold: int = 1, device: str = "cpu", **extra):
+    run = new_run(runs, au_config(fold, 0, input_size=64, device=device, **extra), "done")
+    for step, rate in enumerate(rates, start=1):
+        run.append_metrics({"split": "train", "epoch": 1, "step": step, "loss": 0.6, "images_per_s": rate})
+    run.append_metrics({"split": "test", "epoch": 1, "f1_best_mean": 0.4})  # no speed in it
+    return run
+
+
+def test_past_speed_is_the_median_of_matching_runs(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    a = past_run(runs, [100.0, 300.0, 200.0])  # median 200
+    b = past_run(runs, [400.0])
+    past_run(runs, [9999.0], device="cuda")  # another device
+    past_run(runs, [1.0], fold=2)  # same model and size: counts
+    new_run(runs, au_config(1, 0, input_size=32, device="cpu"), "done").append_metrics(
+        {"split": "train", "images_per_s": 5.0})  # another input size
+    speed = past_speed(runs, "vit_tiny", "cpu", 64)
+    assert speed is not None and speed.images_per_s == 200.0  # median of 200, 400, 1
+    assert a.id in speed.runs and b.id in speed.runs and len(speed.runs) == 3
+    assert past_speed(runs, "vit_tiny", "cuda", 64).images_per_s == 9999.0
+    assert past_speed(runs, "vit_base", "cpu", 64) is None
+    assert "200 images/s, the median of 3 past vit_tiny runs at 64 px on cpu" in speed.describe()
+
+
+def test_estimate_is_epochs_times_whole_batches_over_the_speed(tmp_path: Path, make_synth) -> None:
+    root = make_synth("bp4d")
+    spec = get_dataset("bp4d")
+    runs = tmp_path / "runs"
+    past_run(runs, [50.0])
+    loc = DatasetLocation("bp4d", root, None, str(root / "fold{fold}_train.jsonl"),
+                          str(root / "fold{fold}_test.jsonl"))
+    cells = []
+    for fold in (1, 2):
+        cell = {**au_config(fold, 0, input_size=64, epochs=3, batch_size=4), "data_root": str(root),
+                "train_labels": loc.train_labels, "test_labels": loc.test_labels}
+        cells.append(cell)
+    sizes = [len(load_au_fold(spec, loc, f, Problems()).train) for f in (1, 2)]
+    assert [train_images(c) for c in cells] == sizes
+    found = estimate(runs, cells, "cpu")
+    want = [3 * (n // 4) * 4 / 50.0 for n in sizes]
+    assert found.per_run == pytest.approx(want) and found.seconds == pytest.approx(sum(want))
+    assert found.text().startswith(f"≈ {duration(sum(want))} of training for 2 runs one after another")
+    assert estimate(runs, cells, "cuda").text() == "no past run of vit_tiny at 64 px on cuda to estimate from"
+    gone = {**cells[0], "data_root": str(tmp_path / "not-made-yet")}
+    assert "not there yet" in estimate(runs, [gone], "cpu").text()
