@@ -229,7 +229,7 @@ def test_degenerate_runs_mark_their_row(tmp_path):
         made.append(new_run(runs, au_config(fold, 0, dataset="disfa"), "done", {"best": rec, "last": rec}).id)
     report = build(runs).reports[0]
     assert report.rows[0].degenerate == [made[0], made[2]]
-    assert any("2 run(s) degenerate (best threshold at the grid's edge" in n for n in report.notes())
+    assert "vit_tiny fmae λ=0: 2 of 3 runs degenerate (best threshold 0.01 or 0.99: every AU or none predicted)" in report.notes()
 
 
 def test_fer_and_identity_probe_rows(study):
@@ -588,3 +588,46 @@ def test_the_published_numbers_are_the_reference_transcription():
     if not reference.is_file():
         pytest.skip("the shared reference is not next to this checkout")
     assert parse_paper_csv(reference.read_text()) == list(all_paper_rows())
+
+
+# --- the CLI's own marks (issue 15) -------------------------------------------------------------------------
+
+def test_cli_prints_the_suggested_commands_whole_at_80_columns(study, tmp_path):
+    runs, _, _ = study
+    narrow = run_fmae("report", "--runs-dir", runs, "--dataset", "bp4d", cwd=tmp_path, env={"COLUMNS": "80"})
+    assert narrow.returncode == 0, narrow.stderr
+    command = (f"  fmae queue add bp4d --folds 2,3 --seeds 3 --lambdas 0 --model vit_tiny --recipe fmae --epochs 2"
+               f" --runs-dir {runs}")
+    assert len(command) > 80 and command in narrow.stdout.splitlines()  # one line, not cut, not wrapped
+    assert any(line.startswith("  fmae queue retry ") for line in narrow.stdout.splitlines())
+
+
+def test_cli_marks_degenerate_rows_and_explains_the_mark(tmp_path):
+    from fmae.cli_report import DEGENERATE_MARK
+    from fmae.metrics import DEGENERATE_LABEL
+
+    runs = tmp_path / "runs"
+    rng = random.Random(7)
+    for fold, threshold in ((1, 0.01), (2, 0.4), (3, 0.4)):
+        rec = {**au_record(1, *(rand_values(rng, DISFA) for _ in range(3))), "best_threshold": threshold}
+        new_run(runs, au_config(fold, 0, dataset="disfa"), "done", {"best": rec, "last": rec})
+    for fold in (1, 2, 3):  # a second group (λ = 2) with nothing degenerate
+        rec = {**au_record(1, *(rand_values(rng, DISFA) for _ in range(3))), "best_threshold": 0.5}
+        new_run(runs, au_config(fold, 0, 2.0, dataset="disfa"), "done", {"best": rec, "last": rec})
+    result = run_fmae("report", "--runs-dir", runs, cwd=tmp_path, env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("│ vit_tiny")]
+    assert len(rows) == 2 and sum(DEGENERATE_MARK in r for r in rows) == 1
+    assert f"{DEGENERATE_MARK} = a run of the row is {DEGENERATE_LABEL}" in result.stdout
+
+
+def test_a_relative_export_goes_under_the_runs_folder_and_says_where(study, tmp_path):
+    runs, _, _ = study
+    work = tmp_path / "checkout"
+    work.mkdir()
+    result = run_fmae("report", "--runs-dir", runs, "-f", "latex", "-o", "t.tex", cwd=work)
+    assert result.returncode == 0, result.stderr
+    target = Path(runs) / "exports" / "t.tex"
+    assert "\\begin{table}" in target.read_text() and f"wrote {target} (latex)" in result.stderr
+    assert list(work.iterdir()) == []  # nothing loose in the folder the command ran in
+    target.unlink()

@@ -31,6 +31,7 @@ METRIC_NAMES = {"f1": "F1@0.5", "f1_best": "F1 best-threshold (tuned on test)", 
 THRESHOLD_CYCLE = (None, "test-tuned", "per-au")
 DELTA_STYLE = ("red", "green")  # worse, better: colour only repeats the sign
 PREFS = "results"
+NOTE_LINES = 6  # the notes panel's lines (app.tcss: #results-grid max-height 7, one for its border)
 
 
 class ResultsScreen(PolledScreen):
@@ -38,7 +39,7 @@ class ResultsScreen(PolledScreen):
     POLL_S = 10.0  # runs finish while one looks: rebuild the tables this often
     BINDINGS = [
         Binding("m", "metric", "Metric", tooltip="F1 best-threshold (tuned on test, the paper's) → F1@0.5 → AUC"),
-        Binding("e", "epoch", "Epoch", tooltip="Each run's best epoch (the paper's practice) or its last"),
+        Binding("e", "epoch", "Epoch", show=False, tooltip="Each run's best epoch (the paper's practice) or its last"),
         Binding("t", "threshold", "Threshold", show=False,
                 tooltip="Re-score saved predictions: stored F1 → one test-tuned threshold → per-AU thresholds"),
         Binding("tab", "next_report", "Next table", show=False, tooltip="The next benchmark's table"),
@@ -49,7 +50,7 @@ class ResultsScreen(PolledScreen):
         Binding("w", "widen", "Widen grid", show=False, tooltip="Seeds every grid expects beside those its runs used"),
         Binding("n", "notes", "Notes", show=False, tooltip="Show every note under the table (instead of the grid)"),
         Binding("p", "paper", "Paper", show=False, tooltip="Show or hide the paper's rows"),
-        Binding("b", "baseline", "Baseline", tooltip="Pin the selected group: every Δ is then against it (b again: off)"),
+        Binding("b", "baseline", "Baseline", show=False, tooltip="Pin the selected group: every Δ is then against it (b again: off)"),
         Binding("a", "add_missing", "Queue missing", tooltip="Queue the selected group's missing (fold, seed) cells"),
         Binding("x", "export", "Export", tooltip="Write the tables to a file: .md, .tex, .csv or .json"),
         Binding("r", "refresh", "Refresh", show=False, tooltip="Read the runs again now"),
@@ -290,8 +291,14 @@ class ResultsScreen(PolledScreen):
 
         box = self.query_one("#results-grid", Static)
         if self.show_notes and self.report is not None:
-            notes = self.report.notes()
-            box.update(Text("\n".join(f"• {n}" for n in notes) if notes else "no notes on this table", "dim"))
+            import textwrap
+
+            width = max(20, self.size.width - 4)
+            lines = [line for note in self.report.notes() for line in textwrap.wrap(f"• {note}", width)]
+            room = NOTE_LINES
+            if len(lines) > room:  # the panel's height: say what is left rather than cut it
+                lines = lines[:room - 1] + [f"(+{len(lines) - room + 1} more lines: fmae report prints every note)"]
+            box.update(Text("\n".join(lines) if lines else "no notes on this table", "dim"))
             return
         grid = self._grid_of(self.selected_row)
         if grid is None:
