@@ -2,8 +2,9 @@
 each train record of metrics.jsonl; a planned run's training is epochs × the images of its train split
 (whole batches) at the median speed of past runs of the same model and input size on the same device.
 
-Only training steps are counted (each epoch's evaluation comes on top), and runs are counted one after
-another. No torch: the app's Launch screen calls this in a worker.
+Beside training, each run spends time starting up and evaluating: the median of that over the same past
+runs (their wall time minus their training steps at their own speed) is added per run. Runs are counted
+one after another. No torch: the app's Launch screen calls this in a worker.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Speed:
     model: str
     device: str  # "cpu" | "cuda"
     input_size: int
+    overhead_s: float | None = None  # a run's start-up and evaluation (median), when the runs ended
 
     def describe(self) -> str:
         n = len(self.runs)
@@ -77,7 +79,7 @@ def past_speed(runs_dir: Path, model: str, device: str, input_size: int,
                infos: Iterable[RunInfo] | None = None) -> Speed | None:
     """The speed past training runs of `model` at `input_size` px measured on `device`, or None."""
     infos = list_runs(Path(runs_dir)) if infos is None else list(infos)
-    rates, ids = [], []
+    rates, ids, overheads = [], [], []
     for info in sorted(infos, key=lambda i: i.id, reverse=True):
         cfg = info.config
         if (cfg.get("model") != model or cfg.get("task") not in ("au", "fer") or cfg.get("eval_checkpoint")
@@ -87,9 +89,30 @@ def past_speed(runs_dir: Path, model: str, device: str, input_size: int,
         if rate is not None:
             rates.append(rate)
             ids.append(info.id)
+            overhead = _overhead(info, rate)
+            if overhead is not None:
+                overheads.append(overhead)
         if len(rates) >= RECENT_RUNS:
             break
-    return Speed(statistics.median(rates), ids, model, device, input_size) if rates else None
+    if not rates:
+        return None
+    return Speed(statistics.median(rates), ids, model, device, input_size,
+                 statistics.median(overheads) if overheads else None)
+
+
+def _overhead(info: RunInfo, rate: float) -> float | None:
+    """A finished run's wall time beyond its training steps: start-up, evaluation, checkpoints."""
+    from datetime import datetime
+
+    st, cfg = info.status, info.config
+    try:
+        wall = (datetime.fromisoformat(st["ended"]) - datetime.fromisoformat(st["started"])).total_seconds()
+        images = int(st["total_steps"]) * int(cfg["batch_size"]) * int(cfg.get("accum_iter") or 1)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if info.state != "done" or wall <= 0:
+        return None
+    return max(0.0, wall - images / rate)
 
 
 def _int(value: Any) -> int | None:
@@ -161,10 +184,12 @@ class Estimate:
         if self.seconds is None:
             return str(self.why_not)
         n = len(self.per_run)
-        each = "" if n == 1 else f" ({duration(max(s for s in self.per_run if s is not None))} the longest run)"
-        assert self.speed is not None
-        return (f"≈ {duration(self.seconds)} of training for {n} run{'s' if n > 1 else ''} one after another{each}, "
-                f"at {self.speed.describe()}; evaluation comes on top")
+        speed = self.speed
+        assert speed is not None
+        runs = "1 run" if n == 1 else f"{n} runs one after another"
+        extra = (f" + {duration(speed.overhead_s)} a run for start-up and evaluation" if speed.overhead_s is not None
+                 else "; start-up and evaluation come on top")
+        return f"≈ {duration(self.seconds)} for {runs}: training at {speed.describe()}{extra}"
 
 
 def duration(seconds: float) -> str:
@@ -193,5 +218,5 @@ def estimate(runs_dir: Path, cells: list[Mapping[str, Any]], device: str,
                                              f"no estimate; {speed.describe()}")
         step = int(values["batch_size"]) * int(values.get("accum_iter") or 1)
         images = (n // step) * step * int(values["epochs"])  # whole steps only, as the trainer drops the rest
-        per_run.append(images / speed.images_per_s)
+        per_run.append(images / speed.images_per_s + (speed.overhead_s or 0.0))
     return Estimate(sum(s for s in per_run if s is not None), per_run, speed, None)

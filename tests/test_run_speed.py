@@ -39,11 +39,14 @@ def test_past_speed_is_the_median_of_matching_runs(tmp_path: Path) -> None:
     assert "200 images/s, the median of 3 past vit_tiny runs at 64 px on cpu" in speed.describe()
 
 
-def test_estimate_is_epochs_times_whole_batches_over_the_speed(tmp_path: Path, make_synth) -> None:
+def test_estimate_is_epochs_times_whole_batches_over_the_speed_plus_each_runs_overhead(tmp_path: Path,
+                                                                                       make_synth) -> None:
     root = make_synth("bp4d")
     spec = get_dataset("bp4d")
     runs = tmp_path / "runs"
-    past_run(runs, [50.0])
+    past = past_run(runs, [50.0], batch_size=10)
+    # 30 steps of 10 images at 50 images/s = 6 s of its 20 s: 14 s of start-up and evaluation
+    past.update_status(started="2026-01-01T00:00:00.000Z", ended="2026-01-01T00:00:20.000Z", total_steps=30)
     loc = DatasetLocation("bp4d", root, None, str(root / "fold{fold}_train.jsonl"),
                           str(root / "fold{fold}_test.jsonl"))
     cells = []
@@ -54,9 +57,11 @@ def test_estimate_is_epochs_times_whole_batches_over_the_speed(tmp_path: Path, m
     sizes = [len(load_au_fold(spec, loc, f, Problems()).train) for f in (1, 2)]
     assert [train_images(c) for c in cells] == sizes
     found = estimate(runs, cells, "cpu")
-    want = [3 * (n // 4) * 4 / 50.0 for n in sizes]
+    assert found.speed.overhead_s == pytest.approx(14.0)
+    want = [3 * (n // 4) * 4 / 50.0 + 14.0 for n in sizes]
     assert found.per_run == pytest.approx(want) and found.seconds == pytest.approx(sum(want))
-    assert found.text().startswith(f"≈ {duration(sum(want))} of training for 2 runs one after another")
+    assert found.text() == (f"≈ {duration(sum(want))} for 2 runs one after another: training at 50 images/s, the "
+                            "median of 1 past vit_tiny run at 64 px on cpu + 14 s a run for start-up and evaluation")
     assert estimate(runs, cells, "cuda").text() == "no past run of vit_tiny at 64 px on cuda to estimate from"
     gone = {**cells[0], "data_root": str(tmp_path / "not-made-yet")}
     assert "not there yet" in estimate(runs, [gone], "cpu").text()
