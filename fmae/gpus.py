@@ -294,3 +294,65 @@ def snapshot(max_age: float = 0.5) -> dict[str, Any]:
         row["processes"] = [{"pid": pid, "used_mib": used} for pid, used in g.processes]
         rows.append(row)
     return {"gpus": rows, "reason": reason or None, "time": time.time()}
+
+
+# --- the CPU, for the same screen on a machine without a GPU ------------------------------------------
+
+@dataclass
+class CpuInfo:
+    cores: int
+    percent: float  # all cores, since the previous reading (0–100)
+    load: tuple[float, float, float]  # 1, 5 and 15 minute load averages
+    memory_used_mib: int
+    memory_total_mib: int
+
+
+@dataclass
+class ProcessUsage:
+    pid: int
+    percent: float  # CPU % of one core since the previous reading, the process and its children together
+    rss_mib: float  # resident memory, the process and its children together
+    processes: int  # the process and its living children (loader workers, DDP ranks)
+
+
+_procs: dict[int, tuple[Any, float]] = {}  # pid -> (psutil.Process, create time): CPU % needs the last reading
+
+
+def cpu() -> CpuInfo:
+    """This machine's CPU load and memory (psutil). The first reading's percent covers no interval: 0."""
+    import os
+
+    import psutil
+
+    mem = psutil.virtual_memory()
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return CpuInfo(psutil.cpu_count() or 1, float(psutil.cpu_percent(interval=None)),
+                   (float(load[0]), float(load[1]), float(load[2])),
+                   int((mem.total - mem.available) / MIB), int(mem.total / MIB))
+
+
+def process_usage(pid: int) -> ProcessUsage | None:
+    """CPU % and resident memory of a run's process tree, or None when the process is gone. CPU % is over
+    the time since the previous call for the same pid (0 on the first)."""
+    import psutil
+
+    try:
+        root = psutil.Process(int(pid))
+        tree = [root] + root.children(recursive=True)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        _procs.pop(int(pid), None)
+        return None
+    percent, rss, alive = 0.0, 0.0, 0
+    for proc in tree:
+        try:
+            known = _procs.get(proc.pid)
+            if known is None or known[1] != proc.create_time():
+                _procs[proc.pid] = known = (proc, proc.create_time())
+                known[0].cpu_percent(interval=None)  # the first reading only starts the interval
+            percent += known[0].cpu_percent(interval=None)
+            rss += known[0].memory_info().rss / MIB
+            alive += 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            _procs.pop(proc.pid, None)
+            continue
+    return ProcessUsage(int(pid), percent, rss, alive) if alive else None

@@ -189,11 +189,45 @@ def progress_text(status: Optional[dict]) -> str:
     return " · ".join(parts) or "-"
 
 
+def _stamp(value: Any) -> Optional[float]:
+    """Unix seconds from status.json's "2026-11-28T04:12:33.120Z" (None when absent or unreadable)."""
+    if not isinstance(value, str):
+        return None
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def timing(status: Optional[dict], now: float) -> tuple[Optional[float], Optional[float]]:
+    """(elapsed seconds, seconds left) of a run from its status.json. Elapsed runs from the start to the
+    end (or now); what is left comes from the step rate measured since the start (steps done over the
+    time to the last progress write), None until a step is done."""
+    if not status:
+        return None, None
+    started = _stamp(status.get("started"))
+    if started is None:
+        return None, None
+    ended = _stamp(status.get("ended"))
+    running = status.get("state") == "running"
+    elapsed = max(0.0, (ended if ended is not None else now if running else started) - started)
+    step, total = status.get("step"), status.get("total_steps")
+    beat = _stamp(status.get("heartbeat"))
+    if not running or not isinstance(step, int) or not isinstance(total, int) or step <= 0 or beat is None:
+        return elapsed, None
+    measured = beat - started  # includes start-up, so an early estimate errs long (a resumed run: short)
+    if measured <= 0:
+        return elapsed, None
+    return elapsed, max(0.0, (total - step) * measured / step - (now - beat))
+
+
 def queue_rows(q: Queue, *, all_: bool = False, states: Optional[set[str]] = None,
                recent: int = RECENT_FINISHED) -> tuple[list[dict[str, Any]], int]:
     """The jobs as rows, each a job's fields plus its status.json facts, and how many finished jobs were
     hidden (all but the `recent` latest, unless `all_` or `states`). `state` is status.json's (or
-    "corrupt"); `queue_state` the table's cache."""
+    "corrupt"); `queue_state` the table's cache; `elapsed_s` and `eta_s` from `timing`."""
     now = time.time()
     rows = []
     for job in q.jobs():
@@ -208,6 +242,7 @@ def queue_rows(q: Queue, *, all_: bool = False, states: Optional[set[str]] = Non
             row["error"] = status["error"]
         row["progress"] = progress_text(status)
         row["age_s"] = now - job.added
+        row["elapsed_s"], row["eta_s"] = timing(status, now)
         rows.append(row)
     if states:
         rows = [r for r in rows if r["state"] in states]
@@ -220,12 +255,39 @@ def queue_rows(q: Queue, *, all_: bool = False, states: Optional[set[str]] = Non
     return rows, hidden
 
 
+def work_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows as the Queue screen lists them: running first, then queued in the order they will start
+    (priority, then age), then the rest, the latest to finish first."""
+    def key(r: dict[str, Any]) -> tuple:
+        state = row_state(r).split()[0]
+        if state in ("running", "cancelling", "launching"):
+            return (0, 0, r["id"])
+        if r["state"] == "queued":
+            return (1, -int(r["priority"] or 0), r["id"])
+        return (2, -(r.get("ended") or r.get("added") or 0), -r["id"])
+    return sorted(rows, key=key)
+
+
 COLUMNS = (("id", ">"), ("state", "<"), ("dataset", "<"), ("fold", ">"), ("seed", ">"), ("λ", ">"),
-           ("model", "<"), ("GPU", "<"), ("progress", "<"), ("age", ">"))
+           ("model", "<"), ("GPU", "<"), ("progress", "<"), ("elapsed", ">"), ("ETA", ">"), ("age", ">"))
+
+
+def duration(seconds: Optional[float]) -> str:
+    """"42s", "3m05s", "1h20m"; "-" when unknown."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def row_state(r: dict[str, Any]) -> str:
     state = r["state"] + (f" p{r['priority']}" if r["priority"] and r["state"] == "queued" else "")
+    if r["state"] == "queued" and r.get("queue_state") == "launching":
+        state = "launching"
     if r["state"] == "running" and r["cancel_requested"]:
         state = "cancelling"
     return state
@@ -234,8 +296,10 @@ def row_state(r: dict[str, Any]) -> str:
 def table_cells(r: dict[str, Any]) -> list[str]:
     """One row as the text of its columns (COLUMNS)."""
     au = r["task"] == "au"
+    eta = duration(r.get("eta_s")) if r["state"] == "running" else "-"
     return [str(r["id"]), row_state(r), r["dataset"], str(r["fold"]) if au else "-", str(r["seed"]),
-            num(r["lambda_id"]) if au else "-", r["model"], r["slot"] or "-", r["progress"], age(r["age_s"])]
+            num(r["lambda_id"]) if au else "-", r["model"], r["slot"] or "-", r["progress"],
+            duration(r.get("elapsed_s")), eta, age(r["age_s"])]
 
 
 def counts_line(rows: list[dict[str, Any]], hidden: int = 0) -> str:
@@ -289,7 +353,26 @@ def cancel_job(q: Queue, job: Job) -> str:
         except (FmaeError, OSError) as e:
             return f"job {now.id} cancelled in the queue, but its status.json could not be written: {e}"
         return f"job {now.id} cancelled (it had not started): {now.run_id}"
+    ended = cancel_outcome(now)
+    if ended is not None:  # the run ended between the look that offered the cancel and this one
+        return ended
     return f"job {now.id} {_signal_running(now)}: {now.run_id}"
+
+
+def cancel_outcome(job: Job) -> Optional[str]:
+    """How a cancel turned out, once the run folder says the run ended (None while it still runs). A
+    cancel that reaches a run as its last step finishes finds it done: that is not a cancellation."""
+    status = read_status_fast(job.path) or {}
+    state = status.get("state")
+    if state == "done":
+        return f"job {job.id} finished before the cancel arrived (it ended done): {job.run_id}"
+    if state == "cancelled":
+        last = job.path / "checkpoints" / "last.pt"
+        how = "its checkpoint is saved; retry resumes from it" if last.is_file() else "no checkpoint was saved"
+        return f"job {job.id} cancelled ({how}): {job.run_id}"
+    if state == "failed":
+        return f"job {job.id} failed while stopping: {status.get('error') or 'no reason given'}"
+    return None
 
 
 def _signal_running(job: Job) -> str:

@@ -155,20 +155,20 @@ async def test_launch_a_matrix_see_it_run_and_cancel_it(project, tmp_path: Path)
         await pilot.press("n")  # no: nothing changes
         await pilot.pause(0.2)
         assert status(last)["state"] == "queued"
-        # + raises a queued job's priority, after a confirmation (n changes nothing)
-        await pilot.press("plus", "n")
-        await pilot.pause(0.2)
-        assert _priority(runs, last.name) == 0
+        # + raises a queued job's priority at once (nothing is lost: - undoes it); the job moves up the line
         await pilot.press("plus")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="priority confirmation")
-        assert "0 → 1" in screen_text(app)
-        await pilot.press("y")
         await wait_until(pilot, lambda: _priority(runs, last.name) == 1, what="priority 1")
+        assert not isinstance(app.screen, ConfirmScreen)
+        await wait_until(pilot, lambda: queue.selected is not None and queue.selected["run_id"] == last.name
+                         and table.cursor_row == 1, what="the cursor follows the job to its new place")
+        text = screen_text(app)
+        assert "queued p1" in text and "needsaCPUslot" in squash(text), text
         await pilot.press("c", "y")
         await wait_until(pilot, lambda: status(last)["state"] == "cancelled", what="queued job cancelled")
-        table.move_cursor(row=0)
+        table.move_cursor(row=0)  # running first
         await pilot.pause()
         assert queue.selected["run_id"] == first.name
+        assert "needsaCPUslot" not in squash(screen_text(app))  # only a queued job waits for one
         await pilot.press("c", "y")
         await wait_until(pilot, lambda: status(first)["state"] == "cancelled", timeout=60, what="running job cancelled")
         await wait_until(pilot, lambda: "cancelled" in str(table.get_cell(str(queue.selected["id"]), "state")),

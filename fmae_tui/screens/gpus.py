@@ -1,5 +1,6 @@
 """The GPUs screen: utilisation, memory and temperature per GPU (NVML), and which run holds each slot. On
-a machine without a GPU it says so and shows the CPU slots the scheduler uses instead."""
+a machine without a GPU it says so and shows the CPU instead: its load and memory, and per CPU slot the
+running job's process (with its children: loader workers, DDP ranks), its CPU % and resident memory."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from fmae.errors import FmaeError
 from fmae_tui.screens.polled import PolledScreen
+from fmae_tui.widgets.row_table import RowTable
 
 if TYPE_CHECKING:
     from fmae_tui.app import FmaeApp
@@ -27,8 +29,8 @@ def bar(fraction: float, width: int = 10) -> str:
 def gather(project: Any) -> dict[str, Any]:
     """Everything the screen shows, read off the UI thread: NVML's snapshot, the slots of the scheduler's
     plan and the running jobs that hold them."""
-    from fmae.gpus import plan_slots, probe
-    from fmae.queue import DB_NAME, Queue
+    from fmae.gpus import cpu, plan_slots, probe, process_usage
+    from fmae.queue import DB_NAME, Queue, read_status_fast
 
     gpus, reason = probe()
     try:
@@ -41,7 +43,14 @@ def gather(project: Any) -> dict[str, Any]:
             for name in (job.slot or "").split("+"):
                 if name:
                     holders.setdefault(name, []).append(job)
-    return {"gpus": gpus, "reason": reason, "slots": slots, "plan_error": plan_error, "holders": holders}
+    usage: dict[int, Any] = {}  # job id -> its process tree's CPU % and memory
+    for jobs in holders.values():
+        for job in jobs:
+            pid = job.pid or (read_status_fast(job.path) or {}).get("pid")
+            if pid:
+                usage[job.id] = process_usage(int(pid))
+    return {"gpus": gpus, "reason": reason, "slots": slots, "plan_error": plan_error, "holders": holders,
+            "cpu": None if gpus else cpu(), "usage": usage}
 
 
 class GpusScreen(PolledScreen):
@@ -60,7 +69,7 @@ class GpusScreen(PolledScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(id="gpus-bar")
-        yield DataTable(id="gpus-table", cursor_type="row", zebra_stripes=True)
+        yield RowTable(id="gpus-table")
         yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
@@ -113,17 +122,27 @@ class GpusScreen(PolledScreen):
                               height=max(1, len(runs)))
         else:
             why = "compute.device = cpu" if project.device == "cpu" else (facts["reason"] or "NVML found none")
+            c = facts["cpu"]
             head = Text(f"no GPU here ({why}): runs use {len(slots)} CPU slot(s) "
-                        f"(compute.cpu_slots = {project.cpu_slots})")
-            for name in ("slot", "run", "dataset", "model"):
+                        f"(compute.cpu_slots = {project.cpu_slots})\n")
+            used = c.memory_used_mib / max(1, c.memory_total_mib)
+            head.append(f"CPU {bar(c.percent / 100, 8)} {c.percent:3.0f}% of {c.cores} core(s) · load "
+                        f"{c.load[0]:.2f} {c.load[1]:.2f} {c.load[2]:.2f} (1, 5, 15 min) · memory {bar(used, 8)} "
+                        f"{c.memory_used_mib / 1024:.1f}/{c.memory_total_mib / 1024:.1f} GiB")
+            for name in ("slot", "run", "pid", "CPU %", "memory", "procs"):
                 table.add_column(name, key=name)
             for s in slots:
                 jobs = holders.get(s.name, [])
-                if jobs:
-                    for job in jobs:
-                        table.add_row(s.name, job.run_id, job.dataset, job.model)
-                else:
-                    table.add_row(s.name, "free", "", "")
+                if not jobs:
+                    table.add_row(s.name, "free", "", "", "", "")
+                for job in jobs:
+                    u = facts["usage"].get(job.id)
+                    if u is None:
+                        table.add_row(s.name, job.run_id, str(job.pid or "-"), "gone", "-", "-")
+                    else:
+                        # % of one core, as top counts: a run using both of two cores shows 200%
+                        table.add_row(s.name, job.run_id, str(u.pid), f"{u.percent:5.0f}%",
+                                      f"{u.rss_mib / 1024:.2f} GiB", str(u.processes))
         if facts["plan_error"]:
             head.append(f"\n{facts['plan_error']}", "bold red")
         info.update(head)

@@ -10,18 +10,57 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.events import Resize
 from textual.widgets import DataTable, Footer, Header, Static
 
 from fmae.errors import FmaeError
 from fmae_tui.screens.confirm import ConfirmScreen
 from fmae_tui.screens.polled import PolledScreen
+from fmae_tui.widgets.row_table import RowTable
 from fmae_tui.widgets.runs_table import widens
 
 if TYPE_CHECKING:
     from fmae_tui.app import FmaeApp
 
 STATE_STYLE = {"running": "bold green", "queued": "cyan", "done": "", "failed": "bold red", "cancelled": "yellow",
-               "corrupt": "bold red", "cancelling": "yellow"}
+               "corrupt": "bold red", "cancelling": "yellow", "launching": "green"}
+WIDE = 110  # from this width: the slot, the model's full name and the age in the queue
+
+
+def _percent(row: dict[str, Any]) -> str:
+    """"40% e2/5" from the run's status.json; "-" before it reports."""
+    step, total, epoch, epochs = row.get("step"), row.get("total_steps"), row.get("epoch"), row.get("epochs")
+    parts = []
+    if isinstance(step, int) and isinstance(total, int) and total > 0:
+        parts.append(f"{100 * step // total}%")
+    if isinstance(epoch, int):
+        parts.append(f"e{epoch}/{epochs if isinstance(epochs, int) else '?'}")
+    return " ".join(parts) or "-"
+
+
+def screen_cells(row: dict[str, Any], wide: bool) -> dict[str, str]:
+    """The row's cells as this screen shows them (the CLI's `queue ls` has its own, every column)."""
+    from fmae.queue_ops import age, duration, row_state
+    from fmae_tui.widgets.run_kind import cell_fields
+
+    state = row_state(row)
+    live = state.split()[0] in ("running", "cancelling")
+    model = str(row.get("model") or "")
+    cells = {"id": str(row["id"]), "state": state, "dataset": str(row.get("dataset") or "-"),
+             "cell": cell_fields({"task": row.get("task"), "fold": row.get("fold"), "seed": row.get("seed"),
+                                  "lambda_id": row.get("lambda_id")}) or "-",
+             "model": model if wide else model.removeprefix("vit_"), "slot": str(row.get("slot") or "-"),
+             "progress": "-" if row["state"] == "queued" else ("starting" if live and _percent(row) == "-"
+                                                              else _percent(row)),
+             "elapsed": duration(row.get("elapsed_s")),
+             "ETA": duration(row.get("eta_s")) if live else "-", "age": age(row["age_s"])}
+    return cells
+
+
+def screen_columns(wide: bool) -> tuple[str, ...]:
+    if wide:
+        return ("id", "state", "dataset", "cell", "model", "slot", "progress", "elapsed", "ETA", "age")
+    return ("id", "state", "dataset", "cell", "model", "progress", "elapsed", "ETA")
 
 
 class QueueScreen(PolledScreen):
@@ -31,11 +70,11 @@ class QueueScreen(PolledScreen):
         Binding("c", "cancel", "Cancel job", tooltip="Cancel the selected job (asks first): a running one gets SIGTERM"),
         Binding("r", "retry", "Retry", tooltip="Queue a failed or cancelled job again (asks first); it resumes"),
         Binding("plus,equals_sign", "priority(1)", "Priority +", key_display="+",
-                tooltip="Raise the selected queued job's priority by one (asks first; higher runs first)"),
-        Binding("minus", "priority(-1)", "Priority -", key_display="-", show=False,
-                tooltip="Lower the selected queued job's priority by one (asks first)"),
-        Binding("a", "toggle_all", "All", tooltip="Show every finished job, or only the latest 20"),
-        Binding("enter", "open_run", "Open", show=False, tooltip="Open the selected job's run"),
+                tooltip="Raise the selected queued job's priority by one (higher runs first)"),
+        Binding("minus", "priority(-1)", "Priority -", key_display="-",
+                tooltip="Lower the selected queued job's priority by one"),
+        Binding("a", "toggle_all", "All", show=False, tooltip="Show every finished job, or only the latest 20"),
+        Binding("enter", "open_run", "Open", tooltip="Open the selected job's run"),
     ]
 
     def __init__(self) -> None:
@@ -43,8 +82,10 @@ class QueueScreen(PolledScreen):
         self.show_all = False
         self.polls = 0  # listings applied (tests wait on it)
         self._polling = False
+        self._wide = False
         self._rows: dict[int, dict[str, Any]] = {}
         self._cells: dict[int, list[str]] = {}
+        self._cancels: dict[int, Any] = {}  # job id -> the job, for cancels whose outcome is not told yet
 
     @property
     def fmae(self) -> FmaeApp:
@@ -55,19 +96,29 @@ class QueueScreen(PolledScreen):
         return self.query_one("#queue-table", DataTable)
 
     def compose(self) -> ComposeResult:
-        from fmae.queue_ops import COLUMNS
-
         yield Header()
         yield Static(id="queue-bar")
-        table: DataTable = DataTable(id="queue-table", cursor_type="row", zebra_stripes=True)
-        for name, _ in COLUMNS:
-            table.add_column(name, key=name)
-        yield table
+        yield RowTable(id="queue-table")
         yield Static(id="queue-info")
         yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
+        self._set_columns(self.app.size.width >= WIDE)
         self.table.focus()
+
+    def on_resize(self, event: Resize) -> None:
+        wide = event.size.width >= WIDE
+        if wide != self._wide:
+            self._set_columns(wide)
+            self._apply_rows(list(self._rows.values()))
+
+    def _set_columns(self, wide: bool) -> None:
+        self._wide = wide
+        table = self.table
+        table.clear(columns=True)
+        self._cells.clear()
+        for name in screen_columns(wide):
+            table.add_column(name, key=name)
 
     # --- listing ---------------------------------------------------------------------------------------
 
@@ -79,50 +130,39 @@ class QueueScreen(PolledScreen):
     @work(thread=True, group="queue-poll", exit_on_error=False)
     def _poll(self, show_all: bool) -> None:
         from fmae.queue import DB_NAME, Queue
-        from fmae.queue_ops import queue_rows
+        from fmae.queue_ops import cancel_outcome, queue_rows
         from fmae.scheduler import describe, holder
 
         runs_dir = self.fmae.project.runs_dir
-        rows, hidden, error, scheduler = [], 0, None, "no scheduler running"
+        rows, hidden, error, scheduler, told = [], 0, None, "no scheduler running", {}
         try:
             if (runs_dir / DB_NAME).exists():  # looking must not create the queue
                 rows, hidden = queue_rows(Queue(runs_dir), all_=show_all)
             info = holder(runs_dir)
             if info is not None:
                 scheduler = f"scheduler {describe(info)}"
+            for job_id, job in list(self._cancels.items()):
+                outcome = cancel_outcome(job)
+                if outcome is not None:
+                    told[job_id] = outcome
         except (FmaeError, OSError) as e:
             error = str(e)
         except Exception as e:
             error = f"{type(e).__name__}: {e}"
         try:
-            self.app.call_from_thread(self._apply, rows, hidden, scheduler, error)
+            self.app.call_from_thread(self._apply, rows, hidden, scheduler, error, told)
         except RuntimeError:
             pass
 
-    def _apply(self, rows: list[dict[str, Any]], hidden: int, scheduler: str, error: str | None) -> None:
-        from fmae.queue_ops import COLUMNS, counts_line, row_state, table_cells
+    def _apply(self, rows: list[dict[str, Any]], hidden: int, scheduler: str, error: str | None,
+               told: dict[int, str] | None = None) -> None:
+        from fmae.queue_ops import counts_line
 
         self._polling = False
-        table = self.table
-        selected = self.selected_id
-        fresh = {r["id"]: r for r in rows}
-        for job_id in [k for k in self._cells if k not in fresh]:
-            table.remove_row(str(job_id))
-            del self._cells[job_id]
-        names = [name for name, _ in COLUMNS]
-        for job_id, row in fresh.items():
-            cells = table_cells(row)
-            old = self._cells.get(job_id)
-            if old is None:
-                table.add_row(*self._styled(cells, row_state(row)), key=str(job_id))
-            elif old != cells:
-                for name, new, was, shown in zip(names, cells, old, self._styled(cells, row_state(row))):
-                    if new != was:
-                        table.update_cell(str(job_id), name, shown, update_width=widens(table, name, shown))
-            self._cells[job_id] = cells
-        self._rows = fresh
-        if selected in fresh:
-            table.move_cursor(row=table.get_row_index(str(selected)))
+        for job_id, outcome in (told or {}).items():
+            if self._cancels.pop(job_id, None) is not None:
+                self.notify(outcome, title="cancel", markup=False)
+        self._apply_rows(rows)
         bar = Text(f"{len(rows)} job(s)" + (f": {counts_line(rows, hidden)}" if rows else " in the queue"))
         bar.append(f" · {scheduler}", "dim")
         if error:
@@ -131,8 +171,38 @@ class QueueScreen(PolledScreen):
         self._show_selected()
         self.polls += 1
 
+    def _apply_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Running first, then queued in starting order, then finished; the cursor stays on its job."""
+        from fmae.queue_ops import row_state, work_order
+
+        table = self.table
+        selected = self.selected_id
+        ordered = work_order(rows)
+        fresh = {r["id"]: r for r in ordered}
+        names = screen_columns(self._wide)
+        shown = [int(row.key.value) for row in table.ordered_rows]
+        if shown != list(fresh):  # jobs came, went or changed places: lay the rows out again
+            table.clear()
+            self._cells.clear()
+        for job_id, row in fresh.items():
+            cells = [screen_cells(row, self._wide)[n] for n in names]
+            old = self._cells.get(job_id)
+            styled = self._styled(cells, row_state(row))
+            if old is None:
+                table.add_row(*styled, key=str(job_id))
+            elif old != cells:
+                for name, new, was, shown_cell in zip(names, cells, old, styled):
+                    if new != was:
+                        table.update_cell(str(job_id), name, shown_cell, update_width=widens(table, name, shown_cell))
+            self._cells[job_id] = cells
+        self._rows = fresh
+        if selected in fresh:
+            row = table.get_row_index(str(selected))
+            if row != table.cursor_row:
+                table.move_cursor(row=row)
+
     @staticmethod
-    def _styled(cells: list[str], state: str) -> list[Any]:
+    def _styled(cells: list[str], state: str) -> list[Any]:  # the state is the second column
         out: list[Any] = list(cells)
         out[1] = Text(cells[1], STATE_STYLE.get(state.split()[0], ""))
         return out
@@ -164,8 +234,11 @@ class QueueScreen(PolledScreen):
                        if not self._rows else "")
             return
         text = Text(row["run_id"], "bold")
-        needs = f"{row['gpus']} GPU(s)" if row["gpus"] else "a CPU slot"
-        text.append(f" · job {row['id']} · priority {row['priority']} · needs {needs}")
+        text.append(f" · job {row['id']} · priority {row['priority']}")
+        if row["state"] == "queued":  # what it waits for; a started job has its slot
+            text.append(f" · needs {row['gpus']} GPU(s)" if row["gpus"] else " · needs a CPU slot")
+        elif row.get("slot"):
+            text.append(f" · on {row['slot']}" + (f" ({row['host']})" if row.get("host") else ""))
         if row.get("error"):
             text.append("\n" + str(row["error"]), "red")
         box.update(text)
@@ -209,7 +282,18 @@ class QueueScreen(PolledScreen):
             return
         how = "it has not started" if job.state == "queued" else "it gets SIGTERM, saves a checkpoint and stops"
         self.app.push_screen(ConfirmScreen(f"Cancel job {job.id}?", f"{job.run_id}\n({how})"),
-                             lambda yes: self._do(lambda: cancel_job(q, job), "cancel") if yes else None)
+                             lambda yes: self._cancel(q, job) if yes else None)
+
+    def _cancel(self, q: Any, job: Any) -> None:
+        from fmae.queue_ops import cancel_job
+
+        def cancel() -> str:
+            message = cancel_job(q, job)
+            if job.state != "queued" and "finished before" not in message:
+                self._cancels[job.id] = job  # the next looks say how it ended: cancelled, or done anyway
+            return message
+
+        self._do(cancel, "cancel")
 
     def action_retry(self) -> None:
         from fmae.queue_ops import check_retryable
@@ -264,10 +348,8 @@ class QueueScreen(PolledScreen):
         if job.state != "queued":
             self.notify(f"job {job.id} is {job.state}: priority orders queued jobs only", severity="warning")
             return
-        new = job.priority + step
-        self.app.push_screen(ConfirmScreen(f"Priority of job {job.id}: {job.priority} → {new}?",
-                                           f"{job.run_id}\n(queued jobs run by priority, higher first)"),
-                             lambda yes: self._do(lambda: set_priority(q, job, new), "priority") if yes else None)
+        # Nothing is lost by a priority step (another press undoes it): no question asked.
+        self._do(lambda: set_priority(q, job, job.priority + step), "priority")
 
     def action_toggle_all(self) -> None:
         self.show_all = not self.show_all
