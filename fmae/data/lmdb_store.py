@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from fmae.data.fer_folders import IMAGE_SUFFIXES
-from fmae.data.image_decode import decode_rgb, to_rgb
+from fmae.data.image_decode import ImageRefused, decode_rgb, open_image, to_rgb
 from fmae.data.problems import Problems
 from fmae.errors import FmaeError
 
@@ -303,8 +303,17 @@ class ImageStore:
         return bytes(data)
 
     def read_image(self, i: int) -> Image.Image:
-        return decode_rgb(self.read_bytes(i), f"{self.path}: entry {self.key(i)}",
-                          fix=f"run `fmae data check {self.path}`")
+        key = self.key(i)
+        data = self.read_bytes(i)
+        try:
+            with open_image(data) as img:  # fmae's one decode (`fmae.data.image_decode`), as for files
+                img.load()
+                return to_rgb(img)
+        except ImageRefused as e:
+            raise FmaeError(f"{self.path}: entry {key}: {e}") from None
+        except _DECODE_ERRORS as e:
+            raise FmaeError(f"{self.path}: entry {key} cannot be decoded ({_reason(e)}) — "
+                            f"run `fmae data check {self.path}`") from None
 
     def __repr__(self) -> str:
         return f"ImageStore({str(self.path)!r}, {len(self)} images)"
@@ -654,8 +663,11 @@ def _entry_problem(data: bytes) -> str | None:
     if not data:
         return "entry is empty (0 bytes)"
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with open_image(data) as img:  # as training reads it: the pixel limit, the mode, every pixel
             img.load()
+            to_rgb(img)
+    except ImageRefused as e:
+        return f"entry refused: {e}"
     except Image.UnidentifiedImageError:
         return "entry is not an image (cannot identify the format)"
     except _DECODE_ERRORS as e:
