@@ -67,6 +67,8 @@ class RunScreen(Screen[None]):
         Binding("w", "wrap", "Wrap", tooltip="Wrap the log's long lines, or cut them at the edge (toggles)"),
         Binding("n", "edit_notes", "Notes", tooltip="Edit this run's notes (notes.md); ctrl+s saves"),
         Binding("r", "refresh", "Refresh", show=False, tooltip="Look at the run folder again now"),
+        Binding("p", "predict", "Predict", show=False, tooltip="Run this finished AU/FER model on your own video, "
+                "image or folder (a queue job), or follow this prediction's per-face timeline"),
         *(Binding(TAB_TITLES[tab][0], f"show_tab('{tab}')", f"{TAB_TITLES[tab][2:]} tab", show=False, tooltip=what)
           for tab, what in TABS.items()),
     ]
@@ -368,6 +370,16 @@ class RunScreen(Screen[None]):
 
     def action_refresh(self) -> None:
         self._tick()
+
+    def action_predict(self) -> None:
+        from fmae_tui.screens.predict import PredictScreen
+
+        config, _ = self._files.get("run.toml") or ({}, {})
+        state = (self._files.get("status.json") or {}).get("state")
+        if config.get("task") != "predict" and (config.get("task") not in ("au", "fer") or state != "done"):
+            self.notify("Predict needs a finished AU or FER run (or a prediction run to follow)", severity="warning")
+            return
+        self.app.push_screen(PredictScreen(self.path))
 
     def action_wrap(self) -> None:
         """Lay the log out again, wrapped at the edge or cut there."""
