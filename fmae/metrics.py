@@ -38,7 +38,8 @@ def degenerate_threshold(threshold: float | None) -> bool:
     """
     if threshold is None or not math.isfinite(threshold):
         return False
-    return threshold <= THRESHOLDS[0] + 1e-9 or threshold >= THRESHOLDS[-1] - 1e-9
+    # a Python bool: numpy's would go into checkpoints, which a weights_only load refuses
+    return bool(threshold <= THRESHOLDS[0] + 1e-9 or threshold >= THRESHOLDS[-1] - 1e-9)
 
 
 # ---------------------------------------------------------------------------------------------------
