@@ -129,7 +129,70 @@ def test_synth_register_points_the_config_at_the_copy(tmp_path):
 def test_usage_errors_exit_2(tmp_path):
     assert_one_line_error(run_fmae("synth", "bp5d", "--out", tmp_path), "unknown dataset 'bp5d'")
     assert_one_line_error(run_fmae("synth", "bp4d", "--out", tmp_path, "--layout", "flat"),
-                          "--layout flat: bp4d layouts are task_folders, original, nested")
+                          "--layout flat: bp4d layouts are original, task_folders, nested")
     assert_one_line_error(run_fmae("synth", "rafdb", "--out", tmp_path, "--raw"), "--raw: rafdb has no raw")
     assert run_fmae("synth", "bp4d").returncode == 2  # missing --out: click's usage error
     assert not os.listdir(tmp_path) or all(p.name != "labels.jsonl" for p in tmp_path.iterdir())
+
+
+def test_an_outdated_synthetic_copy_is_made_again_or_refused(tmp_path):
+    """synth.json records the generator: a configured copy written by an older one (DISFA listed every
+    image four times) is made again on first use, old files gone; a copy named by --root is refused."""
+    tiny_config(tmp_path)
+    root = tmp_path / "data/synth/disfa"
+    assert run_fmae("data", "check", "disfa", cwd=tmp_path).returncode == 0
+    meta = json.loads((root / "synth.json").read_text())
+    del meta["generator"]  # as generator 1 wrote it
+    (root / "synth.json").write_text(json.dumps(meta))
+    (root / "SN001" / "frame_99.jpg").write_bytes(b"left by the old copy")
+    outdated = run_fmae("datasets", cwd=tmp_path)
+    assert re.search(r"disfa .*synthetic, outdated", outdated.stdout), outdated.stdout
+    again = run_fmae("data", "check", "disfa", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "making synthetic DISFA data in" in again.stderr and "written by generator 1" in again.stderr
+    assert json.loads((root / "synth.json").read_text())["generator"]["version"] == 2
+    assert not (root / "SN001" / "frame_99.jpg").exists() and not list(root.parent.glob(".disfa*"))
+    copy = tmp_path / "old-copy"
+    run_fmae("synth", "disfa", "--out", copy, "--subjects", 4, "--frames", 3, "--size", 32)
+    meta = json.loads((copy / "synth.json").read_text())
+    del meta["generator"]
+    (copy / "synth.json").write_text(json.dumps(meta))
+    assert_one_line_error(run_fmae("data", "check", "disfa", "--root", copy, cwd=tmp_path),
+                          f"{copy}: a synthetic copy written by an older fmae synth (generator 1, now 2",
+                          f"write a new one: fmae synth disfa --out {copy}-new --subjects 4 --frames 3 --size 32")
+
+
+def test_check_sorts_duplicates_and_notes_codes_out_of_slot_order(make_synth, tmp_path):
+    root = make_synth("disfa")
+    lines = (root / "labels.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    # A line with some AUs present, its slots reversed: every present code sits in another AU's slot.
+    j = next(i for i, line in enumerate(lines) if i and 0 < sum(a != 999 for a in json.loads(line)["AUs"]) < 8)
+    reordered = dict(json.loads(lines[j]), AUs=list(reversed(json.loads(lines[j])["AUs"])))
+    lines[j] = json.dumps(reordered)
+    same = tmp_path / "same.jsonl"
+    same.write_text("\n".join([*lines, lines[0]]) + "\n")
+    ok = run_fmae("data", "check", "disfa", "--root", root, "--labels", same)
+    assert ok.returncode == 0, ok.stderr
+    assert f"warning: {same}:{len(lines) + 1}: '{first['img_path']}' is listed again with the same AUs" in ok.stdout
+    assert f"note: {same}: 1 of {len(lines) + 1} lines hold their AU codes in other slots" in ok.stdout
+    other = tmp_path / "other.jsonl"
+    flipped = [999 if a != 999 else c for a, c in zip(first["AUs"], DATASETS["disfa"].au_codes)]
+    other.write_text("\n".join([*lines, json.dumps(dict(first, AUs=flipped))]) + "\n")
+    bad = run_fmae("data", "check", "disfa", "--root", root, "--labels", other)
+    assert_one_line_error(bad, "disfa: 1 problems found")
+    assert f"problem: {other}:{len(lines) + 1}: '{first['img_path']}' is listed again with other AUs (line 1:" in bad.stderr
+
+
+def test_root_without_labels_takes_its_labels_jsonl_and_says_so(make_synth, tmp_path):
+    root = make_synth("bp4d")
+    tiny_config(tmp_path)
+    dry = run_fmae("train", "bp4d", "--fold", "1", "--root", root, "--model", "vit_tiny", "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    rows = {line.split("│")[1].strip(): line for line in dry.stdout.splitlines() if line.count("│") >= 4}
+    assert str(root / "labels.jsonl") in rows["labels"] and "--root (labels.jsonl found there)" in rows["labels"]
+    bare = tmp_path / "frames-only"
+    bare.mkdir()
+    assert_one_line_error(run_fmae("train", "bp4d", "--fold", "1", "--root", bare, "--dry-run", cwd=tmp_path),
+                          f"--root {bare}: no labels.jsonl there — pass --labels FILE")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -153,3 +153,48 @@ def test_faces_are_learnable_on_unseen_subjects_and_identity_is_decodable(tmp_pa
     held = np.arange(len(x)) % 5 == 0
     ident = RidgeClassifier(alpha=10.0).fit(x[~held], subjects[~held])
     assert (ident.predict(x[held]) == subjects[held]).mean() > 0.9
+
+
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_every_benchmark_has_one_image_per_label_line(name, tmp_path):
+    """More frames than one synthetic task holds, so a layout without the task (DISFA's) must number
+    frames on instead of writing each task's over the previous one's."""
+    from fmae.data.synth.writer import FRAMES_PER_TASK
+
+    spec = DATASETS[name]
+    frames = 2 * FRAMES_PER_TASK + 3
+    subjects = spec.num_folds + 1 if spec.task == "au" else 3
+    report = synthesize(spec, tmp_path, SynthOptions(subjects=subjects, frames=frames, size=32, seed=4))
+    on_disk = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.jpg"))
+    assert report.images == len(on_disk) == subjects * frames
+    if spec.task == "au":
+        lines = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
+        paths = [line["img_path"] for line in lines]
+        assert len(paths) == len(set(paths)) == len(on_disk) and sorted(paths) == on_disk
+        problems = Problems()
+        assert len(read_au_jsonl(tmp_path / "labels.jsonl", spec, problems)) == len(paths) and not problems
+    else:  # FER: the class folder is the label, one file per image
+        assert all(p.split("/")[0] in ("train", "test") and len(p.split("/")) == 3 for p in on_disk)
+    meta = json.loads((tmp_path / "synth.json").read_text())
+    assert meta["generator"] == {"name": "fmae synth", "version": 2} and meta["images"] == len(on_disk)
+
+
+def test_synthetic_copies_read_as_the_original_reads_them(tmp_path):
+    """BP4D in the original's layout by default (its reader cuts the subject as img_path[1:4]); BP4D+ as
+    `F001_T1/…` (img_path[0:4]); DISFA's subject is the last five characters of the first path
+    component. fmae's own parser reads each to the canonical id."""
+    cuts = {"bp4d": lambda p: p[1:4], "bp4d_plus": lambda p: p[0:4], "disfa": lambda p: p.split("/")[0][-5:]}
+    for name, cut in cuts.items():
+        spec = DATASETS[name]
+        synthesize(spec, tmp_path / name, SynthOptions(subjects=spec.num_folds + 1, frames=2, size=32))
+        lines = [json.loads(line)["img_path"] for line in (tmp_path / name / "labels.jsonl").read_text().splitlines()]
+        for path in lines:
+            subject = spec.parse_subject(path)
+            short = f"{subject[0]}{int(subject[1:]):02d}" if name == "bp4d" else subject
+            assert cut(path) == short, (name, path)
+    assert lines[0] == "SN001/frame_1.jpg" or lines[0].endswith("/frame_1.jpg")
+    first_bp4d = (tmp_path / "bp4d" / "labels.jsonl").read_text().splitlines()[0]
+    assert json.loads(first_bp4d)["img_path"].startswith("2F0") and "_T1/frame_1.jpg" in first_bp4d
+    synthesize(DATASETS["bp4d"], tmp_path / "task_folders", SynthOptions(subjects=4, frames=2, size=32,
+                                                                        layout="task_folders"))
+    assert (tmp_path / "task_folders" / "labels.jsonl").read_text().startswith('{"img_path": "F0')
