@@ -74,15 +74,15 @@ def test_the_paper_pipeline_in_one_chain(make_synth, tmp_path):
     assert all(0.0 <= a <= 1.0 for a in probes.values())
 
     grid = tmp_path / "grid.png"
-    shown = run_fmae("visualize", run, bp4d / "F001_T1", "--out", grid, "--seed", "3")
+    shown = run_fmae("visualize", run, bp4d / "2F01_T1", "--out", grid, "--seed", "3")
     assert shown.returncode == 0, shown.stderr
     with Image.open(grid) as png:
         assert png.width > 4 * 64
     again = tmp_path / "again.png"
-    assert run_fmae("visualize", run, bp4d / "F001_T1", "--out", again, "--seed", "3").returncode == 0
+    assert run_fmae("visualize", run, bp4d / "2F01_T1", "--out", again, "--seed", "3").returncode == 0
     assert grid.read_bytes() == again.read_bytes()  # the same seed draws the same masks
 
-    refused = run_fmae("visualize", ft_run, bp4d / "F001_T1", "--out", tmp_path / "x.png")
+    refused = run_fmae("visualize", ft_run, bp4d / "2F01_T1", "--out", tmp_path / "x.png")
     assert_one_line_error(refused, "has no decoder")
 
 

@@ -94,6 +94,22 @@ def test_bp4d_subject_parsing(path, subject):
     assert DATASETS["bp4d_plus"].parse_subject(path) == subject
 
 
+@pytest.mark.parametrize("name", AU_ROWS)
+def test_every_layout_of_every_subject_reads_back_into_its_fold(name):
+    """Each path layout `fmae synth` can write (the first is its default) parses back to the subject, for
+    every subject of the fold table; BP4D's default is the original's `2F01_T1/frame_1.jpg`."""
+    spec = DATASETS[name]
+    layouts = spec.subject_scheme.layouts
+    for template in layouts.values():
+        for subject in spec.subjects:
+            short = f"{subject[0]}{int(subject[1:]):02d}" if subject[0] in "FM" else subject
+            path = template.format(subject=subject, short=short, task=3, frame=17)
+            assert spec.parse_subject(path) == subject and spec.fold_of(subject) is not None, (template, path)
+    default = next(iter(layouts.values())).format(subject="F001", short="F01", task=1, frame=1)
+    assert default == {"bp4d": "2F01_T1/frame_1.jpg", "bp4d_plus": "F001_T1/frame_1.jpg",
+                       "disfa": "F001/frame_1.jpg"}[name]
+
+
 @pytest.mark.parametrize("path, subject", [
     ("SN001/frame_1.jpg", "SN001"),
     ("SN001/1.jpg", "SN001"),
