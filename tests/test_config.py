@@ -23,6 +23,17 @@ def test_repository_config_is_the_builtin_default():
     assert (REPO / "fmae.toml").read_text() == default_config_text()
 
 
+def test_a_utf8_bom_is_accepted_and_kept(tmp_path):
+    """Windows editors start a file with a BOM; fmae.toml reads as without it, and an edit keeps it."""
+    path = tmp_path / "fmae.toml"
+    path.write_bytes("\ufeff".encode() + b'runs_dir = "r"\n[compute]\ncpu_slots = 2\n')
+    assert load_project(path).cpu_slots == 2
+    shown = run_fmae("config", "show", "--config", path, cwd=tmp_path)
+    assert shown.returncode == 0 and "cpu_slots=2" in shown.stdout, shown.stderr
+    update_config(path, {"compute.cpu_slots": 3})
+    assert path.read_bytes().startswith("\ufeff".encode()) and load_project(path).cpu_slots == 3
+
+
 def test_default_config_loads_and_points_at_synthetic_data(tmp_path):
     project = load_project(write(tmp_path, default_config_text()))
     assert project.runs_dir == tmp_path / "runs"
