@@ -47,7 +47,8 @@ class RunsScreen(Screen[None]):
         Binding("j", "app.open('queue')", "Queue", tooltip="The queue's jobs: cancel, retry, reprioritise"),
         Binding("R", "app.open('results')", "Results",
                 tooltip="Per-AU tables over folds and seeds, the paper beside them"),
-        Binding("escape", "clear_filters", "Clear", tooltip="Show every run again (text and state filters off)"),
+        Binding("escape", "clear_filters", "Clear filters", show=False,
+                tooltip="Show every run again (text and state filters off); the bar says when one is on"),
     ]
 
     def __init__(self) -> None:
@@ -157,6 +158,8 @@ class RunsScreen(Screen[None]):
             if table.text_filter.strip():
                 text.append(" · filter ").append(table.text_filter.strip(), "bold")
             text.append(f" · sort {table.sort_label}")
+            if table.state_filter or table.text_filter.strip():
+                text.append(" · esc: clear filters", "dim")
         self.query_one("#runs-bar", Static).update(text)
         self.refresh_bindings()  # "esc Clear filters" comes and goes with the filters
 
