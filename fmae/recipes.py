@@ -29,6 +29,11 @@ FINETUNE_DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "global_pool": True,
         "accum_iter": 1,
         "lambda_id": 0.0,
+        # As the original evaluates: Resize([s, s]) with torchvision's default (bilinear; "bicubic" is
+        # the train crop's), and head.weight re-drawn after loading a checkpoint ("keep": a fitting
+        # checkpoint head is kept).
+        "eval_interpolation": "bilinear",
+        "head_init": "redraw",
     }
 )
 
@@ -84,6 +89,7 @@ ID_PROBE: Mapping[str, Any] = MappingProxyType(
         "min_lr": 1e-6,
         "frames_per_subject": 100,
         "train_frames_per_subject": 70,
+        "eval_interpolation": "bilinear",  # the probe's frames take the AU evaluation transform
     }
 )
 

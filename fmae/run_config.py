@@ -168,9 +168,10 @@ def _check_values(v: Mapping[str, Any]) -> None:
         raise FmaeError(f"layer_decay = {v['layer_decay']}: must be in (0, 1]")
     if "data_cache" in v and not str(v["data_cache"]).strip():
         raise FmaeError("data_cache = '': give \"auto\", \"off\" or the folder of a pixel cache (`fmae data cache`)")
-    choices = {"device": ("auto", "cpu", "cuda"), "amp": ("auto", "bf16", "fp16", "off")}
+    choices = {"device": ("auto", "cpu", "cuda"), "amp": ("auto", "bf16", "fp16", "off"),
+               "eval_interpolation": ("bilinear", "bicubic"), "head_init": ("redraw", "keep")}
     for key, allowed in choices.items():
-        if v[key] not in allowed:
+        if key in v and v[key] not in allowed:
             raise FmaeError(f"{key} = '{v[key]}': choose one of {', '.join(allowed)}")
 
 

@@ -58,15 +58,61 @@ def _sets(root: Path, paths: list[Path], cfg: dict, train: bool) -> tuple[ImageS
     return plain, fast
 
 
-def test_eval_from_the_cache_feeds_the_model_the_same_numbers(tmp_path):
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_eval_from_the_cache_feeds_the_model_the_same_numbers(tmp_path, interpolation):
+    """For the paper's bilinear eval resize (the default) and the bicubic choice alike."""
     root, paths = _folder(tmp_path)
-    report = build_cache(root, size=32)
-    assert report.out == default_cache_dir(root, 32) and report.written == len(paths)
-    plain, fast = _sets(root, paths, _cfg(32), train=False)
+    default = interpolation == _cfg(32)["eval_interpolation"]
+    report = build_cache(root, size=32, **({} if default else {"interpolation": interpolation}))
+    assert report.out == default_cache_dir(root, 32, interpolation) == root / ".fmae-cache" / f"32px-{interpolation}"
+    assert report.written == len(paths)
+    plain, fast = _sets(root, paths, _cfg(32, eval_interpolation=interpolation), train=False)
     a, b = _batch(plain), _batch(fast)
     assert a.dtype == b.dtype == torch.float32 and a.shape == b.shape == (len(paths), 3, 32, 32)
     assert torch.equal(a, b)  # bit for bit: same resize, same ToTensor + Normalize arithmetic
     assert b.is_contiguous()
+
+
+def test_a_cache_is_read_only_by_runs_of_its_interpolation(tmp_path, caplog):
+    """A bicubic cache is never used for a bilinear run: auto looks in the bilinear folder (and says why
+    the older bicubic one is not read); an explicit folder of the other interpolation is an error."""
+    import json
+
+    import lmdb
+
+    root, paths = _folder(tmp_path)
+    bilinear, bicubic = _cfg(32), _cfg(32, eval_interpolation="bicubic")
+    build_cache(root, size=32, interpolation="bicubic")
+    assert choose_cache(bicubic, root, {"x": paths})[0].interpolation == "bicubic"
+    with caplog.at_level("INFO", logger="fmae.train"):
+        assert choose_cache(bilinear, root, {"x": paths}) == (None, {})
+    assert "no pixel cache at " + str(default_cache_dir(root, 32, "bilinear")) in caplog.text
+    assert "--interpolation bilinear" in caplog.text
+    explicit = {**bilinear, "data_cache": str(default_cache_dir(root, 32, "bicubic"))}
+    with pytest.raises(FmaeError, match="holds bicubic-resized images but this run evaluates bilinear"):
+        choose_cache(explicit, root, {"x": paths})
+    with pytest.raises(FmaeError, match="holds bicubic-resized images; build --interpolation bilinear"):
+        build_cache(root, out=default_cache_dir(root, 32, "bicubic"), size=32, interpolation="bilinear")
+
+    # A cache of the previous format (folder `32px`, no interpolation recorded) was made bicubic.
+    old = root / ".fmae-cache" / "32px"
+    default_cache_dir(root, 32, "bicubic").rename(old)
+    env = lmdb.open(str(old), subdir=True)
+    with env.begin(write=True) as txn:
+        for key in (b"__meta__", b"__index__"):
+            entry = json.loads(txn.get(key))
+            del entry["interpolation"]
+            entry["format_version"] = 1
+            txn.put(key, json.dumps(entry).encode())
+    env.close()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="fmae.train"):
+        assert choose_cache(bilinear, root, {"x": paths}) == (None, {})
+    assert f"{old} was resized bicubically by an older fmae" in caplog.text
+    cache, _ = choose_cache(bicubic, root, {"x": paths})  # e.g. a run.toml from before eval_interpolation
+    assert cache.path == old and cache.interpolation == "bicubic"
+    plain, fast = _sets(root, paths, bicubic, train=False)
+    assert torch.equal(_batch(plain), _batch(fast))
 
 
 def test_train_from_the_cache_draws_the_same_augmentation(tmp_path):
@@ -122,7 +168,8 @@ def test_the_cache_is_chosen_only_when_it_covers_the_run(tmp_path, caplog):
     os.utime(paths[2], ns=(1, 1))  # the file changed after caching
     with caplog.at_level("WARNING", logger="fmae.train"):
         assert choose_cache(cfg, root, {"train": paths}) == (None, {})
-    assert "changed since it was built" in caplog.text and "fmae data cache bp4d --size 32" in caplog.text
+    assert "changed since it was built" in caplog.text
+    assert "fmae data cache bp4d --size 32 --interpolation bilinear" in caplog.text
     explicit = {**cfg, "data_cache": str(default_cache_dir(root, 32))}
     with pytest.raises(FmaeError, match="changed since it was built"):
         choose_cache(explicit, root, {"train": paths})
@@ -176,7 +223,8 @@ def test_training_from_the_cache_end_to_end_equals_the_plain_path(tmp_path):
     synthesize(get_dataset("bp4d"), root, SynthOptions(subjects=6, frames=4, size=32, seed=3))
     made = run_fmae("data", "cache", "bp4d", "--root", root, "--size", "32")
     assert made.returncode == 0, made.stderr
-    assert "24 images of 32 px (24 decoded, 0 unchanged)" in made.stdout
+    assert "24 images of 32 px, bilinear (24 decoded, 0 unchanged)" in made.stdout
+    assert 'eval_interpolation = "bilinear"' in made.stdout
     project = load_project(cwd=tmp_path)
     common = {"model": "vit_tiny", "batch_size": 8, "epochs": 1, "input_size": 32, "num_workers": 0, "log_every": 1,
               "random_erase_prob": 0.0, "blr": 0.05, "device": "cpu"}

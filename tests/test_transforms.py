@@ -60,3 +60,50 @@ def test_crop_scale_out_of_range_is_one_line(tmp_path):
 
     result = run_fmae("train", "bp4d", "--fold", "1", "--dry-run", "--set", "crop_scale=0", cwd=tmp_path)
     assert_one_line_error(result, "crop_scale = 0", "(0, 1]")
+
+
+def _face(tmp_path, side: int = 112):
+    """A smooth face-sized image, so the resize filter matters."""
+    small = np.random.default_rng(2).integers(0, 256, (7, 7, 3), dtype=np.uint8)
+    path = tmp_path / "face.png"
+    Image.fromarray(small).resize((side, side), Image.Resampling.BICUBIC).save(path)
+    return Image.open(path).convert("RGB")
+
+
+def test_the_paper_recipes_evaluate_as_the_original(tmp_path):
+    """The original's AU eval transform is `Resize([s, s])` with torchvision's default interpolation."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    from torchvision import transforms as T
+
+    original = T.Compose([T.Resize([64, 64]), T.ToTensor(), T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
+    img = _face(tmp_path)
+    for dataset in ("bp4d", "bp4d_plus", "disfa", "rafdb", "affectnet8"):
+        cfg = {**finetune_recipe(dataset), "input_size": 64}
+        assert cfg["eval_interpolation"] == "bilinear", dataset
+        assert torch.equal(eval_transform(cfg)(img), original(img))
+    bicubic = eval_transform({**cfg, "eval_interpolation": "bicubic"})(img)
+    gap = (bicubic - original(img)).abs().max().item()
+    assert 0.05 < gap < 1.0  # the other choice is a real difference at 112 -> 64 px (measured 0.30)
+    old = {k: v for k, v in cfg.items() if k != "eval_interpolation"}  # a run.toml from before the key
+    assert torch.equal(eval_transform(old)(img), bicubic)
+    native = _face(tmp_path, side=64)  # at the native size both filters leave the pixels alone
+    assert torch.equal(eval_transform(cfg)(native), eval_transform({**cfg, "eval_interpolation": "bicubic"})(native))
+
+
+def test_eval_and_head_settings_show_their_source_and_refuse_other_values(tmp_path):
+    from conftest import assert_one_line_error, run_fmae
+
+    shown = run_fmae("train", "bp4d", "--fold", "1", "--dry-run", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    rows = {line.split()[1]: line for line in shown.stdout.splitlines() if line.startswith("│")}
+    assert "bilinear" in rows["eval_interpolation"] and "recipe bp4d/fmae" in rows["eval_interpolation"]
+    assert "redraw" in rows["head_init"] and "recipe bp4d/fmae" in rows["head_init"]
+    chosen = run_fmae("train", "bp4d", "--fold", "1", "--dry-run", "--set", "eval_interpolation=bicubic",
+                      "--set", "head_init=keep", cwd=tmp_path)
+    rows = {line.split()[1]: line for line in chosen.stdout.splitlines() if line.startswith("│")}
+    assert "bicubic" in rows["eval_interpolation"] and "command line" in rows["eval_interpolation"]
+    assert "keep" in rows["head_init"] and "command line" in rows["head_init"]
+    bad = run_fmae("train", "bp4d", "--fold", "1", "--dry-run", "--set", "eval_interpolation=lanczos", cwd=tmp_path)
+    assert_one_line_error(bad, "eval_interpolation = 'lanczos'", "choose one of bilinear, bicubic")
+    bad = run_fmae("train", "bp4d", "--fold", "1", "--dry-run", "--set", "head_init=zero", cwd=tmp_path)
+    assert_one_line_error(bad, "head_init = 'zero'", "choose one of redraw, keep")

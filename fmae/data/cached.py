@@ -41,8 +41,8 @@ from timm.data.random_erasing import RandomErasing
 from fmae.data.datasets import ImageSet, item_seed, seeded_transform
 from fmae.data.fast_augment import fast_pipeline
 from fmae.data.lmdb_store import is_store
-from fmae.data.pixel_cache import PixelCache, default_cache_dir
-from fmae.data.transforms import eval_transform, train_parts, train_transform
+from fmae.data.pixel_cache import PixelCache, default_cache_dir, format1_cache_dir
+from fmae.data.transforms import eval_interpolation, eval_transform, train_parts, train_transform
 from fmae.errors import FmaeError
 
 log = logging.getLogger("fmae.train")
@@ -95,6 +95,9 @@ class CachedImageSet(ImageSet):
         assert len(keys) == len(paths)
         if cache.size != int(cfg["input_size"]):
             raise FmaeError(f"pixel cache {cache.path} holds {cache.size} px images; input_size is {cfg['input_size']}")
+        if cache.interpolation != eval_interpolation(cfg):
+            raise FmaeError(f"pixel cache {cache.path} holds {cache.interpolation}-resized images; "
+                            f"eval_interpolation is {eval_interpolation(cfg)}")
         self.cache, self.keys, self.train, self.eraser = cache, list(keys), train, eraser
         self.max_boxes = eraser.max_count if eraser is not None else 0
         self._consts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -197,19 +200,28 @@ def choose_cache(cfg: Mapping[str, Any], root: Path, splits: Mapping[str, Sequen
                  ) -> tuple[PixelCache | None, dict[str, list[str]]]:
     """The pixel cache this run reads (with each split's keys), or (None, {}) for the plain path.
 
-    data_cache = "auto": `<root>/.fmae-cache/<input_size>px` when it exists and holds every image of the
-    run unchanged, else the plain path (saying why); "off": the plain path; a folder: that cache, and any
-    gap in it is an error."""
+    data_cache = "auto": `<root>/.fmae-cache/<input_size>px-<eval_interpolation>` when it exists and holds
+    every image of the run unchanged, else the plain path (saying why); "off": the plain path; a folder:
+    that cache, and any gap in it (or another size or interpolation) is an error. The cache's pixels are
+    the eval resize's, so its interpolation must be the run's."""
     setting = str(cfg.get("data_cache", "auto"))
     if setting == "off":
         return None, {}
     size = int(cfg["input_size"])
+    interp = eval_interpolation(cfg)
     auto = setting == "auto"
-    folder = default_cache_dir(root, size) if auto else Path(setting)
-    make = f"`fmae data cache {cfg['dataset']} --size {size}{'' if auto else f' --out {folder}'}`"
+    folder = default_cache_dir(root, size, interp) if auto else Path(setting)
+    old = format1_cache_dir(root, size)
+    if auto and interp == "bicubic" and not is_store(folder) and is_store(old):
+        folder = old  # a format-1 cache is bicubic: what this run (e.g. an older run.toml) evaluates with
+    make = (f"`fmae data cache {cfg['dataset']} --size {size} --interpolation {interp}"
+            f"{'' if auto else f' --out {folder}'}`")
     if not is_store(folder):
         if auto:
-            log.info("data: decoding image files (no pixel cache at %s; %s makes one)", folder, make)
+            why = (f"; {old} was resized bicubically by an older fmae and this run evaluates {interp} "
+                   "(eval_interpolation), so it is not read — delete it" if interp != "bicubic" and is_store(old)
+                   else "")
+            log.info("data: decoding image files (no pixel cache at %s%s; %s makes one)", folder, why, make)
             return None, {}
         raise FmaeError(f"data_cache = {setting}: no pixel cache there — build it with {make}, or set "
                         "data_cache = \"auto\" or \"off\"")
@@ -217,6 +229,13 @@ def choose_cache(cfg: Mapping[str, Any], root: Path, splits: Mapping[str, Sequen
     if cache.size != size:
         raise FmaeError(f"data_cache {folder}: holds {cache.size} px images but input_size is {size} — build one "
                         f"with {make}")
+    if cache.interpolation != interp:
+        message = (f"data_cache {folder}: holds {cache.interpolation}-resized images but this run evaluates "
+                   f"{interp} (eval_interpolation) — build one with {make}")
+        if auto:
+            log.warning("%s; decoding image files instead", message)
+            return None, {}
+        raise FmaeError(message)
     keys: dict[str, list[str]] = {}
     for split, paths in splits.items():
         k, missing, stale = cache.keys_for(paths, root)
@@ -230,6 +249,6 @@ def choose_cache(cfg: Mapping[str, Any], root: Path, splits: Mapping[str, Sequen
             raise FmaeError(message)
         keys[split] = k
     cache.drop_index()
-    log.info("data: pixel cache %s (%d images of %d px): uint8 batches, normalisation and erasing on the device",
-             folder, len(cache), size)
+    log.info("data: pixel cache %s (%d images of %d px, %s): uint8 batches, normalisation and erasing on the device",
+             folder, len(cache), size, cache.interpolation)
     return cache, keys

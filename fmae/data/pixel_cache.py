@@ -4,18 +4,22 @@ LMDB environment (`fmae data cache DATASET`), so training reads pixels instead o
 Layout of a cache folder (an LMDB environment, opened and grown like the image stores of
 `lmdb_store.py`):
 
-    px/<relative path>   size × size × 3 uint8, row-major RGB: what `Image.resize((size, size), BICUBIC)`
-                         makes of the decoded file — the evaluation transform's resize, so evaluation from
-                         the cache sees exactly the numbers evaluation from the files sees
+    px/<relative path>   size × size × 3 uint8, row-major RGB: what `Image.resize((size, size), FILTER)`
+                         makes of the decoded file, FILTER the cache's interpolation (bilinear or bicubic)
+                         — the evaluation transform's resize, so evaluation from the cache sees exactly the
+                         numbers evaluation from the files sees
     st/<relative path>   "<bytes>:<mtime_ns>" of the source file when it was cached
-    __meta__             JSON: format, version, size, created, fmae version
-    __index__            JSON: format, version, size, the root it was made from, and per key its source's
-                         [bytes, mtime_ns] — written last, so a reader sees a complete cache or none
+    __meta__             JSON: format, version, size, interpolation, created, fmae version
+    __index__            JSON: format, version, size, interpolation, the root it was made from, and per key
+                         its source's [bytes, mtime_ns] — written last, so a reader sees a complete cache
+                         or none
 
 Keys are the images' POSIX paths relative to the dataset root. A run uses a cache only when every image
 it reads is in it with an unchanged size and modification time (one stat per image, which training
 does anyway); rebuilding with the same command recomputes only changed or new files and drops removed
-ones. The default place is `<root>/.fmae-cache/<size>px` (hidden: image listings skip it).
+ones. The default place is `<root>/.fmae-cache/<size>px-<interpolation>` (hidden: image listings skip
+it), so a run evaluating bilinearly never reads a bicubic cache. Format 1 caches (`<size>px`, from before
+the interpolation was a choice) are bicubic; they are read as such, never as bilinear.
 
 No torch here: the command starts fast. `fmae.data.cached` reads caches for training.
 """
@@ -41,9 +45,13 @@ from fmae.data.lmdb_store import (
     release_readers,
 )
 from fmae.errors import FmaeError
+from fmae.recipes import FINETUNE_DEFAULTS
 
 FORMAT = "fmae-pixel-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the interpolation is recorded (1 was always bicubic)
+EVAL_INTERPOLATIONS = ("bilinear", "bicubic")  # config eval_interpolation
+DEFAULT_INTERPOLATION: str = FINETUNE_DEFAULTS["eval_interpolation"]
+_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 PX = "px/"
 ST = "st/"
 CACHE_FOLDER = ".fmae-cache"
@@ -52,8 +60,19 @@ COMMIT_EVERY = 256
 Progress = Callable[[int, int], None]  # (images done, images in total)
 
 
-def default_cache_dir(root: Path, size: int) -> Path:
+def default_cache_dir(root: Path, size: int, interpolation: str = DEFAULT_INTERPOLATION) -> Path:
+    return Path(root) / CACHE_FOLDER / f"{int(size)}px-{_check_interpolation(interpolation)}"
+
+
+def format1_cache_dir(root: Path, size: int) -> Path:
+    """Where fmae put a (bicubic) cache before the folder said its interpolation."""
     return Path(root) / CACHE_FOLDER / f"{int(size)}px"
+
+
+def _check_interpolation(name: str) -> str:
+    if name not in _FILTERS:
+        raise FmaeError(f"interpolation {name!r}: choose one of {', '.join(EVAL_INTERPOLATIONS)}")
+    return name
 
 
 def cache_bytes(images: int, size: int) -> int:
@@ -69,17 +88,17 @@ def _relative_key(path: Path, root: Path) -> str:
     return Path(os.path.relpath(path, root)).as_posix()
 
 
-def resize_square(img: Image.Image, size: int) -> Image.Image:
-    """torchvision's `Resize((size, size), BICUBIC)` on a PIL image is exactly this call."""
-    return img.resize((size, size), Image.Resampling.BICUBIC)
+def resize_square(img: Image.Image, size: int, interpolation: str = DEFAULT_INTERPOLATION) -> Image.Image:
+    """torchvision's `Resize((size, size), BILINEAR or BICUBIC)` on a PIL image is exactly this call."""
+    return img.resize((size, size), _FILTERS[interpolation])
 
 
-def _pixels(path: Path, size: int) -> bytes:
+def _pixels(path: Path, size: int, interpolation: str) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as e:
         raise FmaeError(f"{path}: cannot read the image ({e.strerror or e})") from None
-    img = resize_square(_decode_rgb(data, str(path)), size)
+    img = resize_square(_decode_rgb(data, str(path)), size, interpolation)
     return np.asarray(img, dtype=np.uint8).tobytes()
 
 
@@ -89,6 +108,7 @@ def _pixels(path: Path, size: int) -> bytes:
 class CacheReport:
     out: Path
     size: int
+    interpolation: str = DEFAULT_INTERPOLATION
     images: int = 0  # in the cache now
     written: int = 0  # decoded by this run
     unchanged: int = 0  # already cached with the same source size and time
@@ -98,7 +118,7 @@ class CacheReport:
     sources: list[str] = field(default_factory=list)
 
 
-def _check_out(out: Path, size: int) -> dict | None:
+def _check_out(out: Path, size: int, interpolation: str) -> dict | None:
     """The existing cache's index (None for a new or empty folder); refuse anything else."""
     if out.exists() and not out.is_dir():
         raise FmaeError(f"--out {out}: a file is in the way — give a folder for the cache")
@@ -123,13 +143,18 @@ def _check_out(out: Path, size: int) -> dict | None:
     if int(meta.get("size", -1)) != size:
         raise FmaeError(f"--out {out}: this cache holds {meta.get('size')} px images; build --size {size} into "
                         "another folder (the default is one folder per size)")
+    held = meta.get("interpolation", "bicubic")
+    if held != interpolation:
+        raise FmaeError(f"--out {out}: this cache holds {held}-resized images; build --interpolation {interpolation} "
+                        "into another folder (the default is one folder per size and interpolation)")
     return index or {}
 
 
 def build_cache(root: Path, out: Path | None = None, size: int = 224, progress: Progress | None = None, *,
-                threads: int | None = None) -> CacheReport:
-    """Decode every image under `root` (recursively, hidden folders skipped), resize it to size × size and
-    store its pixels at `out` (default `<root>/.fmae-cache/<size>px`). Rerunning updates the cache."""
+                interpolation: str = DEFAULT_INTERPOLATION, threads: int | None = None) -> CacheReport:
+    """Decode every image under `root` (recursively, hidden folders skipped), resize it to size × size
+    (bilinear or bicubic: the eval_interpolation of the runs that will read it) and store its pixels at
+    `out` (default `<root>/.fmae-cache/<size>px-<interpolation>`). Rerunning updates the cache."""
     from fmae import __version__
 
     start = time.perf_counter()
@@ -138,19 +163,20 @@ def build_cache(root: Path, out: Path | None = None, size: int = 224, progress: 
         raise FmaeError(f"--size {size}: give a positive number of pixels")
     if not root.is_dir():
         raise FmaeError(f"{root}: no such dataset folder")
-    out = Path(out) if out is not None else default_cache_dir(root, size)
+    _check_interpolation(interpolation)
+    out = Path(out) if out is not None else default_cache_dir(root, size, interpolation)
     keys = list_images(root)
     if not keys:
         raise FmaeError(f"{root}: no images in this folder or below")
-    index = _check_out(out, size)
-    report = CacheReport(out=out, size=size, sources=[str(root.resolve())])
+    index = _check_out(out, size, interpolation)
+    report = CacheReport(out=out, size=size, interpolation=interpolation, sources=[str(root.resolve())])
     stats = {k: _stat(root / k) for k in keys}
     writer = _Writer(out, max(DEFAULT_MAP_SIZE, cache_bytes(len(keys), size) * 5 // 4 + (64 << 20)))
     try:
         def begin(txn):
             if txn.get(META_KEY) is None:
-                meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "size": size, "created": _now(),
-                        "fmae_version": __version__}
+                meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "size": size,
+                        "interpolation": interpolation, "created": _now(), "fmae_version": __version__}
                 txn.put(META_KEY, json.dumps(meta).encode())
             have: dict[str, str] = {}
             cur = txn.cursor()
@@ -172,7 +198,7 @@ def build_cache(root: Path, out: Path | None = None, size: int = 224, progress: 
         with ThreadPoolExecutor(max_workers=threads or min(8, (os.cpu_count() or 2))) as pool:
             for lo in range(0, len(todo), COMMIT_EVERY):
                 part = todo[lo:lo + COMMIT_EVERY]
-                pixels = list(pool.map(lambda k: _pixels(root / k, size), part))
+                pixels = list(pool.map(lambda k: _pixels(root / k, size, interpolation), part))
 
                 def put(txn, part=part, pixels=pixels):
                     for k, px in zip(part, pixels):
@@ -189,7 +215,8 @@ def build_cache(root: Path, out: Path | None = None, size: int = 224, progress: 
             for k in gone:
                 txn.delete((PX + k).encode("utf-8"))
                 txn.delete((ST + k).encode("utf-8"))
-            index = {"format": FORMAT, "format_version": FORMAT_VERSION, "size": size, "updated": _now(),
+            index = {"format": FORMAT, "format_version": FORMAT_VERSION, "size": size,
+                     "interpolation": interpolation, "updated": _now(),
                      "fmae_version": __version__, "root": str(root.resolve()),
                      "entries": {k: list(stats[k]) for k in keys}}
             txn.put(INDEX_KEY, json.dumps(index, ensure_ascii=False).encode("utf-8"))
@@ -216,7 +243,8 @@ def _now() -> str:
 # --- reading ------------------------------------------------------------------------------------------
 
 class PixelCache:
-    """Read-only view of a cache: `size`, `keys_for(paths, root)`, `read(key)` → [size, size, 3] uint8.
+    """Read-only view of a cache: `size`, `interpolation`, `keys_for(paths, root)`, `read(key)` → [size, size, 3]
+    uint8.
 
     Picklable for DataLoader workers: each process opens its own read handle (lmdb_store's rule)."""
 
@@ -238,6 +266,7 @@ class PixelCache:
             raise FmaeError(f"{self.path}: cache format {index['format_version']} is newer than this fmae reads "
                             f"({FORMAT_VERSION}) — upgrade fmae")
         self.size = int(index["size"])
+        self.interpolation = str(index.get("interpolation", "bicubic"))  # format 1 resized bicubically
         self.root = index.get("root", "")
         self._entries: dict[str, list[int]] | None = index.get("entries", {})
         self.count = len(self._entries)
@@ -288,4 +317,4 @@ class PixelCache:
         return np.frombuffer(data, dtype=np.uint8).reshape(self.size, self.size, 3).copy()
 
     def __repr__(self) -> str:
-        return f"PixelCache({str(self.path)!r}, {self.count} images of {self.size} px)"
+        return f"PixelCache({str(self.path)!r}, {self.count} images of {self.size} px, {self.interpolation})"

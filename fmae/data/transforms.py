@@ -1,7 +1,8 @@
 """Image transforms of the paper's recipes (timm's, as the original scripts built them).
 
 Train: RandomResizedCrop (area share `crop_scale`..1) + flip + RandAugment + random erasing (`create_transform(is_training=True)`).
-Eval: resize to a square, no centre crop (the original's AU evaluation), ImageNet normalisation.
+Eval: resize to a square (`eval_interpolation`: bilinear as the original, or bicubic), no centre crop (the
+original's AU evaluation), ImageNet normalisation.
 
 The pixel-cache fast path (`fmae.data.cached`) runs the same train transform split in two: its PIL part
 (crop, flip, RandAugment) in the loader workers, then tensor conversion, normalisation and erasing on the
@@ -18,6 +19,7 @@ from timm.data.auto_augment import RandAugment
 from timm.data.random_erasing import RandomErasing
 from torchvision import transforms as T
 
+from fmae.data.pixel_cache import EVAL_INTERPOLATIONS
 from fmae.recipes import FINETUNE_DEFAULTS
 
 
@@ -71,10 +73,19 @@ def _patch_posterize(tf) -> None:
                     op.aug_fn = _posterize
 
 
+def eval_interpolation(cfg: Mapping[str, Any]) -> str:
+    """"bilinear" (the paper's recipes: the original's Resize([s, s]) takes torchvision's default) or
+    "bicubic" — what run.toml files written before the key existed evaluated with."""
+    name = str(cfg.get("eval_interpolation", "bicubic"))
+    if name not in EVAL_INTERPOLATIONS:
+        raise ValueError(f"eval_interpolation = {name!r}: choose one of {', '.join(EVAL_INTERPOLATIONS)}")
+    return name
+
+
 def eval_transform(cfg: Mapping[str, Any]):
     size = int(cfg["input_size"])
     return T.Compose([
-        T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC),
+        T.Resize((size, size), interpolation=T.InterpolationMode(eval_interpolation(cfg))),
         T.ToTensor(),
         T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
     ])

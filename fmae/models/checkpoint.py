@@ -29,6 +29,8 @@ from fmae.models.encoders import ENCODERS, describe_encoder
 
 _WRAPPERS = ("module", "_orig_mod")  # DDP and torch.compile wrap parameter names in these
 _HEADS = ("head", "id_head")
+# The original FMAE-IAT code names its identity head `ID_head` (saved in the whole model's state dict).
+_RENAMES = {"ID_head": "id_head"}
 _SHOWN = 3  # key names quoted in an error message
 
 
@@ -77,14 +79,19 @@ def _unreadable(path: Path) -> FmaeError:
 
 def extract_state_dict(ckpt: dict[str, Any], source: str | os.PathLike = "checkpoint") -> dict[str, Tensor]:
     """The weights in an MAE / fmae checkpoint ({"model": state_dict, ...}) or a bare state dict."""
-    for key in ("model", "state_dict"):
-        if isinstance(ckpt.get(key), dict) and _all_tensors(ckpt[key]):
-            return dict(ckpt[key])
+    entry = _weights_entry(ckpt)
+    if entry is not None:
+        return dict(ckpt[entry])
     if ckpt and _all_tensors(ckpt):
         return dict(ckpt)
     found = ", ".join(list(map(str, ckpt))[:8]) or "nothing"
     raise FmaeError(f"{source}: holds no model weights (expected a 'model' entry or a bare state dict; "
                     f"found {found}) — pass a checkpoint saved by MAE or fmae")
+
+
+def _weights_entry(ckpt: dict[str, Any]) -> str | None:
+    """The key holding the state dict ("model" in MAE's / FMAE's / fmae's saves), None for a bare one."""
+    return next((k for k in ("model", "state_dict") if isinstance(ckpt.get(k), dict) and _all_tensors(ckpt[k])), None)
 
 
 def _all_tensors(d: dict) -> bool:
@@ -97,6 +104,14 @@ def strip_wrappers(key: str) -> str:
     return ".".join(part for part in key.split(".") if part not in _WRAPPERS)
 
 
+def rename_original(key: str) -> str:
+    """The original's module names as fmae's: 'ID_head.weight' -> 'id_head.weight' (after any prefix)."""
+    root, dot, rest = key.partition(".")
+    if root == "encoder":
+        return root + dot + rename_original(rest)
+    return _RENAMES.get(root, root) + dot + rest
+
+
 def encoder_prefix(model_state: dict[str, Any]) -> str:
     """'encoder.' when the encoder sits inside a wrapper model (FineTuneModel, IdentityProbe), else ''."""
     return "encoder." if "encoder.pos_embed" in model_state else ""
@@ -106,7 +121,8 @@ def filter_state_dict(state: dict[str, Tensor], model_state: dict[str, Tensor], 
                       keep_heads: bool = True) -> tuple[dict[str, Tensor], list[str]]:
     """Adapt checkpoint weights to a model's state dict; returns (filtered, dropped key names).
 
-    - strips `module.` / `_orig_mod.`; maps bare encoder keys to `prefix` keys (and back);
+    - strips `module.` / `_orig_mod.`; maps bare encoder keys to `prefix` keys (and back), and the
+      original FMAE-IAT identity head `ID_head.*` to `id_head.*`;
     - drops MAE decoder keys (`decoder_*`, `mask_token`) and a final `norm.*` / `fc_norm.*` the
       model does not have (MAE pretraining vs fine-tuning pooling);
     - drops `head.*` / `id_head.*` that the model lacks or whose shapes differ (all of them when
@@ -120,7 +136,7 @@ def filter_state_dict(state: dict[str, Tensor], model_state: dict[str, Tensor], 
     dropped: list[str] = []
     for raw_key, value in state.items():
         name = strip_wrappers(raw_key)
-        key = _target_key(name, model_state, prefix)
+        key = _target_key(rename_original(name), model_state, prefix)
         rel = key.removeprefix(prefix)
         root = rel.split(".", 1)[0]
         target = model_state.get(key)
@@ -165,33 +181,48 @@ def resample_pos_embed(pos: Tensor, target_shape: torch.Size) -> Tensor:
 # --- loading -----------------------------------------------------------------------------------
 @dataclass
 class LoadReport:
+    """What a load did, said in one line (`str`): the train log's "loaded FILE: …" line."""
+
     loaded: int
     missing: list[str] = field(default_factory=list)      # model keys left at their init
     unexpected: list[str] = field(default_factory=list)   # always empty after a successful load
     dropped: list[str] = field(default_factory=list)      # checkpoint keys filtered out
     pos_embed: str = ""                                   # "4x4 -> 8x8" when resampled
+    renamed: list[str] = field(default_factory=list)      # "ID_head.* -> id_head.*"
+    not_read: list[str] = field(default_factory=list)     # entries of the file beside the weights
+    notes: list[str] = field(default_factory=list)        # what the caller did after loading
 
     def __str__(self) -> str:
         parts = [f"{self.loaded} weights loaded"]
+        if self.renamed:
+            parts.append(f"renamed {', '.join(self.renamed)}")
         if self.pos_embed:
             parts.append(f"pos_embed resampled {self.pos_embed}")
         if self.missing:
             parts.append(f"kept at init: {_summarise(self.missing)}")
         if self.dropped:
             parts.append(f"dropped from the checkpoint: {_summarise(self.dropped)}")
-        return "; ".join(parts)
+        if self.not_read:
+            parts.append(f"not read: {', '.join(self.not_read)}")
+        return "; ".join(parts + self.notes)
 
 
 def _summarise(keys: list[str]) -> str:
     """Key names grouped by module: 'decoder_blocks.0.* (24), mask_token'."""
-    groups = collections.Counter(k.split(".", 1)[0] + (".*" if "." in k else "") if k.startswith("decoder")
-                                 else re.sub(r"\.(weight|bias)$", ".*", k) for k in keys)
-    return ", ".join(f"{g} ({n})" if n > 1 else g for g, n in groups.items())
+    def group(k: str) -> str:
+        return k.split(".", 1)[0] + (".*" if "." in k else "") if k.startswith("decoder") else \
+            re.sub(r"\.(weight|bias)$", ".*", k)
+
+    groups = collections.Counter(map(group, keys))
+    alone = {group(k): k for k in keys}  # a group of one is named by its key: 'head.weight', not 'head.*'
+    return ", ".join(f"{g} ({n})" if n > 1 else alone[g] for g, n in groups.items())
 
 
 def load_pretrained(model: nn.Module, path: str | os.PathLike) -> LoadReport:
     """Load a checkpoint's weights into `model`, refusing one whose encoder does not match."""
-    state = extract_state_dict(read_checkpoint(path), source=path)
+    ckpt = read_checkpoint(path)
+    state = extract_state_dict(ckpt, source=path)
+    entry = _weights_entry(ckpt)
     model_state = model.state_dict()
     prefix = encoder_prefix(model_state)
     filtered, dropped = filter_state_dict(state, model_state, prefix=prefix,
@@ -210,15 +241,15 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> LoadReport:
     if bad_missing or unexpected or mismatched:
         problems = []
         if bad_missing:
-            problems.append(f"{len(bad_missing)} encoder weights missing ({_names(map(rel, bad_missing))})")
+            problems.append(f"{_weights(len(bad_missing), 'encoder weight')} missing ({_names(map(rel, bad_missing))})")
         if unexpected:
-            problems.append(f"{len(unexpected)} unexpected weights ({_names(map(rel, unexpected))})")
+            problems.append(f"{_weights(len(unexpected), 'unexpected weight')} ({_names(map(rel, unexpected))})")
         if mismatched:
             shapes = [f"{rel(k)} {list(filtered[k].shape)} vs {list(model_state[k].shape)}" for k in mismatched]
-            problems.append(f"{len(mismatched)} weights of another shape ({_names(shapes)})")
-        arch = describe_encoder(model.encoder if prefix else model)
-        raise FmaeError(f"{path}: not a {arch} checkpoint{_guess_arch(state)} — {'; '.join(problems)} — "
-                        "pick the --model the checkpoint was trained with")
+            problems.append(f"{_weights(len(mismatched), 'weight')} of another shape ({_names(shapes)})")
+        encoder = model.encoder if prefix else model
+        expected = (encoder.patch_embed.patch_size[0], encoder.embed_dim, len(encoder.blocks))
+        raise FmaeError(_refusal(path, describe_encoder(encoder), expected, _found_arch(state), "; ".join(problems)))
 
     result = model.load_state_dict(filtered, strict=False)
     assert not result.unexpected_keys and sorted(result.missing_keys) == sorted(missing), result
@@ -228,7 +259,39 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> LoadReport:
     resized = ""
     if old is not None and new is not None and old != new.shape:
         resized = f"{_grid(old)} -> {_grid(new.shape)}"
-    return LoadReport(loaded=len(filtered), missing=missing, dropped=dropped, pos_embed=resized)
+    beside = [str(k) for k in ckpt if k != entry] if entry is not None else []  # optimizer, epoch, scaler, args…
+    return LoadReport(loaded=len(filtered), missing=missing, dropped=dropped, pos_embed=resized,
+                      renamed=_renamed(state, filtered, model_state, prefix), not_read=beside)
+
+
+def _renamed(state: dict[str, Tensor], filtered: dict[str, Tensor], model_state: dict[str, Any],
+             prefix: str) -> list[str]:
+    """'ID_head.* -> id_head.* (2)' for each of the original's module names loaded under fmae's name."""
+    counts: collections.Counter = collections.Counter()
+    for key in state:
+        name = strip_wrappers(key)
+        if (new := rename_original(name)) != name and _target_key(new, model_state, prefix) in filtered:
+            counts[name.removeprefix("encoder.").split(".", 1)[0]] += 1
+    return [f"{root}.* -> {_RENAMES[root]}.*" + (f" ({n})" if n > 1 else "") for root, n in counts.items()]
+
+
+def _refusal(path: str | os.PathLike, expected: str, sizes: tuple[int, int, int],
+             found: tuple[str, tuple[int, int, int]] | None, problems: str) -> str:
+    """The one line refusing a checkpoint: the architecture it holds and the one this model is, correctly."""
+    if found is None:
+        return (f"{path}: not a ViT encoder checkpoint (no patch_embed.proj.weight or cls_token among its weights; "
+                f"this model is a {expected}) — {problems} — pass a checkpoint saved by MAE, FMAE(-IAT) or fmae")
+    name, found_sizes = found
+    if found_sizes != sizes:
+        hint = f" (--model {name})" if name in ENCODERS else ""
+        return (f"{path}: not a {expected} checkpoint (it holds a {name}) — {problems} — "
+                f"pick the --model the checkpoint was trained with{hint}")
+    return (f"{path}: holds a {name} encoder, as this model expects, but its weights do not fit — {problems} — "
+            "fmae reads the state dicts MAE, FMAE(-IAT) and fmae save; rename or remove these keys and re-save")
+
+
+def _weights(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def _grid(shape: torch.Size) -> str:
@@ -241,16 +304,17 @@ def _names(keys) -> str:
     return ", ".join(keys[:_SHOWN]) + (", …" if len(keys) > _SHOWN else "")
 
 
-def _guess_arch(state: dict[str, Tensor]) -> str:
-    """' (it holds a vit_large)' or its sizes, read from the checkpoint's own shapes."""
+def _found_arch(state: dict[str, Tensor]) -> tuple[str, tuple[int, int, int]] | None:
+    """The table name of the encoder the checkpoint holds (read from its own shapes) or its sizes when it
+    matches no row, with (patch, embed, depth); None when it holds no ViT patch embedding at all."""
     keys = {strip_wrappers(k).removeprefix("encoder."): v for k, v in state.items()}
     proj, cls = keys.get("patch_embed.proj.weight"), keys.get("cls_token")
     depth = len({m.group(1) for k in keys if (m := re.match(r"blocks\.(\d+)\.", k))})
     if proj is None or cls is None or proj.dim() != 4:
-        return ""
+        return None
     sizes = (proj.shape[-1], cls.shape[-1], depth)
     name = next((s.name for s in ENCODERS.values() if (s.patch, s.embed_dim, s.depth) == sizes), None)
-    return f" (it holds a {name or f'ViT with patch {sizes[0]}, embed {sizes[1]}, depth {depth}'})"
+    return name or f"ViT with patch {sizes[0]}, embed {sizes[1]}, depth {depth}", sizes
 
 
 # --- writing -----------------------------------------------------------------------------------

@@ -62,6 +62,13 @@ class FineTuneModel(nn.Module):
                 trunc_normal_(head.weight, std=2e-5)  # as MAE fine-tuning, after loading the encoder
                 nn.init.zeros_(head.bias)
 
+    def redraw_head(self) -> str:
+        """What the original does after loading a checkpoint (head_init = "redraw"): `head.weight` drawn
+        again, trunc_normal std 2e-5, even when the checkpoint's head fitted. Its bias and the identity
+        head keep what was loaded, as there. Returns what it did, for the load's log line."""
+        trunc_normal_(self.head.weight, std=2e-5)
+        return "head.weight re-drawn (trunc_normal, std 2e-5; head_init = redraw)"
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         # x: [B, 3, H, W]
         feats = pooled_features(self.encoder, x)       # [B, D]

@@ -90,6 +90,9 @@ class Task:
     def _load_init(self, model: nn.Module) -> None:
         if self.cfg["init"]:
             report = load_pretrained(model, Path(self.cfg["init"]))
+            # run.toml files written before head_init existed kept a fitting head
+            if isinstance(model, FineTuneModel) and self.cfg.get("head_init", "keep") == "redraw":
+                report.notes.append(model.redraw_head())
             log.info("loaded %s: %s", self.cfg["init"], report)
 
 
