@@ -75,10 +75,13 @@ def test_launch_one_run_watch_it_finish_and_read_its_f1_table(project: Path) -> 
         term.wait_for(r"Queue 1 run of bp4d\?")
         term.keys("y")
         term.wait_for(r"fmae — Queue", timeout=60)  # after making the synthetic copy
-        term.wait_for(r"\b1\s+done\s+bp4d\s+1\s+0\s+0\s+vit_tiny", timeout=240)
+        term.wait_for(r"\b1\s+done\s+bp4d\s+f1 s0 λ0\s+tiny\s+100% e1/1", timeout=240)
 
-        term.keys("Escape")  # home: the Runs screen, with the finished run
-        screen = term.wait_for(r"done\s+bp4d\s+1\s+0\s+0\s+vit_tiny\s+1/1\s+0\.\d{3} F1 best-thr")
+        term.keys("Escape")  # back where the queue was launched from, then home: the Runs screen
+        term.wait_for(r"fmae — Launch")
+        term.keys("Escape")
+        screen = term.wait_for(r"done\s+AU\s+bp4d\s+f1 s0 λ0\s+tiny\s+1/1\s+(0\.\d{3} F1 best-thr|⚠ degenerate)")
+        assert "? Help" in screen.splitlines()[-1] and "q Quit" in screen.splitlines()[-1]  # the footer fits
         term.keys("Enter", "2")  # open it; 2 = the per-AU scores tab
         screen = term.wait_for(r"AU1\b.*\d\.\d{3}")
         for au in ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU14", "AU15", "AU17", "AU23", "AU24"):

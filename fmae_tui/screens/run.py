@@ -326,10 +326,10 @@ class RunScreen(Screen[None]):
             threshold = _number(best.get("best_threshold"))
             if threshold is not None:
                 caption.append(f" · best threshold {threshold:g}")
+            if is_degenerate(summary):  # the head says why; 80×24 must still show every AU's row
+                caption.append(" ⚠ degenerate", "bold red")
             if summary.get("metric_label"):
-                caption.append(f"\nselected by {summary.get('metric')}: {summary['metric_label']}", "dim")
-            if is_degenerate(summary):
-                caption.append("\n" + degenerate_text(summary), "bold red")
+                caption.append(f"\nselected by {summary['metric_label']}", "dim")
         self.query_one("#scores-caption", Static).update(caption)
 
     def _show_config(self) -> None:

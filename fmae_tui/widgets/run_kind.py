@@ -87,4 +87,4 @@ def degenerate_text(summary: dict[str, Any] | None) -> str:
     t = best_threshold(summary)
     what = "every AU predicted present" if t is not None and t < 0.5 else "no AU predicted"
     where = f"best threshold {t:g}" if t is not None else "best threshold at the grid's edge"
-    return f"⚠ degenerate: {where} = {what} (the trivial F1)"
+    return f"⚠ degenerate: {where} = {what}"
