@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from fmae.cli import ConfigOpt, LabelsOpt, RootOpt, RunsDirOpt, app, out
+from fmae.cli import ConfigOpt, LabelsOpt, RootOpt, RunsDirOpt, app, err, out
 from fmae.cli_train import SetOpt, _cli_layer
 from fmae.errors import FmaeError
 
@@ -37,6 +37,16 @@ def _open_queue(config: Optional[Path], runs_dir: Optional[Path]):
 
     project = load_project(config, runs_dir)
     return project, Queue(project.runs_dir)
+
+
+def _revive(project) -> None:
+    """Every command that reads the queue brings a crashed scheduler back when work waits (on stderr:
+    stdout stays what the command prints, e.g. `queue ls --json`)."""
+    from fmae.scheduler import ensure_running
+
+    said = ensure_running(project, quiet=True)
+    if said:
+        err.print(said, soft_wrap=True)
 
 
 def _write(text: str) -> None:
@@ -140,7 +150,8 @@ def ls_cmd(
         bad = sorted(states - set(STATES) - {"corrupt"})
         if bad or not states:
             raise FmaeError(f"--state {state}: choose from {', '.join(STATES)}, corrupt")
-    _, q = _open_queue(config, runs_dir)
+    project, q = _open_queue(config, runs_dir)
+    _revive(project)
     rows, hidden = queue_rows(q, all_=all_, states=states)
     if as_json:
         _write(json.dumps(rows, indent=1))
@@ -171,7 +182,8 @@ def cancel_cmd(
 
     if bool(ids) == all_:
         raise FmaeError("give job ids to cancel, or --all (not both)")
-    _, q = _open_queue(config, runs_dir)
+    project, q = _open_queue(config, runs_dir)
+    _revive(project)  # a running job's cancel is carried out (and recorded) by the scheduler
     jobs = active_jobs(q) if all_ else resolve_jobs(q, ids or [])
     check_cancellable(jobs)
     if not jobs:
@@ -210,8 +222,9 @@ def priority_cmd(
     """Reorder: set a job's priority (queued jobs run by priority, then in the order they were added)."""
     from fmae.queue_ops import resolve_jobs, set_priority
 
-    _, q = _open_queue(config, runs_dir)
+    project, q = _open_queue(config, runs_dir)
     _say(set_priority(q, resolve_jobs(q, [job_id])[0], priority))
+    _revive(project)
 
 
 @queue_app.command("rebuild")
@@ -228,3 +241,4 @@ def rebuild_cmd(config: ConfigOpt = None, runs_dir: RunsDirOpt = None) -> None:
     counts = q.counts()
     _say(f"rebuilt from run folders: {added} job(s) added; the queue holds "
          + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    _revive(project)

@@ -1,4 +1,4 @@
-"""`fmae scheduler start|stop|status|run`: the detached dispatcher of the queue."""
+"""`fmae scheduler start|stop|status|unit|run`: the detached dispatcher of the queue."""
 
 from __future__ import annotations
 
@@ -41,15 +41,28 @@ def status_cmd(config: ConfigOpt = None, runs_dir: RunsDirOpt = None) -> None:
     """Whether a scheduler holds the runs folder, and the queue's counts."""
     from fmae.config import load_project
     from fmae.queue import Queue
-    from fmae.scheduler import describe, holder
+    from fmae.scheduler import describe, ensure_running, holder
 
     project = load_project(config, runs_dir)
+    revived = ensure_running(project, quiet=True)  # queued work and no scheduler: bring it back
+    if revived:
+        out.print(revived, soft_wrap=True)
     info = holder(project.runs_dir)
     out.print(f"scheduler: {'running, ' + describe(info) if info else 'not running'}")
     if (project.runs_dir / "queue.sqlite").exists():
         jobs = Queue(project.runs_dir).jobs()
-        counts = {s: sum(j.state == s for j in jobs) for s in ("queued", "running", "done", "failed", "cancelled")}
+        counts = {s: sum(j.state == s or (s, j.state) == ("running", "launching") for j in jobs)
+                  for s in ("queued", "running", "done", "failed", "cancelled")}
         out.print("queue: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+
+
+@scheduler_app.command("unit")
+def unit_cmd(config: ConfigOpt = None, runs_dir: RunsDirOpt = None) -> None:
+    """Print a systemd user unit that keeps this runs folder's scheduler running (see docs/architecture.md)."""
+    from fmae.config import load_project
+    from fmae.scheduler import systemd_unit
+
+    out.file.write(systemd_unit(load_project(config, runs_dir)))
 
 
 @scheduler_app.command("run", hidden=True)

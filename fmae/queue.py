@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 DB_NAME = "queue.sqlite"
 LOCK_NAME = ".queue.lock"  # hidden: run listing ignores it
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the launcher column (the launching state)
 BUSY_TIMEOUT_MS = 15_000
 # Keys that say how a run executes, not what it computes: two configs differing only here are the same
 # experiment (a run made on a GPU box and one made on a laptop are one cell).
@@ -64,14 +64,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     model TEXT NOT NULL DEFAULT '',
     recipe TEXT NOT NULL DEFAULT '',
     key TEXT NOT NULL DEFAULT '',
-    error TEXT
+    error TEXT,
+    launcher TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_dispatch ON jobs (state, priority DESC, id);
 CREATE INDEX IF NOT EXISTS jobs_key ON jobs (key);
 """
 _COLUMNS = ("id", "run_id", "state", "priority", "gpus", "nproc", "slot", "pid", "pgid", "added", "started",
             "ended", "cancel_requested", "task", "dataset", "fold", "seed", "lambda_id", "model", "recipe", "key",
-            "error")
+            "error", "launcher")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
 
 
@@ -100,6 +101,7 @@ class Job:
     recipe: str
     key: str
     error: str | None
+    launcher: str | None = None  # "pid@host" of the scheduler that claimed it (state launching)
 
 
 # --- the experiment's identity --------------------------------------------------------------------
@@ -166,10 +168,13 @@ class Queue:
             return
         with self._write() as db:
             version = self._version()
-            if version < SCHEMA_VERSION:
+            if version == 1:  # a queue made before the launching state: one column more, rows kept
+                db.execute("ALTER TABLE jobs ADD COLUMN launcher TEXT")
+            elif version < 1:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
+            if version < SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _version(self) -> int:
@@ -305,6 +310,7 @@ class Queue:
     def counts(self) -> dict[str, int]:
         """Jobs per state (every state present, 0 where none)."""
         found = dict(self._query("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+        found["running"] = found.get("running", 0) + found.pop("launching", 0)  # a launch takes milliseconds
         return {s: int(found.get(s, 0)) for s in STATES}
 
     # --- state changes ------------------------------------------------------------------------------
@@ -322,6 +328,32 @@ class Queue:
                 "cancel_requested = NULL, error = NULL WHERE id = ? AND state = 'queued'",
                 (slot, int(pid), int(pgid), time.time(), int(job_id)))
             return cur.rowcount == 1
+
+    def claim_launch(self, job_id: int, slot: str, launcher: str) -> bool:
+        """queued → launching, atomically, BEFORE the trainer is spawned: a scheduler killed between the
+        claim and the spawn leaves a launching row (naming it), never a queued one that a second scheduler
+        would launch again. False when the job is not queued any more."""
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = 'launching', slot = ?, launcher = ?, pid = NULL, pgid = NULL, started = ?, "
+                "ended = NULL, cancel_requested = NULL, error = NULL WHERE id = ? AND state = 'queued'",
+                (slot, launcher, time.time(), int(job_id)))
+            return cur.rowcount == 1
+
+    def launched(self, job_id: int, pid: int, pgid: int) -> Job:
+        """launching → running with the trainer's process (or a running job's process corrected, when the
+        scheduler adopts the trainer that holds the run); returns the job (a cancel may have come meanwhile)."""
+        with self._write() as db:
+            db.execute("UPDATE jobs SET state = 'running', pid = ?, pgid = ? WHERE id = ? "
+                       "AND state IN ('launching', 'running')",
+                       (int(pid), int(pgid), int(job_id)))
+            return self._require(db, job_id)
+
+    def unlaunch(self, job_id: int) -> None:
+        """launching → queued: the spawn failed, or its scheduler died before any trainer took the run."""
+        with self._write() as db:
+            db.execute("UPDATE jobs SET state = 'queued', slot = NULL, launcher = NULL, pid = NULL, pgid = NULL, "
+                       "started = NULL WHERE id = ? AND state = 'launching'", (int(job_id),))
 
     def finish(self, job_id: int, state: str, error: str | None = None) -> None:
         """→ done, failed or cancelled; ended = now."""
@@ -347,7 +379,7 @@ class Queue:
         the scheduler escalates and records the end). Returns the job as it now is."""
         with self._write() as db:
             job = self._require(db, job_id)
-            if job.state != "running":
+            if job.state not in ("running", "launching"):
                 raise FmaeError(f"job {job_id} ({job.run_id}) is {job.state}, not running")
             if job.cancel_requested is None:
                 db.execute("UPDATE jobs SET cancel_requested = ? WHERE id = ?", (time.time(), int(job_id)))
@@ -362,7 +394,7 @@ class Queue:
             if job.state == "queued":
                 db.execute("UPDATE jobs SET state = 'cancelled', ended = ?, cancel_requested = ?, error = ? "
                            "WHERE id = ?", (now, now, "cancelled before it started", int(job_id)))
-            elif job.state == "running":
+            elif job.state in ("running", "launching"):  # the scheduler signals it once it has a pid
                 if job.cancel_requested is None:
                     db.execute("UPDATE jobs SET cancel_requested = ? WHERE id = ?", (now, int(job_id)))
             else:

@@ -24,11 +24,12 @@ from fmae.atomic_write import write_text_atomic
 from fmae.config import ProjectConfig
 from fmae.errors import FmaeError
 from fmae.queue import Job, Queue
-from fmae.runs import FINAL_STATES, RunDir, pid_alive
+from fmae.runs import EXIT_ALREADY_RUNNING, FINAL_STATES, RunDir, exec_lock_holder, pid_alive, trainer_alive
 
 LOCK_NAME = ".scheduler.lock"
 INFO_NAME = "scheduler.json"
 LOG_NAME = "scheduler.log"
+NO_AUTOSTART_ENV = "FMAE_NO_AUTOSTART"  # set: readers of the queue never start a scheduler
 
 log = logging.getLogger("fmae.scheduler")
 
@@ -45,9 +46,16 @@ def holder(runs_dir: Path) -> dict | None:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             try:
-                return json.loads((runs_dir / INFO_NAME).read_text())
+                info = json.loads((runs_dir / INFO_NAME).read_text())
             except (OSError, ValueError):
                 return {"pid": None, "host": "?", "started": "?"}
+            # The new holder writes scheduler.json just after taking the lock: until then the file still
+            # names the previous (dead) one. A pid of this host that is not alive is not the holder.
+            pid = info.get("pid") if isinstance(info, dict) else None
+            if not isinstance(info, dict) or (info.get("host") == socket.gethostname()
+                                              and not (isinstance(pid, int) and pid_alive(pid))):
+                return {"pid": None, "host": "?", "started": "starting"}
+            return info
         fcntl.flock(f, fcntl.LOCK_UN)
     return None
 
@@ -80,16 +88,60 @@ def start_detached(project: ProjectConfig, wait: float = 10.0) -> int:
     raise FmaeError(f"the scheduler did not start — see {runs / LOG_NAME}")
 
 
-def ensure_running(project: ProjectConfig) -> str:
-    """Start the scheduler when there is queued or running work and none holds the runs folder."""
+def ensure_running(project: ProjectConfig, quiet: bool = False) -> str | None:
+    """Start the scheduler when the queue holds unfinished work (queued, launching or running) and no
+    scheduler holds the runs folder — after a crash, whoever reads the queue next brings it back.
+    Returns what it did in words; with `quiet` (for readers of the queue: `queue ls`, the Queue screen)
+    None when there was nothing to do. A start that fails is said, not raised."""
     info = holder(project.runs_dir)
     if info is not None:
-        return f"scheduler running ({describe(info)})"
-    q = Queue(project.runs_dir)
-    if not q.jobs(states=("queued", "running")):
-        return "nothing queued: scheduler not started"
-    pid = start_detached(project)
-    return f"scheduler started (pid {pid}; log {project.runs_dir / LOG_NAME})"
+        return None if quiet else f"scheduler running ({describe(info)})"
+    if not (project.runs_dir / "queue.sqlite").exists():
+        return None if quiet else "nothing queued: scheduler not started"
+    unfinished = Queue(project.runs_dir).jobs(states=("queued", "launching", "running"))
+    if not unfinished:
+        return None if quiet else "nothing queued: scheduler not started"
+    if quiet and os.environ.get(NO_AUTOSTART_ENV):  # scripts (and tests) that only look at the queue
+        return f"{len(unfinished)} unfinished job(s) and no scheduler ({NO_AUTOSTART_ENV} is set: not started)"
+    try:
+        pid = start_detached(project)
+    except (FmaeError, OSError) as e:
+        return f"{len(unfinished)} unfinished job(s) but no scheduler, and starting one failed: {e}"
+    again = "no scheduler was running: " if quiet else ""
+    return f"{again}scheduler started (pid {pid}; log {project.runs_dir / LOG_NAME})"
+
+
+def systemd_unit(project: ProjectConfig) -> str:
+    """A systemd user unit that keeps this runs folder's scheduler running (restarted after a crash or a
+    kill), for `~/.config/systemd/user/`. It never exits when idle: systemd supervises it."""
+    runs = project.runs_dir
+    cmd = [sys.executable, "-m", "fmae", "scheduler", "run", "--runs-dir", str(runs), "--idle-exit", "inf"]
+    if project.path is not None:
+        cmd += ["--config", str(project.path)]
+    exec_start = " ".join(_systemd_quote(a) for a in cmd)
+    return (f"# fmae scheduler for {runs}\n"
+            "# Install: fmae scheduler unit > ~/.config/systemd/user/fmae-scheduler.service\n"
+            "#          systemctl --user daemon-reload && systemctl --user enable --now fmae-scheduler\n"
+            "# Keep it running after logout: loginctl enable-linger $USER\n"
+            "[Unit]\n"
+            f"Description=fmae scheduler for {runs}\n"
+            "After=default.target\n\n"
+            "[Service]\n"
+            "Type=simple\n"
+            f"WorkingDirectory={_systemd_quote(str(runs))}\n"
+            f"ExecStart={exec_start}\n"
+            "Restart=always\n"
+            "RestartSec=5\n"
+            "# SIGTERM stops the scheduler only; its runs go on in their own sessions.\n"
+            "KillMode=process\n\n"
+            "[Install]\n"
+            "WantedBy=default.target\n")
+
+
+def _systemd_quote(arg: str) -> str:
+    if arg and all(c.isalnum() or c in "/._-+=:@," for c in arg):
+        return arg
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
 
 
 def stop(runs_dir: Path, wait: float = 15.0) -> str:
@@ -119,6 +171,8 @@ class Running:
     proc: subprocess.Popen | None  # None for a run adopted from an earlier scheduler
     pid: int
     killed: bool = False
+    termed: bool = False  # the scheduler sent the cancel's SIGTERM itself (the cancel came before a pid)
+    ended_at: float | None = None  # when status.json first said a final state while the process lived
 
 
 @dataclass
@@ -135,6 +189,7 @@ class Scheduler:
     def __post_init__(self) -> None:
         self.runs = self.project.runs_dir
         self.queue = Queue(self.runs)
+        self.me = f"{os.getpid()}@{socket.gethostname()}"  # names this scheduler in a launching row
 
     def run(self) -> None:
         self.runs.mkdir(parents=True, exist_ok=True)
@@ -171,16 +226,40 @@ class Scheduler:
 
     # --- reconciliation ---------------------------------------------------------------------------
     def reconcile(self) -> None:
-        """After a (re)start: adopt live runs, fail vanished ones; nothing is launched twice."""
-        for job in self.queue.jobs(states=("running",)):
+        """After a (re)start: adopt live runs, fail vanished ones; nothing is launched twice. A trainer is
+        alive when it holds its run folder's lock (or, just spawned, has not taken it yet); a run folder
+        that says it ended is believed first."""
+        for job in self.queue.jobs(states=("running", "launching")):
             if (job.slot or "").startswith("slurm"):
                 self.slurm[job.id] = job
                 log.info("following slurm job %d (%s)", job.id, job.run_id)
-            elif job.pid and pid_alive(job.pid):
-                self.running[job.id] = Running(job, self._slots_of(job), None, job.pid)
-                log.info("adopted job %d (%s), pid %d", job.id, job.run_id, job.pid)
+                continue
+            live = exec_lock_holder(job.path)
+            if live is None and _final(job):  # it ended (maybe before we came): the folder says how
+                self._ended(job, None)
+                continue
+            if live is None and trainer_alive(job.path, job.pid):
+                live = job.pid
+            if live is not None:
+                self._adopt(job, live or job.pid or 0)
+            elif job.state == "launching":  # its scheduler died before any trainer took the run
+                self.queue.unlaunch(job.id)
+                log.info("job %d (%s) was being launched by scheduler %s, which is gone: queued again",
+                         job.id, job.run_id, job.launcher)
             else:
                 self._ended(job, None)
+
+    def _adopt(self, job: Job, pid: int) -> None:
+        """Follow a live trainer this scheduler did not start (or whose start another process won)."""
+        if pid:
+            with_pgid = _pgid(pid) or pid
+            job = self.queue.launched(job.id, pid, with_pgid)
+            try:  # status.json names the live trainer, not a loser that exited
+                RunDir(job.path).update_status(pid=pid, pgid=with_pgid)
+            except (FmaeError, OSError):
+                pass
+        self.running[job.id] = Running(job, self._slots_of(job), None, pid or (job.pid or 0))
+        log.info("adopted job %d (%s), pid %s", job.id, job.run_id, pid or "?")
 
     def _slots_of(self, job: Job) -> tuple:
         return tuple((job.slot or "").split("+")) if job.slot else ()
@@ -188,12 +267,31 @@ class Scheduler:
     # --- one pass -----------------------------------------------------------------------------------
     def tick(self) -> bool:
         for job_id, r in list(self.running.items()):
-            code = r.proc.poll() if r.proc is not None else (None if pid_alive(r.pid) else -1)
+            if r.proc is not None:
+                code = r.proc.poll()
+                if code is not None and (other := exec_lock_holder(r.job.path)) is not None:
+                    # Our trainer exited (EXIT_ALREADY_RUNNING) because a live one holds the run folder's
+                    # lock, started by a scheduler that died before recording it: follow that one.
+                    del self.running[job_id]
+                    self._adopt(r.job, other)
+                    continue
+            else:  # adopted: the folder's final state first, then its lock
+                code = -1 if _final(r.job) or not trainer_alive(r.job.path, r.pid) else None
             if code is not None:
                 del self.running[job_id]
                 self._ended(r.job, code if r.proc is not None else None)
                 continue
             fresh = self.queue.get(job_id)
+            if r.proc is not None and _final(r.job):  # it said it ended: it must exit soon
+                r.ended_at = r.ended_at or time.time()
+                if time.time() - r.ended_at > self.grace and not r.killed:
+                    log.warning("job %d ended %.0f s ago but its process %d still runs: SIGKILL", job_id,
+                                self.grace, r.pid)
+                    _killpg(r.pid, signal.SIGKILL)
+                    r.killed = True
+            if fresh and fresh.cancel_requested and not r.termed:
+                r.termed = True
+                _killpg(r.pid, signal.SIGTERM)  # idempotent for the trainer: `queue cancel` may have sent one
             if fresh and fresh.cancel_requested and not r.killed:
                 if time.time() - fresh.cancel_requested > self.grace:
                     log.warning("job %d ignored SIGTERM for %.0f s: SIGKILL", job_id, self.grace)
@@ -228,6 +326,10 @@ class Scheduler:
 
     def _launch(self, job: Job, slots: tuple[str, ...], gpu_env: dict[str, str]) -> None:
         run = RunDir.open(job.path)
+        if (run.read_status().get("state")) == "done":  # a stale row (its trainer ended unseen): never re-run
+            self.queue.finish(job.id, "done")
+            log.info("job %d (%s) is already done: not launched", job.id, job.run_id)
+            return
         if self.project.executor == "slurm":
             self._submit(job, run)
             return
@@ -236,13 +338,20 @@ class Scheduler:
         if job.nproc > 1:
             cmd += ["--nproc", str(job.nproc)]
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", **gpu_env}
-        with open(run.log_path, "ab") as out:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
-                                    start_new_session=True, close_fds=True, cwd=str(job.path))
-        if not self.queue.claim(job.id, "+".join(slots), proc.pid, proc.pid):
-            _killpg(proc.pid, signal.SIGKILL)  # someone else took it meanwhile: never run twice
-            proc.wait()
+        # Claimed BEFORE the spawn: killed between the two, this scheduler leaves a launching row that the
+        # next one resolves through the run folder's lock, never a queued row that it would launch again.
+        if not self.queue.claim_launch(job.id, "+".join(slots), self.me):
+            return  # cancelled or taken meanwhile
+        try:
+            with open(run.log_path, "ab") as out:
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
+                                        start_new_session=True, close_fds=True, cwd=str(job.path))
+        except OSError as e:
+            run.mark_ended("failed", error=f"could not start the trainer: {e}")
+            self.queue.finish(job.id, "failed", error=f"could not start the trainer: {e}")
+            log.error("job %d (%s): could not start the trainer: %s", job.id, job.run_id, e)
             return
+        job = self.queue.launched(job.id, proc.pid, proc.pid)
         run.mark_running(pid=proc.pid, pgid=proc.pid, host=socket.gethostname(), gpus=cuda)
         self.running[job.id] = Running(job, slots, proc, proc.pid)
         log.info("launched job %d (%s) on %s, pid %d", job.id, job.run_id, "+".join(slots), proc.pid)
@@ -314,10 +423,27 @@ class Scheduler:
 
 
 def _killpg(pgid: int, sig: int) -> None:
+    if pgid <= 1 or pgid == os.getpgrp():  # never our own group (or everyone's)
+        return
     try:
         os.killpg(pgid, sig)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def _final(job: Job) -> bool:
+    """Whether the run folder says the run ended (done, failed, cancelled): believed before any pid."""
+    from fmae.queue import read_status_fast
+
+    status = read_status_fast(job.path)
+    return status is not None and status["state"] in FINAL_STATES
 
 
 def run_foreground(project: ProjectConfig, idle_exit: float | None = None) -> None:

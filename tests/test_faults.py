@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_fmae
-from fmae.runs import RunDir, read_metrics
+from fmae.runs import RunDir, read_metrics, trainer_alive
 
 TINY = {"model": "vit_tiny", "input_size": 32, "num_workers": 0, "batch_size": 8, "warmup_epochs": 0,
         "log_every": 1}
@@ -381,3 +381,50 @@ def test_one_runs_folder_under_stress(project, make_synth, tmp_path):
     assert [r["step"] for r in records if r["split"] == "train"] == list(range(1, 9))
     assert [r["epoch"] for r in records if r["split"] == "test"] == [1, 2]
     assert set(temps(victim.path)) <= {half}  # a later last.pt save deletes the killed writer's half file
+
+
+# --- a bad image never hangs a run (issue 14.3) --------------------------------------------------------
+
+def damage_jpeg(path: Path) -> None:
+    """Header bytes overwritten, the end marker (FFD9) intact: the file looks whole from outside."""
+    data = bytearray(path.read_bytes())
+    data[2:120] = bytes(range(7, 125))
+    assert data[-2:] == b"\xff\xd9"
+    path.write_bytes(bytes(data))
+
+
+def test_a_bad_image_in_a_loader_worker_fails_the_run_and_the_next_job_starts(project, make_synth, tmp_path):
+    """A train image is damaged after the run's pre-flight (as a copy being replaced under a run would
+    be): the DataLoader worker (num_workers=1) fails to decode it. The run ends failed with one line naming
+    the image and what to do, its process exits within seconds with a non-zero code, and the scheduler's
+    slot goes to the next queued job, which ends done."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(make_synth("bp4d"), root)
+    common = ["queue", "add", "bp4d", "--folds", "1", "--root", root, "--labels", root / "labels.jsonl", *TINY_ARGS,
+              "--set", "num_workers=1", "--gpus-per-run", "0", "--no-scheduler"]
+    assert run_fmae(*common, "--seeds", "0", "--epochs", "6", cwd=project).returncode == 0
+    assert run_fmae(*common, "--seeds", "1", "--epochs", "1", cwd=project).returncode == 0
+    runs = project / "runs"
+    first, second = sorted(p for p in runs.iterdir() if p.is_dir())
+    assert run_fmae("scheduler", "start", cwd=project).returncode == 0
+    wait_for(lambda: (first / "metrics.jsonl").exists(), what="the first run trains")
+    train = [json.loads(line)["img_path"] for line in (root / "fold1_train.jsonl").read_text().splitlines()]
+    damaged = [root / p for p in train[:6]]
+    for path in damaged:
+        damage_jpeg(path)
+    status = wait_for(lambda: (s := json.loads((first / "status.json").read_text()))["state"] == "failed" and s,
+                      what="the run fails")
+    error = status["error"]
+    assert any(str(p) in error for p in damaged) and "data check" in error and "\n" not in error, error
+    assert status["exit_code"] not in (0, None)
+    ended = time.time()
+    wait_for(lambda: not trainer_alive(first, status["pid"]), timeout=20, what="the trainer exits")
+    assert time.time() - ended < 20
+    assert "Traceback" not in (first / "train.log").read_text().split(" ERROR ")[-1]
+    wait_for(lambda: json.loads((second / "status.json").read_text())["state"] == "done", timeout=240,
+             what="the next job runs to done")
+    from fmae.queue import Queue
+
+    assert [j.state for j in Queue(runs).jobs()] == ["failed", "done"]

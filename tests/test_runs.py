@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import tomllib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -15,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from fmae.errors import FmaeError
-from fmae.runs import (FINAL_STATES, STATES, MetricsTail, RunDir, check_name, list_runs, make_run_id, pid_alive,
-                       read_metrics)
+from fmae.runs import (EXIT_ALREADY_RUNNING, FINAL_STATES, STATES, AlreadyRunning, MetricsTail, RunDir, check_name,
+                       exec_lock, exec_lock_holder, list_runs, make_run_id, pid_alive, read_metrics, trainer_alive)
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 CONFIG = {
@@ -369,3 +370,51 @@ def test_pid_alive():
 def test_runs_module_does_not_import_torch():
     code = "import sys, fmae.runs; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_zombie_is_dead():
+    """An exited child nobody has reaped yet (as under a PID 1 that never reaps) is not a live trainer."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 30
+    while time.time() < deadline and _state(child.pid) != "Z":
+        time.sleep(0.02)
+    assert _state(child.pid) == "Z"  # exited, unreaped: os.kill(pid, 0) still succeeds
+    os.kill(child.pid, 0)
+    assert not pid_alive(child.pid)
+    child.wait()
+    assert not pid_alive(child.pid)
+
+
+def _state(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rfind(")") + 2]
+
+
+HOLD_LOCK = r"""
+import sys, time
+from fmae.runs import exec_lock
+with exec_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_one_trainer_lock_per_run_folder(tmp_path):
+    """The run folder's trainer lock: a second holder is refused at once naming the first; the lock ends
+    with its process, however it dies (kill -9 here), and then `trainer_alive` says no."""
+    run = RunDir.create(tmp_path, "r1", CONFIG, PROVENANCE)
+    assert exec_lock_holder(run.path) is None and not trainer_alive(run.path, None)
+    first = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run.path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "held"
+        assert exec_lock_holder(run.path) == first.pid and trainer_alive(run.path, None)
+        with pytest.raises(AlreadyRunning, match=f"already being trained by pid {first.pid}") as refused:
+            with exec_lock(run.path):
+                pass
+        assert refused.value.exit_code == EXIT_ALREADY_RUNNING == 3
+    finally:
+        first.kill()
+        first.wait()
+    assert exec_lock_holder(run.path) is None and not trainer_alive(run.path, first.pid)
+    with exec_lock(run.path):  # free again: taken at once
+        assert exec_lock_holder(run.path) == os.getpid()

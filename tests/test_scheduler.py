@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -163,3 +164,128 @@ def test_executor_slurm_goes_through_submitit(project, make_synth):
     assert status["executor"] == "slurm" and status["slurm_cluster"] == "local" and status["slurm_job_id"]
     assert (runs / name / "slurm").is_dir()
     assert "submitted job 1" in (runs / "scheduler.log").read_text()
+
+
+# --- issue 22: never twice, the right pid, it comes back ----------------------------------------------
+
+def trainers_of(run: Path) -> list[int]:
+    """Live (non-zombie) `fmae exec RUN` trainers."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            args = [a.decode() for a in Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0") if a]
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        state, _, _, session = stat[stat.rfind(")") + 2:].split()[:4]
+        if state != "Z" and "exec" in args and str(run) in args:
+            found[int(entry)] = int(session)
+    # A trainer leads its own session (the scheduler starts it so); its DataLoader workers do not.
+    return [pid for pid, session in found.items() if session == pid]
+
+
+def sample_trainers(run: Path, until, timeout: float = 240) -> int:
+    """The most trainers of `run` seen alive at once (sampled every 0.05 s) until `until()` holds."""
+    most, deadline = 0, time.time() + timeout
+    while time.time() < deadline:
+        most = max(most, len(trainers_of(run)))
+        if until():
+            return most
+        time.sleep(0.05)
+    raise AssertionError(f"timed out; most trainers at once so far: {most}")
+
+
+def assert_ran_once(run: Path) -> None:
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if r["split"] == "train"]
+    assert steps == sorted(set(steps)) and steps, steps  # strictly increasing: no attempt's steps twice
+    assert (run / "train.log").read_text().count(" done: ") == 1
+
+
+def test_a_launch_caught_by_a_slow_writer_and_a_kill_9_runs_once(project, make_synth):
+    """The race of issue 22: a slow writer holds the queue's write lock, so the scheduler's claim blocks
+    in the middle of a launch; kill -9 of the scheduler then. The next scheduler launches the run once."""
+    cwd = project(1)
+    add(cwd, make_synth("bp4d"), "--folds", "1", "--seeds", "0", "--epochs", "2", "--set", "log_every=1",
+        "--no-scheduler")
+    runs = cwd / "runs"
+    (name,) = statuses(runs)
+    writer = sqlite3.connect(runs / "queue.sqlite", timeout=30, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    started = run_fmae("scheduler", "start", cwd=cwd)
+    assert started.returncode == 0, started.stderr
+    time.sleep(3)  # the scheduler is blocked on the claim (before this fix: after spawning the trainer)
+    os.kill(scheduler_pid(runs), signal.SIGKILL)
+    time.sleep(0.5)
+    writer.execute("ROLLBACK")
+    writer.close()
+    assert run_fmae("scheduler", "start", cwd=cwd).returncode == 0
+    most = sample_trainers(runs / name, lambda: statuses(runs)[name]["state"] in ("done", "failed"))
+    assert statuses(runs)[name]["state"] == "done", statuses(runs)[name]
+    assert most == 1
+    assert_ran_once(runs / name)
+
+
+def test_a_trainer_whose_scheduler_died_mid_launch_is_adopted_not_run_again(project, make_synth):
+    """A scheduler killed after claiming a job (launching) and spawning its trainer, before recording
+    the pid: the next scheduler finds the trainer by its run-folder lock and follows it. A second
+    `fmae exec` of the same run exits at once (code 3) with one line, touching nothing."""
+    from fmae.queue import Queue
+
+    cwd = project(1)
+    add(cwd, make_synth("bp4d"), "--folds", "1", "--seeds", "0", "--epochs", "10", "--set", "log_every=1",
+        "--no-scheduler")
+    runs = cwd / "runs"
+    (name,) = statuses(runs)
+    q = Queue(runs)
+    (job,) = q.jobs()
+    assert q.claim_launch(job.id, "cpu0", "999999@gone")
+    orphan = subprocess.Popen([sys.executable, "-m", "fmae", "exec", str(runs / name)], cwd=runs / name,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_for(lambda: (runs / name / "metrics.jsonl").exists(), what="the orphan trains")
+    second = run_fmae("exec", runs / name, cwd=cwd)
+    assert second.returncode == 3, second.stderr
+    assert f"already being trained by pid {orphan.pid}" in second.stderr and "Traceback" not in second.stderr
+    assert run_fmae("scheduler", "start", cwd=cwd).returncode == 0
+    most = sample_trainers(runs / name, lambda: q.get(job.id).state in ("done", "failed"))
+    assert statuses(runs)[name]["state"] == "done", statuses(runs)[name]
+    orphan.wait(timeout=60)
+    assert most == 1 and orphan.returncode == 0
+    assert_ran_once(runs / name)
+    assert "adopted job" in (runs / "scheduler.log").read_text()
+
+
+def test_scheduler_start_prints_the_pid_that_holds_the_lock(tmp_path):
+    """After a kill -9, `scheduler start` names the new holder, never the one just killed."""
+    runs = tmp_path / "runs"
+    for _ in range(4):
+        started = run_fmae("scheduler", "start", "--runs-dir", runs, cwd=tmp_path)
+        assert started.returncode == 0, started.stderr
+        printed = int(started.stdout.split("pid ")[1].split(",")[0])
+        args = Path(f"/proc/{printed}/cmdline").read_bytes().split(b"\0")
+        assert b"scheduler" in args and b"run" in args, args  # the live scheduler, not a stale pid
+        assert scheduler_pid(runs) == printed
+        os.kill(printed, signal.SIGKILL)
+
+
+def test_reading_the_queue_brings_a_crashed_scheduler_back(project, make_synth):
+    cwd = project(1)
+    add(cwd, make_synth("bp4d"), "--folds", "1", "--seeds", "0", "--epochs", "2", "--no-scheduler")
+    runs = cwd / "runs"
+    quiet = run_fmae("queue", "ls", cwd=cwd, env={"FMAE_NO_AUTOSTART": "1"})
+    assert "FMAE_NO_AUTOSTART is set: not started" in quiet.stderr and not (runs / "scheduler.json").exists()
+    listed = run_fmae("queue", "ls", "--json", cwd=cwd)
+    assert listed.returncode == 0 and json.loads(listed.stdout)[0]["id"] == 1  # stdout stays JSON
+    assert "no scheduler was running: scheduler started (pid" in listed.stderr
+    first = scheduler_pid(runs)
+    os.kill(first, signal.SIGKILL)
+    status = run_fmae("scheduler", "status", cwd=cwd)
+    assert "scheduler started" in status.stdout and f"pid {first} " not in status.stdout.split("scheduler:")[1]
+    (name,) = statuses(runs)
+    wait_for(lambda: statuses(runs)[name]["state"] == "done", what="done")
+    unit = run_fmae("scheduler", "unit", cwd=cwd)
+    assert unit.returncode == 0 and "[Service]" in unit.stdout and "Restart=always" in unit.stdout
+    exec_start = next(line for line in unit.stdout.splitlines() if line.startswith("ExecStart="))
+    assert "scheduler run --runs-dir" in exec_start and str(runs) in exec_start and "--idle-exit inf" in exec_start

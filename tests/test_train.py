@@ -314,3 +314,53 @@ def test_two_process_ddp_equals_one_process_with_the_global_batch(make_synth, tm
     assert pred["probs"].shape == (16, 12)  # every test frame once, gathered from both ranks
     status = json.loads((only_run(tmp_path / "two") / "status.json").read_text())
     assert status["state"] == "done"
+
+
+def _start(args: list, runs: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "FMAE_CONFIG"}
+    return subprocess.Popen([sys.executable, "-m", "fmae", *map(str, args), "--runs-dir", str(runs)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_train_step(runs: Path, step: int, timeout: float = 180) -> Path:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        folders = [p for p in runs.iterdir() if p.is_dir()]
+        if folders and (folders[0] / "metrics.jsonl").exists():
+            steps = [r["step"] for r in records(folders[0]) if r["split"] == "train"]
+            if steps and steps[-1] >= step:
+                return folders[0]
+        time.sleep(0.01)
+    raise AssertionError(f"no train step {step} within {timeout} s")
+
+
+def test_kill_9_before_the_first_checkpoint_then_retry_equals_an_unbroken_run(au_run, make_synth, tmp_path):
+    """Issue 22.2: a restart from the beginning clears the killed attempt's records (metrics and
+    TensorBoard events), so the run folder reads as an unbroken run's."""
+    proc = _start(au_args(make_synth("bp4d"), *AU_RUN), tmp_path)
+    run = _wait_for_train_step(tmp_path, 2)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert not (run / "checkpoints" / "last.pt").exists(), "killed after the first checkpoint: kill sooner"
+    assert [r["step"] for r in records(run) if r["split"] == "train"][:2] == [1, 2]
+    resumed = run_fmae("exec", run)
+    assert resumed.returncode == 0, resumed.stderr
+    assert records(run) == records(au_run)
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1
+    assert "cleared the earlier attempt's metrics.jsonl" in (run / "train.log").read_text()
+
+
+def test_after_sigterm_status_says_the_checkpointed_step(make_synth, tmp_path):
+    """Issue 14.8: with heartbeats only every few steps, status.json still ends on the step the
+    checkpoint holds (the one a resume continues from)."""
+    import torch
+
+    proc = _start(au_args(make_synth("bp4d"), "--epochs", "4", "--set", "log_every=3"), tmp_path)
+    run = _wait_for_train_step(tmp_path, 3)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    status = json.loads((run / "status.json").read_text())
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True, map_location="cpu")
+    assert status["state"] == "cancelled" and status["step"] == saved["step"] >= 3
+    assert f"step {saved['step']}" in status["error"]

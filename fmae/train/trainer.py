@@ -31,7 +31,9 @@ from fmae.data.image_decode import set_max_pixels
 from fmae.errors import FmaeError, WorkFailed, failure_hint
 from fmae.models.checkpoint import extract_state_dict, read_checkpoint, save_checkpoint
 from fmae.models.encoders import set_fused_attn
-from fmae.runs import RunDir, read_metrics
+from fmae.runs import RunDir, exec_lock
+from fmae.train.loader import make_loader
+from fmae.train.resume import restore, save_last
 from fmae.train.dist import DistInfo, RankFilter, all_reduce_mean, gather_by_index, init_distributed, shutdown
 from fmae.train.optim import Schedule, effective_lr, make_optimizer
 from fmae.train.tasks import Batch, Task, make_task
@@ -49,6 +51,11 @@ def execute(path: Path, resume: bool = False, quiet: bool = False) -> int:
     """Run the run folder at `path`; returns the process exit code (0 done, 143 cancelled).
     Bad input raises FmaeError and a failed run WorkFailed, after status.json says so."""
     run = RunDir.open(path)
+    with exec_lock(run.path):  # one trainer per run folder, for this process's whole life (issue 22)
+        return _execute_locked(run, resume, quiet)
+
+
+def _execute_locked(run: RunDir, resume: bool, quiet: bool) -> int:
     cfg = run.read_config()
     set_max_pixels(cfg.get("max_image_pixels"))  # [data] max_image_pixels, before any image opens
     device = pick_device(cfg)
@@ -110,11 +117,13 @@ class Trainer:
                 self._setup(resume)
                 self._fit()
             if main:
+                self._final_progress()
                 self.run.mark_ended("done", exit_code=0)
             log.info("done: %s", self.run.path)
             return 0
         except Cancelled:
             if main:
+                self._final_progress()
                 self.run.mark_ended("cancelled", exit_code=EXIT_CANCELLED, error="cancelled (SIGTERM); resume continues "
                                     f"from epoch {self.position[0] + 1}, step {self.step}")
             log.warning("cancelled at step %d; the last checkpoint resumes from here", self.step)
@@ -122,6 +131,7 @@ class Trainer:
         except (FmaeError, WorkFailed) as e:
             log.error("%s", e)
             if main:
+                self._final_progress()
                 self.run.mark_ended("failed", exit_code=e.exit_code, error=str(e))
             raise
         except Exception as e:  # a bug or the environment (CUDA OOM…): the run fails, with the reason
@@ -129,12 +139,19 @@ class Trainer:
             hint = failure_hint(e)  # out of memory, disk full: what to do, kept whole within the 300
             reason = _one_line(e)[: 300 - len(hint)] + hint
             if main:
+                self._final_progress()
                 self.run.mark_ended("failed", exit_code=1, error=reason)
             raise WorkFailed(f"run {self.run.id} failed: {reason} (traceback in {self.run.log_path})") from None
         finally:
             signal.signal(signal.SIGTERM, previous)
             if self.tb is not None:
                 self.tb.close()
+
+    def _final_progress(self) -> None:
+        """status.json says where the run stopped (the step of its last checkpoint after a cancel), not
+        the last periodic heartbeat's step."""
+        if self.step:
+            self.run.update_status(step=self.step)
 
     def _on_sigterm(self, signum, frame) -> None:
         # Finish the current optimizer step, write a checkpoint, end as cancelled.
@@ -188,39 +205,7 @@ class Trainer:
             self.tb = SummaryWriter(str(self.run.path), purge_step=self.step + 1 if resume else None)
 
     def _resume(self) -> None:
-        path = self.run.checkpoints / "last.pt"
-        if not path.is_file():
-            log.info("no checkpoint yet: starting from the beginning")
-            return
-        ck = read_checkpoint(path)
-        self.raw_model.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        if ck.get("scaler"):
-            self.scaler.load_state_dict(ck["scaler"])
-        self.start = (int(ck["epoch"]), int(ck["batch"]))
-        self.position = self.start
-        self.step = int(ck["step"])
-        self.best = dict(ck["best"])
-        self.meters = {k: dict(v) for k, v in ck["meters"].items()}
-        rng = ck["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(list(rng["cuda"]))
-        version, internal, gauss = rng["python"]
-        random.setstate((version, tuple(internal), gauss))
-        if self.info.is_main:
-            self._truncate_metrics(self.step)
-        log.info("resumed from %s: epoch %d, batch %d, step %d", path, self.start[0] + 1, self.start[1], self.step)
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop records a killed process wrote after its last checkpoint: they will be written again."""
-        records = read_metrics(self.run.metrics_path)
-        keep = [r for r in records if int(r.get("step", 0)) <= step]
-        if len(keep) != len(records):
-            import json
-
-            text = "".join(json.dumps(r) + "\n" for r in keep)
-            write_bytes_atomic(self.run.metrics_path, text.encode())
+        restore(self)  # fmae/train/resume.py: the checkpoint, or a clean start when there is none
 
     # --- the loop ------------------------------------------------------------------------------
     def _fit(self) -> None:
@@ -241,11 +226,7 @@ class Trainer:
         workers = int(self.cfg["num_workers"])
         if workers < 0:
             workers = max(0, min(8, (os.cpu_count() or 1) - 1))
-        # A private generator: creating a loader must not draw from the global RNG, or a resumed run's
-        # drop-path randomness would differ from an unbroken run's.
-        return DataLoader(data, batch_sampler=batch_sampler, num_workers=workers,
-                          pin_memory=self.device.type == "cuda", generator=torch.Generator(),
-                          worker_init_fn=_worker_init if workers else None)
+        return make_loader(data, batch_sampler, workers, pin_memory=self.device.type == "cuda")
 
     def _train_epoch(self, epoch: int, first_batch: int) -> None:
         cfg = self.cfg
@@ -438,20 +419,7 @@ class Trainer:
         })
 
     def _save_last(self) -> None:
-        if not self.info.is_main:
-            return
-        epoch, batch = self.position
-        save_checkpoint(self.run.checkpoints / "last.pt", {
-            "model": self.raw_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
-            "epoch": epoch, "batch": batch, "step": self.step,
-            "best": {"epoch": self.best["epoch"], "value": self.best["value"], "record": self.best.get("record")},
-            "meters": self.meters,
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-            "config": dict(self.cfg),
-        })
+        save_last(self)
 
     # --- `fmae eval` ---------------------------------------------------------------------------
     def _evaluate_only(self) -> None:
@@ -474,13 +442,6 @@ class Trainer:
         epoch = int(ck.get("epoch", 1)) - 1
         record = self._evaluate(epoch)
         self._after_eval(epoch, record)
-
-
-def _worker_init(worker_id: int) -> None:
-    # Cancellation signals the whole process group; workers leave it to the main process, which
-    # finishes its step and checkpoints (workers exit with it).
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _au_line(record: dict[str, Any]) -> str:

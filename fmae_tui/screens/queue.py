@@ -86,6 +86,7 @@ class QueueScreen(PolledScreen):
         self._rows: dict[int, dict[str, Any]] = {}
         self._cells: dict[int, list[str]] = {}
         self._cancels: dict[int, Any] = {}  # job id -> the job, for cancels whose outcome is not told yet
+        self._revived: str | None = None  # the last "scheduler started" said: not repeated every poll
 
     @property
     def fmae(self) -> FmaeApp:
@@ -139,6 +140,14 @@ class QueueScreen(PolledScreen):
             if (runs_dir / DB_NAME).exists():  # looking must not create the queue
                 rows, hidden = queue_rows(Queue(runs_dir), all_=show_all)
             info = holder(runs_dir)
+            if info is None and rows:  # unfinished work and no scheduler (it crashed): bring it back
+                from fmae.scheduler import ensure_running
+
+                revived = ensure_running(self.fmae.project, quiet=True)
+                if revived and revived != self._revived:
+                    self._revived = revived
+                    self.app.call_from_thread(self.notify, revived, title="queue", markup=False)
+                info = holder(runs_dir)
             if info is not None:
                 scheduler = f"scheduler {describe(info)}"
             for job_id, job in list(self._cancels.items()):
