@@ -138,7 +138,7 @@ async def test_launch_a_matrix_see_it_run_and_cancel_it(project, tmp_path: Path)
         await wait_until(pilot, lambda: status(first)["state"] == "running", timeout=60, what="first job running")
         await pilot.press("escape", "g")  # on Launch, letters are typing: leave it first
         await wait_until(pilot, lambda: isinstance(app.screen, GpusScreen) and app.screen.polls > 0, what="GPUs")
-        await wait_until(pilot, lambda: rows[0][0][:20] in screen_text(app), what="cpu0 holder")
+        await wait_until(pilot, lambda: rows[0][0].split("-", 1)[1][:20] in screen_text(app), what="cpu0 holder")
         text = screen_text(app)
         assert "no GPU here" in text and "cpu0" in text
 

@@ -126,11 +126,16 @@ class GpusScreen(PolledScreen):
             head = Text(f"no GPU here ({why}): runs use {len(slots)} CPU slot(s) "
                         f"(compute.cpu_slots = {project.cpu_slots})\n")
             used = c.memory_used_mib / max(1, c.memory_total_mib)
-            head.append(f"CPU {bar(c.percent / 100, 8)} {c.percent:3.0f}% of {c.cores} core(s) · load "
-                        f"{c.load[0]:.2f} {c.load[1]:.2f} {c.load[2]:.2f} (1, 5, 15 min) · memory {bar(used, 8)} "
-                        f"{c.memory_used_mib / 1024:.1f}/{c.memory_total_mib / 1024:.1f} GiB")
+            head.append(f"CPU    {bar(c.percent / 100, 8)} {c.percent:3.0f}% of {c.cores} core(s) · load "
+                        f"{c.load[0]:.2f} {c.load[1]:.2f} {c.load[2]:.2f} (1, 5, 15 min)\n")
+            head.append(f"memory {bar(used, 8)} {c.memory_used_mib / 1024:.1f}/{c.memory_total_mib / 1024:.1f} GiB used")
             for name in ("slot", "run", "pid", "CPU %", "memory", "procs"):
                 table.add_column(name, key=name)
+            narrow = self.app.size.width < 100  # the date in a run id is its age: the Queue screen has it
+
+            def run_name(run_id: str) -> str:
+                return run_id.split("-", 1)[-1] if narrow else run_id
+
             for s in slots:
                 jobs = holders.get(s.name, [])
                 if not jobs:
@@ -138,10 +143,10 @@ class GpusScreen(PolledScreen):
                 for job in jobs:
                     u = facts["usage"].get(job.id)
                     if u is None:
-                        table.add_row(s.name, job.run_id, str(job.pid or "-"), "gone", "-", "-")
+                        table.add_row(s.name, run_name(job.run_id), str(job.pid or "-"), "gone", "-", "-")
                     else:
                         # % of one core, as top counts: a run using both of two cores shows 200%
-                        table.add_row(s.name, job.run_id, str(u.pid), f"{u.percent:5.0f}%",
+                        table.add_row(s.name, run_name(job.run_id), str(u.pid), f"{u.percent:4.0f}%",
                                       f"{u.rss_mib / 1024:.2f} GiB", str(u.processes))
         if facts["plan_error"]:
             head.append(f"\n{facts['plan_error']}", "bold red")

@@ -26,7 +26,7 @@ from fmae_tui.screens.confirm import ConfirmScreen
 from fmae_tui.widgets.curve_plot import CurvePlot
 from fmae_tui.widgets.notes_editor import NotesEditor
 from fmae_tui.widgets.per_au_curves import per_au_table
-from fmae_tui.widgets.run_kind import METRIC_LONG, degenerate_text, is_degenerate, kind_label, short_metric
+from fmae_tui.widgets.run_kind import METRIC_LONG, degenerate_text, headline_at, is_degenerate, kind_label, short_metric
 from fmae_tui.widgets.run_poller import RunPoller
 from fmae_tui.widgets.run_update import RunUpdate
 from fmae_tui.widgets.runs_table import STATE_STYLE, ago, parse_time
@@ -284,6 +284,10 @@ class RunScreen(Screen[None]):
             what.append(f"heartbeat {ago(time.time() - parse_time(status['heartbeat']))} ago")
         text.append("\n" + " · ".join(what))
         best = _number(summary.get("best_value"))
+        last_value, last_epoch = headline_at(summary)
+        if best is None and last_value is not None:  # pretraining: no best epoch, its last epoch's loss
+            text.append(f"\n{METRIC_LONG.get(str(summary.get('metric')), summary.get('metric'))} {last_value:.4f} "
+                        f"at epoch {last_epoch} (the last)")
         if best is not None:
             metric = str(summary.get("metric"))
             label = METRIC_LONG.get(metric, metric)
@@ -311,10 +315,9 @@ class RunScreen(Screen[None]):
         config, _ = self._files.get("run.toml") or ({}, {})
         if config.get("task") == "pretrain":
             caption.append("pretraining has no test split: ", "bold")
-            value = _number(summary.get("best_value"))
+            value, epoch = headline_at(summary)
             if value is not None:
-                caption.append(f"its number is the {short_metric(summary)} ({value:.4f}, epoch "
-                               f"{summary.get('best_epoch', '?')}); ")
+                caption.append(f"its number is the {short_metric(summary)} ({value:.4f}, epoch {epoch}); ")
             caption.append("each epoch's reconstructions are in predictions/, the encoder in "
                            "checkpoints/pretrained.pth")
         elif best is None:

@@ -21,7 +21,7 @@ from fmae.runs import RunDir, RunInfo
 from fmae_tui.widgets.prompt_bar import PromptBar
 from fmae_tui.widgets.run_scanner import RunScanner
 from fmae_tui import prefs
-from fmae_tui.widgets.run_kind import degenerate_text, headline, is_degenerate, kind_label
+from fmae_tui.widgets.run_kind import degenerate_text, headline, headline_at, is_degenerate, kind_label
 from fmae_tui.widgets.runs_table import RunsTable, ago, duration_s, parse_time, took
 
 if TYPE_CHECKING:
@@ -327,7 +327,9 @@ def _state_line(info: RunInfo) -> Text:
     summary = info.summary or {}
     value, label = headline(summary)
     if value is not None:
-        parts.append(f"{label} {value:.3f} (best epoch {summary.get('best_epoch', '?')})")
+        _, epoch = headline_at(summary)
+        which = "epoch" if summary.get("best_value") is None else "best epoch"  # pretraining: its last
+        parts.append(f"{label} {value:.3f} ({which} {epoch})")
     if info.state == "done":
         ended = parse_time(s.get("ended"))
         if ended is not None:

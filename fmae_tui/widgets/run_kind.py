@@ -64,9 +64,20 @@ def short_metric(summary: dict[str, Any] | None) -> str:
 
 def headline(summary: dict[str, Any] | None) -> tuple[float | None, str]:
     """(value, short label) of the number that sums this run up: the best epoch's score for fine-tuning
-    and probes, the last evaluation for an eval run, the epoch loss for pretraining."""
+    and probes, the evaluation for an eval run, the last epoch's loss for pretraining (it has no test
+    split to pick a best epoch by, so its summary has no best value)."""
+    value, _ = headline_at(summary)
+    return value, short_metric(summary)
+
+
+def headline_at(summary: dict[str, Any] | None) -> tuple[float | None, Any]:
+    """(headline value, the epoch it is from)."""
     s = summary or {}
-    return number(s.get("best_value")), short_metric(s)
+    value = number(s.get("best_value"))
+    if value is not None:
+        return value, s.get("best_epoch", "?")
+    last = s.get("last") if isinstance(s.get("last"), dict) else {}
+    return number(last.get(str(s.get("metric") or ""))), last.get("epoch", "?")
 
 
 def best_threshold(summary: dict[str, Any] | None) -> float | None:

@@ -155,7 +155,7 @@ SORTS: dict[str, tuple[Callable[[RunInfo, float, float | None], Any], bool]] = {
     "model": (lambda i, now, r: str(i.config.get("model", "~")), False),
     "recipe": (lambda i, now, r: str(i.config.get("recipe", "~")), False),
     "epoch": (lambda i, now, r: (progress(i)[0] or 0) / max(1, progress(i)[1] or 1), True),
-    "result": (lambda i, now, r: _some(best_value(i.summary)), True),
+    "result": (lambda i, now, r: _some(headline(i.summary)[0]), True),
     "duration": (lambda i, now, r: _some(duration_s(i, now)), True),
     "rate": (lambda i, now, r: _some(r), True),
 }
