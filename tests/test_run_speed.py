@@ -65,3 +65,17 @@ def test_estimate_is_epochs_times_whole_batches_over_the_speed_plus_each_runs_ov
     assert estimate(runs, cells, "cuda").text() == "no past run of vit_tiny at 64 px on cuda to estimate from"
     gone = {**cells[0], "data_root": str(tmp_path / "not-made-yet")}
     assert "not there yet" in estimate(runs, [gone], "cpu").text()
+
+
+def test_run_speed_does_not_import_torch(tmp_path: Path, make_synth) -> None:
+    """The Launch screen estimates in the app's process: reading speeds and label files stays torch-free."""
+    import subprocess
+    import sys
+
+    root = make_synth("bp4d")
+    cell = (f"dict(dataset='bp4d', task='au', fold=1, model='vit_tiny', input_size=64, epochs=1, batch_size=4, "
+            f"data_root={str(root)!r}, labels={str(root / 'labels.jsonl')!r})")
+    code = ("import sys; from fmae.run_speed import estimate, train_images; "
+            f"assert train_images({cell}) > 0; estimate({str(tmp_path)!r}, [{cell}], 'cpu'); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
