@@ -392,6 +392,7 @@ class RunScreen(Screen[None]):
         for line in self._log_lines:
             log.write(Text(line), scroll_end=True)
         self.action_show_tab("log")
+        self.call_after_refresh(log.scroll_end, animate=False)  # once the new layout is measured
         self.notify("log lines wrap" if self.wrap else "log lines are cut at the edge (w: wrap)")
 
     def action_cancel(self) -> None:
