@@ -22,6 +22,7 @@ from conftest import run_fmae
 from test_tui_tmux import BIN, Terminal
 from tui_support import screen_text, squash, wait_until
 from fmae.config import default_config_text
+from fmae.metrics import degenerate_threshold
 from fmae.registry import get_dataset
 from fmae.run_config import config_warnings
 from fmae.run_speed import train_images
@@ -169,6 +170,9 @@ async def test_launch_a_partial_study_watch_it_and_read_it_in_results(study) -> 
         assert group[1] == "folds 1–2 of 3, seed 0 (partial)" and group[-1] == "Δ vs paper: FMAE"
         mean, n = expected_partial(runs)
         assert str(results.table.get_cell(key, "n")) == str(n) == "1"
+        degenerate = [p for p in run_folders(runs) if degenerate_threshold(
+            json.loads((p / "summary.json").read_text())["best"]["best_threshold"])]
+        assert (f"⚠ {len(degenerate)} degenerate" in group[0]) == bool(degenerate), group
         assert str(results.table.get_cell(key, "avg")).splitlines()[0] == f"{mean:.1f}"
         assert "F1 best-threshold (tuned on test) (%)" in screen_text(app)
         grid = str(results.query_one("#results-grid").render())
@@ -243,7 +247,8 @@ def test_the_same_study_widened_in_a_real_terminal_at_80x24(study, tmp_path: Pat
         line = next(x for x in screen.splitlines() if "vit_tiny fmae λ=0" in x)
         assert re.search(rf"vit_tiny fmae λ=0.*\s{n}\s+{re.escape(f'{mean:.1f}')}", line), screen
         assert "F1 best-threshold (tuned on test)" in screen
-        assert all(len(x) <= 80 for x in screen.splitlines())
+        # every line of the head whole at 80 columns (the old one was cut mid-sentence)
+        assert re.search(r"\d note\(s\) on these rows: n shows them", screen), screen
         assert re.search(r"seed 1\s+f1 ✓ f2 ✓ f3 ·", screen), screen
         term.keys("q")
     finally:

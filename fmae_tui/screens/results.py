@@ -445,7 +445,7 @@ class ResultsScreen(PolledScreen):
 
     def action_widen(self) -> None:
         self._ask("widen", "grid seeds", ",".join(map(str, self.widen)),
-                  "seeds every grid expects beside its runs' own, e.g. 0,1,2 (empty: only those)")
+                  "extra seeds for every grid, e.g. 0,1,2 (empty: only the runs' own)")
 
     def action_export(self) -> None:
         report = self.report
