@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 STATE_STYLE = {"running": "bold green", "queued": "cyan", "done": "", "failed": "bold red", "cancelled": "yellow",
                "corrupt": "bold red", "cancelling": "yellow", "launching": "green"}
 WIDE = 110  # from this width: the slot, the model's full name and the age in the queue
+WIDEST = 170  # from this width: the run id as well
 
 
 def _percent(row: dict[str, Any]) -> str:
@@ -53,12 +54,16 @@ def screen_cells(row: dict[str, Any], wide: bool) -> dict[str, str]:
              "progress": "-" if row["state"] == "queued" else ("starting" if live and _percent(row) == "-"
                                                               else _percent(row)),
              "elapsed": duration(row.get("elapsed_s")),
-             "ETA": duration(row.get("eta_s")) if live else "-", "age": age(row["age_s"])}
+             "ETA": duration(row.get("eta_s")) if live else "-", "age": age(row["age_s"]),
+             "run id": str(row.get("run_id") or "")}
     return cells
 
 
-def screen_columns(wide: bool) -> tuple[str, ...]:
-    if wide:
+def screen_columns(width: int) -> tuple[str, ...]:
+    """The columns for a terminal this wide."""
+    if width >= WIDEST:
+        return ("id", "state", "dataset", "cell", "model", "slot", "progress", "elapsed", "ETA", "age", "run id")
+    if width >= WIDE:
         return ("id", "state", "dataset", "cell", "model", "slot", "progress", "elapsed", "ETA", "age")
     return ("id", "state", "dataset", "cell", "model", "progress", "elapsed", "ETA")
 
@@ -83,6 +88,7 @@ class QueueScreen(PolledScreen):
         self.polls = 0  # listings applied (tests wait on it)
         self._polling = False
         self._wide = False
+        self._columns: tuple[str, ...] = ()
         self._rows: dict[int, dict[str, Any]] = {}
         self._cells: dict[int, list[str]] = {}
         self._cancels: dict[int, Any] = {}  # job id -> the job, for cancels whose outcome is not told yet
@@ -104,21 +110,20 @@ class QueueScreen(PolledScreen):
         yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
-        self._set_columns(self.app.size.width >= WIDE)
+        self._set_columns(self.app.size.width)
         self.table.focus()
 
     def on_resize(self, event: Resize) -> None:
-        wide = event.size.width >= WIDE
-        if wide != self._wide:
-            self._set_columns(wide)
+        if screen_columns(event.size.width) != self._columns:
+            self._set_columns(event.size.width)
             self._apply_rows(list(self._rows.values()))
 
-    def _set_columns(self, wide: bool) -> None:
-        self._wide = wide
+    def _set_columns(self, width: int) -> None:
+        self._wide, self._columns = width >= WIDE, screen_columns(width)
         table = self.table
         table.clear(columns=True)
         self._cells.clear()
-        for name in screen_columns(wide):
+        for name in self._columns:
             table.add_column(name, key=name)
 
     # --- listing ---------------------------------------------------------------------------------------
@@ -188,7 +193,7 @@ class QueueScreen(PolledScreen):
         selected = self.selected_id
         ordered = work_order(rows)
         fresh = {r["id"]: r for r in ordered}
-        names = screen_columns(self._wide)
+        names = self._columns
         shown = [int(row.key.value) for row in table.ordered_rows]
         if shown != list(fresh):  # jobs came, went or changed places: lay the rows out again
             table.clear()
