@@ -120,7 +120,7 @@ async def test_results_tables_switches_baseline_grid_queue_and_export(study, tmp
         await rebuilt(pilot, screen, before)
         mean, std, _ = expected_au(truth[("fmae", "f1", "best")], BP4D)
         assert cell(screen, fmae_key, "avg").splitlines()[0] == f"{mean['avg']:.1f}±{std['avg']:.1f}"
-        assert "F1@0.5 is not like for like" in screen_text(app)
+        assert "F1@0.5 (%)" in screen_text(app) and "not like for like with these (m)" in screen_text(app)
         before = screen.builds
         await pilot.press("e")
         await rebuilt(pilot, screen, before)
@@ -143,7 +143,7 @@ async def test_results_tables_switches_baseline_grid_queue_and_export(study, tmp
         await pilot.pause()
         assert "★" in cell(screen, fmae_key, "group")
         assert cell(screen, iat_key, "group").splitlines()[-1] == "Δ vs ★ vit_tiny fmae λ=0"
-        assert "Δ: each row − the pinned baseline ★ vit_tiny fmae λ=0" in screen_text(app)
+        assert "Δ: each row − the pinned ★ vit_tiny fmae λ=0" in screen_text(app)
 
         # The IAT group's grid: folds × the seeds its runs used (seed 0 only, not fmae.toml's 0,1): fold 3.
         screen.table.move_cursor(row=screen.table.get_row_index(iat_key))
@@ -204,7 +204,7 @@ async def test_results_tables_switches_baseline_grid_queue_and_export(study, tmp
         assert (screen.metric, screen.epoch, screen.show_paper, screen.widen) == ("f1", "last", False, (0, 1))
         text = screen_text(app)
         assert "F1@0.5 (%)" in text and "epoch: last evaluated" in text
-        assert "Δ: each row − the pinned baseline ★ vit_tiny fmae λ=0" in text
+        assert "Δ: each row − the pinned ★ vit_tiny fmae λ=0" in text
 
 
 def _jobs(runs: Path) -> int:

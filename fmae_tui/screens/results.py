@@ -181,7 +181,7 @@ class ResultsScreen(PolledScreen):
         if self.complete_only:
             head.append(" · complete only (c)", "bold")
         if base is not None:
-            head.append(f"\nΔ: each row − the pinned baseline ★ {base.label}", "bold")
+            head.append(f"\nΔ: each row − the pinned ★ {base.label}", "bold")
         elif any(r.delta_vs for r in report.rows):
             head.append("\nΔ: each row − the paper's row named in its group cell")
         if report.paper_note:
@@ -194,7 +194,7 @@ class ResultsScreen(PolledScreen):
     def _short_paper_note(self, report: Report) -> str:
         if self.metric == "auc":
             return "the paper publishes no AUC: its rows are not shown"
-        return f"paper rows: F1 best-threshold; {METRIC_NAMES.get(self.metric, self.metric)} is not like for like (m)"
+        return "paper rows: F1 best-threshold (tuned on test), not like for like with these (m)"
 
     def _show(self) -> None:
         from fmae.report_export import default_digits, fmt, mean_std
