@@ -327,7 +327,7 @@ def resolve_jobs(q: Queue, ids: Iterable[str]) -> list[Job]:
 def active_jobs(q: Queue) -> list[Job]:
     """Queued and running jobs whose run folder has not ended (what `cancel --all` cancels)."""
     out = []
-    for job in q.jobs(states=("queued", "running")):
+    for job in q.jobs(states=("queued", "launching", "running")):
         status = read_status_fast(job.path)
         if not (status and status["state"] in FINAL_STATES):
             out.append(job)
@@ -339,7 +339,7 @@ def check_cancellable(jobs: Iterable[Job]) -> None:
         status = read_status_fast(job.path)
         # The row can say running for a moment after the run folder (the truth) says it ended.
         state = status["state"] if status and status["state"] in FINAL_STATES else job.state
-        if state not in ("queued", "running"):
+        if state not in ("queued", "launching", "running"):
             raise FmaeError(f"job {job.id} ({job.run_id}) is {state}: only queued or running jobs can be cancelled")
 
 
