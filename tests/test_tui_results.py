@@ -224,3 +224,20 @@ async def test_results_with_no_runs_says_so(tmp_path: Path) -> None:
         await wait_until(pilot, lambda: isinstance(app.screen, ResultsScreen) and app.screen.builds > 0, what="built")
         await pilot.pause()
         assert "no finished training runs to tabulate" in screen_text(app)
+
+
+async def test_a_remembered_group_by_key_no_run_has_is_dropped_not_a_blank_screen(study) -> None:
+    from fmae_tui import prefs
+
+    config, runs, _ = study
+    prefs.save("results", {"by": ["epoch"], "metric": "auc"})  # a typo saved on an earlier visit
+    app = create_app(config, runs)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("R")
+        await wait_until(pilot, lambda: isinstance(app.screen, ResultsScreen) and app.screen.report is not None,
+                         what="a table")
+        screen = app.screen
+        assert screen.by == () and screen.metric == "auc" and "ROC AUC (%)" in screen_text(app)
+        said = [n.message for n in app._notifications]
+        assert any("--by epoch" in m and "did you mean epochs" in m and "dropped" in m for m in said), said
+    assert prefs.load("results")["by"] == []

@@ -20,6 +20,7 @@ from fmae_tui import prefs
 from fmae_tui.screens.confirm import ConfirmScreen
 from fmae_tui.screens.polled import PolledScreen
 from fmae_tui.widgets.prompt_bar import PromptBar
+from fmae_tui.widgets.results_text import group_cell, head_text
 
 if TYPE_CHECKING:
     from fmae.report import GroupRow, Report, Results
@@ -141,7 +142,14 @@ class ResultsScreen(PolledScreen):
 
     def _built(self, results: Results | None, error: str | None) -> None:
         self._building = False
-        if error is not None:
+        if error is not None and self.by and error.startswith("--by "):
+            # a remembered group-by key no run has (any more): drop it rather than show nothing
+            self.notify(f"{error}; grouping by {' '.join(self.by)} dropped (k sets it)", title="results",
+                        severity="warning", markup=False, timeout=10)
+            self.by = ()
+            self._save_prefs()
+            self._again = True
+        elif error is not None:
             self.notify(error, title="results", severity="error", markup=False, timeout=10)
         else:
             self.results = results
@@ -170,32 +178,6 @@ class ResultsScreen(PolledScreen):
             return None
         return next((r for r in self.report.rows if (r.task, r.dataset, r.label) == self.baseline), None)
 
-    def _head(self, report: Report, base: GroupRow | None) -> Text:
-        """What every number is, what Δ is against, and what the notes say — each line short enough for 80
-        columns, so nothing is cut off."""
-        assert self.results is not None
-        head = Text(report.title, "bold")
-        if len(self.results.reports) > 1:
-            head.append(f" · table {self.index + 1}/{len(self.results.reports)} (tab)", "dim")
-        head.append(f"\n{report.value_label} · {report.epoch_label.split(' (')[0]}")
-        if self.complete_only:
-            head.append(" · complete only (c)", "bold")
-        if base is not None:
-            head.append(f"\nΔ: each row − the pinned ★ {base.label}", "bold")
-        elif any(r.delta_vs for r in report.rows):
-            head.append("\nΔ: each row − the paper's row named in its group cell")
-        if report.paper_note:
-            head.append(f"\n{self._short_paper_note(report)}", "dim")
-        notes = [n for n in report.notes() if n != report.paper_note]
-        if notes:
-            head.append(f"\n{len(notes)} note(s) on these rows: n shows them", "dim")
-        return head
-
-    def _short_paper_note(self, report: Report) -> str:
-        if self.metric == "auc":
-            return "the paper publishes no AUC: its rows are not shown"
-        return "paper rows: F1 best-threshold (tuned on test), not like for like with these (m)"
-
     def _show(self) -> None:
         from fmae.report_export import default_digits, fmt, mean_std
 
@@ -214,7 +196,7 @@ class ResultsScreen(PolledScreen):
             return
         digits = default_digits(report)
         base = self._baseline_row()
-        bar.update(self._head(report, base))
+        bar.update(head_text(self.results, self.index, report, base, self.complete_only, self.metric))
 
         table.add_column("group", key="group")
         table.add_column("n", key="n")
@@ -229,7 +211,7 @@ class ResultsScreen(PolledScreen):
                       for c in columns} if base is not None else row.delta
             reference = (f"Δ vs ★ {base.group}" if base is not None and row is not base else
                          f"Δ vs paper: {row.delta_vs}" if base is None and row.delta_vs and row.n else None)
-            group = self._group_cell(row, row is base, reference)
+            group = group_cell(row, row is base, reference)
             cells: list[Any] = [group, str(row.n)]
             for c in columns:
                 cell = Text(mean_std(row, c, digits, "±"))
@@ -249,18 +231,6 @@ class ResultsScreen(PolledScreen):
         if selected in self._rows:
             table.move_cursor(row=table.get_row_index(selected))
         self._show_grid()
-
-    @staticmethod
-    def _group_cell(row: GroupRow, pinned: bool, reference: str | None) -> Text:
-        """The group's name (★ pinned, ⚠ degenerate runs), what a partial row holds, and what its Δ is against."""
-        cell = Text(row.group + (" ★" if pinned else ""), "bold" if pinned else "")
-        if row.degenerate:
-            cell.append(f" ⚠ {len(row.degenerate)} degenerate", "bold yellow")
-        if row.partial:
-            cell.append(f"\n{row.coverage_label} (partial)", "italic")
-        if reference:
-            cell.append(f"\n{reference}", "dim")
-        return cell
 
     def _selected_key(self) -> str | None:
         table = self.table
