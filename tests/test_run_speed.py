@@ -37,6 +37,11 @@ def test_past_speed_is_the_median_of_matching_runs(tmp_path: Path) -> None:
     assert past_speed(runs, "vit_tiny", "cuda", 64).images_per_s == 9999.0
     assert past_speed(runs, "vit_base", "cpu", 64) is None
     assert "200 images/s, the median of 3 past vit_tiny runs at 64 px on cpu" in speed.describe()
+    # device = auto: the device the trainer says it used, in train.log
+    auto = past_run(runs, [777.0], device="auto")
+    (auto.path / "train.log").write_text("2026-12-01 INFO lr = blr 0.0005 × batch 64 × accum 1 × 1 process(es) / 256 "
+                                         "= 0.000125; 9 steps/epoch × 2 epochs; device cuda:0, precision bf16\n")
+    assert past_speed(runs, "vit_tiny", "cuda", 64).images_per_s == (777.0 + 9999.0) / 2
 
 
 def test_estimate_is_epochs_times_whole_batches_over_the_speed_plus_each_runs_overhead(tmp_path: Path,
