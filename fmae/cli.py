@@ -172,7 +172,8 @@ def synth_cmd(
     seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same files.")] = 0,
     identity_strength: Annotated[float, typer.Option(help="How strongly a subject's identity predicts its AUs (0 = not at all).")] = 1.0,
     nuisance: Annotated[float, typer.Option(help="Pose/lighting/noise jitter, 0..1.")] = 1.0,
-    layout: Annotated[Optional[str], typer.Option(help="AU path layout (e.g. task_folders, original, nested).")] = None,
+    layout: Annotated[Optional[str], typer.Option(help="AU path layout: bp4d original (2F01_T1/…, the default), task_folders "
+                                                       "(F001_T1/…, bp4d_plus's default), nested; disfa subject_folders, video_folders.")] = None,
     per_fold_files: Annotated[bool, typer.Option("--per-fold-files", help="Also write fold<k>_train/test.jsonl.")] = False,
     raw: Annotated[bool, typer.Option("--raw", help="Also write the raw annotations (BP4D AU_OCC CSVs, DISFA txt).")] = False,
     class_folders: Annotated[str, typer.Option(help="FER class folders named by 'ids' or 'names'.")] = "ids",

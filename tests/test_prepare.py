@@ -32,6 +32,19 @@ def test_disfa_prepare_reproduces_the_labels(make_synth, tmp_path):
     assert labels_by_path(tmp_path / "out.jsonl") == labels_by_path(root / "labels.jsonl")
 
 
+def test_disfa_prepare_over_several_synthetic_tasks(tmp_path):
+    """DISFA numbers the frames of a subject's one video on: with more frames than one synthetic task
+    holds, the raw files and the images still match frame for frame (version 1 wrote over them)."""
+    from fmae.data.synth.writer import FRAMES_PER_TASK, SynthOptions, synthesize
+
+    spec = DATASETS["disfa"]
+    synthesize(spec, tmp_path / "d", SynthOptions(subjects=4, frames=2 * FRAMES_PER_TASK + 5, size=32, raw=True))
+    report = prepare_disfa(spec, tmp_path / "d" / "ActionUnit_Labels", tmp_path / "d", tmp_path / "out.jsonl")
+    assert not report.problems.errors and report.labelled_without_image == report.images_without_label == 0
+    assert labels_by_path(tmp_path / "out.jsonl") == labels_by_path(tmp_path / "d" / "labels.jsonl")
+    assert report.frames_written == 4 * (2 * FRAMES_PER_TASK + 5)
+
+
 def test_prepare_cli_registers_and_reports_missing_frames(make_synth, tmp_path):
     root = make_synth("bp4d")
     frames = tmp_path / "frames"
