@@ -31,16 +31,22 @@ def predict_cmd(
     """Find the faces in each frame (MTCNN), crop them as the original did, and write one CSV row per frame
     and face: OpenFace's leading columns, the box, then AU presence/probability or class probabilities."""
     from fmae.predict.model_file import load_model
-    from fmae.predict.runner import choose_threshold, predict
-    from fmae.predict.sources import list_sources
+    from fmae.predict.sources import check_sources, list_sources
 
+    # Sources and the run are checked before torch loads, so bad input answers at once.
     found = list_sources(sources, sys.stdin if "-" in sources else None)
+    if out_csv.exists() and not resume:
+        raise FmaeError(f"--out {out_csv}: exists — continue it with --resume, or choose another --out "
+                        "(nothing was overwritten)")
+    expected = check_sources(found)
     bundle = load_model(run, model)
+    from fmae.predict.runner import choose_threshold, predict
+
     chosen = choose_threshold(bundle, threshold)
     bar = _ProgressLine() if not quiet else None
     try:
         result = predict(found, bundle, out_csv, threshold=chosen, device=device, batch_size=batch_size,
-                         resume=resume, progress=bar)
+                         resume=resume, progress=bar, expected=expected)
     except KeyboardInterrupt:
         if bar:
             bar.end()
@@ -48,7 +54,8 @@ def predict_cmd(
         raise typer.Exit(130)
     if bar:
         bar.end()
-    what = (f"AU presence at threshold {chosen.value:g} ({chosen.which})" if chosen else "the most probable expression")
+    how = {"tuned": " (tuned on the run's test fold)", "0.5": " (fixed)"}.get(chosen.which, "") if chosen else ""
+    what = f"AU presence at threshold {chosen.value:g}{how}" if chosen else "the most probable expression"
     out.print(f"wrote {out_csv}: {result.frames} frames, {result.faces} faces ({what}); "
               f"{result.no_face} frames without a face; sidecar {result.sidecar}")
     if result.resumed_rows:

@@ -51,6 +51,12 @@ def media(tmp_path_factory) -> Path:
     return folder
 
 
+def _presence_agrees(row: dict, au: str, threshold: float) -> bool:
+    """AU_c is the exact probability against the threshold; AU_p is printed to 4 decimals."""
+    p = float(row[f"{au}_p"])
+    return abs(p - threshold) <= 5e-5 or row[f"{au}_c"] == str(int(p >= threshold))
+
+
 def _rows(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -63,7 +69,7 @@ def predicted(au_run, media, tmp_path_factory) -> Path:
     result = run_fmae("predict", VIDEO, media, "--run", au_run, "--out", out, "--batch-size", "8")
     assert result.returncode == 0, result.stderr
     assert "frames/s" in result.stderr and "ETA" in result.stderr  # the progress line
-    assert "76 frames, 76 faces" in result.stdout, result.stdout  # 72 video frames + 3 images; 1 blank
+    assert "75 frames, 75 faces" in result.stdout, result.stdout  # 72 video frames + 3 images (2 + 0 + 1 faces)
     return out
 
 
@@ -119,8 +125,7 @@ def test_csv_has_openface_columns_the_box_and_one_row_per_frame_and_face(predict
     (blank,) = [r for r in rows if r["source"].endswith("blank.png")]
     assert (blank["success"], blank["face_id"], blank["AU01_p"], blank["face_x"]) == ("0", "-1", "", "")
     for r in video + two:  # presence is the probability at the chosen threshold (0.5 by default)
-        for a in aus:
-            assert r[f"{a}_c"] == str(int(float(r[f"{a}_p"]) >= 0.5))
+        assert all(_presence_agrees(r, a, 0.5) for a in aus)
     side = json.loads(predicted.with_suffix(".json").read_text())
     assert side["state"] == "complete" and side["threshold"]["value"] == 0.5
     assert side["model"]["run"] == au_run.name and side["model"]["encoder"] == "vit_tiny"
@@ -128,7 +133,7 @@ def test_csv_has_openface_columns_the_box_and_one_row_per_frame_and_face(predict
     (vid,) = [s for s in side["sources"] if s["kind"] == "video"]
     assert (vid["size"], vid["frames_done"], vid["faces"]) == (VIDEO.stat().st_size, 72, 72)
     assert vid["mtime"] == VIDEO.stat().st_mtime
-    assert side["totals"] == {"frames": 76, "faces": 75, "no_face_frames": 1, "undecodable_frames": 0}
+    assert side["totals"] == {"frames": 75, "faces": 75, "no_face_frames": 1, "undecodable_frames": 0}
     assert side["fmae_version"]
 
 
@@ -155,9 +160,9 @@ def test_threshold_tuned_is_the_runs_best_threshold_and_says_where_it_was_tuned(
     out = tmp_path / "t.csv"
     result = run_fmae("predict", EXPR[0], "--run", au_run, "--out", out, "--threshold", "tuned", "-q")
     assert result.returncode == 0, result.stderr
-    assert f"threshold {tuned:g} (tuned)" in result.stdout
+    assert f"threshold {tuned:g} (tuned on the run's test fold)" in result.stdout
     (row,) = _rows(out)
-    assert all(row[f"{a}_c"] == str(int(float(row[f"{a}_p"]) >= tuned)) for a in ("AU01", "AU12", "AU24"))
+    assert all(_presence_agrees(row, a, tuned) for a in ("AU01", "AU12", "AU24"))
     side = json.loads(out.with_suffix(".json").read_text())
     assert side["threshold"]["which"] == "tuned" and "tuned on the test fold (fold 1)" in side["threshold"]["label"]
 
@@ -194,9 +199,12 @@ def test_bad_inputs_are_one_line_errors_naming_the_file_and_nothing_is_overwritt
 
     empty = tmp_path / "empty.avi"
     cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48)).release()
+    no_images = tmp_path / "no_images"
+    no_images.mkdir()
+    (no_images / "readme.txt").write_text("no pictures here")
     for source, needle in ((tmp_path / "nope.mp4", "no such file"), (junk_video, "not a readable video"),
                            (junk_image, "not a readable image"), (text, "unsupported format"),
-                           (empty, "zero frames"), (tmp_path, "no images in this folder")):
+                           (empty, "zero frames"), (no_images, "no images in this folder")):
         assert_one_line_error(run_fmae("predict", source, "--run", au_run, "--out", out), str(source), needle)
     assert not out.exists()
     pretrain = RunDir.create(tmp_path / "runs", "pretrain-run", {"task": "pretrain", "model": "vit_tiny"}, {})
@@ -241,39 +249,46 @@ def test_an_undecodable_frame_inside_a_video_is_a_success_0_row_counted_at_the_e
 
 # --- interruption and resume ------------------------------------------------------------------------------
 
-def test_an_interrupted_prediction_leaves_a_valid_csv_and_resume_finishes_it_exactly(predicted, au_run, tmp_path):
+def test_an_interrupted_prediction_leaves_a_valid_csv_and_resume_finishes_it_exactly(au_run, tmp_path):
+    import cv2
+
     from fmae.predict.model_file import from_run
     from fmae.predict.runner import Predictor, choose_threshold, predict
     from fmae.predict.sources import list_sources
 
+    cap, clip = cv2.VideoCapture(str(VIDEO)), tmp_path / "clip.avi"  # the video's first 24 frames
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 30, (640, 360))
+    for _ in range(24):
+        writer.write(cap.read()[1])
+    writer.release()
     bundle = from_run(au_run)
     pred = Predictor(bundle, torch.device("cpu"))
-    sources = list_sources([str(VIDEO)])
+    sources = list_sources([str(clip)])
+    half = choose_threshold(bundle, "0.5")
+    reference = tmp_path / "whole.csv"
+    predict(sources, bundle, reference, threshold=half, batch_size=4, predictor=pred)
     out = tmp_path / "cut.csv"
 
     def ctrl_c(done, total, seconds):  # Ctrl-C arrives after the second batch
-        if done >= 16:
+        if done >= 8:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        predict(sources, bundle, out, threshold=choose_threshold(bundle, "0.5"), batch_size=8,
-                progress=ctrl_c, predictor=pred)
-    cut = _rows(out)
-    assert [int(r["frame"]) for r in cut] == list(range(1, 17))  # whole frames only, a valid CSV
+        predict(sources, bundle, out, threshold=half, batch_size=4, progress=ctrl_c, predictor=pred)
+    assert [int(r["frame"]) for r in _rows(out)] == list(range(1, 9))  # whole frames only, a valid CSV
     assert json.loads(out.with_suffix(".json").read_text())["state"] == "interrupted"
     with open(out, "a") as f:
-        f.write("17,0,0.53")  # a write cut short by a kill: --resume drops it
+        f.write("9,0,0.26")  # a write cut short by a kill: --resume drops it
     stop = threading.Event()
-    second = predict(sources, bundle, out, threshold=choose_threshold(bundle, "0.5"), batch_size=8, resume=True,
-                     progress=lambda done, total, s: stop.set() if done >= 40 else None, stop=stop, predictor=pred)
-    assert second.interrupted and second.resumed_rows == 16  # a SIGTERM-style stop (the queue's cancel)
-    final = predict(sources, bundle, out, threshold=choose_threshold(bundle, "0.5"), batch_size=8, resume=True,
-                    predictor=pred)
-    assert not final.interrupted and final.frames == 72
-    reference = [r for r in _rows(predicted) if r["source"] == str(VIDEO.resolve())]
-    assert _rows(out) == reference
-    assert json.loads(out.with_suffix(".json").read_text())["sessions"] == 3
-    result = run_fmae("predict", VIDEO, "--run", au_run, "--out", out, "--resume", "--threshold", "0.3")
+    second = predict(sources, bundle, out, threshold=half, batch_size=4, resume=True, stop=stop, predictor=pred,
+                     progress=lambda done, total, s: stop.set() if done >= 16 else None)
+    assert second.interrupted and second.resumed_rows == 8  # a SIGTERM-style stop (the queue's cancel)
+    final = predict(sources, bundle, out, threshold=half, batch_size=4, resume=True, predictor=pred)
+    assert not final.interrupted and final.frames == 24 and final.faces == 24
+    assert out.read_text() == reference.read_text()
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["sessions"] == 3 and side["state"] == "complete" and side["totals"]["frames"] == 24
+    result = run_fmae("predict", clip, "--run", au_run, "--out", out, "--resume", "--threshold", "0.3")
     assert_one_line_error(result, "threshold")
 
 
@@ -295,11 +310,64 @@ def test_a_predict_run_folder_runs_through_fmae_exec(au_run, media, tmp_path):
     assert side["threshold"]["which"] == "tuned"
 
 
-def test_fmae_help_and_the_job_module_import_no_torch_cv2_or_detector():
+def test_fmae_help_the_job_module_and_the_app_import_no_torch_cv2_or_detector():
     import subprocess
     import sys
 
-    code = ("import sys, fmae.cli, fmae.predict.job, fmae.predict.sources; "
+    code = ("import sys, fmae.cli, fmae.predict.job, fmae.predict.sources, fmae_tui.app, fmae_tui.screens.predict; "
             "print(sorted(m for m in ('torch', 'cv2', 'facenet_pytorch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- the app ----------------------------------------------------------------------------------------------
+
+async def test_the_app_queues_a_prediction_from_a_finished_run_and_draws_its_timeline(au_run, tmp_path):
+    from textual.widgets import Input
+
+    from fmae.config import default_config_text
+    from fmae.queue import Queue
+    from fmae.scheduler import stop
+    from fmae_tui.app import create_app
+    from fmae_tui.screens.confirm import ConfirmScreen
+    from fmae_tui.screens.predict import PredictScreen
+    from fmae_tui.screens.run import RunScreen
+    from tui_support import screen_text, squash, wait_until
+
+    config = tmp_path / "fmae.toml"
+    config.write_text(default_config_text(), encoding="utf-8")
+    runs = au_run.parent
+    app = create_app(config, runs)
+    try:
+        async with app.run_test(size=(100, 32)) as pilot:
+            app.push_screen(RunScreen(au_run))
+            await wait_until(pilot, lambda: isinstance(app.screen, RunScreen) and "run.toml" in app.screen._files,
+                             what="run screen")
+            await pilot.press("p")
+            await wait_until(pilot, lambda: isinstance(app.screen, PredictScreen), what="predict screen")
+            screen = app.screen
+            assert squash("will not read real expressions well") in squash(screen_text(app))
+            field = screen.query_one("#predict-source", Input)
+            field.focus()
+            await pilot.press(*str(VIDEO))
+            await pilot.press("ctrl+s")
+            await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirmation")
+            assert "Queue a prediction on single_face.mp4?" in screen_text(app)
+            await pilot.press("y")
+            await wait_until(pilot, lambda: screen.predict_run is not None, what="queued")
+            job = Queue(runs).get_run(screen.predict_run.name)
+            assert job is not None and job.task == "predict"  # a queue job like any run: it gets a slot
+            await wait_until(pilot, lambda: screen.status.get("state") == "done" and screen.tail is not None
+                             and len(screen.tail.rows) == 72, timeout=240, what="prediction done")
+            await pilot.pause(0.3)
+            plot = screen.query_one("#predict-plot")
+            assert list(plot.series) == ["AU01", "AU02", "AU04", "AU06"]  # face 0's first four AUs
+            xs, ys = plot.series["AU01"]
+            assert xs == [float(i) for i in range(1, 73)] and all(0.0 <= y <= 1.0 for y in ys)
+            csv_path = screen.predict_run / "predictions.csv"
+            assert ys == [float(r["AU01_p"]) for r in _rows(csv_path)]
+            assert squash(f"CSV: {csv_path}") in squash(screen_text(app)) and "done, 72/72 frames" in screen_text(app)
+            await pilot.press("a")
+            assert list(plot.series) == ["AU07", "AU10", "AU12", "AU14"]
+    finally:
+        stop(runs, wait=30)

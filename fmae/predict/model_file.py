@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from fmae import __version__
 from fmae.errors import FmaeError
+
+if TYPE_CHECKING:  # torch is imported where weights are read or built: bad input fails before it loads
+    import torch
+    from torch import Tensor
 
 FORMAT = "fmae-model"
 FORMAT_VERSION = 1
@@ -68,7 +69,6 @@ PREDICTABLE = ("au", "fer")
 def from_run(path: Path) -> ModelBundle:
     """A finished AU or FER run's best checkpoint (last.pt where the run kept no best.pt); anything else is a
     one-line FmaeError naming the run."""
-    from fmae.models.checkpoint import extract_state_dict, read_checkpoint
     from fmae.registry import get_dataset
     from fmae.runs import RunDir
 
@@ -93,6 +93,8 @@ def from_run(path: Path) -> ModelBundle:
         ckpt_path, which = run.checkpoints / "last.pt", "last"
     if not ckpt_path.is_file():
         raise FmaeError(f"{run.path}: no checkpoints/best.pt or last.pt — the run's weights were removed")
+    from fmae.models.checkpoint import extract_state_dict, read_checkpoint
+
     ckpt = read_checkpoint(ckpt_path)
     weights = extract_state_dict(ckpt, ckpt_path)
     spec = get_dataset(str(cfg["dataset"]))

@@ -113,7 +113,9 @@ class Predictor:
 
 def predict(sources: list[Source], bundle: ModelBundle, out: Path, *, threshold: Threshold | None,
             device: str = "auto", batch_size: int = 16, resume: bool = False, progress: Progress | None = None,
-            stop: threading.Event | None = None, predictor: Predictor | None = None) -> Result:
+            stop: threading.Event | None = None, predictor: Predictor | None = None,
+            expected: list[int] | None = None) -> Result:
+    """`expected`: check_sources' frame counts, when the caller has checked the sources already."""
     if batch_size < 1:
         raise FmaeError(f"--batch-size {batch_size}: must be at least 1")
     if out.suffix.lower() != ".csv":
@@ -125,7 +127,7 @@ def predict(sources: list[Source], bundle: ModelBundle, out: Path, *, threshold:
     if out.exists() and not resume:
         raise FmaeError(f"--out {out}: exists — continue it with --resume, or choose another --out "
                         "(nothing was overwritten)")
-    expected = check_sources(sources)
+    expected = expected if expected is not None else check_sources(sources)
     side = sidecar_path(out)
     names = bundle.column_names()
     header = columns(bundle.task, names)
