@@ -57,6 +57,10 @@ def execute(path: Path, resume: bool = False, quiet: bool = False) -> int:
 
 def _execute_locked(run: RunDir, resume: bool, quiet: bool) -> int:
     cfg = run.read_config()
+    if cfg.get("task") == "predict":  # `fmae predict` queued as a run (fmae/predict/job.py): no training
+        from fmae.predict.run_task import execute_predict
+
+        return execute_predict(run, cfg, quiet)
     set_max_pixels(cfg.get("max_image_pixels"))  # [data] max_image_pixels, before any image opens
     device = pick_device(cfg)
     info = init_distributed(device.type)
