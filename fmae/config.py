@@ -208,7 +208,8 @@ def parse_project(text: str, name: str, base: Path, path: Path | None = None) ->
 
     max_pixels = _dig(doc, "data", name).get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
     if max_pixels < 1:
-        raise FmaeError(f"{where('data', 'max_image_pixels')}: data.max_image_pixels must be at least 1, got {max_pixels}")
+        raise FmaeError(f"{where('data', 'max_image_pixels')}: data.max_image_pixels must be at least 1, "
+                        f"got {max_pixels}")
 
     datasets: dict[str, DatasetLocation] = {}
     for ds, entry in _dig(doc, "datasets", name).items():

@@ -181,7 +181,8 @@ def test_check_sorts_duplicates_and_notes_codes_out_of_slot_order(make_synth, tm
     other.write_text("\n".join([*lines, json.dumps(dict(first, AUs=flipped))]) + "\n")
     bad = run_fmae("data", "check", "disfa", "--root", root, "--labels", other)
     assert_one_line_error(bad, "disfa: 1 problems found")
-    assert f"problem: {other}:{len(lines) + 1}: '{first['img_path']}' is listed again with other AUs (line 1:" in bad.stderr
+    listed = f"problem: {other}:{len(lines) + 1}: '{first['img_path']}' is listed again with other AUs (line 1:"
+    assert listed in bad.stderr
 
 
 def test_root_without_labels_takes_its_labels_jsonl_and_says_so(make_synth, tmp_path):

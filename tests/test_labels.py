@@ -128,7 +128,8 @@ def test_disfa_labels_from_the_original_preprocessing_read_by_value(tmp_path):
         """A present code outside its own AU's slot (a line with every AU present has no 999 and reads as
         the plain list of present codes, which has no slots)."""
         present = [truth[sn][f, DISFA.au_codes.index(code)] >= 2 for code in order]
-        return not all(present) and any(on and code != DISFA.au_codes[i] for i, (code, on) in enumerate(zip(order, present)))
+        return not all(present) and any(on and code != DISFA.au_codes[i]
+                                        for i, (code, on) in enumerate(zip(order, present)))
 
     reordered = sum(out_of_order(sn, order, f) for sn, order in zip(subjects, orders) for f in range(20))
     notes = [p for p in problems if p.severity == "info"]
@@ -155,7 +156,8 @@ def test_codes_in_any_slot_order_read_by_value_and_unknown_codes_are_refused(tmp
 
 def test_an_image_listed_twice(tmp_path):
     same = write_lines(tmp_path / "same.jsonl", '{"img_path": "F001_T1/frame_1.jpg", "AUs": [1, 2]}',
-                       '{"img_path": "F003_T1/frame_1.jpg", "AUs": []}', '{"img_path": "F001_T1/frame_1.jpg", "AUs": [2, 1]}')
+                       '{"img_path": "F003_T1/frame_1.jpg", "AUs": []}',
+                       '{"img_path": "F001_T1/frame_1.jpg", "AUs": [2, 1]}')
     problems = Problems()
     labels = read_au_jsonl(same, BP4D, problems)
     assert len(labels) == 3 and not problems.errors  # kept twice, as the original trains on both

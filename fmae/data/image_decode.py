@@ -113,7 +113,8 @@ def decode_rgb(source: Path | bytes, where: str, fix: str = "run `fmae data chec
     except FileNotFoundError:
         raise FmaeError(f"{where}: image missing — {fix}") from None
     except UnidentifiedImageError:
-        raise FmaeError(f"{where}: image cannot be decoded (not an image: cannot identify the format) — {fix}") from None
+        raise FmaeError(f"{where}: image cannot be decoded (not an image: cannot identify the format) — "
+                        f"{fix}") from None
     except DECODE_ERRORS as e:
         raise FmaeError(f"{where}: image cannot be decoded ({reason(e)}) — {fix}") from None
 

@@ -131,7 +131,8 @@ def _write_au(spec: DatasetSpec, out: Path, o: SynthOptions, progress) -> SynthR
                 aus = {c: float(intensity[f, i]) for i, c in enumerate(spec.au_codes) if present[f, i]}
                 img = render_face(identity, aus, o.size, Nuisance.sample(rng, o.nuisance))
                 short = f"{subject[0]}{int(subject[1:]):02d}" if subject[0] in "FM" else subject
-                rel = template.format(subject=subject, short=short, task=task, frame=frame if per_task else done + frame)
+                number = frame if per_task else done + frame
+                rel = template.format(subject=subject, short=short, task=task, frame=number)
                 _save_jpeg(img, out / rel, rng)
                 records.append((subject, rel, present[f]))
                 raw_rows.setdefault((subject, task), []).append((frame, present[f], intensity[f]))
