@@ -63,8 +63,8 @@ def test_crop_scale_out_of_range_is_one_line(tmp_path):
 
 
 def _face(tmp_path, side: int = 112):
-    """A smooth face-sized image, so the resize filter matters."""
-    small = np.random.default_rng(2).integers(0, 256, (7, 7, 3), dtype=np.uint8)
+    """A face-sized image with detail at a few pixels' scale, where the resize filter matters."""
+    small = np.random.default_rng(2).integers(0, 256, (14, 14, 3), dtype=np.uint8)
     path = tmp_path / "face.png"
     Image.fromarray(small).resize((side, side), Image.Resampling.BICUBIC).save(path)
     return Image.open(path).convert("RGB")
@@ -83,7 +83,7 @@ def test_the_paper_recipes_evaluate_as_the_original(tmp_path):
         assert torch.equal(eval_transform(cfg)(img), original(img))
     bicubic = eval_transform({**cfg, "eval_interpolation": "bicubic"})(img)
     gap = (bicubic - original(img)).abs().max().item()
-    assert 0.05 < gap < 1.0  # the other choice is a real difference at 112 -> 64 px (measured 0.30)
+    assert 0.1 < gap < 1.0  # the other choice is a real difference at 112 -> 64 px (here 0.14)
     old = {k: v for k, v in cfg.items() if k != "eval_interpolation"}  # a run.toml from before the key
     assert torch.equal(eval_transform(old)(img), bicubic)
     native = _face(tmp_path, side=64)  # at the native size both filters leave the pixels alone
