@@ -45,6 +45,9 @@ def main() -> None:
     with open(HERE / "raw_pickle.pkl", "wb") as f:
         pickle.dump({"model": {"cls_token": torch.zeros(1, 1, 96)}, "args": RunsCode()}, f, protocol=5)
     torch.save({"optimizer": {"lr": 0.001}, "epoch": 3}, HERE / "no_weights.pt")
+    # the right encoder, plus a module fmae has no place for: refused without claiming another architecture
+    foreign = {**tiny_state("vit_tiny"), "aux_head.weight": torch.zeros(1).expand(3, 96)}
+    torch.save({"model": foreign, "epoch": 5}, HERE / "right_size_foreign_weights.pth")
     (HERE / "empty.pt").write_bytes(b"")
 
 
