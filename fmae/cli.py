@@ -68,8 +68,9 @@ def datasets_cmd(config: ConfigOpt = None) -> None:
 
     project = load_project(config)
     table = Table(title=f"Datasets ({project.label})")
-    for col in ("name", "task", "labels", "subjects", "folds", "root", "status"):
-        table.add_column(col)
+    for col in ("name", "task", "labels", "subjects", "folds", "status"):
+        table.add_column(col, overflow="fold")
+    roots = []
     for spec in DATASETS.values():
         loc = project.dataset(spec.name)
         if loc.root is None:
@@ -79,10 +80,17 @@ def datasets_cmd(config: ConfigOpt = None) -> None:
                       if synth_generator(loc.root) is None else "synthetic, outdated (made again on first use)")
         else:
             status = "present" if loc.root.is_dir() else "missing"
-        labels = " ".join(spec.au_names()) if spec.task == "au" else ", ".join(spec.classes)
-        table.add_row(spec.name, spec.task.upper(), labels, str(len(spec.subjects) or "-"),
-                      str(spec.num_folds or "-"), str(loc.root or "-"), status)
+        labels = f"{len(spec.au_codes)} AUs" if spec.task == "au" else f"{len(spec.classes)} classes"
+        subjects = str(len(spec.subjects) or "-")  # the benchmark's, and its synthetic copy's
+        if loc.synthetic is not None and loc.synthetic.subjects is not None:
+            subjects += f" (synthetic {loc.synthetic.subjects})"
+        table.add_row(spec.name, spec.task.upper(), labels, subjects, str(spec.num_folds or "-"), status)
+        roots.append(f"{spec.name}: {loc.root or '-'}" + (f"  labels {loc.labels}" if loc.labels else ""))
     out.print(table)
+    # The paths this command exists to show, whole at any width (outside the table, so never cut).
+    out.print("roots:")
+    for line in roots:
+        out.print(f"  {line}", soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command("init")
@@ -210,10 +218,15 @@ def _register(name: str, root: Path, labels: Path | None, config: Path | None, s
     path = find_config(config)
     if path is None:
         raise FmaeError("--register: no fmae.toml here or above — run `fmae init` first")
+    def written(p: Path) -> str:
+        # Relative to fmae.toml's folder when inside it (as fmae.toml reads them), so the project can move.
+        p = p.resolve()
+        return p.relative_to(path.parent.resolve()).as_posix() if p.is_relative_to(path.parent.resolve()) else str(p)
+
     # The entry then describes exactly this copy: a synthetic recipe is this one's, or none.
     update_config(path, {
-        f"datasets.{name}.root": str(root.resolve()),
-        f"datasets.{name}.labels": str(labels.resolve()) if labels else None,
+        f"datasets.{name}.root": written(root),
+        f"datasets.{name}.labels": written(labels) if labels else None,
         f"datasets.{name}.train_labels": None,
         f"datasets.{name}.test_labels": None,
         f"datasets.{name}.synthetic": synthetic,

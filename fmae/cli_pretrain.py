@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmae.cli import ConfigOpt, RunsDirOpt, app, out
+from fmae.cli import ConfigOpt, RunsDirOpt, app, err, out
 from fmae.cli_train import NprocOpt, QuietOpt, SetOpt, _cli_layer, _run, _show_config
 from fmae.errors import FmaeError
 
@@ -20,8 +20,8 @@ def pretrain_cmd(
     epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Per-process batch (recipe: by model size).")] = None,
     mask_ratio: Annotated[Optional[float], typer.Option("--mask-ratio")] = None,
-    decoder_depth: Annotated[Optional[int], typer.Option("--decoder-depth", help="Paper: 8.")] = None,
-    decoder_dim: Annotated[Optional[int], typer.Option("--decoder-dim", help="Paper: 512.")] = None,
+    decoder_depth: Annotated[Optional[int], typer.Option("--decoder-depth", help="Default: the model's (paper's ViTs 8, vit_tiny 2).")] = None,
+    decoder_dim: Annotated[Optional[int], typer.Option("--decoder-dim", help="Default: the model's (paper's ViTs 512, vit_tiny 128).")] = None,
     decoder_heads: Annotated[Optional[int], typer.Option("--decoder-heads")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda.")] = None,
     name: Annotated[Optional[str], typer.Option("--name")] = None,
@@ -42,7 +42,11 @@ def pretrain_cmd(
                      device=device, set_=set_)
     resolved = resolve_pretrain_config(project, [p.expanduser() for p in data], seed=seed, cli=cli)
     if dry_run:
+        from fmae.run_config import config_warnings
+
         _show_config(resolved, "MAE pretraining — resolved config (dry run: nothing created)")
+        for warning in config_warnings(resolved.values):
+            err.print(f"warning: {warning}", soft_wrap=True, markup=False)
         return
     run = create_run(project.runs_dir, resolved, name=name)
     out.print(f"run {run.id}")
@@ -59,7 +63,7 @@ def visualize_cmd(
     mask_ratio: Annotated[float, typer.Option("--mask-ratio")] = 0.75,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random masks.")] = 0,
     input_size: Annotated[Optional[int], typer.Option("--input-size")] = None,
-    decoder_heads: Annotated[Optional[int], typer.Option("--decoder-heads", help="For a checkpoint file (default 16).")] = None,
+    decoder_heads: Annotated[Optional[int], typer.Option("--decoder-heads", help="For a checkpoint file (default: the model's, 16 for the paper's ViTs).")] = None,
 ) -> None:
     """Original / masked / reconstructed (/ with visible patches) rows for each image, as one PNG."""
     import torch
@@ -96,9 +100,12 @@ def visualize_cmd(
         raise FmaeError(f"{ckpt_path}: pass --model (e.g. vit_base): a checkpoint file does not name its encoder")
     dim = state["decoder_embed.weight"].shape[0]
     depth = len({k.split(".")[1] for k in state if k.startswith("decoder_blocks.")})
-    heads = decoder_heads or int(cfg.get("decoder_heads", 16))
-    grid = int(round((state["pos_embed"].shape[1] - 1) ** 0.5))
     from fmae.model_specs import encoder_spec
+
+    # Head count leaves no trace in the weights: the run's, else the model's default decoder's.
+    spec = encoder_spec(arch)
+    heads = decoder_heads or int(cfg.get("decoder_heads") or (spec.decoder_heads if dim == spec.decoder_dim else 16))
+    grid = int(round((state["pos_embed"].shape[1] - 1) ** 0.5))
 
     size = input_size or int(cfg.get("input_size", grid * encoder_spec(arch).patch))
     if dim % heads:

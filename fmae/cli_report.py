@@ -19,6 +19,8 @@ from rich.text import Text
 from fmae.cli import ConfigOpt, RunsDirOpt, app, err, out
 from fmae.errors import FmaeError
 
+DEGENERATE_MARK = "(!)"  # beside a row holding a run whose best threshold sits at the grid's edge
+
 
 @app.command("report")
 def report_cmd(
@@ -33,7 +35,7 @@ def report_cmd(
     complete_only: Annotated[bool, typer.Option("--complete-only", help="Only seeds that have every fold. Default: seeds missing folds form their own partial rows, named by the folds they hold (never averaged with complete seeds).")] = False,
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Widen the completeness grids to these seeds as well, e.g. 0,1,2 (default: the seeds each group's runs used).")] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table (default), md, latex, csv or json.")] = "table",
-    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to this file (atomically) instead of stdout.")] = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to this file (atomically) instead of stdout; a relative path goes under <runs folder>/exports/.")] = None,
     digits: Annotated[Optional[int], typer.Option("--digits", help="Decimals shown (default: 1 for AU F1/AUC, 2 for accuracy).")] = None,
     grid: Annotated[bool, typer.Option("--grid/--no-grid", help="Show the completeness grid of each group (table, md).")] = True,
     strict: Annotated[bool, typer.Option("--strict", help="A run folder that cannot be read is an error, not a warning.")] = False,
@@ -78,21 +80,34 @@ def report_cmd(
     else:
         text = render(results, fmt, digits, grid)
     if out_file is not None:
+        from fmae.report_export import export_path
+
+        target = export_path(project.runs_dir, out_file)
         try:
-            write_text_atomic(out_file, text or "")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(target, text or "")
         except OSError as e:
-            raise FmaeError(f"--out {out_file}: cannot write ({e.strerror or e})") from None
-        err.print(f"wrote {out_file} ({fmt})")
+            raise FmaeError(f"--out {target}: cannot write ({e.strerror or e})") from None
+        err.print(f"wrote {target} ({fmt})", soft_wrap=True, markup=False, highlight=False)
     elif text is not None:
         out.file.write(text)
         out.file.flush()
     else:
-        out.print(render_rich(results, digits, grid, out.width))
+        print_parts(out, render_rich(results, digits, grid, out.width))
+
+
+class Command(Text):
+    """A command meant to be copied: printed whole on its own line at any width (never cut or wrapped)."""
+
+
+def print_parts(console: Console, group: Group) -> None:
+    for part in group.renderables:
+        console.print(part, soft_wrap=isinstance(part, Command))
 
 
 def _plain(renderable) -> str:
     buf = io.StringIO()
-    Console(file=buf, width=200, no_color=True, highlight=False, markup=False).print(renderable)
+    print_parts(Console(file=buf, width=200, no_color=True, highlight=False, markup=False), renderable)
     return buf.getvalue()
 
 
@@ -103,7 +118,8 @@ def _lines(report, d: int) -> list[tuple[str, list, str | None, bool]]:
     lines = []
     for i, row in enumerate(report.rows):
         last = i == len(report.rows) - 1 and bool(report.paper)
-        lines.append((row.label, [str(row.n), *(mean_std(row, c, d, "±") for c in report.columns)], None, last))
+        label = f"{row.label} {DEGENERATE_MARK}" if getattr(row, "degenerate", None) else row.label
+        lines.append((label, [str(row.n), *(mean_std(row, c, d, "±") for c in report.columns)], None, last))
     for p in report.paper:
         lines.append((p.label, ["", *(fmt(p.values.get(c), d) for c in report.columns)], "dim", False))
     for row in (r for r in report.rows if r.delta_vs and r.n):
@@ -154,6 +170,10 @@ def render_rich(results, digits: int | None, grids: bool = True, width: int = 20
             parts.append(Text("other published Avg.: " + ", ".join(f"{p.label.removeprefix('paper: ')} "
                                                                    f"{p.values.get('avg', float('nan')):.{d}f}"
                                                                    for p in others)))
+        if any(getattr(row, "degenerate", None) for row in report.rows):
+            from fmae.metrics import DEGENERATE_LABEL
+
+            parts.append(Text(f"{DEGENERATE_MARK} = a run of the row is {DEGENERATE_LABEL}"))
         parts.append(Text(f"{report.value_label} · {report.epoch_label}"))
         parts.append(Text(f"{report.how[0].upper()}{report.how[1:]}."))
         if report.paper:
@@ -181,11 +201,11 @@ def _rich_grid(g, extra, grid_symbol, retry_command) -> list:
     parts: list = [Text(f"completeness: {g.label} ({g.summary()})", no_wrap=True, overflow="ignore"), table]
     if g.to_add:
         parts.append(Text("queue the missing cells:"))
-        parts += [Text(f"  {cmd}", no_wrap=True, overflow="ignore") for cmd in g.commands(extra)]
+        parts += [Command(f"  {cmd}") for cmd in g.commands(extra)]
         if not g.exact:
             parts.append(Text(inexact_note(g)))
     retry = retry_command(g, extra)
     if retry:
         parts += [Text("retry the failed / cancelled ones (they resume from their last checkpoint):"),
-                  Text(f"  {retry}", no_wrap=True, overflow="ignore")]
+                  Command(f"  {retry}")]
     return parts

@@ -135,12 +135,39 @@ def train_cmd(
         resolved = resolve_run_config(project, dataset, recipe=recipe, fold=fold, seed=seed, cli=cli, root=root,
                                       labels=labels, generate=not dry_run)
     if dry_run:
+        from fmae.run_config import config_warnings
+
         _show_config(resolved, f"{resolved.values['dataset']} — resolved config (dry run: nothing created)")
+        for warning in config_warnings(resolved.values):
+            err.print(f"warning: {escape(warning)}", soft_wrap=True)
         return
     run = create_run(project.runs_dir, resolved, name=name)
     out.print(f"run {run.id}")
     with _no_folder_if_refused(run):
         _run(run.path, False, quiet, nproc)
+    _print_outcome(run.read_summary() or {})
+
+
+def _print_outcome(summary: dict[str, Any]) -> None:
+    """The test numbers a user checks first, each named, beside the floor an AU run must clear."""
+    from fmae.metrics import DEGENERATE_LABEL
+
+    rec = summary.get("best")
+    if not isinstance(rec, dict):
+        return
+    where = f"test split, best epoch {summary.get('best_epoch')} of {summary.get('epochs_done')}"
+    if "f1_05_mean" not in rec:
+        if summary.get("metric") in rec:
+            out.print(f"{summary.get('metric_label')}: {rec[summary['metric']]:.4f} ({where})")
+        return
+    def num(key: str) -> str:
+        return "–" if rec.get(key) is None else f"{rec[key]:.3f}"
+
+    out.print(f"{where}: F1@0.5 {num('f1_05_mean')} (all-positive F1 {num('f1_all_positive_mean')}), "
+              f"AUC {num('auc_mean')}, F1 best-threshold {num('f1_best_mean')} @{rec['best_threshold']:.2f} "
+              "(tuned on test)", soft_wrap=True)
+    if rec.get("degenerate"):
+        out.print(f"[yellow]{escape(DEGENERATE_LABEL)}[/] — this run has not learnt to tell the AUs apart", soft_wrap=True)
 
 
 @contextlib.contextmanager

@@ -42,6 +42,13 @@ def degenerate_threshold(threshold: float | None) -> bool:
     return bool(threshold <= THRESHOLDS[0] + 1e-9 or threshold >= THRESHOLDS[-1] - 1e-9)
 
 
+def all_positive_f1(labels) -> float:
+    """Mean over AUs of the F1 of predicting every AU present on these labels: 2p / (1 + p), p an AU's
+    base rate. The floor a run's F1 must clear before it shows anything learnt."""
+    p = np.asarray(labels, dtype=np.float64).mean(axis=0)  # [K]
+    return float(np.mean(2 * p / (1 + p)))
+
+
 # ---------------------------------------------------------------------------------------------------
 # AU detection
 

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from fmae.errors import FmaeError
@@ -267,3 +268,19 @@ def format_for(path: str) -> str:
     if ext not in EXTENSIONS:
         raise FmaeError(f"{path}: end the file name with {', '.join(EXTENSIONS)} to choose the format")
     return EXTENSIONS[ext]
+
+
+EXPORTS_FOLDER = "exports"  # under the runs folder: exports stay with the runs they describe, out of git
+
+
+def export_path(runs_dir: Path, out: Path | str) -> Path:
+    """Where an export named `out` is written: an absolute path as given; a relative one (`t.tex`,
+    `paper/t.tex`) under `<runs folder>/exports/`, never loose in the current folder (a source checkout).
+    The app's export and `fmae report --out` both resolve through here."""
+    out = Path(out).expanduser()
+    return out if out.is_absolute() else Path(runs_dir) / EXPORTS_FOLDER / out
+
+
+def default_export_name(dataset: str | None, fmt: str = "md") -> str:
+    ext = {v: k for k, v in EXTENSIONS.items()}[fmt]
+    return f"results-{dataset}{ext}" if dataset else f"results{ext}"

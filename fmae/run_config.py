@@ -156,6 +156,33 @@ def _check_values(v: Mapping[str, Any]) -> None:
     positive = ("batch_size", "epochs", "input_size", "accum_iter", "log_every")
     for key in positive:
         if key in v and int(v[key]) < 1:
+def config_warnings(cfg: Mapping[str, Any], steps_per_epoch: int | None = None) -> list[str]:
+    """What in a resolved config will probably keep the run from learning, one sentence each, naming the
+    numbers (empty when nothing). `steps_per_epoch` (optimizer steps) turns epochs into steps when known.
+
+    Torch-free: `fmae train --dry-run`, the trainer's log and the app's Launch plan all call it.
+    """
+    warnings: list[str] = []
+    epochs, warmup = float(cfg.get("epochs") or 0), float(cfg.get("warmup_epochs") or 0)
+    if epochs > 0 and warmup / epochs >= 0.5:
+        def n(x: float) -> str:
+            return f"{x:g} epoch{'' if x == 1 else 's'}"
+
+        if steps_per_epoch:
+            total = int(steps_per_epoch * epochs)
+            span = f"warmup {n(warmup)} = {int(round(steps_per_epoch * warmup))} of {total} steps"
+        else:
+            span = f"warmup {warmup:g} of {n(epochs)} ({warmup / epochs:.0%} of the steps)"
+        if warmup >= epochs:
+            effect = "the lr never leaves warmup (it reaches its peak only at the last step)"
+        else:
+            effect = (f"the lr reaches its peak only after {warmup / epochs:.0%} of the run, leaving "
+                      f"{n(epochs - warmup)} to learn at it")
+        warnings.append(f"{span}: {effect} — train longer (--epochs) or shorten the warmup "
+                        "(--set warmup_epochs=…)")
+    return warnings
+
+
             raise FmaeError(f"{key} = {v[key]}: must be at least 1")
     for key in ("blr", "weight_decay", "min_lr", "clip_grad", "lambda_id", "drop_path", "random_erase_prob"):
         if key in v and float(v[key]) < 0:
@@ -175,8 +202,8 @@ def _check_values(v: Mapping[str, Any]) -> None:
             raise FmaeError(f"{key} = '{v[key]}': choose one of {', '.join(allowed)}")
 
 
-# MAE pretraining beyond the paper's recipe table: the decoder (MAE's default 8 blocks × 512) and the
-# schedule's floor. A small decoder (e.g. 2 × 128) is much faster and is what the CPU demo uses.
+# MAE pretraining beyond the paper's recipe table: the decoder (MAE's default 8 blocks × 512; a model
+# may own a smaller one, see `model_specs.EncoderSpec.decoder_dim`) and the schedule's floor.
 PRETRAIN_EXTRA: Mapping[str, Any] = {"decoder_dim": 512, "decoder_depth": 8, "decoder_heads": 16,
                                      "min_lr": 0.0, "accum_iter": 1}
 
@@ -213,6 +240,10 @@ def resolve_pretrain_config(project: ProjectConfig, data: list[Path], *, seed: i
     _check_values(values)
     if not 0 < float(values["mask_ratio"]) < 1:
         raise FmaeError(f"mask_ratio = {values['mask_ratio']}: must be between 0 and 1")
+    spec = ENCODERS[values["model"]]
+    for key in ("decoder_dim", "decoder_depth", "decoder_heads"):  # model-owned, under fmae.toml and the CLI
+        if sources[key].startswith("recipe") and values[key] != getattr(spec, key):
+            values[key], sources[key] = getattr(spec, key), f"model {spec.name}"
     if int(values["decoder_dim"]) % int(values["decoder_heads"]):
         raise FmaeError(f"decoder_dim {values['decoder_dim']} must be a multiple of decoder_heads {values['decoder_heads']}")
     values.update(task="pretrain", dataset=_data_name(data), recipe="pretrain", seed=int(seed), fold=0, lambda_id=0.0,

@@ -24,7 +24,7 @@ from fmae.data.fer_folders import read_fer_split
 from fmae.data.image_check import check_image_files
 from fmae.data.problems import Problems
 from fmae.errors import FmaeError
-from fmae.metrics import au_scores, fer_scores
+from fmae.metrics import all_positive_f1, au_scores, degenerate_threshold, fer_scores
 from fmae.models.checkpoint import load_pretrained
 from fmae.models.encoders import create_encoder, encoder_spec
 from fmae.models.heads import FineTuneModel, IdentityProbe
@@ -142,7 +142,12 @@ class AUTask(Task):
         return torch.sigmoid(logits.float())
 
     def evaluate(self, outputs, targets):
-        return au_scores(outputs, targets.astype(np.uint8)).to_dict(self.spec.au_codes)
+        record = au_scores(outputs, targets.astype(np.uint8)).to_dict(self.spec.au_codes)
+        # What a reader needs beside the numbers: the floor F1@0.5 must clear, and whether the tuned
+        # threshold only found "every AU present" (or none).
+        record["f1_all_positive_mean"] = all_positive_f1(targets)
+        record["degenerate"] = bool(degenerate_threshold(record["best_threshold"]))
+        return record
 
     def predictions(self, outputs, targets, data):
         return {"probs": outputs.astype(np.float32), "labels": targets.astype(np.uint8),

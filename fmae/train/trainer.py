@@ -41,6 +41,7 @@ from fmae.train.tasks import Batch, Task, make_task
 log = logging.getLogger("fmae.train")
 
 EXIT_CANCELLED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
+LIVE_EVERY_S = 2.0  # the longest gap between train records (and heartbeats) while training
 
 
 class Cancelled(Exception):
@@ -200,6 +201,10 @@ class Trainer:
         log.info("lr = blr %g × batch %d × accum %d × %d process(es) / 256 = %.3g; %d steps/epoch × %d epochs; "
                  "device %s, precision %s", float(cfg["blr"]), bs, accum, info.world_size, lr,
                  self.updates_per_epoch, int(cfg["epochs"]), self.device, self.dtype or "fp32")
+        from fmae.run_config import config_warnings
+
+        for warning in config_warnings(cfg, self.updates_per_epoch):
+            log.warning("%s", warning)
         self.start = (0, 0)
         if resume:
             self._resume()
@@ -240,6 +245,8 @@ class Trainer:
         if first_batch == 0:
             self.meters["epoch"] = {}
         tick, images = time.perf_counter(), 0
+        # This process's first step is logged at once: a queue shows progress right after the start.
+        first_step = self.step + 1 if (epoch, first_batch) == self.start else 0
         lr = self.schedule.at(epoch + first_batch / self.batches_per_epoch)
         try:
             for i, (x, y, subject) in enumerate(self._loader(self.data.train, self.sampler), start=first_batch):
@@ -271,7 +278,11 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 self.position = (epoch, i + 1)
-                if self.step % log_every == 0:
+                # Every log_every steps, and by time too (LIVE_EVERY_S), so status.json's heartbeat and
+                # the live curves move on slow steps and in short runs. Not by time under DDP: a record
+                # averages over ranks (a collective), so every rank must log at the same steps.
+                by_time = not self.info.distributed and time.perf_counter() - tick >= LIVE_EVERY_S
+                if self.step % log_every == 0 or self.step == first_step or by_time:
                     rate = images * self.info.world_size / max(time.perf_counter() - tick, 1e-9)
                     self._log_train(epoch, i + 1, lr, rate)
                     tick, images = time.perf_counter(), 0
@@ -420,6 +431,9 @@ class Trainer:
             "epochs": int(c["epochs"]), "epochs_done": epoch + 1, "step": self.step,
             "best_epoch": self.best["epoch"], "best_value": self.best["value"],
             "best": self.best.get("record"), "last": record,
+            # AU runs: the best epoch's degenerate flag and the test fold's all-positive F1, at the top
+            **{k: (self.best.get("record") or record)[k] for k in ("degenerate", "f1_all_positive_mean")
+               if k in (self.best.get("record") or record)},
         })
 
     def _save_last(self) -> None:
