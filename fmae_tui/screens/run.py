@@ -235,7 +235,7 @@ class RunScreen(Screen[None]):
     def _replot(self) -> None:
         loss = self.query_one("#plot-loss", CurvePlot)
         loss.clear_series()
-        loss.set_series("per log interval", self._train["x"], self._train["loss"])
+        loss.set_series("steps", self._train["x"], self._train["loss"])
         if self._epoch_loss["x"]:
             loss.set_series("epoch mean", self._epoch_loss["x"], self._epoch_loss["loss"])
         loss.replot()

@@ -14,6 +14,7 @@ from textual_plotext import PlotextPlot
 MAX_POINTS = 600  # per series on screen; longer series are thinned evenly (the last point always kept)
 MARKERS = ("braille", "x", "+", "o", "*", "#")  # the first series' line, then one mark per series
 LEGEND_MARKS = {"braille": "⣿"}
+SHORT = 12  # rows: a plot this short has no x label row
 COLORS = ("cyan", "orange", "magenta", "green", "red", "blue")
 
 
@@ -55,6 +56,9 @@ class CurvePlot(PlotextPlot):
     def on_mount(self) -> None:
         self.replot()
 
+    def on_resize(self) -> None:
+        self.replot()  # the legend's place depends on the height
+
     def replot(self) -> None:
         plt = self.plt
         plt.clear_data()
@@ -78,5 +82,9 @@ class CurvePlot(PlotextPlot):
             if min(ys_all) == max(ys_all):
                 plt.ylim(*_around(min(ys_all), max(ys_all)))
         self.legend = "   ".join(marks) if len(drawn) > 1 else ""
-        plt.xlabel(f"{self.xlabel}   {self.legend}" if self.legend else self.xlabel)
+        # plotext leaves the x label out of a short plot: there the legend goes with the title
+        short = 0 < self.size.height < SHORT
+        if self.legend and short:
+            plt.title(f"{self.title}: {self.legend}")
+        plt.xlabel(f"{self.xlabel}   {self.legend}" if self.legend and not short else self.xlabel)
         self.refresh()
