@@ -298,7 +298,7 @@ class Soak:
             if kind not in ("none", "revive"):
                 total += 1
                 print(f"{now()} fault {total}: {kind}", flush=True)
-            if self.rng.random() < 0.3:
+            if self.rng.random() < self.args.revive_prob:
                 self.revive()
         fault_minutes = (time.time() - t0) / 60
         drained = self.drain()
@@ -408,6 +408,8 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=30.0, help="minutes of faults")
     ap.add_argument("--fault-every", type=float, default=12.0, help="mean seconds between faults")
     ap.add_argument("--max-faults", type=int, default=400)
+    ap.add_argument("--revive-prob", type=float, default=0.3,
+                    help="chance that a command reading the queue follows a fault (as a user's would)")
     ap.add_argument("--drain-minutes", type=float, default=10.0)
     ap.add_argument("--runs-at-once", type=int, default=4, help="unfinished runs kept in the queue")
     ap.add_argument("--max-runs", type=int, default=200)

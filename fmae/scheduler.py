@@ -125,7 +125,7 @@ def systemd_unit(project: ProjectConfig) -> str:
             "# Keep it running after logout: loginctl enable-linger $USER\n"
             "[Unit]\n"
             f"Description=fmae scheduler for {runs}\n"
-            "After=default.target\n\n"
+            "\n"
             "[Service]\n"
             "Type=simple\n"
             f"WorkingDirectory={_systemd_quote(str(runs))}\n"

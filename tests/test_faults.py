@@ -400,12 +400,15 @@ def test_a_bad_image_in_a_loader_worker_fails_the_run_and_the_next_job_starts(pr
     slot goes to the next queued job, which ends done."""
     import shutil
 
-    root = tmp_path / "data"
+    root = tmp_path / "data"  # the first run's copy, damaged under it; the next job reads the intact one
     shutil.copytree(make_synth("bp4d"), root)
-    common = ["queue", "add", "bp4d", "--folds", "1", "--root", root, "--labels", root / "labels.jsonl", *TINY_ARGS,
-              "--set", "num_workers=1", "--gpus-per-run", "0", "--no-scheduler"]
-    assert run_fmae(*common, "--seeds", "0", "--epochs", "6", cwd=project).returncode == 0
-    assert run_fmae(*common, "--seeds", "1", "--epochs", "1", cwd=project).returncode == 0
+    common = ["queue", "add", "bp4d", "--folds", "1", *TINY_ARGS, "--set", "num_workers=1", "--gpus-per-run", "0",
+              "--no-scheduler"]
+    intact = make_synth("bp4d")
+    assert run_fmae(*common, "--root", root, "--labels", root / "labels.jsonl", "--seeds", "0", "--epochs", "6",
+                    cwd=project).returncode == 0
+    assert run_fmae(*common, "--root", intact, "--labels", intact / "labels.jsonl", "--seeds", "1", "--epochs", "1",
+                    cwd=project).returncode == 0
     runs = project / "runs"
     first, second = sorted(p for p in runs.iterdir() if p.is_dir())
     assert run_fmae("scheduler", "start", cwd=project).returncode == 0
