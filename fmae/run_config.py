@@ -152,10 +152,6 @@ def _cap_warmup(values: dict[str, Any], sources: dict[str, str]) -> None:
         sources["warmup_epochs"] += f" (capped at epochs = {values['epochs']})"
 
 
-def _check_values(v: Mapping[str, Any]) -> None:
-    positive = ("batch_size", "epochs", "input_size", "accum_iter", "log_every")
-    for key in positive:
-        if key in v and int(v[key]) < 1:
 def config_warnings(cfg: Mapping[str, Any], steps_per_epoch: int | None = None) -> list[str]:
     """What in a resolved config will probably keep the run from learning, one sentence each, naming the
     numbers (empty when nothing). `steps_per_epoch` (optimizer steps) turns epochs into steps when known.
@@ -183,6 +179,10 @@ def config_warnings(cfg: Mapping[str, Any], steps_per_epoch: int | None = None) 
     return warnings
 
 
+def _check_values(v: Mapping[str, Any]) -> None:
+    positive = ("batch_size", "epochs", "input_size", "accum_iter", "log_every")
+    for key in positive:
+        if key in v and int(v[key]) < 1:
             raise FmaeError(f"{key} = {v[key]}: must be at least 1")
     for key in ("blr", "weight_decay", "min_lr", "clip_grad", "lambda_id", "drop_path", "random_erase_prob"):
         if key in v and float(v[key]) < 0:
@@ -236,14 +236,14 @@ def resolve_pretrain_config(project: ProjectConfig, data: list[Path], *, seed: i
     if sources["input_size"].startswith("recipe") and values["model"] in MODEL_INPUT_SIZE:
         values["input_size"] = MODEL_INPUT_SIZE[values["model"]]
         sources["input_size"] = f"model {values['model']}"
-    _cap_warmup(values, sources)
-    _check_values(values)
-    if not 0 < float(values["mask_ratio"]) < 1:
-        raise FmaeError(f"mask_ratio = {values['mask_ratio']}: must be between 0 and 1")
     spec = ENCODERS[values["model"]]
     for key in ("decoder_dim", "decoder_depth", "decoder_heads"):  # model-owned, under fmae.toml and the CLI
         if sources[key].startswith("recipe") and values[key] != getattr(spec, key):
             values[key], sources[key] = getattr(spec, key), f"model {spec.name}"
+    _cap_warmup(values, sources)
+    _check_values(values)
+    if not 0 < float(values["mask_ratio"]) < 1:
+        raise FmaeError(f"mask_ratio = {values['mask_ratio']}: must be between 0 and 1")
     if int(values["decoder_dim"]) % int(values["decoder_heads"]):
         raise FmaeError(f"decoder_dim {values['decoder_dim']} must be a multiple of decoder_heads {values['decoder_heads']}")
     values.update(task="pretrain", dataset=_data_name(data), recipe="pretrain", seed=int(seed), fold=0, lambda_id=0.0,
