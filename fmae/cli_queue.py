@@ -183,7 +183,6 @@ def cancel_cmd(
     if bool(ids) == all_:
         raise FmaeError("give job ids to cancel, or --all (not both)")
     project, q = _open_queue(config, runs_dir)
-    _revive(project)  # a running job's cancel is carried out (and recorded) by the scheduler
     jobs = active_jobs(q) if all_ else resolve_jobs(q, ids or [])
     check_cancellable(jobs)
     if not jobs:
@@ -191,6 +190,7 @@ def cancel_cmd(
         return
     for job in jobs:
         _say(cancel_job(q, job))
+    _revive(project)  # a running job's end is recorded by the scheduler: one must be there
 
 
 @queue_app.command("retry")

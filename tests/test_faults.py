@@ -426,8 +426,8 @@ def test_a_bad_image_in_a_loader_worker_fails_the_run_and_the_next_job_starts(pr
     wait_for(lambda: not trainer_alive(first, status["pid"]), timeout=20, what="the trainer exits")
     assert time.time() - ended < 20
     assert "Traceback" not in (first / "train.log").read_text().split(" ERROR ")[-1]
-    wait_for(lambda: json.loads((second / "status.json").read_text())["state"] == "done", timeout=240,
-             what="the next job runs to done")
     from fmae.queue import Queue
 
-    assert [j.state for j in Queue(runs).jobs()] == ["failed", "done"]
+    wait_for(lambda: [j.state for j in Queue(runs).jobs()] == ["failed", "done"], timeout=240,
+             what="the next job runs to done")
+    assert json.loads((second / "status.json").read_text())["state"] == "done"

@@ -21,6 +21,13 @@ from fmae.config import load_project
 from fmae.queue import Queue, config_key, expand_matrix
 from fmae.runs import RunDir, make_run_id
 
+
+@pytest.fixture(autouse=True)
+def _no_autostart(monkeypatch):
+    """These tests look at the queue's rows as they leave them: `queue ls/cancel/priority/rebuild` must
+    not start a scheduler that would act on them (tests/test_scheduler.py covers that it does)."""
+    monkeypatch.setenv("FMAE_NO_AUTOSTART", "1")
+
 FORK = multiprocessing.get_context("fork")
 
 
@@ -473,3 +480,37 @@ def test_ls_with_1000_jobs_is_fast(tmp_path, monkeypatch):
         assert result.exit_code == 0, result.output
         assert seconds < 2.0, (args, seconds)
     assert "1000" in result.output or len(json.loads(result.output)) == 1000
+
+
+def test_launching_is_claimed_before_the_spawn_and_names_its_scheduler(tmp_path):
+    q = Queue(tmp_path / "runs")
+    a, b = q.add(minimal_run(tmp_path / "runs", 0)), q.add(minimal_run(tmp_path / "runs", 1))
+    assert q.claim_launch(a.id, "cpu0", "123@host")
+    assert not q.claim_launch(a.id, "cpu1", "456@host")  # claimed once: a second scheduler gets nothing
+    job = q.get(a.id)
+    assert (job.state, job.slot, job.launcher, job.pid) == ("launching", "cpu0", "123@host", None)
+    assert q.counts()["running"] == 1 and [j.id for j in q.pending()] == [b.id]
+    cancelled = q.cancel(a.id)  # a cancel meanwhile waits for the pid: the scheduler signals it
+    assert cancelled.state == "launching" and cancelled.cancel_requested
+    running = q.launched(a.id, 4242, 4242)
+    assert (running.state, running.pid, running.cancel_requested is not None) == ("running", 4242, True)
+    assert q.claim_launch(b.id, "cpu1", "123@host")
+    q.unlaunch(b.id)  # its scheduler died before any trainer took the run
+    back = q.get(b.id)
+    assert (back.state, back.slot, back.launcher) == ("queued", None, None)
+
+
+def test_a_queue_made_before_the_launching_state_is_upgraded_in_place(tmp_path):
+    runs = tmp_path / "runs"
+    q = Queue(runs)
+    job = q.add(minimal_run(runs, 0))
+    q.close()
+    db = sqlite3.connect(runs / "queue.sqlite")  # back to schema 1: the table without `launcher`
+    db.execute("ALTER TABLE jobs DROP COLUMN launcher")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    again = Queue(runs)
+    assert [j.run_id for j in again.jobs()] == [job.run_id]
+    assert again.claim_launch(job.id, "cpu0", "1@h") and again.get(job.id).launcher == "1@h"
+    assert sqlite3.connect(runs / "queue.sqlite").execute("PRAGMA user_version").fetchone()[0] == 2
