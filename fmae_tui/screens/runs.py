@@ -21,7 +21,7 @@ from fmae.runs import RunDir, RunInfo
 from fmae_tui.widgets.prompt_bar import PromptBar
 from fmae_tui.widgets.run_scanner import RunScanner
 from fmae_tui import prefs
-from fmae_tui.widgets.run_kind import degenerate_text, headline, headline_at, is_degenerate, kind_label
+from fmae_tui.widgets.run_kind import METRIC_LONG, degenerate_text, headline, headline_at, is_degenerate, kind_label
 from fmae_tui.widgets.runs_table import RunsTable, ago, duration_s, parse_time, took
 
 if TYPE_CHECKING:
@@ -325,8 +325,9 @@ def _state_line(info: RunInfo) -> Text:
         created = parse_time(s.get("created"))
         parts.append(f"queued {ago(None if created is None else now - created)} ago")
     summary = info.summary or {}
-    value, label = headline(summary)
+    value, _ = headline(summary)
     if value is not None:
+        label = METRIC_LONG.get(str(summary.get("metric")), str(summary.get("metric")))
         _, epoch = headline_at(summary)
         which = "epoch" if summary.get("best_value") is None else "best epoch"  # pretraining: its last
         parts.append(f"{label} {value:.3f} ({which} {epoch})")
