@@ -1,6 +1,6 @@
-"""What kind of run a folder holds (AU fine-tune, FER, pretraining, identity probe, eval) and what is worth
-showing for that kind: its own fields (a fold and λ only where they mean something) and its headline
-number, labelled. Shared by the Runs table, the line under it and the Run screen."""
+"""What kind of run a folder holds (AU fine-tune, FER, pretraining, identity probe, eval, prediction) and
+what is worth showing for that kind: its own fields (a fold and λ only where they mean something) and its
+headline number, labelled. Shared by the Runs table, the line under it and the Run screen."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from fmae.metrics import degenerate_threshold
 
 # kind -> (short name for an 80-column table, long name)
 KINDS = {"au": ("AU", "AU fine-tune"), "fer": ("FER", "FER"), "pretrain": ("MAE", "MAE pretrain"),
-         "probe": ("probe", "identity probe"), "eval": ("eval", "eval")}
+         "probe": ("probe", "identity probe"), "eval": ("eval", "eval"), "predict": ("pred", "prediction")}
 
 # What summary.json's `metric` is, in a few characters; every number shown carries one of these.
 METRIC_SHORT = {"f1_best_mean": "F1 best-thr", "f1_05_mean": "F1@0.5", "accuracy": "acc", "loss": "loss",
