@@ -57,6 +57,8 @@ def execute(path: Path, resume: bool = False, quiet: bool = False) -> int:
 
 
 def _execute_locked(run: RunDir, resume: bool, quiet: bool) -> int:
+    if run.read_status().get("state") == "done":  # it ended while this process waited for the lock
+        raise FmaeError(f"{run.path}: this run is done — start a new one (`fmae train --from {run.path}/run.toml`)")
     cfg = run.read_config()
     if cfg.get("task") == "predict":  # `fmae predict` queued as a run (fmae/predict/job.py): no training
         from fmae.predict.run_task import execute_predict
