@@ -289,3 +289,37 @@ def test_reading_the_queue_brings_a_crashed_scheduler_back(project, make_synth):
     assert unit.returncode == 0 and "[Service]" in unit.stdout and "Restart=always" in unit.stdout
     exec_start = next(line for line in unit.stdout.splitlines() if line.startswith("ExecStart="))
     assert "scheduler run --runs-dir" in exec_start and str(runs) in exec_start and "--idle-exit inf" in exec_start
+
+
+def test_a_zombie_trainer_is_dead_and_a_folder_that_says_done_is_believed(tmp_path):
+    """Reconciliation without training: job 1's recorded process is a zombie (exited, never reaped — as
+    under a PID 1 that never reaps): failed at once, not adopted for ever. Job 2's folder says done while
+    a process that looks like its trainer still lives: the folder is believed, the row ends done."""
+    from fmae.queue import Queue
+    from fmae.runs import RunDir, make_run_id
+
+    runs = tmp_path / "runs"
+    q = Queue(runs)
+    cfg = {"task": "au", "dataset": "bp4d", "fold": 1, "seed": 0, "lambda_id": 0.0, "model": "vit_tiny"}
+    zombie_run, done_run = (RunDir.create(runs, make_run_id("bp4d", "vit_tiny", s, fold=1), {**cfg, "seed": s},
+                                          {"command": ["test"]}) for s in (0, 1))
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    looks_alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "exec", str(done_run.path)])
+    try:
+        wait_for(lambda: Path(f"/proc/{zombie.pid}/stat").read_text().split(")")[-1].split()[0] == "Z", 30, "zombie")
+        for run, pid in ((zombie_run, zombie.pid), (done_run, looks_alive.pid)):
+            job = q.add(run)
+            assert q.claim(job.id, "cpu0", pid, pid)
+            run.mark_running(pid=pid, pgid=pid)
+        done_run.mark_ended("done", exit_code=0)
+        result = subprocess.run([sys.executable, "-m", "fmae", "scheduler", "run", "--runs-dir", str(runs),
+                                 "--idle-exit", "1"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        first, second = q.jobs()
+        assert (first.state, second.state) == ("failed", "done")
+        assert "process vanished" in first.error and "adopted" not in result.stderr
+        assert looks_alive.poll() is None  # believed the folder; signalled nobody
+    finally:
+        looks_alive.kill()
+        looks_alive.wait()
+        zombie.wait()
