@@ -52,6 +52,8 @@ def execute(path: Path, resume: bool = False, quiet: bool = False) -> int:
     """Run the run folder at `path`; returns the process exit code (0 done, 143 cancelled).
     Bad input raises FmaeError and a failed run WorkFailed, after status.json says so."""
     run = RunDir.open(path)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 holds the run's lock for all ranks
+        return _execute_locked(run, resume, quiet)
     with exec_lock(run.path):  # one trainer per run folder, for this process's whole life (issue 22)
         return _execute_locked(run, resume, quiet)
 
