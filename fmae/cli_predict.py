@@ -30,10 +30,11 @@ def predict_cmd(
 ) -> None:
     """Find the faces in each frame (MTCNN), crop them as the original did, and write one CSV row per frame
     and face: OpenFace's leading columns, the box, then AU presence/probability or class probabilities."""
-    from fmae.predict.model_file import load_model
+    from fmae.predict.model_file import load_model, parse_threshold
     from fmae.predict.sources import check_sources, list_sources
 
     # Sources and the run are checked before torch loads, so bad input answers at once.
+    parse_threshold(threshold)
     found = list_sources(sources, sys.stdin if "-" in sources else None)
     if out_csv.exists() and not resume:
         raise FmaeError(f"--out {out_csv}: exists — continue it with --resume, or choose another --out "

@@ -51,6 +51,19 @@ def media(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """The video's first 24 frames (MJPEG): a shorter real video for the slower paths."""
+    import cv2
+
+    cap, path = cv2.VideoCapture(str(VIDEO)), tmp_path_factory.mktemp("clip") / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (640, 360))
+    for _ in range(24):
+        writer.write(cap.read()[1])
+    writer.release()
+    return path
+
+
 def _presence_agrees(row: dict, au: str, threshold: float) -> bool:
     """AU_c is the exact probability against the threshold; AU_p is printed to 4 decimals."""
     p = float(row[f"{au}_p"])
@@ -154,20 +167,8 @@ def test_the_probabilities_are_the_models_own_outputs_on_the_crop(predicted, au_
     assert np.abs(written - probs).max() < 2e-3
 
 
-def test_threshold_tuned_is_the_runs_best_threshold_and_says_where_it_was_tuned(au_run, tmp_path):
-    summary = json.loads((au_run / "summary.json").read_text())
-    tuned = summary["best"]["best_threshold"]
-    out = tmp_path / "t.csv"
-    result = run_fmae("predict", EXPR[0], "--run", au_run, "--out", out, "--threshold", "tuned", "-q")
-    assert result.returncode == 0, result.stderr
-    assert f"threshold {tuned:g} (tuned on the run's test fold)" in result.stdout
-    (row,) = _rows(out)
-    assert all(_presence_agrees(row, a, tuned) for a in ("AU01", "AU12", "AU24"))
-    side = json.loads(out.with_suffix(".json").read_text())
-    assert side["threshold"]["which"] == "tuned" and "tuned on the test fold (fold 1)" in side["threshold"]["label"]
-
-
-def test_export_writes_one_file_that_predict_model_reads_with_weights_only(au_run, tmp_path):
+def test_export_writes_one_file_that_predict_model_reads_with_weights_only_tuned_threshold_and_all(au_run, predicted,
+                                                                                                tmp_path):
     model_file = tmp_path / "tiny.fmae"
     result = run_fmae("export", au_run, "--out", model_file)
     assert result.returncode == 0, result.stderr
@@ -175,11 +176,20 @@ def test_export_writes_one_file_that_predict_model_reads_with_weights_only(au_ru
     assert (payload["encoder"], payload["input_size"], payload["task"], payload["dataset"]) == ("vit_tiny", 32, "au", "bp4d")
     assert payload["au_codes"][:3] == [1, 2, 4] and set(payload["thresholds"]) == {"0.5", "tuned"}
     assert payload["recipe"]["model"] == "vit_tiny" and payload["fmae_version"]
-    a, b = tmp_path / "run.csv", tmp_path / "file.csv"
-    for flag, source, out in (("--run", au_run, a), ("--model", model_file, b)):
-        result = run_fmae("predict", PHOTO, flag, source, "--out", out, "-q")
-        assert result.returncode == 0, result.stderr
-    assert _rows(a) == _rows(b)
+    tuned = json.loads((au_run / "summary.json").read_text())["best"]["best_threshold"]
+    assert payload["thresholds"]["tuned"]["value"] == tuned
+    b = tmp_path / "file.csv"
+    result = run_fmae("predict", EXPR[0], "--model", model_file, "--out", b, "--threshold", "tuned", "-q")
+    assert result.returncode == 0, result.stderr
+    assert f"threshold {tuned:g} (tuned on the run's test fold)" in result.stdout
+    (row,) = _rows(b)
+    by_run = next(r for r in _rows(predicted) if r["source"].endswith("one.jpg"))  # the same photo, via --run
+    same = [k for k in row if k.endswith("_p") or k.startswith("face_") or k == "confidence"]
+    assert [row[k] for k in same] == [by_run[k] for k in same]
+    assert all(_presence_agrees(row, au, tuned) for au in ("AU01", "AU12", "AU24"))
+    side = json.loads(b.with_suffix(".json").read_text())
+    assert side["threshold"]["which"] == "tuned" and "tuned on the test fold (fold 1)" in side["threshold"]["label"]
+    assert side["model"]["model_file"] == str(model_file.resolve())
     assert_one_line_error(run_fmae("export", au_run, "--out", model_file), "exists")
 
 
@@ -249,18 +259,11 @@ def test_an_undecodable_frame_inside_a_video_is_a_success_0_row_counted_at_the_e
 
 # --- interruption and resume ------------------------------------------------------------------------------
 
-def test_an_interrupted_prediction_leaves_a_valid_csv_and_resume_finishes_it_exactly(au_run, tmp_path):
-    import cv2
-
+def test_an_interrupted_prediction_leaves_a_valid_csv_and_resume_finishes_it_exactly(au_run, clip, tmp_path):
     from fmae.predict.model_file import from_run
     from fmae.predict.runner import Predictor, choose_threshold, predict
     from fmae.predict.sources import list_sources
 
-    cap, clip = cv2.VideoCapture(str(VIDEO)), tmp_path / "clip.avi"  # the video's first 24 frames
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 30, (640, 360))
-    for _ in range(24):
-        writer.write(cap.read()[1])
-    writer.release()
     bundle = from_run(au_run)
     pred = Predictor(bundle, torch.device("cpu"))
     sources = list_sources([str(clip)])
@@ -288,8 +291,11 @@ def test_an_interrupted_prediction_leaves_a_valid_csv_and_resume_finishes_it_exa
     assert out.read_text() == reference.read_text()
     side = json.loads(out.with_suffix(".json").read_text())
     assert side["sessions"] == 3 and side["state"] == "complete" and side["totals"]["frames"] == 24
-    result = run_fmae("predict", clip, "--run", au_run, "--out", out, "--resume", "--threshold", "0.3")
-    assert_one_line_error(result, "threshold")
+    from fmae.errors import FmaeError
+
+    with pytest.raises(FmaeError, match="used threshold 0.5"):
+        predict(sources, bundle, out, threshold=choose_threshold(bundle, "0.3"), resume=True, predictor=pred)
+    assert out.read_text() == reference.read_text()
 
 
 # --- the queue's form, and what stays light ------------------------------------------------------------------
@@ -322,7 +328,7 @@ def test_fmae_help_the_job_module_and_the_app_import_no_torch_cv2_or_detector():
 
 # --- the app ----------------------------------------------------------------------------------------------
 
-async def test_the_app_queues_a_prediction_from_a_finished_run_and_draws_its_timeline(au_run, tmp_path):
+async def test_the_app_queues_a_prediction_from_a_finished_run_and_draws_its_timeline(au_run, clip, tmp_path):
     from textual.widgets import Input
 
     from fmae.config import default_config_text
@@ -349,25 +355,70 @@ async def test_the_app_queues_a_prediction_from_a_finished_run_and_draws_its_tim
             assert squash("will not read real expressions well") in squash(screen_text(app))
             field = screen.query_one("#predict-source", Input)
             field.focus()
-            await pilot.press(*str(VIDEO))
+            await pilot.press(*str(clip))
             await pilot.press("ctrl+s")
             await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirmation")
-            assert "Queue a prediction on single_face.mp4?" in screen_text(app)
+            assert "Queue a prediction on clip.avi?" in screen_text(app)
             await pilot.press("y")
             await wait_until(pilot, lambda: screen.predict_run is not None, what="queued")
             job = Queue(runs).get_run(screen.predict_run.name)
             assert job is not None and job.task == "predict"  # a queue job like any run: it gets a slot
             await wait_until(pilot, lambda: screen.status.get("state") == "done" and screen.tail is not None
-                             and len(screen.tail.rows) == 72, timeout=240, what="prediction done")
+                             and len(screen.tail.rows) == 24, timeout=240, what="prediction done")
             await pilot.pause(0.3)
             plot = screen.query_one("#predict-plot")
             assert list(plot.series) == ["AU01", "AU02", "AU04", "AU06"]  # face 0's first four AUs
             xs, ys = plot.series["AU01"]
-            assert xs == [float(i) for i in range(1, 73)] and all(0.0 <= y <= 1.0 for y in ys)
+            assert xs == [float(i) for i in range(1, 25)] and all(0.0 <= y <= 1.0 for y in ys)
             csv_path = screen.predict_run / "predictions.csv"
             assert ys == [float(r["AU01_p"]) for r in _rows(csv_path)]
-            assert squash(f"CSV: {csv_path}") in squash(screen_text(app)) and "done, 72/72 frames" in screen_text(app)
+            assert squash(f"CSV: {csv_path}") in squash(screen_text(app)) and "done, 24/24 frames" in screen_text(app)
             await pilot.press("a")
             assert list(plot.series) == ["AU07", "AU10", "AU12", "AU14"]
     finally:
         stop(runs, wait=30)
+
+
+def test_an_expression_model_writes_class_probabilities_and_the_most_probable_class(tmp_path):
+    """FER columns, with a freshly initialised RAF-DB model (the columns and their arithmetic, not accuracy)."""
+    from fmae.models.encoders import create_encoder
+    from fmae.models.heads import FineTuneModel
+    from fmae.predict.model_file import ModelBundle
+    from fmae.predict.runner import choose_threshold, predict
+    from fmae.predict.sources import list_sources
+    from fmae.registry import get_dataset
+    from fmae.errors import FmaeError
+
+    classes = list(get_dataset("rafdb").classes)
+    torch.manual_seed(0)
+    net = FineTuneModel(create_encoder("vit_tiny", img_size=32), len(classes))
+    torch.nn.init.normal_(net.head.weight, std=0.5)  # outputs that differ between classes
+    bundle = ModelBundle(task="fer", dataset="rafdb", encoder="vit_tiny", input_size=32, au_codes=[], classes=classes,
+                         thresholds={}, recipe={}, state=net.state_dict(), origin={"model_file": "in-test"})
+    with pytest.raises(FmaeError, match="--threshold is for AU models"):
+        choose_threshold(bundle, "tuned")
+    out = tmp_path / "fer.csv"
+    predict(list_sources([str(p) for p in EXPR]), bundle, out, threshold=choose_threshold(bundle, "0.5"))
+    rows = _rows(out)
+    assert list(rows[0])[9:] == [f"{c}_p" for c in classes] + ["expression", "source"]
+    assert len(rows) == 2 and {r["success"] for r in rows} == {"1"}
+    for r in rows:
+        probs = [float(r[f"{c}_p"]) for c in classes]
+        assert abs(sum(probs) - 1) < 1e-3 and r["expression"] == classes[int(np.argmax(probs))]
+
+
+def test_sources_from_arguments_folders_and_standard_input(media, tmp_path):
+    from fmae.errors import FmaeError
+    from fmae.predict.sources import list_sources
+
+    (media / ".hidden").mkdir(exist_ok=True)
+    Image.new("RGB", (8, 8)).save(media / ".hidden" / "skipped.png")
+    found = list_sources(["-", str(PHOTO)], stdin=[f"{VIDEO}\n", "\n", f"{media}\n"])
+    assert [(s.path.name, s.kind) for s in found] == [
+        ("single_face.mp4", "video"), ("blank.png", "image"), ("one.jpg", "image"), ("two_faces.png", "image"),
+        ("single_face.jpg", "image")]  # stdin's paths in order, a folder sorted, hidden folders skipped
+    assert found[0].size == VIDEO.stat().st_size
+    with pytest.raises(FmaeError, match="no paths on standard input"):
+        list_sources(["-"], stdin=["\n"])
+    with pytest.raises(FmaeError, match="from standard input"):
+        list_sources(["-"], stdin=[str(tmp_path / "gone.mp4")])

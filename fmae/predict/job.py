@@ -34,11 +34,13 @@ def create_predict_run(runs_dir: Path, model_run: Path, sources: list[str], *, t
                        device: str = "auto", batch_size: int = 16, name: str | None = None,
                        command: list[str] | None = None):
     """A queued run folder that predicts `sources` with `model_run`'s model (checked here, before queueing)."""
+    from fmae.predict.model_file import parse_threshold
     from fmae.predict.sources import list_sources
     from fmae.run_config import provenance
     from fmae.runs import RunDir, make_run_id
 
     cfg = check_model_run(model_run)
+    parse_threshold(threshold)
     listed = list_sources(sources)  # a missing path or unsupported file is refused now, not in the queue
     if not listed:
         raise FmaeError("no sources to predict on")

@@ -141,6 +141,20 @@ def from_file(path: Path) -> ModelBundle:
         raise FmaeError(f"{path}: an incomplete fmae model file (bad or missing {e}) — export it again") from None
 
 
+def parse_threshold(text: str) -> str | float:
+    """`--threshold`'s text: "tuned", or a number in (0, 1); checked before any model loads."""
+    text = str(text).strip()
+    if text == "tuned":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise FmaeError(f"--threshold {text}: use 0.5, tuned, or a number between 0 and 1") from None
+    if not 0.0 < value < 1.0:
+        raise FmaeError(f"--threshold {text}: must be between 0 and 1 (exclusive)")
+    return value
+
+
 def load_model(run: Path | None, model_file: Path | None) -> ModelBundle:
     if (run is None) == (model_file is None):
         raise FmaeError("give exactly one of --run RUN_DIR (a finished AU or FER run) or --model FILE.fmae")

@@ -16,7 +16,7 @@ import torch
 from fmae import __version__
 from fmae.errors import FmaeError
 from fmae.predict.detect import FaceDetector, crop_face
-from fmae.predict.model_file import ModelBundle
+from fmae.predict.model_file import ModelBundle, parse_threshold
 from fmae.predict.sources import Frame, Prefetch, Source, check_sources, frames_of
 from fmae.predict.table import (CsvTable, au_outputs, columns, empty_row, face_row, fer_outputs, read_sidecar,
                                 sidecar_path, write_sidecar)
@@ -43,18 +43,14 @@ def choose_threshold(bundle: ModelBundle, text: str) -> Threshold | None:
             raise FmaeError(f"--threshold {text}: an expression (FER) model picks the most probable class; "
                             "--threshold is for AU models")
         return None
-    if text == "tuned":
+    parsed = parse_threshold(text)
+    if parsed == "tuned":
         tuned = bundle.thresholds.get("tuned")
         if tuned is None:
             raise FmaeError("--threshold tuned: this model records no tuned threshold (its run has no test "
                             "record) — use 0.5 or a VALUE")
         return Threshold("tuned", float(tuned["value"]), str(tuned["label"]))
-    try:
-        value = float(text)
-    except ValueError:
-        raise FmaeError(f"--threshold {text}: use 0.5, tuned, or a number between 0 and 1") from None
-    if not 0.0 < value < 1.0:
-        raise FmaeError(f"--threshold {text}: must be between 0 and 1 (exclusive)")
+    value = float(parsed)
     if value == 0.5:
         return Threshold("0.5", 0.5, "0.5 (fixed)")
     return Threshold("value", value, f"{value:g} (given on the command line)")
@@ -155,7 +151,6 @@ def predict(sources: list[Source], bundle: ModelBundle, out: Path, *, threshold:
             result.undecodable[key] = [n for n in old.get(key, {}).get("undecodable_frames", []) if n <= kept]
     else:
         done = None
-        table.create()
     trackers: dict[int, Tracker] = {}
     skip: dict[int, int] = {}
     if done is not None:
@@ -186,6 +181,8 @@ def predict(sources: list[Source], bundle: ModelBundle, out: Path, *, threshold:
         write_sidecar(side, record)
 
     save("running")
+    if done is None:  # the sidecar first: a CSV never exists without the record --resume needs
+        table.create()
     start = time.perf_counter()
     last_save = start
     stop = stop or threading.Event()

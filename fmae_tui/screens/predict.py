@@ -154,11 +154,6 @@ class PredictScreen(Screen[None]):
         project = self.app.project
         run, lines, error = None, [], None
         try:
-            if threshold not in ("0.5", "tuned"):
-                try:
-                    float(threshold)
-                except ValueError:
-                    raise FmaeError(f"threshold {threshold}: use 0.5, tuned or a number between 0 and 1") from None
             run = create_predict_run(project.runs_dir, self.model_run, [source], threshold=threshold,
                                      command=["fmae-tui", "predict"])
             job = Queue(project.runs_dir).add(run, gpus=default_gpus_per_run(project))
