@@ -24,7 +24,8 @@ from fmae.atomic_write import write_text_atomic
 from fmae.config import ProjectConfig
 from fmae.errors import FmaeError
 from fmae.queue import Job, Queue
-from fmae.runs import EXIT_ALREADY_RUNNING, FINAL_STATES, RunDir, exec_lock_holder, pid_alive, trainer_alive
+from fmae.run_lock import exec_lock_holder, trainer_alive
+from fmae.runs import FINAL_STATES, RunDir, pid_alive
 
 LOCK_NAME = ".scheduler.lock"
 INFO_NAME = "scheduler.json"

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_fmae
-from fmae.runs import RunDir, read_metrics, trainer_alive
+from fmae.run_lock import trainer_alive
+from fmae.runs import RunDir, read_metrics
 
 TINY = {"model": "vit_tiny", "input_size": 32, "num_workers": 0, "batch_size": 8, "warmup_epochs": 0,
         "log_every": 1}

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from fmae.errors import FmaeError
-from fmae.runs import (EXIT_ALREADY_RUNNING, FINAL_STATES, STATES, AlreadyRunning, MetricsTail, RunDir, check_name,
-                       exec_lock, exec_lock_holder, list_runs, make_run_id, pid_alive, read_metrics, trainer_alive)
+from fmae.run_lock import EXIT_ALREADY_RUNNING, AlreadyRunning, exec_lock, exec_lock_holder, trainer_alive
+from fmae.runs import (FINAL_STATES, STATES, MetricsTail, RunDir, check_name, list_runs, make_run_id, pid_alive,
+                       read_metrics)
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 CONFIG = {
@@ -392,7 +393,7 @@ def _state(pid: int) -> str:
 
 HOLD_LOCK = r"""
 import sys, time
-from fmae.runs import exec_lock
+from fmae.run_lock import exec_lock
 with exec_lock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(60)

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fmae.errors import FmaeError
-from fmae.runs import held_exec_lock_fds
+from fmae.run_lock import held_exec_lock_fds
 
 _FIX = "fix or remove it (`fmae data check` lists every bad image), then retry the run"
 

@@ -31,7 +31,8 @@ from fmae.data.image_decode import set_max_pixels
 from fmae.errors import FmaeError, WorkFailed, failure_hint
 from fmae.models.checkpoint import extract_state_dict, read_checkpoint, save_checkpoint
 from fmae.models.encoders import set_fused_attn
-from fmae.runs import RunDir, exec_lock
+from fmae.run_lock import exec_lock
+from fmae.runs import RunDir
 from fmae.train.loader import make_loader
 from fmae.train.resume import restore, save_last
 from fmae.train.dist import DistInfo, RankFilter, all_reduce_mean, gather_by_index, init_distributed, shutdown
