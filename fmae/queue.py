@@ -1,4 +1,4 @@
-"""The persistent job queue (`runs/queue.sqlite`) and the expansion of an experiment matrix into runs.
+"""The persistent job queue (`runs/queue.sqlite`); the experiment identity and matrix are in experiments.py.
 
 A job is a run folder plus what it needs to run (GPUs, processes) and where it runs (slot, pid). The
 database lives beside the runs, in WAL mode, so the scheduler, the CLI and the app use it at once:
@@ -12,9 +12,7 @@ No torch here: the app imports this module.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import math
 import os
 import sqlite3
 import threading
@@ -22,23 +20,16 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from fmae.errors import FmaeError
+from fmae.experiments import EXECUTION_KEYS, config_key, expand_matrix  # noqa: F401 (importers take them from here)
 from fmae.runs import FINAL_STATES, STATES, RunDir
-
-if TYPE_CHECKING:
-    from fmae.config import ProjectConfig, Resolved
 
 DB_NAME = "queue.sqlite"
 LOCK_NAME = ".queue.lock"  # hidden: run listing ignores it
 SCHEMA_VERSION = 2  # 2: the launcher column (the launching state)
 BUSY_TIMEOUT_MS = 15_000
-# Keys that say how a run executes, not what it computes: two configs differing only here are the same
-# experiment (a run made on a GPU box and one made on a laptop are one cell).
-EXECUTION_KEYS = frozenset({"device", "amp", "num_workers", "log_every", "compile", "save_best", "data_root",
-                            "labels", "train_labels", "test_labels", "data_cache", "fused_attn", "fused_optimizer",
-                            "fast_augment", "max_image_pixels"})
 ACTIVE_STATES = ("queued", "running", "done")  # a cell with a run in one of these is not added again
 
 _SCHEMA = """
@@ -102,34 +93,6 @@ class Job:
     key: str
     error: str | None
     launcher: str | None = None  # "pid@host" of the scheduler that claimed it (state launching)
-
-
-# --- the experiment's identity --------------------------------------------------------------------
-
-def _canonical(value: Any) -> Any:
-    # What run.toml gives back for what was written: no None (TOML has no null), tuples as lists, paths
-    # as text; an integral float equals its int (λ = 2 and λ = 2.0 are one experiment).
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, float):
-        return int(value) if math.isfinite(value) and value.is_integer() else value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, Mapping):
-        return {str(k): _canonical(v) for k, v in value.items() if v is not None}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    return str(value)
-
-
-def config_key(cfg: Mapping) -> str:
-    """sha1 of the canonical JSON of a resolved config without its execution-only keys: two runs are the
-    same experiment when their keys are equal."""
-    body = {k: v for k, v in cfg.items() if k not in EXECUTION_KEYS and v is not None}
-    text = json.dumps(_canonical(body), sort_keys=True, separators=(",", ":"), allow_nan=True)
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
 def _parse_iso(text: Any) -> float | None:
@@ -515,44 +478,3 @@ def _identity(cfg: Mapping[str, Any]) -> tuple:
 
     return (str(cfg.get("task", "")), str(cfg.get("dataset", "")), num("fold", int, 0), num("seed", int, 0),
             num("lambda_id", float, 0.0), str(cfg.get("model", "")), str(cfg.get("recipe", "")), config_key(cfg))
-
-
-# --- the experiment matrix ------------------------------------------------------------------------
-
-def expand_matrix(project: ProjectConfig, dataset: str, *, folds: Iterable[int] | None, seeds: Iterable[int] | None,
-                  lambdas: Iterable[float] | None, recipe: str | None, cli: dict, root: Path | None = None,
-                  labels: Path | None = None, generate: bool = True) -> list[Resolved]:
-    """One resolved config per cell of folds × seeds × λ, in the order seed, λ, fold (so the first runs
-    done cover every fold of one seed). FER benchmarks have no folds and no λ: one cell per seed.
-    Missing folds mean every fold; missing seeds the project's default seeds; missing λ the recipe's.
-    With `generate`, configured synthetic data is made on first use (as `fmae train` does)."""
-    from fmae.registry import get_dataset
-    from fmae.run_config import resolve_run_config
-
-    spec = get_dataset(dataset)
-    seeds_ = _unique(seeds) if seeds is not None else _unique(project.defaults.get("seeds") or [0])
-    if spec.task == "au":
-        folds_ = _unique(folds) if folds is not None else list(range(1, spec.num_folds + 1))
-        lambdas_: list[float | None] = _unique(float(x) for x in lambdas) if lambdas is not None else [None]
-    else:
-        folds_, lambdas_ = [None], [None]
-    if not seeds_ or not folds_ or not lambdas_:
-        raise FmaeError("the matrix is empty: give at least one fold, seed and λ")
-    if lambdas is not None and spec.task == "au" and "lambda_id" in cli:
-        raise FmaeError("--lambdas and --set lambda_id=… both given: use one")
-    cells = []
-    first = True
-    for seed in seeds_:
-        for lam in lambdas_:
-            for fold in folds_:
-                layer = dict(cli)
-                if lam is not None:
-                    layer["lambda_id"] = lam
-                cells.append(resolve_run_config(project, spec.name, recipe=recipe, fold=fold, seed=int(seed),
-                                                cli=layer, root=root, labels=labels, generate=generate and first))
-                first = False
-    return cells
-
-
-def _unique(values: Iterable[Any]) -> list[Any]:
-    return list(dict.fromkeys(values))
