@@ -39,8 +39,8 @@ class LaunchScreen(Screen[None]):
     BINDINGS = [
         Binding("ctrl+s", "queue", "Queue it", tooltip="Queue the cells to add (asks first); the scheduler starts"),
         Binding("ctrl+r", "fill", "Paper's recipe", tooltip="Fill every field from the paper's recipe again"),
-        Binding("ctrl+t", "try_it", "Try it", tooltip="One small run to see the whole path: vit_tiny, 1 epoch, "
-                "first fold, first seed (about a minute on a CPU)"),
+        Binding("ctrl+t", "try_it", "Try it", tooltip="One small run to see the whole path: the demo recipe "
+                "(vit_tiny, no warmup), first fold, first seed (minutes on a CPU)"),
     ]
 
     def __init__(self, dataset: str | None = None) -> None:
@@ -171,15 +171,20 @@ class LaunchScreen(Screen[None]):
         self._schedule_preview()
 
     def action_try_it(self) -> None:
-        """The smallest meaningful run: what a newcomer launches first."""
+        """The smallest meaningful run: what a newcomer launches first (the engine's demo plan, the
+        README's first `fmae train`)."""
+        from fmae.recipes import DEMO_RUN, finetune_recipe
+
         au = get_dataset(self._dataset).task == "au"
         self._filling = True
-        self._set("#model", "vit_tiny")
-        self._set("#epochs", "1")
-        self._set("#seeds", "0")
+        with self.prevent(Select.Changed):  # a recipe change refills every field from that recipe
+            self._set("#recipe", DEMO_RUN["recipe"])
+        self._set("#model", DEMO_RUN["model"])
+        self._set("#epochs", str(finetune_recipe(self._dataset, DEMO_RUN["recipe"])["epochs"]))
+        self._set("#seeds", str(DEMO_RUN["seed"]))
         if au:
-            self._set("#folds", "1")
-            self._set("#lambdas", "0")
+            self._set("#folds", str(DEMO_RUN["fold"]))
+            self._set("#lambdas", f"{DEMO_RUN['lambda_id']:g}")
         self._filling = False
         self._schedule_preview()
 
