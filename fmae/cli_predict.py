@@ -3,7 +3,9 @@ finished run as one self-contained `.fmae` file). Columns: docs/predict.md."""
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -45,16 +47,20 @@ def predict_cmd(
 
     chosen = choose_threshold(bundle, threshold)
     bar = _ProgressLine() if not quiet else None
+    stop = threading.Event()  # SIGTERM (a kill, a job scheduler) finishes the batch in flight, like Ctrl-C
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         result = predict(found, bundle, out_csv, threshold=chosen, device=device, batch_size=batch_size,
-                         resume=resume, progress=bar, expected=expected)
+                         resume=resume, progress=bar, expected=expected, stop=stop)
     except KeyboardInterrupt:
+        result = None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
         if bar:
             bar.end()
+    if result is None or result.interrupted:
         err.print(f"interrupted: the frames done are in {out_csv} — continue with the same command and --resume")
-        raise typer.Exit(130)
-    if bar:
-        bar.end()
+        raise typer.Exit(130 if result is None else 143)
     how = {"tuned": " (tuned on the run's test fold)", "0.5": " (fixed)"}.get(chosen.which, "") if chosen else ""
     what = f"AU presence at threshold {chosen.value:g}{how}" if chosen else "the most probable expression"
     out.print(f"wrote {out_csv}: {result.frames} frames, {result.faces} faces ({what}); "

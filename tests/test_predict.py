@@ -422,3 +422,26 @@ def test_sources_from_arguments_folders_and_standard_input(media, tmp_path):
         list_sources(["-"], stdin=["\n"])
     with pytest.raises(FmaeError, match="from standard input"):
         list_sources(["-"], stdin=[str(tmp_path / "gone.mp4")])
+
+
+def test_sigterm_to_the_command_ends_it_after_the_batch_in_flight_with_a_valid_csv(au_run, clip, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "term.csv"
+    env = {k: v for k, v in os.environ.items() if k != "FMAE_CONFIG"}
+    proc = subprocess.Popen([sys.executable, "-m", "fmae", "predict", str(clip), "--run", str(au_run), "--out", str(out),
+                             "--batch-size", "4", "-q"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 5):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "continue with the same command and --resume" in stderr and "Traceback" not in stderr
+    rows = _rows(out)
+    assert 4 <= len(rows) < 24 and len(rows) % 4 == 0 and out.read_text().endswith("\n")  # whole batches
+    assert json.loads(out.with_suffix(".json").read_text())["state"] == "interrupted"
