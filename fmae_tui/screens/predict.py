@@ -124,7 +124,7 @@ class PredictScreen(Screen[None]):
             self.query_one("#predict-source", Input).focus()
         self.sub_title = f"Predict with {self.model_run.name}"
         self.query_one("#predict-head", Static).update(
-            f"model: {self.model_run.name}  ({cfg.get('task', '?')} {cfg.get('dataset', '')}, "
+            f"model: {self.model_run.name}  ({cfg.get('source_task', cfg.get('task', '?'))} {cfg.get('dataset', '')}, "
             f"{cfg.get('model', '')}) — a model trained on synthetic faces will not read real expressions well")
         self.set_interval(POLL_S, self._tick)
 
