@@ -445,3 +445,17 @@ def test_sigterm_to_the_command_ends_it_after_the_batch_in_flight_with_a_valid_c
     rows = _rows(out)
     assert 4 <= len(rows) < 24 and len(rows) % 4 == 0 and out.read_text().endswith("\n")  # whole batches
     assert json.loads(out.with_suffix(".json").read_text())["state"] == "interrupted"
+
+
+def test_device_and_batch_size_are_checked(tmp_path):
+    from fmae.errors import FmaeError
+    from fmae.predict.runner import pick_device, predict
+
+    assert pick_device("cpu").type == "cpu"
+    with pytest.raises(FmaeError, match="--device gpu: use auto, cpu, cuda or cuda:N"):
+        pick_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(FmaeError, match="no CUDA GPU is visible"):
+            pick_device("cuda")
+    with pytest.raises(FmaeError, match="--batch-size 0"):
+        predict([], None, tmp_path / "x.csv", threshold=None, batch_size=0)
