@@ -252,7 +252,9 @@ class Trainer:
         tick, images = time.perf_counter(), 0
         # This process's first step is logged at once: a queue shows progress right after the start.
         first_step = self.step + 1 if (epoch, first_batch) == self.start else 0
-        lr = self.schedule.at(epoch + first_batch / self.batches_per_epoch)
+        # The lr of the last update made: resumed at an epoch's very end (a cancel after its last step),
+        # the loop below makes none, and the epoch's records must say the lr an unbroken run's say.
+        lr = self.schedule.at(epoch + max(0, first_batch - accum) / self.batches_per_epoch)
         try:
             for i, (x, y, subject) in enumerate(self._loader(self.data.train, self.sampler), start=first_batch):
                 if i // accum >= self.updates_per_epoch:
