@@ -364,3 +364,26 @@ def test_after_sigterm_status_says_the_checkpointed_step(make_synth, tmp_path):
     saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True, map_location="cpu")
     assert status["state"] == "cancelled" and status["step"] == saved["step"] >= 3
     assert f"step {saved['step']}" in status["error"]
+
+
+def test_a_cancel_right_after_an_epochs_last_step_resumes_to_an_unbroken_runs_records(make_synth, tmp_path,
+                                                                                     monkeypatch):
+    """Found by bench/chaos_soak.py: a SIGTERM that lands on the last step of an epoch checkpoints at
+    (epoch, last batch); the resumed process makes no update in that epoch, and its epoch records must
+    still carry the lr of the last update, as an unbroken run's do."""
+    from fmae.train import trainer as T
+
+    root = make_synth("bp4d")
+    whole = run_fmae(*au_args(root, "--epochs", "2"), "--runs-dir", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    queued = run_fmae("queue", "add", "bp4d", "--folds", "1", "--seeds", "0", "--root", root, "--labels",
+                      root / "labels.jsonl", *TINY[:2], "--set", "batch_size=8", *TINY[4:],  # queue add: no --batch-size
+                      "--epochs", "2", "--gpus-per-run", "0", "--no-scheduler",
+                      "--runs-dir", tmp_path / "queued")
+    assert queued.returncode == 0, queued.stderr
+    run = only_run(tmp_path / "queued")
+    with monkeypatch.context() as m:  # the cancel lands right after step 4, the last of epoch 1
+        m.setattr(T.Trainer, "_stop_agreed", lambda self: self.step == 4)
+        assert T.execute(run, resume=True, quiet=True) == T.EXIT_CANCELLED
+    assert T.execute(run, resume=True, quiet=True) == 0
+    assert records(run) == records(only_run(tmp_path / "whole"))
