@@ -327,7 +327,7 @@ class Scheduler:
 
     def _launch(self, job: Job, slots: tuple[str, ...], gpu_env: dict[str, str]) -> None:
         run = RunDir.open(job.path)
-        if (run.read_status().get("state")) == "done":  # a stale row (its trainer ended unseen): never re-run
+        if (_status(job) or {}).get("state") == "done":  # a stale row (its trainer ended unseen): never re-run
             self.queue.finish(job.id, "done")
             log.info("job %d (%s) is already done: not launched", job.id, job.run_id)
             return
@@ -439,11 +439,15 @@ def _pgid(pid: int) -> int | None:
         return None
 
 
-def _final(job: Job) -> bool:
-    """Whether the run folder says the run ended (done, failed, cancelled): believed before any pid."""
+def _status(job: Job) -> dict | None:
     from fmae.queue import read_status_fast
 
-    status = read_status_fast(job.path)
+    return read_status_fast(job.path)  # None when missing or damaged: never raises
+
+
+def _final(job: Job) -> bool:
+    """Whether the run folder says the run ended (done, failed, cancelled): believed before any pid."""
+    status = _status(job)
     return status is not None and status["state"] in FINAL_STATES
 
 
