@@ -15,7 +15,6 @@ import os
 import random
 import signal
 import socket
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -34,8 +33,9 @@ from fmae.models.encoders import set_fused_attn
 from fmae.run_lock import exec_lock
 from fmae.runs import RunDir
 from fmae.train.loader import make_loader
+from fmae.train.run_log import setup_logging
 from fmae.train.resume import restore, save_last
-from fmae.train.dist import DistInfo, RankFilter, all_reduce_mean, gather_by_index, init_distributed, shutdown
+from fmae.train.dist import DistInfo, all_reduce_mean, gather_by_index, init_distributed, shutdown
 from fmae.train.optim import Schedule, effective_lr, make_optimizer
 from fmae.train.tasks import Batch, Task, make_task
 
@@ -72,7 +72,7 @@ def _execute_locked(run: RunDir, resume: bool, quiet: bool) -> int:
     info = init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank if info.distributed else (device.index or 0))
-    handlers = _setup_logging(run, info, quiet)
+    handlers = setup_logging(run, info, quiet)
     try:
         return Trainer(run, cfg, info, device).main(resume)
     finally:
@@ -479,32 +479,3 @@ def _au_line(record: dict[str, Any]) -> str:
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     return f"{type(e).__name__}: {text}"[:300]
-
-
-def _setup_logging(run: RunDir, info: DistInfo, quiet: bool) -> list[logging.Handler]:
-    """Log to stderr, and to train.log unless stdout already goes there (the scheduler redirects it)."""
-    logger = logging.getLogger("fmae")
-    logger.setLevel(logging.INFO)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    handlers: list[logging.Handler] = []
-    stream = logging.StreamHandler(sys.stderr)
-    if quiet:
-        stream.setLevel(logging.WARNING)
-    handlers.append(stream)
-    if info.is_main and not _stdout_is(run.log_path):
-        handlers.append(logging.FileHandler(run.log_path, encoding="utf-8"))
-        stream.addFilter(lambda record: not getattr(record, "traceback", False))  # tracebacks go to train.log
-    for h in handlers:
-        h.setFormatter(fmt)
-        h.addFilter(RankFilter(info))
-        logger.addHandler(h)
-    logger.propagate = False
-    return handlers
-
-
-def _stdout_is(path: Path) -> bool:
-    try:
-        a, b = os.fstat(sys.stdout.fileno()), os.stat(path)
-        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-    except (OSError, ValueError, io.UnsupportedOperation):
-        return False
