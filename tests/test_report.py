@@ -603,7 +603,7 @@ def test_cli_prints_the_suggested_commands_whole_at_80_columns(study, tmp_path):
 
 
 def test_cli_marks_degenerate_rows_and_explains_the_mark(tmp_path):
-    from fmae.cli_report import DEGENERATE_MARK
+    from fmae.cli.report import DEGENERATE_MARK
     from fmae.metrics import DEGENERATE_LABEL
 
     runs = tmp_path / "runs"

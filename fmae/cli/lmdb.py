@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from fmae.cli import data_app, err, out
+from fmae.cli.main import data_app, err, out
 from fmae.errors import FmaeError, WorkFailed
 
 

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmae.cli import ConfigOpt, RunsDirOpt, app, out
+from fmae.cli.main import ConfigOpt, RunsDirOpt, app, out
 
 scheduler_app = typer.Typer(help="The scheduler that runs queued work on free GPU/CPU slots.", no_args_is_help=True)
 app.add_typer(scheduler_app, name="scheduler")

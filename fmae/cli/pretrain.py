@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmae.cli import ConfigOpt, RunsDirOpt, app, err, out
-from fmae.cli_train import NprocOpt, QuietOpt, SetOpt, _cli_layer, _run, _show_config
+from fmae.cli.main import ConfigOpt, RunsDirOpt, app, err, out
+from fmae.cli.train import NprocOpt, QuietOpt, SetOpt, _cli_layer, _run, _show_config
 from fmae.errors import FmaeError
 
 

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmae.cli import app, err, out
+from fmae.cli.main import app, err, out
 from fmae.errors import FmaeError
 
 

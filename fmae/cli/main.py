@@ -290,7 +290,7 @@ def data_check(
     # A benchmark name wins over a same-named folder here; `./NAME` or any path with a slash is a folder.
     named = dataset.strip().lower().replace("+", "_plus").replace("-", "") in DATASETS and "/" not in dataset
     if not named and Path(dataset).is_dir():
-        from fmae.cli_lmdb import check_store_cmd
+        from fmae.cli.lmdb import check_store_cmd
 
         if root is not None or labels is not None:
             raise FmaeError("--root and --labels are for benchmarks, not for an image store")
@@ -374,9 +374,9 @@ def _crash() -> None:
 
 
 # The engine's commands live in their own module; importing it registers them on `app`.
-from fmae import cli_pretrain, cli_scheduler, cli_train  # noqa: E402,F401
-from fmae import cli_lmdb  # noqa: E402,F401
-from fmae import cli_cache  # noqa: E402,F401
-from fmae import cli_queue  # noqa: E402,F401
-from fmae import cli_report  # noqa: E402,F401
-from fmae import cli_predict  # noqa: E402,F401
+from fmae.cli import pretrain, scheduler, train  # noqa: E402,F401
+from fmae.cli import lmdb  # noqa: E402,F401
+from fmae.cli import cache  # noqa: E402,F401
+from fmae.cli import queue  # noqa: E402,F401
+from fmae.cli import report  # noqa: E402,F401
+from fmae.cli import predict  # noqa: E402,F401

@@ -16,7 +16,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from fmae.cli import ConfigOpt, RunsDirOpt, app, err, out
+from fmae.cli.main import ConfigOpt, RunsDirOpt, app, err, out
 from fmae.errors import FmaeError
 
 DEGENERATE_MARK = "(!)"  # beside a row holding a run whose best threshold sits at the grid's edge

@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fmae.cli import ConfigOpt, LabelsOpt, RootOpt, RunsDirOpt, app, err, out
+from fmae.cli.main import ConfigOpt, LabelsOpt, RootOpt, RunsDirOpt, app, err, out
 from fmae.errors import FmaeError
 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="key=value over recipe and fmae.toml (repeatable).")]

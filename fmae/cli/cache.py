@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmae.cli import ConfigOpt, RootOpt, data_app, err, out
-from fmae.cli_lmdb import _size
+from fmae.cli.main import ConfigOpt, RootOpt, data_app, err, out
+from fmae.cli.lmdb import _size
 from fmae.errors import FmaeError
 
 

@@ -14,8 +14,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from fmae.cli import ConfigOpt, LabelsOpt, RootOpt, RunsDirOpt, app, err, out
-from fmae.cli_train import SetOpt, _cli_layer
+from fmae.cli.main import ConfigOpt, LabelsOpt, RootOpt, RunsDirOpt, app, err, out
+from fmae.cli.train import SetOpt, _cli_layer
 from fmae.errors import FmaeError
 
 queue_app = typer.Typer(help="The job queue: add a matrix of runs, list, cancel, retry, reorder.",
