@@ -25,6 +25,7 @@ from tomlkit.exceptions import TOMLKitError
 
 from fmae.atomic_write import write_text_atomic
 from fmae.errors import FmaeError
+from fmae.file_tail import FileTail
 
 try:
     import tomllib
@@ -377,7 +378,7 @@ def _drop_unfinished_line(fd: int) -> None:
     os.ftruncate(fd, 0)
 
 
-class MetricsTail:
+class MetricsTail(FileTail):
     """Incremental reader of metrics.jsonl: each read_new() reads only the bytes appended since the last.
 
     An unfinished last line waits for its newline; a corrupt complete line is skipped and counted in
@@ -385,34 +386,12 @@ class MetricsTail:
     and `resets` counts up, so a caller that kept records can drop them."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.offset = 0  # bytes consumed: everything before it was returned (or counted bad)
-        self.bytes_read = 0  # total bytes read from disk, for callers (and tests) checking the cost
-        self.bad_lines = self.resets = 0
-        self._identity: tuple[int, int] | None = None
+        super().__init__(path)
+        self.bad_lines = 0
 
     def read_new(self) -> list[dict[str, Any]]:
-        try:
-            f = open(self.path, "rb")
-        except FileNotFoundError:  # not written yet (or being replaced): nothing new
-            return []
-        with f:
-            st = os.fstat(f.fileno())
-            identity = (st.st_dev, st.st_ino)
-            if st.st_size < self.offset or (self._identity is not None and identity != self._identity):
-                self.offset, self.resets = 0, self.resets + 1
-            self._identity = identity
-            if st.st_size == self.offset:
-                return []
-            f.seek(self.offset)
-            chunk = f.read(st.st_size - self.offset)
-        self.bytes_read += len(chunk)
-        end = chunk.rfind(b"\n")
-        if end < 0:
-            return []  # only part of a line so far
-        self.offset += end + 1
         records = []
-        for line in chunk[:end].split(b"\n"):
+        for line in self.read_complete().split(b"\n"):
             if not line.strip():
                 continue
             try:
