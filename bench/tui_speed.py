@@ -100,7 +100,7 @@ def child(runs: str) -> None:
 def live_update(lines: int, repeats: int = 200) -> dict[str, float]:
     """Median time and bytes read of one poll after one appended line, with `lines` already there."""
     from fmae.runs import RunDir, make_run_id
-    from fmae_tui.widgets.run_poller import RunPoller
+    from fmae.run_watch import RunPoller
 
     with tempfile.TemporaryDirectory() as tmp:
         run = RunDir.create(Path(tmp), make_run_id("bp4d", "vit_tiny", 0, fold=1, lambda_id=0.0), {"task": "au"}, {})

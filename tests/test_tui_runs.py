@@ -22,7 +22,7 @@ from fmae_tui.screens.help import HelpScreen
 from fmae_tui.screens.run import RunScreen
 from fmae_tui.screens.runs import RunsScreen
 from fmae_tui.widgets.curve_plot import CurvePlot
-from fmae_tui.widgets.run_scanner import RunScanner
+from fmae.run_watch import RunScanner
 from fmae_tui.widgets.runs_table import RunsTable
 from fmae_tui.widgets.scores_table import ScoresTable
 from tui_support import screen_text, wait_until
@@ -230,7 +230,7 @@ async def test_table_follows_the_folder_patching_rows(runs: dict[str, RunDir], t
 
 def test_scanner_reads_only_the_runs_that_changed(runs: dict[str, RunDir], tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from fmae_tui.widgets import run_scanner
+    from fmae import run_watch as run_scanner
 
     monkeypatch.setattr(run_scanner, "RACY_NS", 0)  # the fixture's files are all brand new
     scanner = RunScanner(tmp_path / "runs")

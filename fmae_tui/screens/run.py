@@ -27,8 +27,7 @@ from fmae_tui.widgets.curve_plot import CurvePlot
 from fmae_tui.widgets.notes_editor import NotesEditor
 from fmae_tui.widgets.per_au_curves import per_au_table
 from fmae_tui.widgets.run_kind import METRIC_LONG, degenerate_text, headline_at, is_degenerate, kind_label, short_metric
-from fmae_tui.widgets.run_poller import RunPoller
-from fmae_tui.widgets.run_update import RunUpdate
+from fmae.run_watch import RunPoller, RunUpdate
 from fmae_tui.widgets.runs_table import STATE_STYLE, ago, parse_time
 from fmae_tui.widgets.scores_table import ScoresTable
 

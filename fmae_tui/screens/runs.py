@@ -19,7 +19,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 from fmae.errors import FmaeError
 from fmae.runs import RunDir, RunInfo
 from fmae_tui.widgets.prompt_bar import PromptBar
-from fmae_tui.widgets.run_scanner import RunScanner
+from fmae.run_watch import RunScanner
 from fmae_tui import prefs
 from fmae_tui.widgets.run_kind import METRIC_LONG, degenerate_text, headline, headline_at, is_degenerate, kind_label
 from fmae_tui.widgets.runs_table import RunsTable, ago, duration_s, parse_time, took

@@ -1,8 +1,12 @@
-"""Which runs changed since the last look, found cheaply enough to ask every two seconds of 1,000 runs.
+"""Watching run folders cheaply enough for a screen that looks every second or two: which runs of a runs
+folder changed (`RunScanner`), and what is new in one run folder (`RunPoller`: metrics.jsonl and train.log
+by byte offset, the other files only when their stat says they changed). Torch-free: the app reads the
+disk through these in its worker threads.
 
-Every file of the run folder that can change (status.json, summary.json, tags, notes.md) is replaced
-atomically, so a change renames a file into the folder and moves the folder's mtime: one listing of
-the runs folder plus a few stats a run tell what to re-read, and only those runs are read again.
+The scanner works because every file of the run folder that can change (status.json, summary.json, tags,
+notes.md) is replaced atomically, so a change renames a file into the folder and moves the folder's
+mtime: one listing of the runs folder plus a few stats a run tell what to re-read, and only those runs
+are read again.
 """
 
 from __future__ import annotations
@@ -10,14 +14,37 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
-from fmae.runs import RunDir, RunInfo, list_runs
+from fmae.errors import FmaeError
+from fmae.file_tail import FileTail
+from fmae.runs import MetricsTail, RunDir, RunInfo, list_runs
 from fmae.runs import load_run as load_run_info
 
+LOG_START_BYTES = 64 * 1024  # on first sight of a long log, start this far from its end
+LOG_MAX_PENDING = 16 * 1024  # an unfinished log line longer than this is shown anyway
 WATCHED = ("status.json",)  # also stat'ed: a writer that edits it in place (not by the contract) still shows
 RACY_NS = 2_000_000_000  # a change this recent may share its mtime with the next one: look again
 RATE_TAIL = 8192  # bytes read from the end of metrics.jsonl for the last images/s
+
+
+class LogTail(FileTail):
+    """The end of train.log: each call reads only what was appended; a file that shrank or was replaced is
+    read again from its end."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__(path, start_bytes=LOG_START_BYTES, max_pending=LOG_MAX_PENDING, missing=OSError)
+
+    def read_new(self) -> list[str]:
+        """Complete lines appended since the last call (the first call: the last ones)."""
+        text = self.read_complete().decode("utf-8", errors="replace")
+        # A progress bar redraws with carriage returns: keep what the terminal would show last.
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        return [line.rstrip("\r").rsplit("\r", 1)[-1].rstrip() for line in lines]
 
 
 def _stamp(path: str) -> tuple[int, int, int] | None:
@@ -26,6 +53,59 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+@dataclass
+class RunUpdate:
+    """What one look at a run folder found new: metric records, log lines and files that changed."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)  # new complete lines of metrics.jsonl
+    metrics_reset: bool = False  # metrics.jsonl was replaced: drop what was kept, `records` is all of it
+    log_lines: list[str] = field(default_factory=list)
+    log_reset: bool = False
+    files: dict[str, Any] = field(default_factory=dict)  # name -> new content (None: the file is gone)
+    errors: dict[str, str] = field(default_factory=dict)  # name -> why it could not be read
+
+    def __bool__(self) -> bool:
+        return bool(self.records or self.metrics_reset or self.log_lines or self.log_reset or self.files
+                    or self.errors)
+
+
+class RunPoller:
+    """`poll()` reads what is new in one run folder since the last call."""
+
+    def __init__(self, path: Path) -> None:
+        self.run = RunDir(path)
+        self.metrics = MetricsTail(self.run.metrics_path)
+        self.log = LogTail(self.run.log_path)
+        self._stamps: dict[str, tuple[int, int, int] | None] = {}
+        self._readers: dict[str, Callable[[], Any]] = {
+            "run.toml": lambda: (self.run.read_config(), self.run.read_provenance()),
+            "status.json": self.run.read_status,
+            "summary.json": self.run.read_summary,
+            "notes.md": self.run.read_notes,
+            "tags": self.run.read_tags,
+        }
+
+    def poll(self) -> RunUpdate:
+        update = RunUpdate()
+        resets = self.metrics.resets
+        update.records = self.metrics.read_new()
+        update.metrics_reset = self.metrics.resets != resets
+        log_resets = self.log.resets
+        update.log_lines = self.log.read_new()
+        update.log_reset = self.log.resets != log_resets
+        for name, read in self._readers.items():
+            stamp = _stamp(os.path.join(self.run.path, name))
+            if name in self._stamps and stamp == self._stamps[name]:
+                continue
+            self._stamps[name] = stamp
+            try:
+                update.files[name] = read() if stamp is not None else None
+            except (FmaeError, OSError, ValueError) as e:
+                # Files are replaced whole: it stays broken until it is written again (a new stamp).
+                update.errors[name] = str(e).replace(f"{self.run.path}{os.sep}", "")
+        return update
 
 
 class RunScanner:
