@@ -7,12 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmae.cli.main import ConfigOpt, RootOpt, data_app, err, out
-from fmae.cli.lmdb import _size
+from fmae.cli.common import ConfigOpt, RootOpt, err, is_benchmark_name, out, size_text
 from fmae.errors import FmaeError
 
+app = typer.Typer()  # its command joins the `data` group
 
-@data_app.command("cache")
+
+@app.command("cache")
 def data_cache(
     dataset: Annotated[str, typer.Argument(help="Benchmark name (its root from fmae.toml or --root), or an image folder.")],
     size: Annotated[int, typer.Option("--size", help="Side of the square images: the runs' input_size (paper: 224).")] = 224,
@@ -31,14 +32,13 @@ def data_cache(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from fmae.data.pixel_cache import DEFAULT_INTERPOLATION, EVAL_INTERPOLATIONS, build_cache, cache_bytes, default_cache_dir
-    from fmae.data.lmdb_store import list_images
+    from fmae.data.image_files import list_images
     from fmae.registry import DATASETS
 
     if interpolation is not None and interpolation not in EVAL_INTERPOLATIONS:
         raise FmaeError(f"--interpolation {interpolation}: choose one of {', '.join(EVAL_INTERPOLATIONS)}")
     chosen = interpolation
-    named = dataset.strip().lower().replace("+", "_plus").replace("-", "") in DATASETS and "/" not in dataset
-    if named:
+    if is_benchmark_name(dataset):
         from fmae.config import load_project
         from fmae.data.locate import dataset_location, ensure_dataset
         from fmae.registry import get_dataset
@@ -61,7 +61,7 @@ def data_cache(
     count = len(list_images(folder)) if folder.is_dir() else 0
     if count:
         err.print(f"caching {count} images of {folder} at {size} px, resized {chosen}: "
-                  f"{_size(cache_bytes(count, size))} of pixels", soft_wrap=True)
+                  f"{size_text(cache_bytes(count, size))} of pixels", soft_wrap=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     try:
         with Progress(*columns, console=err, transient=True) as bar:
@@ -73,7 +73,7 @@ def data_cache(
         raise
     removed = f", {report.removed} removed (their files are gone)" if report.removed else ""
     out.print(f"{report.out}: {report.images} images of {size} px, {chosen} ({report.written} decoded, "
-              f"{report.unchanged} unchanged{removed}), {_size(report.bytes)} of pixels, in {report.seconds:.1f} s",
+              f"{report.unchanged} unchanged{removed}), {size_text(report.bytes)} of pixels, in {report.seconds:.1f} s",
               soft_wrap=True)
     default = report.out.resolve() == default_cache_dir(folder, size, chosen).resolve()
     if default:

@@ -9,23 +9,17 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from fmae.cli.main import data_app, err, out
+from fmae.cli.common import err, out, size_text
 from fmae.errors import FmaeError, WorkFailed
 
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+app = typer.Typer()  # its command joins the `data` group
 
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-@data_app.command("lmdb")
+@app.command("lmdb")
 def data_lmdb(
     sources: Annotated[list[Path], typer.Argument(metavar="SRC...", help="Image folders to pack (searched recursively); keys start "
                                                        "with each folder's name.")],
@@ -37,7 +31,7 @@ def data_lmdb(
     """Pack image folders into an LMDB image store for pretraining; reports duplicate and unreadable files."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from fmae.data.lmdb_store import pack
+    from fmae.data.store_pack import pack
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     try:
@@ -56,7 +50,7 @@ def data_lmdb(
              _plural(len(report.duplicates), "duplicate"), f"{len(report.unreadable)} unreadable"]
     if report.removed:
         parts.append(f"{report.removed} removed (their files are gone)")
-    out.print(f"{out_dir}: {report.images} images ({', '.join(parts)}); {_size(report.bytes_written)} written "
+    out.print(f"{out_dir}: {report.images} images ({', '.join(parts)}); {size_text(report.bytes_written)} written "
               f"in {report.seconds:.1f} s", soft_wrap=True)
     if report.unreadable:
         raise WorkFailed(f"{_plural(len(report.unreadable), 'unreadable file')} not stored (listed above); "
@@ -67,7 +61,8 @@ def check_store_cmd(path: Path, decode: bool) -> None:
     """`fmae data check STORE`: counts per source, then every problem; exit 2 when there are any."""
     from rich.progress import Progress
 
-    from fmae.data.lmdb_store import ImageStore, check_store
+    from fmae.data.image_store import ImageStore
+    from fmae.data.store_check import check_store
 
     store = ImageStore(path)
     start = time.perf_counter()

@@ -12,8 +12,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmae.cli.main import app, err, out
+from fmae.cli.common import err, out
 from fmae.errors import FmaeError
+
+app = typer.Typer()
 
 
 @app.command("predict")

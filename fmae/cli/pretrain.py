@@ -7,9 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmae.cli.main import ConfigOpt, RunsDirOpt, app, err, out
-from fmae.cli.train import NprocOpt, QuietOpt, SetOpt, _cli_layer, _run, _show_config
+from fmae.cli.common import ConfigOpt, NprocOpt, QuietOpt, RunsDirOpt, SetOpt, cli_layer, err, out, show_config
+from fmae.cli.training import train_here
 from fmae.errors import FmaeError
+
+app = typer.Typer()
 
 
 @app.command("pretrain")
@@ -37,20 +39,20 @@ def pretrain_cmd(
     from fmae.run_config import create_run, resolve_pretrain_config
 
     project = load_project(config, runs_dir)
-    cli = _cli_layer(model=model, epochs=epochs, batch_size=batch_size, mask_ratio=mask_ratio,
+    cli = cli_layer(model=model, epochs=epochs, batch_size=batch_size, mask_ratio=mask_ratio,
                      decoder_depth=decoder_depth, decoder_dim=decoder_dim, decoder_heads=decoder_heads,
                      device=device, set_=set_)
     resolved = resolve_pretrain_config(project, [p.expanduser() for p in data], seed=seed, cli=cli)
     if dry_run:
         from fmae.run_config import config_warnings
 
-        _show_config(resolved, "MAE pretraining — resolved config (dry run: nothing created)")
+        show_config(resolved, "MAE pretraining — resolved config (dry run: nothing created)")
         for warning in config_warnings(resolved.values):
             err.print(f"warning: {warning}", soft_wrap=True, markup=False)
         return
     run = create_run(project.runs_dir, resolved, name=name)
     out.print(f"run {run.id}")
-    _run(run.path, False, quiet, nproc)
+    train_here(run.path, False, quiet, nproc)
     out.print(f"pretrained encoder: {run.checkpoints / 'pretrained.pth'} (fine-tune with --init)")
 
 
@@ -67,14 +69,12 @@ def visualize_cmd(
 ) -> None:
     """Original / masked / reconstructed (/ with visible patches) rows for each image, as one PNG."""
     import torch
-    from PIL import Image
 
     from fmae.atomic_write import write_bytes_atomic
     from fmae.data.datasets import load_rgb
     from fmae.data.fer_folders import IMAGE_SUFFIXES
     from fmae.data.transforms import eval_transform
-    from fmae.models.checkpoint import extract_state_dict, read_checkpoint, strip_wrappers
-    from fmae.models.mae import MaskedAutoencoder
+    from fmae.models.mae_checkpoint import mae_for_checkpoint
     from fmae.runs import RunDir
     from fmae.visualize import reconstruction_grid
 
@@ -91,32 +91,9 @@ def visualize_cmd(
             ckpt_path = rd.checkpoints / "last.pt"
     else:
         ckpt_path = source
-    state = {strip_wrappers(k): v for k, v in extract_state_dict(read_checkpoint(ckpt_path), ckpt_path).items()}
-    if "decoder_embed.weight" not in state:
-        raise FmaeError(f"{ckpt_path}: holds no MAE decoder (decoder_embed.weight) — only a pretraining checkpoint "
-                        "can reconstruct")
-    arch = model or cfg.get("model")
-    if arch is None:
-        raise FmaeError(f"{ckpt_path}: pass --model (e.g. vit_base): a checkpoint file does not name its encoder")
-    dim = state["decoder_embed.weight"].shape[0]
-    depth = len({k.split(".")[1] for k in state if k.startswith("decoder_blocks.")})
-    from fmae.model_specs import encoder_spec
-
-    # Head count leaves no trace in the weights: the run's, else the model's default decoder's.
-    spec = encoder_spec(arch)
-    heads = decoder_heads or int(cfg.get("decoder_heads") or (spec.decoder_heads if dim == spec.decoder_dim else 16))
-    grid = int(round((state["pos_embed"].shape[1] - 1) ** 0.5))
-
-    size = input_size or int(cfg.get("input_size", grid * encoder_spec(arch).patch))
-    if dim % heads:
-        raise FmaeError(f"decoder width {dim} is not a multiple of --decoder-heads {heads}")
-    mae = MaskedAutoencoder(arch, img_size=size, decoder_dim=dim, decoder_depth=depth, decoder_heads=heads,
-                            norm_pix_loss=bool(cfg.get("norm_pix_loss", True)))
-    try:
-        mae.load_state_dict(state)
-    except RuntimeError as e:
-        raise FmaeError(f"{ckpt_path}: does not fit a {arch} MAE at {size} px ({' '.join(str(e).split())[:160]}) — "
-                        "check --model and --input-size") from None
+    mae = mae_for_checkpoint(ckpt_path, model or cfg.get("model"), cfg, input_size=input_size,
+                             decoder_heads=decoder_heads)
+    size = mae.grid * mae.patch
     files: list[Path] = []
     for p in images:
         if p.is_dir():

@@ -14,13 +14,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from fmae.cli.main import ConfigOpt, LabelsOpt, RootOpt, RunsDirOpt, app, err, out
-from fmae.cli.train import SetOpt, _cli_layer
+from fmae.cli.common import ConfigOpt, LabelsOpt, RootOpt, RunsDirOpt, SetOpt, cli_layer, err, out
 from fmae.errors import FmaeError
 
-queue_app = typer.Typer(help="The job queue: add a matrix of runs, list, cancel, retry, reorder.",
-                        no_args_is_help=True)
-app.add_typer(queue_app, name="queue")
+app = typer.Typer(help="The job queue: add a matrix of runs, list, cancel, retry, reorder.", no_args_is_help=True)
 
 NoSchedulerOpt = Annotated[bool, typer.Option("--no-scheduler", help="Only change the queue; do not start the scheduler.")]
 
@@ -61,7 +58,7 @@ def _write(text: str) -> None:
 
 # --- add --------------------------------------------------------------------------------------------
 
-@queue_app.command("add")
+@app.command("add")
 def add_cmd(
     dataset: Annotated[str, typer.Argument(help="Benchmark: bp4d, bp4d_plus, disfa, rafdb, affectnet8, affectnet7.")],
     folds: Annotated[Optional[str], typer.Option("--folds", help="Test folds, e.g. 1,2,3 (default: every fold; FER: none).")] = None,
@@ -88,7 +85,7 @@ def add_cmd(
     project = load_project(config, runs_dir)
     matrix = dict(folds=parse_ints(folds, "--folds"), seeds=parse_ints(seeds, "--seeds"),
                   lambdas=parse_floats(lambdas, "--lambdas"), recipe=recipe,
-                  cli=_cli_layer(model=model, epochs=epochs, set_=set_), gpus_per_run=gpus_per_run,
+                  cli=cli_layer(model=model, epochs=epochs, set_=set_), gpus_per_run=gpus_per_run,
                   force=force, root=root, labels=labels)
     if dry_run:
         plan, added = plan_matrix(project, dataset, **matrix), []
@@ -132,7 +129,7 @@ def queue_table(rows: list[dict[str, Any]]) -> str:
                       *(line(c) for c in cells)])
 
 
-@queue_app.command("ls")
+@app.command("ls")
 def ls_cmd(
     all_: Annotated[bool, typer.Option("--all", help="Every job (default: queued, running and the last 20 finished).")] = False,
     state: Annotated[Optional[str], typer.Option("--state", help="Only these states, e.g. failed or queued,running.")] = None,
@@ -170,7 +167,7 @@ def ls_cmd(
 
 # --- cancel / retry / priority / rebuild -------------------------------------------------------------
 
-@queue_app.command("cancel")
+@app.command("cancel")
 def cancel_cmd(
     ids: Annotated[Optional[list[str]], typer.Argument(help="Job ids (or run ids).")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every queued and running job.")] = False,
@@ -193,7 +190,7 @@ def cancel_cmd(
     _revive(project)  # a running job's end is recorded by the scheduler: one must be there
 
 
-@queue_app.command("retry")
+@app.command("retry")
 def retry_cmd(
     ids: Annotated[list[str], typer.Argument(help="Job ids (or run ids) of failed or cancelled jobs.")],
     no_scheduler: NoSchedulerOpt = False,
@@ -212,7 +209,7 @@ def retry_cmd(
         _say(start_scheduler(project))
 
 
-@queue_app.command("priority", context_settings={"ignore_unknown_options": True})
+@app.command("priority", context_settings={"ignore_unknown_options": True})
 def priority_cmd(
     job_id: Annotated[str, typer.Argument(help="Job id (or run id).")],
     priority: Annotated[int, typer.Argument(help="Higher runs first; 0 is the default; negative ones run last.")],
@@ -227,7 +224,7 @@ def priority_cmd(
     _revive(project)
 
 
-@queue_app.command("rebuild")
+@app.command("rebuild")
 def rebuild_cmd(config: ConfigOpt = None, runs_dir: RunsDirOpt = None) -> None:
     """Add every run folder missing from the queue (e.g. after deleting queue.sqlite), with its state."""
     from fmae.queue_ops import default_gpus_per_run

@@ -16,8 +16,10 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from fmae.cli.main import ConfigOpt, RunsDirOpt, app, err, out
+from fmae.cli.common import ConfigOpt, RunsDirOpt, err, out
 from fmae.errors import FmaeError
+
+app = typer.Typer()
 
 DEGENERATE_MARK = "(!)"  # beside a row holding a run whose best threshold sits at the grid's edge
 
@@ -46,7 +48,7 @@ def report_cmd(
     from fmae.atomic_write import write_text_atomic
     from fmae.config import load_project
     from fmae.report import Scoring, Selection, build
-    from fmae.report_export import FORMATS, render
+    from fmae.report.export import FORMATS, render
 
     if fmt not in FORMATS:
         raise FmaeError(f"--format {fmt}: choose {', '.join(FORMATS)}")
@@ -80,7 +82,7 @@ def report_cmd(
     else:
         text = render(results, fmt, digits, grid)
     if out_file is not None:
-        from fmae.report_export import export_path
+        from fmae.report.export import export_path
 
         target = export_path(project.runs_dir, out_file)
         try:
@@ -113,7 +115,7 @@ def _plain(renderable) -> str:
 
 def _lines(report, d: int) -> list[tuple[str, list, str | None, bool]]:
     """The table's lines: (label, cells, style, ends a section); cells[0] is n."""
-    from fmae.report_export import fmt, fmt_delta, mean_std
+    from fmae.report.export import fmt, fmt_delta, mean_std
 
     lines = []
     for i, row in enumerate(report.rows):
@@ -131,7 +133,7 @@ def _lines(report, d: int) -> list[tuple[str, list, str | None, bool]]:
 
 def _table(report, d: int, width: int) -> Table:
     """Groups as rows and AUs as columns; turned (AUs as rows) when that would not fit the terminal."""
-    from fmae.report_export import column_title
+    from fmae.report.export import column_title
 
     lines = _lines(report, d)
     heads = ["n", *map(column_title, report.columns)]
@@ -157,7 +159,7 @@ def _table(report, d: int, width: int) -> Table:
 
 def render_rich(results, digits: int | None, grids: bool = True, width: int = 200) -> Group:
     """The report as Rich renderables: per benchmark a table (your rows, the paper's, Δ), notes, grids."""
-    from fmae.report_export import default_digits, grid_symbol, retry_command
+    from fmae.report.export import default_digits, grid_symbol, retry_command
 
     parts: list = []
     for report in results.reports:
@@ -190,7 +192,7 @@ def render_rich(results, digits: int | None, grids: bool = True, width: int = 20
 
 
 def _rich_grid(g, extra, grid_symbol, retry_command) -> list:
-    from fmae.report_export import inexact_note
+    from fmae.report.export import inexact_note
 
     table = Table()
     table.add_column("seed", justify="right")

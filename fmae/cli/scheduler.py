@@ -6,13 +6,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmae.cli.main import ConfigOpt, RunsDirOpt, app, out
+from fmae.cli.common import ConfigOpt, RunsDirOpt, out
 
-scheduler_app = typer.Typer(help="The scheduler that runs queued work on free GPU/CPU slots.", no_args_is_help=True)
-app.add_typer(scheduler_app, name="scheduler")
+app = typer.Typer(help="The scheduler that runs queued work on free GPU/CPU slots.", no_args_is_help=True)
 
 
-@scheduler_app.command("start")
+@app.command("start")
 def start_cmd(config: ConfigOpt = None, runs_dir: RunsDirOpt = None) -> None:
     """Start the scheduler in the background (it survives this terminal and SSH)."""
     from fmae.config import load_project
@@ -27,7 +26,7 @@ def start_cmd(config: ConfigOpt = None, runs_dir: RunsDirOpt = None) -> None:
     out.print(f"scheduler started: pid {pid}, log {project.runs_dir / LOG_NAME}")
 
 
-@scheduler_app.command("stop")
+@app.command("stop")
 def stop_cmd(config: ConfigOpt = None, runs_dir: RunsDirOpt = None) -> None:
     """Stop the scheduler; running runs go on (cancel them with `fmae queue cancel`)."""
     from fmae.config import load_project
@@ -36,7 +35,7 @@ def stop_cmd(config: ConfigOpt = None, runs_dir: RunsDirOpt = None) -> None:
     out.print(stop(load_project(config, runs_dir).runs_dir))
 
 
-@scheduler_app.command("status")
+@app.command("status")
 def status_cmd(config: ConfigOpt = None, runs_dir: RunsDirOpt = None) -> None:
     """Whether a scheduler holds the runs folder, and the queue's counts."""
     from fmae.config import load_project
@@ -56,7 +55,7 @@ def status_cmd(config: ConfigOpt = None, runs_dir: RunsDirOpt = None) -> None:
         out.print("queue: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
 
 
-@scheduler_app.command("unit")
+@app.command("unit")
 def unit_cmd(config: ConfigOpt = None, runs_dir: RunsDirOpt = None) -> None:
     """Print a systemd user unit that keeps this runs folder's scheduler running (see docs/architecture.md)."""
     from fmae.config import load_project
@@ -65,7 +64,7 @@ def unit_cmd(config: ConfigOpt = None, runs_dir: RunsDirOpt = None) -> None:
     out.file.write(systemd_unit(load_project(config, runs_dir)))
 
 
-@scheduler_app.command("run", hidden=True)
+@app.command("run", hidden=True)
 def run_cmd(
     config: ConfigOpt = None,
     runs_dir: RunsDirOpt = None,

@@ -7,84 +7,19 @@ process through `fmae.train.trainer.execute` — the same entry point the queue 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Optional
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from fmae.cli.main import ConfigOpt, LabelsOpt, RootOpt, RunsDirOpt, app, err, out
+from fmae.cli.common import (ConfigOpt, LabelsOpt, NprocOpt, QuietOpt, RootOpt, RunsDirOpt, SetOpt, cli_layer, err,
+                              out, show_config)
+from fmae.cli.training import train_here
 from fmae.errors import FmaeError
 
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="key=value over recipe and fmae.toml (repeatable).")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on the terminal.")]
-NprocOpt = Annotated[int, typer.Option("--nproc", help="Processes (DDP via torchrun): GPUs to use, or CPU processes (gloo).")]
-
-
-def _cli_layer(**options: Any) -> dict[str, Any]:
-    """Options the user actually gave (None = not given), with --set pairs merged in."""
-    from fmae.config import parse_set_options
-
-    sets = parse_set_options(options.pop("set_") or [])
-    given = {k: v for k, v in options.items() if v is not None}
-    clash = sorted(set(given) & set(sets))
-    if clash:
-        raise FmaeError(f"--set {clash[0]}=… and --{clash[0].replace('_', '-')} both given: use one")
-    for identity in ("seed", "fold", "task", "dataset", "recipe"):
-        if identity in sets:
-            raise FmaeError(f"--set {identity}=…: {identity} names the run; use --{identity} instead")
-    return {**given, **sets}
-
-
-def _show_config(resolved, title: str) -> None:
-    table = Table(title=title)
-    for col in ("key", "value", "from"):
-        table.add_column(col, no_wrap=True)
-    for key in sorted(resolved.values):
-        table.add_row(key, escape(str(resolved.values[key])), escape(resolved.sources.get(key, "")))
-    out.print(table)
-
-
-def _run(path: Path, resume: bool, quiet: bool, nproc: int = 1) -> None:
-    """Train the run folder here, or under torchrun with `nproc` processes (DDP: one per GPU, or gloo
-    processes on the CPU), then report as the run's status says."""
-    if nproc < 1:
-        raise FmaeError(f"--nproc {nproc}: must be at least 1")
-    if nproc == 1:
-        from fmae.train.trainer import execute
-
-        code = execute(path, resume=resume, quiet=quiet)
-    else:
-        code = _torchrun(path, nproc, quiet)
-    if code == 143:
-        err.print(f"cancelled: {path} (resume with `fmae exec {path}`)")
-        raise typer.Exit(code)
-    if code:
-        from fmae.errors import WorkFailed
-        from fmae.runs import RunDir
-
-        status = RunDir.open(path).read_status()
-        reason = status.get("error") or f"torchrun exited with code {code}"
-        if status.get("exit_code") == 2:
-            raise FmaeError(reason)
-        raise WorkFailed(f"run {path.name} failed: {reason} (see {path}/train.log)")
-    if "LOCAL_RANK" not in os.environ:  # under torchrun the launching command reports, once
-        out.print(f"run folder: {path}")
-
-
-def _torchrun(path: Path, nproc: int, quiet: bool) -> int:
-    import subprocess
-
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "fmae", "exec", str(path)] + (["--quiet"] if quiet else [])
-    env = dict(os.environ)
-    # One process per GPU on a GPU machine; on the CPU share the cores out instead of oversubscribing.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.run(cmd, env=env).returncode
+app = typer.Typer()
 
 
 @app.command("train")
@@ -118,7 +53,7 @@ def train_cmd(
     if resume is not None:
         if dataset or from_:
             raise FmaeError("--resume RUN continues that run as it was configured: give no dataset or --from with it")
-        _run(_run_folder(resume), True, quiet, nproc)
+        train_here(_run_folder(resume), True, quiet, nproc)
         return
     project = load_project(config, runs_dir)
     if from_ is not None:
@@ -128,7 +63,7 @@ def train_cmd(
     else:
         if not dataset:
             raise FmaeError("missing DATASET: e.g. `fmae train bp4d --fold 1` (see `fmae datasets`)")
-        cli = _cli_layer(model=model, lambda_id=lambda_id, init=str(init.resolve()) if init else None, epochs=epochs,
+        cli = cli_layer(model=model, lambda_id=lambda_id, init=str(init.resolve()) if init else None, epochs=epochs,
                          batch_size=batch_size, device=device, set_=set_)
         if init is not None and not init.is_file():
             raise FmaeError(f"--init {init}: no such checkpoint file")
@@ -137,14 +72,14 @@ def train_cmd(
     if dry_run:
         from fmae.run_config import config_warnings
 
-        _show_config(resolved, f"{resolved.values['dataset']} — resolved config (dry run: nothing created)")
+        show_config(resolved, f"{resolved.values['dataset']} — resolved config (dry run: nothing created)")
         for warning in config_warnings(resolved.values):
             err.print(f"warning: {escape(warning)}", soft_wrap=True)
         return
     run = create_run(project.runs_dir, resolved, name=name)
     out.print(f"run {run.id}")
     with _no_folder_if_refused(run):
-        _run(run.path, False, quiet, nproc)
+        train_here(run.path, False, quiet, nproc)
     _print_outcome(run.read_summary() or {})
 
 
@@ -197,7 +132,7 @@ def exec_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a prepared run folder from its run.toml, resuming from its last checkpoint if it has one."""
-    _run(_run_folder(run), True, quiet, nproc)
+    train_here(_run_folder(run), True, quiet, nproc)
 
 
 def _run_folder(path: Path) -> Path:
@@ -249,7 +184,7 @@ def probe_id_cmd(
     cli_model = model or source_cfg.get("model")
     if cli_model is None:
         raise FmaeError(f"{source}: a checkpoint file does not say its architecture — pass --model (e.g. vit_base)")
-    cli = _cli_layer(model=cli_model, init=str(ckpt), epochs=epochs, set_=set_)
+    cli = cli_layer(model=cli_model, init=str(ckpt), epochs=epochs, set_=set_)
     if "input_size" in source_cfg and "input_size" not in cli:
         cli["input_size"] = int(source_cfg["input_size"])
     resolved = resolve_run_config(project, dataset, probe=True, seed=seed, cli=cli, root=root, labels=labels)
@@ -258,7 +193,7 @@ def probe_id_cmd(
     run = create_run(project.runs_dir, resolved, name=name)
     out.print(f"run {run.id}")
     with _no_folder_if_refused(run):
-        _run(run.path, False, quiet)
+        train_here(run.path, False, quiet)
     summary = run.read_summary() or {}
     if summary.get("best"):
         out.print(f"identity probe top-1 accuracy: {summary['best']['accuracy']:.4f} "
@@ -290,7 +225,7 @@ def eval_cmd(
     new = create_run(project.runs_dir, resolved, name=f"eval-{checkpoint}")
     out.print(f"run {new.id}")
     with _no_folder_if_refused(new):
-        _run(new.path, False, quiet)
+        train_here(new.path, False, quiet)
     summary = new.read_summary() or {}
     if summary.get("last"):
         rec = summary["last"]

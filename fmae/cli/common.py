@@ -1,0 +1,107 @@
+"""What every command module shares: the two consoles, the options that mean the same everywhere, the
+layer of options a user gave, and the one-line printing of errors (`run_app`).
+
+Exit codes: 0 success; 1 the work itself failed; 2 bad input or usage (one line naming what to fix).
+Nothing here imports torch: `fmae --help`, `fmae queue ls` and `fmae report` start fast.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from fmae.errors import FmaeError, WorkFailed
+
+out = Console(highlight=False, markup=False)
+err = Console(stderr=True, highlight=False, markup=False)
+
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--config", help="fmae.toml to use (default: $FMAE_CONFIG, else the nearest one upwards)."),
+]
+RunsDirOpt = Annotated[Optional[Path], typer.Option("--runs-dir", help="Runs folder (overrides fmae.toml).")]
+RootOpt = Annotated[Optional[Path], typer.Option("--root", help="Dataset folder for this call (overrides fmae.toml).")]
+LabelsOpt = Annotated[Optional[Path], typer.Option("--labels", help="AU label file for this call (overrides fmae.toml).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="key=value over recipe and fmae.toml (repeatable).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on the terminal.")]
+NprocOpt = Annotated[int, typer.Option("--nproc", help="Processes (DDP via torchrun): GPUs to use, or CPU processes (gloo).")]
+
+
+def cli_layer(**options: Any) -> dict[str, Any]:
+    """Options the user actually gave (None = not given), with --set pairs merged in."""
+    from fmae.config import parse_set_options
+
+    sets = parse_set_options(options.pop("set_") or [])
+    given = {k: v for k, v in options.items() if v is not None}
+    clash = sorted(set(given) & set(sets))
+    if clash:
+        raise FmaeError(f"--set {clash[0]}=… and --{clash[0].replace('_', '-')} both given: use one")
+    for identity in ("seed", "fold", "task", "dataset", "recipe"):
+        if identity in sets:
+            raise FmaeError(f"--set {identity}=…: {identity} names the run; use --{identity} instead")
+    return {**given, **sets}
+
+
+def show_config(resolved, title: str) -> None:
+    """A resolved config as a table: each key, its value, and the layer that set it."""
+    table = Table(title=title)
+    for col in ("key", "value", "from"):
+        table.add_column(col, no_wrap=True)
+    for key in sorted(resolved.values):
+        table.add_row(key, escape(str(resolved.values[key])), escape(resolved.sources.get(key, "")))
+    out.print(table)
+
+
+def is_benchmark_name(text: str) -> bool:
+    """A benchmark name wins over a same-named folder; `./NAME` or any path with a slash is a folder."""
+    from fmae.registry import DATASETS
+
+    return text.strip().lower().replace("+", "_plus").replace("-", "") in DATASETS and "/" not in text
+
+
+def size_text(n: float) -> str:
+    """Bytes as a person reads them (decimal units: 1 KB = 1000 B)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def run_app(app: Callable[[], Any]) -> None:
+    """Run the Typer app; a user's mistake or failed work is one line on stderr with its exit code."""
+    try:
+        app()
+    except (FmaeError, WorkFailed) as e:
+        err.print(f"error: {e}", markup=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except OSError as e:  # no permission, read-only or full disk: the machine's answer, not a bug
+        from fmae.errors import environment_error
+
+        said = environment_error(e)
+        if said is None:
+            _crash()
+        err.print(f"error: {said}", markup=False, soft_wrap=True)
+        sys.exit(said.exit_code)
+    except Exception:
+        _crash()
+
+
+def _crash() -> None:
+    """A bug in fmae: one line for the user, the traceback in a file for the report."""
+    crash = Path(tempfile.gettempdir()) / f"fmae-crash-{int(time.time())}.log"
+    crash.write_text(traceback.format_exc())
+    err.print(f"internal error: {sys.exc_info()[1]!r} (traceback in {crash}; please report it)", markup=False)
+    sys.exit(1)
