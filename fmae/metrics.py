@@ -26,7 +26,6 @@ import numpy as np
 from fmae.errors import FmaeError
 
 THRESHOLDS = np.arange(1, 100) / 100  # [99]: 0.01 … 0.99, each exactly i/100 as Python computes it
-BEST_THRESHOLD_LABEL = "F1 best-threshold (tuned on test)"
 DEGENERATE_LABEL = "degenerate: best threshold at the grid's edge (all or nothing predicted)"
 
 

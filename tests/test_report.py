@@ -23,10 +23,10 @@ from sklearn.metrics import f1_score
 
 from conftest import assert_one_line_error, run_fmae
 from fmae.metrics import au_scores
-from fmae.paper import paper_rows
+from fmae.report.paper import paper_rows
 from fmae.registry import get_dataset
 from fmae.report import Scoring, Selection, build
-from fmae.report_export import read_csv, render_csv, render_json, render_latex, render_markdown
+from fmae.report.export import read_csv, render_csv, render_json, render_latex, render_markdown
 from fmae.runs import RunDir, make_run_id
 
 BP4D = get_dataset("bp4d").au_names()
@@ -546,7 +546,7 @@ def test_corrupt_and_half_written_folders_are_skipped_with_one_line_warnings(tmp
 
 
 def test_report_modules_do_not_import_torch():
-    code = ("import sys, fmae.report, fmae.report_export, fmae.paper; "
+    code = ("import sys, fmae.report, fmae.report.export, fmae.report.paper; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -577,7 +577,7 @@ def test_a_real_tiny_run_reads_and_rescores_consistently(make_synth, tmp_path):
 def test_the_published_numbers_are_the_reference_transcription():
     from conftest import SHARED_REFERENCE
 
-    from fmae.paper import all_paper_rows, parse_paper_csv
+    from fmae.report.paper import all_paper_rows, parse_paper_csv
 
     for row in all_paper_rows():  # each of the paper's own AU rows: Avg. is the mean of its AUs (±0.05 rounding)
         aus = [v for k, v in row.values.items() if k.startswith("AU")]

@@ -14,9 +14,9 @@ import pytest
 from conftest import run_fmae
 from tui_support import screen_text, wait_until
 from fmae.config import default_config_text, update_config
-from fmae.paper import paper_rows
+from fmae.report.paper import paper_rows
 from fmae.registry import get_dataset
-from fmae.report_export import read_csv
+from fmae.report.export import read_csv
 from fmae.scheduler import stop
 from fmae_tui.app import create_app
 from fmae_tui.screens.confirm import ConfirmScreen

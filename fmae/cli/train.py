@@ -18,6 +18,7 @@ from fmae.cli.common import (ConfigOpt, LabelsOpt, NprocOpt, QuietOpt, RootOpt, 
                               out, show_config)
 from fmae.cli.training import train_here
 from fmae.errors import FmaeError
+from fmae.metric_catalogue import AUC, F1_05, F1_BEST, TUNED_TAG
 
 app = typer.Typer()
 
@@ -98,9 +99,9 @@ def _print_outcome(summary: dict[str, Any]) -> None:
     def num(key: str) -> str:
         return "–" if rec.get(key) is None else f"{rec[key]:.3f}"
 
-    out.print(f"{where}: F1@0.5 {num('f1_05_mean')} (all-positive F1 {num('f1_all_positive_mean')}), "
-              f"AUC {num('auc_mean')}, F1 best-threshold {num('f1_best_mean')} @{rec['best_threshold']:.2f} "
-              "(tuned on test)", soft_wrap=True)
+    out.print(f"{where}: {F1_05.short} {num('f1_05_mean')} (all-positive F1 {num('f1_all_positive_mean')}), "
+              f"{AUC.short} {num('auc_mean')}, {F1_BEST.name} {num('f1_best_mean')} @{rec['best_threshold']:.2f} "
+              f"{TUNED_TAG}", soft_wrap=True)
     if rec.get("degenerate"):
         out.print(f"[yellow]{escape(DEGENERATE_LABEL)}[/] — this run has not learnt to tell the AUs apart", soft_wrap=True)
 

@@ -28,6 +28,7 @@ from fmae.atomic_write import write_bytes_atomic
 from fmae.data.datasets import EpochBatches, ImageSet
 from fmae.data.image_decode import set_max_pixels
 from fmae.errors import FmaeError, WorkFailed, failure_hint
+from fmae.metric_catalogue import AUC, F1_05, F1_BEST, TUNED_TAG
 from fmae.models.checkpoint import extract_state_dict, read_checkpoint, save_checkpoint
 from fmae.models.encoders import set_fused_attn
 from fmae.run_lock import exec_lock
@@ -472,8 +473,8 @@ class Trainer:
 def _au_line(record: dict[str, Any]) -> str:
     if "f1_05_mean" not in record:
         return ""
-    return (f"; F1@0.5 {record['f1_05_mean']:.4f}, F1 best-threshold {record['f1_best_mean']:.4f} "
-            f"@{record['best_threshold']:.2f} (tuned on test), AUC {record['auc_mean'] or float('nan'):.4f}")
+    return (f"; {F1_05.short} {record['f1_05_mean']:.4f}, {F1_BEST.name} {record['f1_best_mean']:.4f} "
+            f"@{record['best_threshold']:.2f} {TUNED_TAG}, {AUC.short} {record['auc_mean'] or float('nan'):.4f}")
 
 
 def _one_line(e: BaseException) -> str:

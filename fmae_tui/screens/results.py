@@ -16,6 +16,7 @@ from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Header, Static
 
 from fmae.errors import FmaeError
+from fmae.metric_catalogue import REPORT_METRICS
 from fmae_tui import prefs
 from fmae_tui.screens.confirm import ConfirmScreen
 from fmae_tui.screens.polled import PolledScreen
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 # The paper's AU numbers are best-threshold F1: the default is the one number comparable with its rows.
 METRIC_CYCLE = ("f1_best", "f1", "auc")
-METRIC_NAMES = {"f1": "F1@0.5", "f1_best": "F1 best-threshold (tuned on test)", "auc": "ROC AUC"}
+METRIC_NAMES = {name: m.title for name, m in REPORT_METRICS.items()}
 THRESHOLD_CYCLE = (None, "test-tuned", "per-au")
 DELTA_STYLE = ("red", "green")  # worse, better: colour only repeats the sign
 PREFS = "results"
@@ -179,7 +180,7 @@ class ResultsScreen(PolledScreen):
         return next((r for r in self.report.rows if (r.task, r.dataset, r.label) == self.baseline), None)
 
     def _show(self) -> None:
-        from fmae.report_export import default_digits, fmt, mean_std
+        from fmae.report.export import default_digits, fmt, mean_std
 
         table, report = self.table, self.report
         selected = self._selected_key()
@@ -201,7 +202,7 @@ class ResultsScreen(PolledScreen):
         table.add_column("group", key="group")
         table.add_column("n", key="n")
         columns = ["avg", *[c for c in report.columns if c != "avg"]] if "avg" in report.columns else report.columns
-        from fmae.report_export import column_title
+        from fmae.report.export import column_title
 
         for c in columns:
             table.add_column(column_title(c), key=c)
@@ -257,7 +258,7 @@ class ResultsScreen(PolledScreen):
         self._show_grid()
 
     def _show_grid(self) -> None:
-        from fmae.report_export import grid_symbol
+        from fmae.report.export import grid_symbol
 
         box = self.query_one("#results-grid", Static)
         if self.show_notes and self.report is not None:
@@ -455,7 +456,7 @@ class ResultsScreen(PolledScreen):
         from pathlib import Path
 
         from fmae.atomic_write import write_text_atomic
-        from fmae.report_export import format_for, render
+        from fmae.report.export import format_for, render
 
         if self.results is None:
             self.notify("nothing to export yet", severity="warning")

@@ -21,6 +21,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, RichLog, Static, TabbedContent, TabPane
 
 from fmae.errors import FmaeError
+from fmae.metric_catalogue import ACCURACY, F1_05, F1_BEST
 from fmae.runs import FINAL_STATES, STATES
 from fmae_tui.screens.confirm import ConfirmScreen
 from fmae_tui.widgets.curve_plot import CurvePlot
@@ -218,7 +219,7 @@ class RunScreen(Screen[None]):
                 self._epoch_loss["loss"].append(float(rec["loss"]))
             elif split == "test" and epoch is not None:
                 self._test_records.append(rec)
-                for key, label in (("f1_05_mean", "F1@0.5"), ("f1_best_mean", "F1 best-thr"), ("accuracy", "acc")):
+                for key, label in ((m.key, m.short) for m in (F1_05, F1_BEST, ACCURACY)):
                     value = _number(rec.get(key))
                     if value is not None:
                         xs_ys = self._test.setdefault(label, {"x": [], "y": []})

@@ -9,8 +9,10 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from fmae.metric_catalogue import F1_05, F1_BEST
+
 BLOCKS = "▁▂▃▄▅▆▇█"
-SERIES = (("f1_05", "F1@0.5"), ("f1_best", "F1 best-thr (tuned on test)"))
+SERIES = ((F1_05.per_au, F1_05.short), (F1_BEST.per_au, F1_BEST.long))
 
 
 def spark(values: list[float | None], lo: float = 0.0, hi: float = 1.0) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from fmae.metric_catalogue import METRICS
 from fmae.metrics import degenerate_threshold
 
 # kind -> (short name for an 80-column table, long name)
@@ -14,10 +15,8 @@ KINDS = {"au": ("AU", "AU fine-tune"), "fer": ("FER", "FER"), "pretrain": ("MAE"
          "probe": ("probe", "identity probe"), "eval": ("eval", "eval"), "predict": ("pred", "prediction")}
 
 # What summary.json's `metric` is, in a few characters; every number shown carries one of these.
-METRIC_SHORT = {"f1_best_mean": "F1 best-thr", "f1_05_mean": "F1@0.5", "accuracy": "acc", "loss": "loss",
-                "auc_mean": "AUC"}
-METRIC_LONG = {"f1_best_mean": "F1 best-thr (tuned on test)", "f1_05_mean": "F1@0.5", "accuracy": "accuracy",
-               "loss": "reconstruction loss", "auc_mean": "AUC"}
+METRIC_SHORT = {key: m.short for key, m in METRICS.items()}
+METRIC_LONG = {key: m.long for key, m in METRICS.items()}
 
 
 def number(value: Any) -> float | None:

@@ -8,7 +8,9 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import DataTable
 
-AU_COLUMNS = (("f1_05", "F1@0.5"), ("f1_best", "F1 best-thr"), ("auc", "AUC"))
+from fmae.metric_catalogue import AU_METRICS
+
+AU_COLUMNS = tuple((m.per_au, m.short) for m in AU_METRICS)
 
 
 def _fmt(value: Any) -> Text:

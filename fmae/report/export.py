@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from fmae.errors import FmaeError
-from fmae.report import GroupRow, Report, Results
-from fmae.report_grid import SYMBOLS, Grid
+from fmae.report.collect import GroupRow, Report, Results
+from fmae.report.grid import SYMBOLS, Grid
 
 FORMATS = ("table", "md", "latex", "csv", "json")
 CSV_FIELDS = ("dataset", "task", "kind", "group", "seed", "runs", "model", "recipe", "lambda_id", "probed", "by",

@@ -19,7 +19,7 @@ import tomlkit
 from fmae.errors import FmaeError
 from fmae.queue import EXECUTION_KEYS, config_key
 from fmae.registry import get_dataset
-from fmae.report_runs import RunRef, group_label, num
+from fmae.report.scoring import RunRef, group_label, num
 
 if TYPE_CHECKING:
     from fmae.config import ProjectConfig

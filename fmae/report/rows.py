@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from fmae.registry import DatasetSpec, get_dataset
-from fmae.report_runs import RunScore, group_label
+from fmae.report.scoring import RunScore, group_label
 
 # --- aggregating -------------------------------------------------------------------------------------------
 
@@ -107,7 +107,7 @@ def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     return math.fsum(ok) / len(ok), (statistics.stdev(ok) if len(ok) > 1 else None)
 
 
-def _columns(task: str, spec: DatasetSpec) -> list[str]:
+def table_columns(task: str, spec: DatasetSpec) -> list[str]:
     return [*spec.au_names(), "avg"] if task == "au" else ["top1"]
 
 
@@ -149,7 +149,7 @@ def aggregate(scores: Iterable[RunScore], *, complete_only: bool = False, epoch:
     for key in sorted(groups, key=lambda k: (k[0], k[1], [(n, str(v)) for n, v in k[2]])):
         task, dataset, fields = key
         spec = get_dataset(dataset)
-        columns = _columns(task, spec)
+        columns = table_columns(task, spec)
         cells: dict[tuple, RunScore] = {}
         superseded = []
         for s in sorted(groups[key], key=lambda s: s.run_id):

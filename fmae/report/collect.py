@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from fmae.errors import FmaeError
-from fmae.paper import PaperRow, find_method, paper_rows
+from fmae.report.paper import PaperRow, find_method, paper_rows
 from fmae.registry import DATASETS, DatasetSpec, get_dataset
-from fmae.report_grid import Grid, Matrix, completeness  # noqa: F401  (part of this module's interface)
-from fmae.report_rows import (GroupRow, Sample, _columns, aggregate, coverage_text, is_degenerate,  # noqa: F401
+from fmae.report.grid import Grid, Matrix, completeness  # noqa: F401  (part of this module's interface)
+from fmae.report.rows import (GroupRow, Sample, table_columns, aggregate, coverage_text, is_degenerate,  # noqa: F401
                               span)
-from fmae.report_runs import (METRICS, PER_AU, TUNED, RunRef, RunScore, Scoring, canonical_value,  # noqa: F401
+from fmae.report.scoring import (METRICS, PER_AU, TUNED, RunRef, RunScore, Scoring, canonical_value,  # noqa: F401
                               group_fields, group_label, num, parse_threshold, score_run)
 from fmae.runs import STATES, RunDir, RunInfo, list_runs
 
@@ -311,7 +311,7 @@ def build(runs_dir: Path, selection: Selection = Selection(), scoring: Scoring =
         elif task == "au" and scoring.metric == "auc" and paper_rows(dataset):
             note = "the paper publishes no AUC: its rows are not shown"
         reports.append(Report(dataset, task, f"{spec.title} — {_TASK_TITLES[task]}", scoring.value_label(task),
-                              scoring.epoch_label(), _how(task, spec, complete_only), _columns(task, spec), mine,
+                              scoring.epoch_label(), _how(task, spec, complete_only), table_columns(task, spec), mine,
                               published, note, [g for g in grids if (g.task, g.dataset) == (task, dataset)]))
     return Results(Path(runs_dir), selection, scoring, reports, collected.skipped, collected.left_out,
                    list(command_extra))

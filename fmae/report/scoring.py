@@ -10,16 +10,12 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from fmae.errors import FmaeError
-from fmae.metrics import BEST_THRESHOLD_LABEL
+from fmae.metric_catalogue import F1_BEST, REPORT_METRICS
 from fmae.registry import get_dataset
 from fmae.runs import RunDir, RunInfo
 
-# --metric name -> (summary.json record key, label)
-METRICS: dict[str, tuple[str, str]] = {
-    "f1": ("f1_05", "F1@0.5"),
-    "f1_best": ("f1_best", BEST_THRESHOLD_LABEL),
-    "auc": ("auc", "ROC AUC"),
-}
+# --metric name -> (summary.json's per-AU record key, label), from the metric catalogue
+METRICS: dict[str, tuple[str, str]] = {name: (m.per_au or m.key, m.title) for name, m in REPORT_METRICS.items()}
 EPOCHS = ("best", "last")
 TUNED, PER_AU = "test-tuned", "per-au"
 
@@ -69,7 +65,7 @@ class Scoring:
         if self.threshold is None:
             return f"{METRICS[self.metric][1]} (%)"
         if self.threshold == TUNED:
-            return f"{BEST_THRESHOLD_LABEL} (%), re-scored from saved predictions"
+            return f"{F1_BEST.title} (%), re-scored from saved predictions"
         if self.threshold == PER_AU:
             return "F1 at per-AU thresholds (each tuned on test) (%), re-scored from saved predictions"
         return f"F1@{self.threshold} (%), re-scored from saved predictions"
