@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from conftest import assert_one_line_error, run_fmae
 from fmae.data.cached import CachedImageSet, choose_cache, image_set
 from fmae.data.datasets import ImageSet
-from fmae.data.lmdb_store import list_images
+from fmae.data.image_files import list_images
 from fmae.data.pixel_cache import PixelCache, build_cache, default_cache_dir
 from fmae.errors import FmaeError
 from fmae.recipes import finetune_recipe

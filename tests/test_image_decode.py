@@ -13,7 +13,8 @@ from PIL import Image
 
 from conftest import run_fmae
 from fmae.config import DEFAULT_MAX_IMAGE_PIXELS
-from fmae.data import image_decode, lmdb_store, pixel_cache
+from fmae.data import image_decode, image_store, pixel_cache, store_pack
+from fmae.data.lmdb_env import release_readers
 from fmae.data.datasets import ImageSet, load_rgb
 from fmae.data.image_check import check_image_files, image_problem
 from fmae.errors import FmaeError
@@ -111,20 +112,20 @@ def test_every_reader_decodes_alike(tmp_path):
     folder.mkdir()
     Image.fromarray(np.tile(GRAY16, (4, 1))).save(folder / "a.png")
     Image.fromarray(np.array([[0, 0.5], [1, 0.25]], np.float32)).save(folder / "b.tif")
-    listing = lmdb_store.ImageFolderList(folder)
+    listing = image_store.ImageFolderList(folder)
     for i in range(len(listing)):
         path = listing.file(i)
         assert np.array_equal(np.asarray(listing.read_image(i)), rgb(path))
-        assert np.array_equal(np.asarray(lmdb_store._decode_rgb(path.read_bytes(), str(path))), rgb(path))
-    lmdb_store.pack([folder], tmp_path / "store")
-    store = lmdb_store.ImageStore(tmp_path / "store")
+        assert np.array_equal(np.asarray(image_store.decode_rgb(path.read_bytes(), str(path))), rgb(path))
+    store_pack.pack([folder], tmp_path / "store")
+    store = image_store.ImageStore(tmp_path / "store")
     for i in range(len(store)):
         assert np.array_equal(np.asarray(store.read_image(i)), rgb(folder / store.key(i).split("/", 1)[1]))
-    lmdb_store.release_readers(tmp_path / "store")
-    assert pixel_cache._decode_rgb is lmdb_store._decode_rgb
+    release_readers(tmp_path / "store")
+    assert pixel_cache.decode_rgb is image_store.decode_rgb
     Image.fromarray(np.array([[2.0]], np.float32)).save(folder / "bad.tif")
     with pytest.raises(FmaeError) as e:
-        lmdb_store.ImageFolderList(folder).read_image(2)
+        image_store.ImageFolderList(folder).read_image(2)
     assert str(e.value).startswith(f"{folder}/bad.tif: a float image with values 2..2")
 
 

@@ -12,14 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmae.data.lmdb_store import (
-    ImageFolderList,
-    ImageStore,
-    check_store,
-    list_images,
-    open_image_source,
-    pack,
-)
+from fmae.data.image_files import list_images
+from fmae.data.image_store import ImageFolderList, ImageStore, open_image_source
+from fmae.data.store_check import check_store
+from fmae.data.store_pack import pack
 from fmae.errors import FmaeError
 from conftest import assert_one_line_error, run_fmae
 

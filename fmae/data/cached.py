@@ -40,7 +40,7 @@ from timm.data.random_erasing import RandomErasing
 
 from fmae.data.datasets import ImageSet, item_seed, seeded_transform
 from fmae.data.fast_augment import fast_pipeline
-from fmae.data.lmdb_store import is_store
+from fmae.data.lmdb_env import is_store
 from fmae.data.pixel_cache import PixelCache, default_cache_dir, format1_cache_dir
 from fmae.data.transforms import eval_interpolation, eval_transform, train_parts, train_transform
 from fmae.errors import FmaeError

@@ -69,7 +69,7 @@ class ImageSet(Dataset):
 
 
 class SourceImageSet(Dataset):
-    """Unlabelled images from image sources (LMDB stores or folders, `fmae.data.lmdb_store`), concatenated:
+    """Unlabelled images from image sources (LMDB stores or folders, `fmae.data.image_store`), concatenated:
     what MAE pretraining reads. Items look like ImageSet's so the one loop serves both."""
 
     def __init__(self, sources: Sequence, transform: Callable, seed: int = 0) -> None:

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fmae.data.image_files import is_image_name
 from fmae.data.problems import Problems
 from fmae.registry import DatasetSpec
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 
 @dataclass
@@ -61,7 +60,7 @@ def read_fer_split(spec: DatasetSpec, root: Path, split: str, problems: Problems
                                                f"({names}) or its id ({ids})")
             continue
         for image in sorted(class_dir.iterdir()):
-            if image.suffix.lower() in IMAGE_SUFFIXES and not image.name.startswith("."):
+            if is_image_name(image.name):
                 paths.append(image)
                 targets.append(index)
     split_targets = np.array(targets, dtype=np.int64)

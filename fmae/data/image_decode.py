@@ -1,7 +1,7 @@
 """Any image Pillow opens → the 8-bit RGB every model input starts from.
 
 The one decode behind the plain path (`datasets.load_rgb`), image stores and the pixel cache
-(`lmdb_store._decode_rgb`) and the checks (`image_check`), so all of them see the same pixels.
+(`image_store`, `pixel_cache`) and the checks (`image_check`), so all of them see the same pixels.
 
 - 8-bit modes (1, L, P, RGB, CMYK, YCbCr, LAB, …) convert as Pillow converts them.
 - Alpha (LA, PA, RGBA, P with transparency) is dropped, not composited: the original read every image

@@ -1,8 +1,7 @@
 """Pixel caches: a dataset's images decoded once, resized to a square and stored as raw uint8 RGB in an
 LMDB environment (`fmae data cache DATASET`), so training reads pixels instead of decoding JPEGs.
 
-Layout of a cache folder (an LMDB environment, opened and grown like the image stores of
-`lmdb_store.py`):
+Layout of a cache folder (an LMDB environment, `lmdb_env.py`, opened and grown like the image stores):
 
     px/<relative path>   size × size × 3 uint8, row-major RGB: what `Image.resize((size, size), FILTER)`
                          makes of the decoded file, FILTER the cache's interpolation (bilinear or bicubic)
@@ -31,7 +30,6 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -39,10 +37,11 @@ import lmdb
 import numpy as np
 from PIL import Image
 
-from fmae.data import lmdb_store
-from fmae.data.lmdb_store import (
-    DEFAULT_MAP_SIZE, INDEX_KEY, META_KEY, _decode_rgb, _read_json, _reader, _Writer, is_store, list_images,
-    release_readers,
+from fmae.data.image_decode import decode_rgb
+from fmae.data.image_files import list_images
+from fmae.data.lmdb_env import (
+    DEFAULT_MAP_SIZE, INDEX_KEY, META_KEY, SharedReader, Writer, is_store, items_under, open_readonly, read_json,
+    release_readers, utc_now,
 )
 from fmae.errors import FmaeError
 from fmae.recipes import FINETUNE_DEFAULTS
@@ -98,7 +97,7 @@ def _pixels(path: Path, size: int, interpolation: str) -> bytes:
         data = path.read_bytes()
     except OSError as e:
         raise FmaeError(f"{path}: cannot read the image ({e.strerror or e})") from None
-    img = resize_square(_decode_rgb(data, str(path)), size, interpolation)
+    img = resize_square(decode_rgb(data, str(path)), size, interpolation)
     return np.asarray(img, dtype=np.uint8).tobytes()
 
 
@@ -128,13 +127,13 @@ def _check_out(out: Path, size: int, interpolation: str) -> dict | None:
         raise FmaeError(f"--out {out}: folder exists and is not a pixel cache — give a new or empty folder")
     release_readers(out)
     try:
-        env = lmdb.open(str(out), readonly=True, lock=False, subdir=True, create=False)
+        env = open_readonly(out)
     except lmdb.Error as e:
         raise FmaeError(f"--out {out}: not a pixel cache ({e}) — give a new folder") from None
     try:
         with env.begin() as txn:
-            meta = _read_json(txn, META_KEY, str(out))
-            index = _read_json(txn, INDEX_KEY, str(out))
+            meta = read_json(txn, META_KEY, str(out))
+            index = read_json(txn, INDEX_KEY, str(out))
     finally:
         env.close()
     if meta is None or meta.get("format") != FORMAT:
@@ -171,22 +170,14 @@ def build_cache(root: Path, out: Path | None = None, size: int = 224, progress: 
     index = _check_out(out, size, interpolation)
     report = CacheReport(out=out, size=size, interpolation=interpolation, sources=[str(root.resolve())])
     stats = {k: _stat(root / k) for k in keys}
-    writer = _Writer(out, max(DEFAULT_MAP_SIZE, cache_bytes(len(keys), size) * 5 // 4 + (64 << 20)))
+    writer = Writer(out, max(DEFAULT_MAP_SIZE, cache_bytes(len(keys), size) * 5 // 4 + (64 << 20)))
     try:
         def begin(txn):
             if txn.get(META_KEY) is None:
                 meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "size": size,
-                        "interpolation": interpolation, "created": _now(), "fmae_version": __version__}
+                        "interpolation": interpolation, "created": utc_now(), "fmae_version": __version__}
                 txn.put(META_KEY, json.dumps(meta).encode())
-            have: dict[str, str] = {}
-            cur = txn.cursor()
-            if cur.set_range(ST.encode()):
-                for k, v in cur.iternext():
-                    k = bytes(k).decode("utf-8")
-                    if not k.startswith(ST):
-                        break
-                    have[k[len(ST):]] = bytes(v).decode()
-            return have
+            return {k[len(ST):]: v.decode() for k, v in items_under(txn, ST)}
 
         have = writer.write(begin)
         todo = [k for k in keys if have.get(k) != _stat_text(stats[k])]
@@ -216,7 +207,7 @@ def build_cache(root: Path, out: Path | None = None, size: int = 224, progress: 
                 txn.delete((PX + k).encode("utf-8"))
                 txn.delete((ST + k).encode("utf-8"))
             index = {"format": FORMAT, "format_version": FORMAT_VERSION, "size": size,
-                     "interpolation": interpolation, "updated": _now(),
+                     "interpolation": interpolation, "updated": utc_now(),
                      "fmae_version": __version__, "root": str(root.resolve()),
                      "entries": {k: list(stats[k]) for k in keys}}
             txn.put(INDEX_KEY, json.dumps(index, ensure_ascii=False).encode("utf-8"))
@@ -236,27 +227,21 @@ def _stat_text(st: tuple[int, int]) -> str:
     return f"{st[0]}:{st[1]}"
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 # --- reading ------------------------------------------------------------------------------------------
 
-class PixelCache:
+class PixelCache(SharedReader):
     """Read-only view of a cache: `size`, `interpolation`, `keys_for(paths, root)`, `read(key)` → [size, size, 3]
     uint8.
 
-    Picklable for DataLoader workers: each process opens its own read handle (lmdb_store's rule)."""
+    Picklable for DataLoader workers: each process opens its own read handle (`lmdb_env.SharedReader`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._env = None
-        self._env_of: tuple[int, int] | None = None
         if not is_store(self.path):
             raise FmaeError(f"{self.path}: not a pixel cache — build one with `fmae data cache`")
-        with self._environment().begin() as txn:
-            meta = _read_json(txn, META_KEY, str(self.path))
-            index = _read_json(txn, INDEX_KEY, str(self.path))
+        with self.environment().begin() as txn:
+            meta = read_json(txn, META_KEY, str(self.path))
+            index = read_json(txn, INDEX_KEY, str(self.path))
         if meta is None or meta.get("format") != FORMAT:
             raise FmaeError(f"{self.path}: not a pixel cache — build one with `fmae data cache`")
         if index is None:
@@ -272,19 +257,7 @@ class PixelCache:
         self.count = len(self._entries)
 
     def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.update(_env=None, _env_of=None, _entries=None)  # workers read pixels, never the index
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-
-    def _environment(self):
-        now = (os.getpid(), lmdb_store._generation)  # a fork or a release_readers() invalidates the handle
-        if self._env is None or self._env_of != now:
-            self._env = _reader(self.path)
-            self._env_of = now
-        return self._env
+        return {**super().__getstate__(), "_entries": None}  # workers read pixels, never the index
 
     def __len__(self) -> int:
         return self.count
@@ -310,7 +283,7 @@ class PixelCache:
 
     def read(self, key: str) -> np.ndarray:
         """[size, size, 3] uint8 RGB (a writable copy)."""
-        with self._environment().begin() as txn:
+        with self.environment().begin() as txn:
             data = txn.get((PX + key).encode("utf-8"))
         if data is None or len(data) != self.size * self.size * 3:
             raise FmaeError(f"{self.path}: entry {key} is missing or damaged — rebuild with `fmae data cache`")

@@ -21,7 +21,7 @@ import numpy as np
 
 from fmae.atomic_write import write_text_atomic
 from fmae.data.au_labels import encode_aus
-from fmae.data.fer_folders import IMAGE_SUFFIXES
+from fmae.data.image_files import IMAGE_SUFFIXES
 from fmae.data.problems import Problems
 from fmae.errors import FmaeError
 from fmae.registry import DatasetSpec

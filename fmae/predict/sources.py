@@ -16,9 +16,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from fmae.data.image_files import IMAGE_SUFFIXES
 from fmae.errors import FmaeError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv"})
 _MAX_BAD_RUN = 50  # consecutive undecodable frames after which a video is taken to have ended
 

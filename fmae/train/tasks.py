@@ -290,7 +290,7 @@ class PretrainTask(Task):
         from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
         from fmae.data.datasets import SourceImageSet
-        from fmae.data.lmdb_store import open_image_source
+        from fmae.data.image_store import open_image_source
 
         sources = [open_image_source(Path(p)) for p in self.cfg["data"]]
         size = int(self.cfg["input_size"])
