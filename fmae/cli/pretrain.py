@@ -72,7 +72,7 @@ def visualize_cmd(
 
     from fmae.atomic_write import write_bytes_atomic
     from fmae.data.datasets import load_rgb
-    from fmae.data.fer_folders import IMAGE_SUFFIXES
+    from fmae.data.image_files import IMAGE_SUFFIXES
     from fmae.data.transforms import eval_transform
     from fmae.models.mae_checkpoint import mae_for_checkpoint
     from fmae.runs import RunDir
