@@ -1,6 +1,6 @@
 """Data loading speed: images/s of the pixel-cache fast path against JPEG + PIL decoding per item.
 
-Both run the engine's own datasets (`fmae.data.cached.image_set`) through a DataLoader with the same
+Both run the engine's own datasets (`fmae.data.torch.cached.image_set`) through a DataLoader with the same
 batches, the same worker count and the same augmentations, and include the step that makes the model's
 input on the device (here the CPU):
 
@@ -44,7 +44,7 @@ def loader(data, batch: int, workers: int, device, seed: int = 0):
     import torch
     from torch.utils.data import DataLoader
 
-    from fmae.data.datasets import EpochBatches
+    from fmae.data.torch.datasets import EpochBatches
 
     sampler = EpochBatches(len(data), batch, seed, shuffle=True, drop_last=True)
     return DataLoader(data, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
@@ -77,7 +77,7 @@ def stage_costs(plain, fast, n: int = 48) -> dict[str, float]:
     import torch
     from PIL import Image
 
-    from fmae.data.datasets import item_seed, load_rgb, seeded_transform
+    from fmae.data.torch.datasets import item_seed, load_rgb, seeded_transform
 
     idx = list(range(min(n, len(plain))))
     threads = torch.get_num_threads()

@@ -66,7 +66,7 @@ def finetune_cfg(size: int, seed: int = 0) -> dict:
 def engine_datasets(root: Path, paths: list[Path], cfg: dict, train: bool):
     """(original-style: JPEG + PIL per item, ours: the pixel cache) over the same files, built by the
     engine's own constructors. The cache must exist (`fmae.data.pixel_cache.build_cache`)."""
-    from fmae.data.cached import choose_cache, image_set
+    from fmae.data.torch.cached import choose_cache, image_set
 
     targets = (np.random.default_rng(0).random((len(paths), 12)) < 0.3).astype(np.float32)
     cache, keys = choose_cache({**cfg, "data_cache": "auto"}, root, {"all": paths})
@@ -82,7 +82,7 @@ def loader_batches(data, batch: int, workers: int, device) -> Iterator:
     import torch
     from torch.utils.data import DataLoader
 
-    from fmae.data.datasets import EpochBatches
+    from fmae.data.torch.datasets import EpochBatches
 
     epoch = 0
     while True:

@@ -68,7 +68,7 @@ def naive(video: Path, bundle, device) -> tuple[int, float]:
     from facenet_pytorch import MTCNN
     from PIL import Image
 
-    from fmae.data.transforms import eval_transform
+    from fmae.data.torch.transforms import eval_transform
     from fmae.predict.detect import crop_face
 
     mtcnn = MTCNN(keep_all=True, device=device)

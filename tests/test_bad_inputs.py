@@ -330,7 +330,7 @@ def test_metrics_case_last_line_cut(tmp_path):
 @pytest.mark.parametrize("case_id", [i for i, c in CASES.items() if c["feed"] == "image"])
 def test_the_trainer_finds_bad_images_before_training(case_id, tmp_path):
     """What the trainer checks before its first step (no full decode): the same images are refused."""
-    from fmae.data.datasets import check_files_exist
+    from fmae.data.torch.datasets import check_files_exist
 
     case = CASES[case_id]
     good = [tmp_path / f"good{i}.jpg" for i in range(3)]
@@ -346,7 +346,7 @@ def test_the_trainer_finds_bad_images_before_training(case_id, tmp_path):
 
 
 def test_the_trainer_reports_every_bad_image_and_accepts_padded_jpegs(tmp_path, caplog):
-    from fmae.data.datasets import check_files_exist
+    from fmae.data.torch.datasets import check_files_exist
 
     bad = []
     for case in (c for c in CASES.values() if c["feed"] == "image"):

@@ -1,4 +1,4 @@
-"""The OpenCV train augmentation (fmae.data.fast_augment) against timm's PIL ops: the same random draws,
+"""The OpenCV train augmentation (fmae.data.torch.fast_augment) against timm's PIL ops: the same random draws,
 the same colour arithmetic, and geometric ops that differ only by interpolation rounding."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fmae.data.datasets import seeded_transform
-from fmae.data.fast_augment import apply_op, fast_pipeline
-from fmae.data.transforms import train_parts
+from fmae.data.torch.datasets import seeded_transform
+from fmae.data.torch.fast_augment import apply_op, fast_pipeline
+from fmae.data.torch.transforms import train_parts
 from fmae.recipes import finetune_recipe
 
 COLOUR = {"AutoContrast", "Equalize", "Invert", "PosterizeIncreasing", "SolarizeIncreasing", "SolarizeAdd",
@@ -97,7 +97,7 @@ def test_posterize_to_zero_bits_is_black_as_on_the_pil_path():
     op = next(o for o in _parts().transforms[2].ops if o.name == "PosterizeIncreasing")
     img = _faces(1)[0]
     zero_bits = type(op)("PosterizeIncreasing", prob=1.0, magnitude=10, hparams={**op.hparams, "magnitude_std": 0})
-    zero_bits.aug_fn = op.aug_fn  # fmae.data.transforms' patch: Pillow >= 11 refuses 0 bits
+    zero_bits.aug_fn = op.aug_fn  # fmae.data.torch.transforms' patch: Pillow >= 11 refuses 0 bits
     assert not apply_op(zero_bits, img).any() and not np.asarray(zero_bits(Image.fromarray(img))).any()
 
 
@@ -126,7 +126,7 @@ def test_no_randaugment_and_no_crop_scale_still_match():
 @pytest.mark.parametrize("dx, dy", [(37.3, 0.0), (-80.77, 0.0), (0.0, 12.5), (0.0, -3.01), (0.0, 99.99)])
 def test_a_bicubic_translation_is_the_general_warp_as_a_filter(dx, dy):
     """Translations take a 4-tap filter instead of warpAffine: the same pixels (±1 from fixed-point)."""
-    from fmae.data import fast_augment
+    from fmae.data.torch import fast_augment
 
     img = _faces(1, side=96)[0]
     fill = (124, 116, 104)

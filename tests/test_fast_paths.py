@@ -15,8 +15,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from conftest import assert_one_line_error, run_fmae
-from fmae.data.cached import CachedImageSet, choose_cache, image_set
-from fmae.data.datasets import ImageSet
+from fmae.data.torch.cached import CachedImageSet, choose_cache, image_set
+from fmae.data.torch.datasets import ImageSet
 from fmae.data.image_files import list_images
 from fmae.data.pixel_cache import PixelCache, build_cache, default_cache_dir
 from fmae.errors import FmaeError

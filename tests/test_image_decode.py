@@ -15,7 +15,7 @@ from conftest import run_fmae
 from fmae.config import DEFAULT_MAX_IMAGE_PIXELS
 from fmae.data import image_decode, image_store, pixel_cache, store_pack
 from fmae.data.lmdb_env import release_readers
-from fmae.data.datasets import ImageSet, load_rgb
+from fmae.data.torch.datasets import ImageSet, load_rgb
 from fmae.data.image_check import check_image_files, image_problem
 from fmae.errors import FmaeError
 

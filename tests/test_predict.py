@@ -151,7 +151,7 @@ def test_csv_has_openface_columns_the_box_and_one_row_per_frame_and_face(predict
 
 
 def test_the_probabilities_are_the_models_own_outputs_on_the_crop(predicted, au_run):
-    from fmae.data.transforms import eval_transform
+    from fmae.data.torch.transforms import eval_transform
     from fmae.predict.detect import crop_face
     from fmae.predict.model_file import from_run
 

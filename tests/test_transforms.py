@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fmae.data.datasets import ImageSet
-from fmae.data.transforms import eval_transform, train_transform
+from fmae.data.torch.datasets import ImageSet
+from fmae.data.torch.transforms import eval_transform, train_transform
 from fmae.recipes import finetune_recipe
 
 

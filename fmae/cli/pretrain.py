@@ -71,9 +71,9 @@ def visualize_cmd(
     import torch
 
     from fmae.atomic_write import write_bytes_atomic
-    from fmae.data.datasets import load_rgb
+    from fmae.data.torch.datasets import load_rgb
     from fmae.data.image_files import IMAGE_SUFFIXES
-    from fmae.data.transforms import eval_transform
+    from fmae.data.torch.transforms import eval_transform
     from fmae.models.mae_checkpoint import mae_for_checkpoint
     from fmae.runs import RunDir
     from fmae.visualize import reconstruction_grid

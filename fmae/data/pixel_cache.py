@@ -20,7 +20,7 @@ ones. The default place is `<root>/.fmae-cache/<size>px-<interpolation>` (hidden
 it), so a run evaluating bilinearly never reads a bicubic cache. Format 1 caches (`<size>px`, from before
 the interpolation was a choice) are bicubic; they are read as such, never as bilinear.
 
-No torch here: the command starts fast. `fmae.data.cached` reads caches for training.
+No torch here: the command starts fast. `fmae.data.torch.cached` reads caches for training.
 """
 
 from __future__ import annotations

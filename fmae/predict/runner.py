@@ -88,7 +88,7 @@ class Predictor:
     """The detector and the model on one device, ready for frames."""
 
     def __init__(self, bundle: ModelBundle, device: torch.device) -> None:
-        from fmae.data.transforms import eval_transform
+        from fmae.data.torch.transforms import eval_transform
 
         self.bundle, self.device = bundle, device
         self.detector = FaceDetector(device)

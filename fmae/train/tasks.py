@@ -18,8 +18,8 @@ from torch import nn
 
 from fmae.config import DatasetLocation
 from fmae.data.au_labels import AULabels, load_au_fold, read_au_jsonl
-from fmae.data.cached import choose_cache, image_set
-from fmae.data.datasets import ImageSet, Splits
+from fmae.data.torch.cached import choose_cache, image_set
+from fmae.data.torch.datasets import ImageSet, Splits
 from fmae.data.fer_folders import read_fer_split
 from fmae.data.image_check import check_image_files
 from fmae.data.problems import Problems
@@ -289,7 +289,7 @@ class PretrainTask(Task):
         from torchvision import transforms as T
         from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-        from fmae.data.datasets import SourceImageSet
+        from fmae.data.torch.datasets import SourceImageSet
         from fmae.data.image_store import open_image_source
 
         sources = [open_image_source(Path(p)) for p in self.cfg["data"]]

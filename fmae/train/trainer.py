@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from fmae.atomic_write import write_bytes_atomic
-from fmae.data.datasets import EpochBatches, ImageSet
+from fmae.data.torch.datasets import EpochBatches, ImageSet
 from fmae.data.image_decode import set_max_pixels
 from fmae.errors import FmaeError, WorkFailed, failure_hint
 from fmae.metric_catalogue import AUC, F1_05, F1_BEST, TUNED_TAG

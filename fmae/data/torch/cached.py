@@ -4,7 +4,7 @@ batch on the device — the engine's default whenever a cache covers a run's ima
 A plain `ImageSet` item is a float tensor that its worker decoded from a JPEG, augmented, converted and
 normalised. A `CachedImageSet` item is [3, H, W] uint8 pixels read from the cache
 (`fmae.data.pixel_cache`), augmented in the worker with the same per-item seed — by OpenCV versions of
-timm's ops that draw the same random numbers (`fmae.data.fast_augment`; `fast_augment = false`: by the
+timm's ops that draw the same random numbers (`fmae.data.torch.fast_augment`; `fast_augment = false`: by the
 same PIL transforms). Batches travel as uint8 (a quarter of the bytes) and `to_device` converts, normalises and erases
 on the device:
 
@@ -38,11 +38,11 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data.random_erasing import RandomErasing
 
-from fmae.data.datasets import ImageSet, item_seed, seeded_transform
-from fmae.data.fast_augment import fast_pipeline
+from fmae.data.torch.datasets import ImageSet, item_seed, seeded_transform
+from fmae.data.torch.fast_augment import fast_pipeline
 from fmae.data.lmdb_env import is_store
 from fmae.data.pixel_cache import PixelCache, default_cache_dir, format1_cache_dir
-from fmae.data.transforms import eval_interpolation, eval_transform, train_parts, train_transform
+from fmae.data.torch.transforms import eval_interpolation, eval_transform, train_parts, train_transform
 from fmae.errors import FmaeError
 
 log = logging.getLogger("fmae.train")

@@ -4,7 +4,7 @@ Train: RandomResizedCrop (area share `crop_scale`..1) + flip + RandAugment + ran
 Eval: resize to a square (`eval_interpolation`: bilinear as the original, or bicubic), no centre crop (the
 original's AU evaluation), ImageNet normalisation.
 
-The pixel-cache fast path (`fmae.data.cached`) runs the same train transform split in two: its PIL part
+The pixel-cache fast path (`fmae.data.torch.cached`) runs the same train transform split in two: its PIL part
 (crop, flip, RandAugment) in the loader workers, then tensor conversion, normalisation and erasing on the
 device (`train_parts`).
 """

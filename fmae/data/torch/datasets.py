@@ -64,7 +64,7 @@ class ImageSet(Dataset):
 
     def to_device(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
         """A collated batch of items → the model's input on `device` (here already normalised floats;
-        `fmae.data.cached.CachedImageSet` finishes uint8 batches on the device instead)."""
+        `fmae.data.torch.cached.CachedImageSet` finishes uint8 batches on the device instead)."""
         return x.to(device, non_blocking=True)
 
 

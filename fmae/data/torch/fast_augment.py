@@ -193,7 +193,7 @@ def invert(img: np.ndarray, **_: Any) -> np.ndarray:
 def posterize(img: np.ndarray, bits_to_keep: int, **_: Any) -> np.ndarray:
     if bits_to_keep >= 8:
         return img
-    if bits_to_keep <= 0:  # as fmae.data.transforms keeps it: the black image older Pillow made
+    if bits_to_keep <= 0:  # as fmae.data.torch.transforms keeps it: the black image older Pillow made
         return np.zeros_like(img)
     mask = np.uint8(~(2 ** (8 - bits_to_keep) - 1) & 0xFF)
     return cv2.bitwise_and(img, np.full_like(img, mask))
@@ -328,7 +328,7 @@ def _cv_interp(resample: Any) -> int:
     return _CV_INTERP.get(Image.Resampling(resample), cv2.INTER_CUBIC)
 
 
-# timm's op names (fmae.data.transforms builds the ops; its posterize patch is `posterize` here)
+# timm's op names (fmae.data.torch.transforms builds the ops; its posterize patch is `posterize` here)
 _OPS: dict[str, Callable[..., np.ndarray]] = {
     "AutoContrast": auto_contrast, "Equalize": equalize, "Invert": invert, "Rotate": rotate,
     "Posterize": posterize, "PosterizeIncreasing": posterize, "PosterizeOriginal": posterize,
