@@ -233,9 +233,6 @@ def graph() -> Graph:
     return Graph()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "outside the CLI (issue 16, data/): fmae.data.au_labels → fmae.data.locate (au_labels.py:23) → "
-    "fmae.data.synth.writer (locate.py:100, in a function) → fmae.data.au_labels (synth/writer.py:21)"))
 def test_no_import_cycles(graph):
     violations = cycle_violations(graph)
     assert not violations, _report("import cycle(s) (module-level and in-function imports)", violations)

@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from fmae.config import DatasetLocation
+from fmae.data.au_format import ABSENT
 from fmae.data.locate import missing_labels
 from fmae.data.problems import Problems
 from fmae.registry import DatasetSpec
-
-ABSENT = 999
 
 
 @dataclass
@@ -61,11 +60,6 @@ class AUFold:
     fold: int
     train: AULabels
     test: AULabels
-
-
-def encode_aus(spec: DatasetSpec, present: np.ndarray) -> list[int]:
-    """The original's slot list for one frame's 0/1 vector."""
-    return [code if on else ABSENT for code, on in zip(spec.au_codes, present)]
 
 
 def read_au_jsonl(path: Path, spec: DatasetSpec, problems: Problems) -> AULabels:

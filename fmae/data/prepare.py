@@ -12,7 +12,6 @@ layout the registry knows works (`F001_T1/frame_12.jpg`, `F001/T1/0012.jpg`, `SN
 from __future__ import annotations
 
 import csv
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fmae.atomic_write import write_text_atomic
-from fmae.data.au_labels import encode_aus
+from fmae.data.au_format import label_line
 from fmae.data.image_files import IMAGE_SUFFIXES
 from fmae.data.problems import Problems
 from fmae.errors import FmaeError
@@ -178,7 +177,7 @@ def _finish(spec, report: PrepareReport, records, index, used) -> PrepareReport:
     if report.problems.errors:
         return report  # nothing is written from input with errors
     records.sort(key=lambda r: r[0])
-    lines = [json.dumps({"img_path": rel, "AUs": encode_aus(spec, present)}) for _, rel, present in records]
+    lines = [label_line(spec, rel, present) for _, rel, present in records]
     write_text_atomic(report.out, "\n".join(lines) + "\n")
     report.frames_written = len(lines)
     return report

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from fmae.atomic_write import write_text_atomic
-from fmae.data.au_labels import encode_aus
+from fmae.data.au_format import label_line
 from fmae.data.synth import GENERATOR_VERSION
 from fmae.data.synth.faces import Identity, Nuisance, render_face
 from fmae.data.synth.labels import SubjectTendencies, expression_aus, sample_au_video, subject_rng
@@ -143,7 +143,7 @@ def _write_au(spec: DatasetSpec, out: Path, o: SynthOptions, progress) -> SynthR
     assert len({rel for _, rel, _ in records}) == len(records), f"layout {template} names two frames alike"
     matrix = np.stack([r[2] for r in records])
     report.rates = {f"AU{c}": round(float(matrix[:, i].mean()), 4) for i, c in enumerate(spec.au_codes)}
-    lines = [json.dumps({"img_path": rel, "AUs": encode_aus(spec, present)}) for _, rel, present in records]
+    lines = [label_line(spec, rel, present) for _, rel, present in records]
     write_text_atomic(out / "labels.jsonl", "\n".join(lines) + "\n")
     report.files.append(out / "labels.jsonl")
     if o.per_fold_files:
