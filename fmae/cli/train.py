@@ -19,6 +19,7 @@ from fmae.cli.common import (ConfigOpt, LabelsOpt, NprocOpt, QuietOpt, RootOpt, 
 from fmae.cli.training import train_here
 from fmae.errors import FmaeError
 from fmae.metric_catalogue import AUC, F1_05, F1_BEST, TUNED_TAG
+from fmae.summary import Summary
 
 app = typer.Typer()
 
@@ -81,20 +82,20 @@ def train_cmd(
     out.print(f"run {run.id}")
     with _no_folder_if_refused(run):
         train_here(run.path, False, quiet, nproc)
-    _print_outcome(run.read_summary() or {})
+    _print_outcome(Summary.read(run) or Summary())
 
 
-def _print_outcome(summary: dict[str, Any]) -> None:
+def _print_outcome(summary: Summary) -> None:
     """The test numbers a user checks first, each named, beside the floor an AU run must clear."""
     from fmae.metrics import DEGENERATE_LABEL
 
-    rec = summary.get("best")
-    if not isinstance(rec, dict):
+    rec = summary.best
+    if rec is None:
         return
-    where = f"test split, best epoch {summary.get('best_epoch')} of {summary.get('epochs_done')}"
+    where = f"test split, best epoch {summary.best_epoch} of {summary.epochs_done}"
     if "f1_05_mean" not in rec:
-        if summary.get("metric") in rec:
-            out.print(f"{summary.get('metric_label')}: {rec[summary['metric']]:.4f} ({where})")
+        if summary.metric in rec:
+            out.print(f"{summary.metric_label}: {rec[summary.metric]:.4f} ({where})")
         return
     def num(key: str) -> str:
         return "–" if rec.get(key) is None else f"{rec[key]:.3f}"
@@ -195,10 +196,10 @@ def probe_id_cmd(
     out.print(f"run {run.id}")
     with _no_folder_if_refused(run):
         train_here(run.path, False, quiet)
-    summary = run.read_summary() or {}
-    if summary.get("best"):
-        out.print(f"identity probe top-1 accuracy: {summary['best']['accuracy']:.4f} "
-                  f"(chance {summary['best']['chance']:.4f}; best of {summary['epochs']} epochs on the 30-frame test split)")
+    summary = Summary.read(run) or Summary()
+    if summary.best:
+        out.print(f"identity probe top-1 accuracy: {summary.best['accuracy']:.4f} "
+                  f"(chance {summary.best['chance']:.4f}; best of {summary.epochs} epochs on the 30-frame test split)")
 
 
 @app.command("eval")
@@ -227,10 +228,10 @@ def eval_cmd(
     out.print(f"run {new.id}")
     with _no_folder_if_refused(new):
         train_here(new.path, False, quiet)
-    summary = new.read_summary() or {}
-    if summary.get("last"):
-        rec = summary["last"]
-        out.print(f"{summary['metric_label']}: {rec[summary['metric']]:.4f} (epoch {rec['epoch']} checkpoint)")
+    summary = Summary.read(new) or Summary()
+    if summary.last:
+        rec = summary.last
+        out.print(f"{summary.metric_label}: {rec[summary.metric]:.4f} (epoch {rec['epoch']} checkpoint)")
 
 
 def _checkpoint_of(source: Path, which: str) -> tuple[Path, dict[str, Any]]:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from fmae import __version__
 from fmae.errors import FmaeError
+from fmae.summary import Summary
 
 if TYPE_CHECKING:  # torch is imported where weights are read or built: bad input fails before it loads
     import torch
@@ -98,11 +99,11 @@ def from_run(path: Path) -> ModelBundle:
     ckpt = read_checkpoint(ckpt_path)
     weights = extract_state_dict(ckpt, ckpt_path)
     spec = get_dataset(str(cfg["dataset"]))
-    summary = run.read_summary() or {}
+    summary = Summary.read(run) or Summary()
     epoch = ckpt.get("epoch")
     thresholds = {"0.5": {"value": 0.5, "label": "0.5 (fixed)"}}
     if task == "au":
-        best = (summary.get("best") if which == "best" else summary.get("last")) or {}
+        best = (summary.best if which == "best" else summary.last) or {}
         tuned = best.get("best_threshold")
         if isinstance(tuned, (int, float)):
             thresholds["tuned"] = {

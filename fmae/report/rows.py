@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 from fmae.registry import DatasetSpec, get_dataset
 from fmae.report.scoring import RunScore, group_label
+from fmae.summary import as_summary
 
 # --- aggregating -------------------------------------------------------------------------------------------
 
@@ -118,11 +119,12 @@ def is_degenerate(score: RunScore, epoch: str = "best") -> bool:
 
     if score.ref.task != "au":
         return False
-    summary = score.ref.info.summary or {}
-    record = summary.get(epoch) if isinstance(summary.get(epoch), dict) else {}
-    for holder in (record, summary if epoch == "best" else {}):
-        if isinstance(holder.get("degenerate"), bool):
-            return holder["degenerate"]
+    summary = as_summary(score.ref.info.summary)
+    record = summary.record(epoch) or {}
+    if isinstance(record.get("degenerate"), bool):
+        return record["degenerate"]
+    if epoch == "best" and summary.degenerate is not None:
+        return summary.degenerate
     threshold = record.get("best_threshold")
     return isinstance(threshold, (int, float)) and degenerate_threshold(float(threshold))
 

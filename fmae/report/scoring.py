@@ -13,6 +13,7 @@ from fmae.errors import FmaeError
 from fmae.metric_catalogue import F1_BEST, REPORT_METRICS
 from fmae.registry import get_dataset
 from fmae.runs import RunDir, RunInfo
+from fmae.summary import Summary
 
 # --metric name -> (summary.json's per-AU record key, label), from the metric catalogue
 METRICS: dict[str, tuple[str, str]] = {name: (m.per_au or m.key, m.title) for name, m in REPORT_METRICS.items()}
@@ -201,11 +202,10 @@ def score_run(ref: RunRef, scoring: Scoring) -> RunScore:
         raise FmaeError(info.problem)
     if ref.task == "au" and scoring.rescoring:
         return _rescore(ref, scoring)
-    summary = info.summary
-    if not summary:
+    if not info.summary:
         raise FmaeError("no summary.json yet (no evaluation has finished)")
-    record = summary.get(scoring.epoch)
-    if not isinstance(record, dict):
+    record = Summary.from_json(info.summary).record(scoring.epoch)
+    if record is None:
         raise FmaeError(f"summary.json has no '{scoring.epoch}' record")
     epoch = record.get("epoch") if isinstance(record.get("epoch"), int) else None
     if ref.task != "au":

@@ -33,6 +33,7 @@ from fmae.models.checkpoint import extract_state_dict, read_checkpoint, save_che
 from fmae.models.encoders import set_fused_attn
 from fmae.run_lock import exec_lock
 from fmae.runs import RunDir
+from fmae.summary import AU_FLAGS, Summary
 from fmae.train.loader import make_loader
 from fmae.train.run_log import setup_logging
 from fmae.train.resume import restore, save_last
@@ -432,17 +433,17 @@ class Trainer:
 
     def _write_summary(self, epoch: int, record: dict[str, Any]) -> None:
         c = self.cfg
-        self.run.write_summary({
-            "run_id": self.run.id, "task": c["task"], "dataset": c["dataset"], "fold": c["fold"], "seed": c["seed"],
-            "model": c["model"], "recipe": c["recipe"], "lambda_id": c["lambda_id"],
-            "metric": self.task.metric, "metric_label": self.task.metric_label,
-            "epochs": int(c["epochs"]), "epochs_done": epoch + 1, "step": self.step,
-            "best_epoch": self.best["epoch"], "best_value": self.best["value"],
-            "best": self.best.get("record"), "last": record,
-            # AU runs: the best epoch's degenerate flag and the test fold's all-positive F1, at the top
-            **{k: (self.best.get("record") or record)[k] for k in ("degenerate", "f1_all_positive_mean")
-               if k in (self.best.get("record") or record)},
-        })
+        # AU runs: the best epoch's degenerate flag and the test fold's all-positive F1, at the top
+        flags = self.best.get("record") or record
+        Summary(
+            run_id=self.run.id, task=c["task"], dataset=c["dataset"], fold=c["fold"], seed=c["seed"],
+            model=c["model"], recipe=c["recipe"], lambda_id=c["lambda_id"],
+            metric=self.task.metric, metric_label=self.task.metric_label,
+            epochs=int(c["epochs"]), epochs_done=epoch + 1, step=self.step,
+            best_epoch=self.best["epoch"], best_value=self.best["value"],
+            best=self.best.get("record"), last=record,
+            **{k: flags[k] for k in AU_FLAGS if k in flags},
+        ).write(self.run)
 
     def _save_last(self) -> None:
         save_last(self)

@@ -23,6 +23,7 @@ from textual.widgets import Footer, Header, RichLog, Static, TabbedContent, TabP
 from fmae.errors import FmaeError
 from fmae.metric_catalogue import ACCURACY, F1_05, F1_BEST
 from fmae.runs import FINAL_STATES, STATES
+from fmae.summary import as_summary
 from fmae_tui.screens.confirm import ConfirmScreen
 from fmae_tui.widgets.curve_plot import CurvePlot
 from fmae_tui.widgets.notes_editor import NotesEditor
@@ -254,7 +255,7 @@ class RunScreen(Screen[None]):
     def _show_head(self) -> None:
         status = self._files.get("status.json") or {}
         config, _ = self._files.get("run.toml") or ({}, {})
-        summary = self._files.get("summary.json") or {}
+        summary = as_summary(self._files.get("summary.json"))
         state = status.get("state") if status.get("state") in STATES else "corrupt"
         if "status.json" not in self._files and "status.json" not in self._errors:
             state = "…"  # not looked yet
@@ -283,21 +284,23 @@ class RunScreen(Screen[None]):
         if state == "running" and parse_time(status.get("heartbeat")) is not None:
             what.append(f"heartbeat {ago(time.time() - parse_time(status['heartbeat']))} ago")
         text.append("\n" + " · ".join(what))
-        best = _number(summary.get("best_value"))
+        best = summary.best_value
+        best_epoch = summary.best_epoch if summary.best_epoch is not None else "?"
         last_value, last_epoch = headline_at(summary)
         if best is None and last_value is not None:  # pretraining: no best epoch, its last epoch's loss
-            text.append(f"\n{METRIC_LONG.get(str(summary.get('metric')), summary.get('metric'))} {last_value:.4f} "
+            text.append(f"\n{METRIC_LONG.get(str(summary.metric), summary.metric)} {last_value:.4f} "
                         f"at epoch {last_epoch} (the last)")
         if best is not None:
-            metric = str(summary.get("metric"))
+            metric = str(summary.metric)
             label = METRIC_LONG.get(metric, metric)
             if config.get("eval_checkpoint"):
-                text.append(f"\n{label} {best:.3f} (the epoch-{summary.get('best_epoch', '?')} checkpoint)")
+                text.append(f"\n{label} {best:.3f} (the epoch-{best_epoch} checkpoint)")
             else:
-                text.append(f"\nbest {label} {best:.3f} at epoch {summary.get('best_epoch', '?')}")
-            last = _number((summary.get("last") or {}).get(metric))
-            if last is not None and summary.get("last", {}).get("epoch") != summary.get("best_epoch"):
-                text.append(f" · last {last:.3f} (epoch {summary['last'].get('epoch', '?')})")
+                text.append(f"\nbest {label} {best:.3f} at epoch {best_epoch}")
+            last_record = summary.last or {}
+            last = _number(last_record.get(metric))
+            if last is not None and last_record.get("epoch") != summary.best_epoch:
+                text.append(f" · last {last:.3f} (epoch {last_record.get('epoch', '?')})")
         if is_degenerate(summary):
             text.append("\n" + degenerate_text(summary), "bold red")
         if status.get("error"):
@@ -307,8 +310,8 @@ class RunScreen(Screen[None]):
         self.query_one("#run-head", Static).update(text)
 
     def _show_scores(self) -> None:
-        summary = self._files.get("summary.json") or {}
-        best = summary.get("best") if isinstance(summary.get("best"), dict) else None
+        summary = as_summary(self._files.get("summary.json"))
+        best = summary.best
         table = self.query_one(ScoresTable)
         table.show(best)
         caption = Text()
@@ -323,16 +326,17 @@ class RunScreen(Screen[None]):
         elif best is None:
             caption.append("no evaluation yet (summary.json appears after the first test epoch)")
         else:
-            caption.append(f"best epoch {summary.get('best_epoch', best.get('epoch', '?'))}", "bold")
-            if summary.get("epochs_done") is not None:
-                caption.append(f" of {summary['epochs_done']} evaluated")
+            caption.append(f"best epoch {summary.best_epoch if summary.best_epoch is not None else best.get('epoch', '?')}",
+                           "bold")
+            if summary.epochs_done is not None:
+                caption.append(f" of {summary.epochs_done} evaluated")
             threshold = _number(best.get("best_threshold"))
             if threshold is not None:
                 caption.append(f" · best threshold {threshold:g}")
             if is_degenerate(summary):  # the head says why; 80×24 must still show every AU's row
                 caption.append(" ⚠ degenerate", "bold red")
-            if summary.get("metric_label"):
-                caption.append(f"\nselected by {summary['metric_label']}", "dim")
+            if summary.metric_label:
+                caption.append(f"\nselected by {summary.metric_label}", "dim")
         self.query_one("#scores-caption", Static).update(caption)
 
     def _show_config(self) -> None:

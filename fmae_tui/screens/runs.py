@@ -18,6 +18,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from fmae.errors import FmaeError
 from fmae.runs import RunDir, RunInfo
+from fmae.summary import as_summary
 from fmae_tui.widgets.prompt_bar import PromptBar
 from fmae.run_watch import RunScanner
 from fmae_tui import prefs
@@ -324,12 +325,12 @@ def _state_line(info: RunInfo) -> Text:
     elif info.state == "queued":
         created = parse_time(s.get("created"))
         parts.append(f"queued {ago(None if created is None else now - created)} ago")
-    summary = info.summary or {}
+    summary = as_summary(info.summary)
     value, _ = headline(summary)
     if value is not None:
-        label = METRIC_LONG.get(str(summary.get("metric")), str(summary.get("metric")))
+        label = METRIC_LONG.get(str(summary.metric), str(summary.metric))
         _, epoch = headline_at(summary)
-        which = "epoch" if summary.get("best_value") is None else "best epoch"  # pretraining: its last
+        which = "epoch" if summary.best_value is None else "best epoch"  # pretraining: its last
         parts.append(f"{label} {value:.3f} ({which} {epoch})")
     if info.state == "done":
         ended = parse_time(s.get("ended"))

@@ -43,7 +43,7 @@ def per_au_table(records: list[dict[str, Any]], width: int = 80) -> Table | Text
     shown = max(4, (width - 40) // 2)  # characters of curve per series that fit
     records = records[-shown:]
     table = Table(box=None, padding=(0, 1), header_style="bold", caption_justify="left",
-                  caption="F1 best-thr: each AU's threshold tuned on the test fold (the paper's); "
+                  caption=f"{F1_BEST.short}: each AU's threshold tuned on the test fold (the paper's); "
                           "curves on a fixed 0–1 scale, one character an epoch")
     table.add_column("AU", style="bold", no_wrap=True)
     for key, label in SERIES:

@@ -9,6 +9,7 @@ from typing import Any
 
 from fmae.metric_catalogue import METRICS
 from fmae.metrics import degenerate_threshold
+from fmae.summary import Summary, as_summary
 
 # kind -> (short name for an 80-column table, long name)
 KINDS = {"au": ("AU", "AU fine-tune"), "fer": ("FER", "FER"), "pretrain": ("MAE", "MAE pretrain"),
@@ -56,12 +57,12 @@ def cell_fields(config: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def short_metric(summary: dict[str, Any] | None) -> str:
-    metric = str((summary or {}).get("metric") or "")
+def short_metric(summary: Summary | dict[str, Any] | None) -> str:
+    metric = as_summary(summary).metric or ""
     return METRIC_SHORT.get(metric, metric)
 
 
-def headline(summary: dict[str, Any] | None) -> tuple[float | None, str]:
+def headline(summary: Summary | dict[str, Any] | None) -> tuple[float | None, str]:
     """(value, short label) of the number that sums this run up: the best epoch's score for fine-tuning
     and probes, the evaluation for an eval run, the last epoch's loss for pretraining (it has no test
     split to pick a best epoch by, so its summary has no best value)."""
@@ -69,31 +70,23 @@ def headline(summary: dict[str, Any] | None) -> tuple[float | None, str]:
     return value, short_metric(summary)
 
 
-def headline_at(summary: dict[str, Any] | None) -> tuple[float | None, Any]:
+def headline_at(summary: Summary | dict[str, Any] | None) -> tuple[float | None, Any]:
     """(headline value, the epoch it is from)."""
-    s = summary or {}
-    value = number(s.get("best_value"))
-    if value is not None:
-        return value, s.get("best_epoch", "?")
-    last = s.get("last") if isinstance(s.get("last"), dict) else {}
-    return number(last.get(str(s.get("metric") or ""))), last.get("epoch", "?")
+    return as_summary(summary).headline()
 
 
-def best_threshold(summary: dict[str, Any] | None) -> float | None:
-    best = (summary or {}).get("best")
-    return number(best.get("best_threshold")) if isinstance(best, dict) else None
+def best_threshold(summary: Summary | dict[str, Any] | None) -> float | None:
+    return as_summary(summary).best_threshold
 
 
-def is_degenerate(summary: dict[str, Any] | None) -> bool:
+def is_degenerate(summary: Summary | dict[str, Any] | None) -> bool:
     """summary.json's own `degenerate` flag when the trainer wrote one, else the best threshold at the
     grid's edge (every AU predicted present, or none): its F1 is the trivial one."""
-    s = summary or {}
-    if isinstance(s.get("degenerate"), bool):
-        return bool(s["degenerate"])
-    return degenerate_threshold(best_threshold(s))
+    s = as_summary(summary)
+    return s.degenerate if s.degenerate is not None else degenerate_threshold(s.best_threshold)
 
 
-def degenerate_text(summary: dict[str, Any] | None) -> str:
+def degenerate_text(summary: Summary | dict[str, Any] | None) -> str:
     t = best_threshold(summary)
     what = "every AU predicted present" if t is not None and t < 0.5 else "no AU predicted"
     where = f"best threshold {t:g}" if t is not None else "best threshold at the grid's edge"

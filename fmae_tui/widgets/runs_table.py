@@ -16,6 +16,7 @@ from textual.message import Message
 from textual.widgets import DataTable
 
 from fmae.runs import STATES, RunInfo
+from fmae.summary import Summary, as_summary
 from fmae_tui.widgets.keyed_text import KeyedText
 from fmae_tui.widgets.row_table import RowTable
 from fmae_tui.widgets.run_kind import cell_fields, headline, is_degenerate, kind_label, number, run_kind
@@ -47,8 +48,8 @@ def _number(value: Any) -> float | None:
     return number(value)
 
 
-def best_value(summary: dict[str, Any] | None) -> float | None:
-    return _number((summary or {}).get("best_value"))
+def best_value(summary: Summary | dict[str, Any] | None) -> float | None:
+    return as_summary(summary).best_value
 
 
 def parse_time(stamp: Any) -> float | None:
