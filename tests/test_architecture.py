@@ -19,6 +19,8 @@ What counts as an edge A → B (A imports B):
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,6 +254,25 @@ def test_no_private_name_crosses_a_module(graph):
 def test_no_source_file_over_500_lines(graph):
     violations = size_violations(graph)
     assert not violations, _report(f"source file(s) over {MAX_LINES} lines", violations)
+
+
+def test_the_fast_commands_load_no_torch_when_run(tmp_path):
+    """What (b) and the CLI's lazy imports promise, seen at run time: `fmae --help`, `fmae queue ls` and
+    `fmae report` answer in one interpreter that has never loaded torch, timm or cv2."""
+    runs = tmp_path / "runs"
+    code = ("import sys\nfrom fmae.cli import main\n"
+            f"for args in (['--help'], ['queue', 'ls', '--runs-dir', {str(runs)!r}],"
+            f" ['report', '--runs-dir', {str(runs)!r}]):\n"
+            "    sys.argv = ['fmae', *args]\n"
+            "    try:\n        main()\n    except SystemExit as e:\n        print('exit', e.code)\n"
+            f"print(sorted(m for m in {sorted(HEAVY)!r} if m in sys.modules))")
+    env = {"FMAE_NO_AUTOSTART": "1", "COLUMNS": "120", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=120)
+    lines = proc.stdout.splitlines()
+    assert [line for line in lines if line.startswith("exit ")] == ["exit 0", "exit 0", "exit 2"], proc.stdout
+    assert "no training runs to report" in proc.stderr and "Traceback" not in proc.stderr
+    assert lines[-1] == "[]", proc.stdout
 
 
 # --- the checks check -------------------------------------------------------------------------------
