@@ -73,6 +73,23 @@ def items_under(txn, prefix: str, values: bool = True) -> Iterator[tuple[str, by
         yield k.decode("utf-8"), (bytes(v) if values else None)
 
 
+def probe(out: Path, what: str, *, with_index: bool) -> tuple[dict | None, dict | None, int]:
+    """(`__meta__`, `__index__` or None, entry count) of the environment at `out`, read before a Writer
+    opens it (this process's read handles on it are closed first: LMDB allows one per environment)."""
+    release_readers(out)
+    try:
+        env = open_readonly(out)
+    except lmdb.Error as e:
+        raise FmaeError(f"--out {out}: not {what} ({reason(e)}) — give a new folder") from None
+    try:
+        with env.begin() as txn:
+            meta = read_json(txn, META_KEY, str(out))
+            index = read_json(txn, INDEX_KEY, str(out)) if with_index else None
+        return meta, index, env.stat()["entries"]
+    finally:
+        env.close()
+
+
 class Writer:
     """A write environment that grows its map when full and retries the transaction."""
 

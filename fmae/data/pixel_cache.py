@@ -33,14 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import lmdb
 import numpy as np
 from PIL import Image
 
 from fmae.data.image_decode import decode_rgb
 from fmae.data.image_files import list_images
 from fmae.data.lmdb_env import (
-    DEFAULT_MAP_SIZE, INDEX_KEY, META_KEY, SharedReader, Writer, is_store, items_under, open_readonly, read_json,
+    DEFAULT_MAP_SIZE, INDEX_KEY, META_KEY, SharedReader, Writer, is_store, items_under, probe, read_json,
     release_readers, utc_now,
 )
 from fmae.errors import FmaeError
@@ -125,17 +124,7 @@ def _check_out(out: Path, size: int, interpolation: str) -> dict | None:
         return None
     if not is_store(out):
         raise FmaeError(f"--out {out}: folder exists and is not a pixel cache — give a new or empty folder")
-    release_readers(out)
-    try:
-        env = open_readonly(out)
-    except lmdb.Error as e:
-        raise FmaeError(f"--out {out}: not a pixel cache ({e}) — give a new folder") from None
-    try:
-        with env.begin() as txn:
-            meta = read_json(txn, META_KEY, str(out))
-            index = read_json(txn, INDEX_KEY, str(out))
-    finally:
-        env.close()
+    meta, index, _entries = probe(out, "a pixel cache", with_index=True)
     if meta is None or meta.get("format") != FORMAT:
         raise FmaeError(f"--out {out}: an LMDB environment that is not a pixel cache (an image store?) — "
                         "give a new folder")

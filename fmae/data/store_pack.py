@@ -15,15 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import lmdb
 from PIL import Image
 
 from fmae.data.image_decode import DECODE_ERRORS, reason, to_rgb
 from fmae.data.image_files import list_images, suffix_list
 from fmae.data.image_store import FORMAT, FORMAT_VERSION, HASH, IMG, SUM, io_workers
 from fmae.data.lmdb_env import (
-    DEFAULT_MAP_SIZE, INDEX_KEY, META_KEY, Writer, is_store, items_under, open_readonly, read_json,
-    release_readers, utc_now,
+    DEFAULT_MAP_SIZE, INDEX_KEY, META_KEY, Writer, is_store, items_under, probe, read_json, utc_now,
 )
 from fmae.errors import FmaeError
 
@@ -170,20 +168,9 @@ def pack(sources: list[Path], out: Path, max_side: int | None = None, progress: 
         name, rel = key.split("/", 1)
         return names[name] / rel if name in names else None
 
-    if out.is_dir():
-        release_readers(out)  # this process's read handles: LMDB allows one handle per environment
-    if out.is_dir() and is_store(out):
-        try:
-            probe = open_readonly(out)
-        except lmdb.Error as e:
-            raise FmaeError(f"--out {out}: not an fmae image store ({reason(e)}) — give a new folder") from None
-        try:
-            with probe.begin() as txn:
-                meta = read_json(txn, META_KEY, str(out))
-            empty = probe.stat()["entries"] == 0  # a pack stopped before its first commit
-        finally:
-            probe.close()
-        if empty:
+    if is_store(out):
+        meta, _index, entries = probe(out, "an fmae image store", with_index=False)
+        if entries == 0:  # a pack stopped before its first commit
             meta = {"format": FORMAT, "max_side": max_side}
         if meta is None or meta.get("format") != FORMAT:
             raise FmaeError(f"--out {out}: an LMDB environment that is not an fmae image store — give a new folder")
