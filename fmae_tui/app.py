@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import sys
 import time
 from pathlib import Path
 
-from textual import work
 from textual.app import App
 from textual.binding import Binding
 
 from fmae import __version__
 from fmae.config import ProjectConfig, load_project
 from fmae.errors import FmaeError
+from fmae_tui.screens.base import WorkEnded, in_thread
 from fmae_tui.screens.datasets import DatasetsScreen
 from fmae_tui.screens.help import HelpScreen
 from fmae_tui.screens.runs import RunsScreen
@@ -65,25 +64,19 @@ class FmaeApp(App[None]):
             self.push_screen(DatasetsScreen())
         self._start_scheduler()
 
-    @work(thread=True, group="scheduler", exit_on_error=False)
-    def _start_scheduler(self) -> None:
-        """Queued work and no scheduler (the machine rebooted, say): start one, as `fmae queue add` does."""
-        from fmae.queue import DB_NAME, Queue
-        from fmae.scheduler import ensure_running, holder
+    class SchedulerChecked(WorkEnded):
+        """The look for queued work with no scheduler ended: `result` is what starting one said (None: no
+        need)."""
 
-        runs_dir = self.project.runs_dir
-        try:
-            if not (runs_dir / DB_NAME).exists() or holder(runs_dir) is not None:
-                return
-            if not Queue(runs_dir).jobs(states=("queued",)):
-                return
-            message, severity = ensure_running(self.project), "information"
-        except FmaeError as e:
-            message, severity = f"scheduler not started: {e}", "error"
-        except Exception as e:
-            message, severity = f"scheduler not started: {type(e).__name__}: {e}", "error"
-        with contextlib.suppress(RuntimeError):  # the app closed meanwhile
-            self.call_from_thread(self.notify, message, title="queued work", severity=severity, markup=False)
+    def _start_scheduler(self) -> None:
+        in_thread(self, lambda: _revive_scheduler(self.project), self.SchedulerChecked, group="scheduler")
+
+    def on_fmae_app_scheduler_checked(self, message: SchedulerChecked) -> None:
+        if message.error is not None:
+            self.notify(f"scheduler not started: {message.error}", title="queued work", severity="error",
+                        markup=False)
+        elif message.result is not None:
+            self.notify(message.result, title="queued work", severity="information", markup=False)
 
     def action_open(self, name: str) -> None:
         """Go to a main screen. One already open further down comes back to the top (the screens above it
@@ -133,6 +126,20 @@ class FmaeApp(App[None]):
         if isinstance(self.screen, HelpScreen):
             return
         self.push_screen(HelpScreen(self.screen.active_bindings, self.get_key_display))
+
+
+def _revive_scheduler(project: ProjectConfig) -> str | None:
+    """Queued work and no scheduler (the machine rebooted, say): start one, as `fmae queue add` does; what
+    that said, or None when nothing was needed."""
+    from fmae.queue import DB_NAME, Queue
+    from fmae.scheduler import ensure_running, holder
+
+    runs_dir = project.runs_dir
+    if not (runs_dir / DB_NAME).exists() or holder(runs_dir) is not None:
+        return None
+    if not Queue(runs_dir).jobs(states=("queued",)):
+        return None
+    return ensure_running(project)
 
 
 def _has_runs(runs_dir: Path) -> bool:

@@ -4,26 +4,21 @@ generates configured synthetic copies in a worker thread."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.events import Resize
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from fmae.config import DatasetLocation, ProjectConfig
+from fmae.config import DatasetLocation
 from fmae.data.locate import ensure_dataset, synthetic_ready
-from fmae.errors import FmaeError
 from fmae.registry import DATASETS, DatasetSpec
-
-if TYPE_CHECKING:
-    from fmae_tui.app import FmaeApp
+from fmae_tui.screens.base import FmaeScreen, WorkEnded
 
 COLUMNS = ("name", "task", "labels", "subjects", "folds", "root", "status")
 MIN_ROOT_WIDTH = 12  # narrower than this, the root column is dropped (the line under the table has it)
@@ -71,7 +66,7 @@ def _key_values(rows: list[tuple[str, str]]) -> Table:
     return grid
 
 
-class DatasetsScreen(Screen[None]):
+class DatasetsScreen(FmaeScreen):
     SUB_TITLE = "Datasets"
     BINDINGS = [
         Binding("g", "generate", "Generate",
@@ -86,14 +81,6 @@ class DatasetsScreen(Screen[None]):
         super().__init__()
         self._root_width: int | None = None  # None: no root column at this width
         self._built = False
-
-    @property
-    def fmae(self) -> FmaeApp:
-        return cast("FmaeApp", self.app)
-
-    @property
-    def project(self) -> ProjectConfig:
-        return self.fmae.project
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -286,19 +273,16 @@ class DatasetsScreen(Screen[None]):
         self.notify(f"generating synthetic {spec.title} data in {loc.root}", markup=False)
         self._generate(spec, loc)
 
-    @work(thread=True, group="generate", exit_on_error=False)
+    class Generated(WorkEnded):
+        """Generating a synthetic copy ended; `context` is (the dataset's spec, its location)."""
+
     def _generate(self, spec: DatasetSpec, loc: DatasetLocation) -> None:
-        error: str | None = None
-        try:
-            ensure_dataset(spec, loc)
-        except FmaeError as e:
-            error = str(e)
-        except Exception as e:  # a full disk or a bug must not take the app down; say what happened
-            error = f"{type(e).__name__}: {e}"
-        try:
-            self.app.call_from_thread(self._generated, spec, loc, error)
-        except RuntimeError:  # the app was closed while we worked: there is no one left to tell
-            pass
+        # a full disk or a bug must not take the app down: the message says what happened
+        self.in_thread(lambda: ensure_dataset(spec, loc), self.Generated, group="generate", context=(spec, loc))
+
+    def on_datasets_screen_generated(self, message: Generated) -> None:
+        spec, loc = message.context
+        self._generated(spec, loc, message.error)
 
     def _generated(self, spec: DatasetSpec, loc: DatasetLocation, error: str | None) -> None:
         self.fmae.generating.discard(spec.name)

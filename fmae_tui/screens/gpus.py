@@ -4,19 +4,16 @@ running job's process (with its children: loader workers, DDP ranks), its CPU % 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from rich.text import Text
-from textual import work
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Footer, Header, Static
 
 from fmae.errors import FmaeError
+from fmae_tui.screens.base import WorkEnded
 from fmae_tui.screens.polled import PolledScreen
 from fmae_tui.widgets.row_table import RowTable
-
-if TYPE_CHECKING:
-    from fmae_tui.app import FmaeApp
 
 
 def bar(fraction: float, width: int = 10) -> str:
@@ -62,10 +59,6 @@ class GpusScreen(PolledScreen):
         self.polls = 0
         self._polling = False
 
-    @property
-    def fmae(self) -> FmaeApp:
-        return cast("FmaeApp", self.app)
-
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(id="gpus-bar")
@@ -80,17 +73,16 @@ class GpusScreen(PolledScreen):
             self._polling = True
             self._poll()
 
-    @work(thread=True, group="gpus-poll", exit_on_error=False)
+    class Gathered(WorkEnded):
+        """A look at the GPUs (or the CPU) ended: `result` is what `gather` found."""
+
     def _poll(self) -> None:
-        facts, error = None, None
-        try:
-            facts = gather(self.fmae.project)
-        except Exception as e:  # NVML or the queue misbehaving must not end the app
-            error = f"{type(e).__name__}: {e}" if not isinstance(e, (FmaeError, OSError)) else str(e)
-        try:
-            self.app.call_from_thread(self._apply, facts, error)
-        except RuntimeError:
-            pass
+        # NVML or the queue misbehaving must not end the app: said in the bar
+        self.in_thread(lambda: gather(self.fmae.project), self.Gathered, group="gpus-poll",
+                       plain=(FmaeError, OSError))
+
+    def on_gpus_screen_gathered(self, message: Gathered) -> None:
+        self._apply(message.result, message.error)
 
     def _apply(self, facts: dict[str, Any] | None, error: str | None) -> None:
         self._polling = False

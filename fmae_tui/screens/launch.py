@@ -9,24 +9,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Optional, cast
 
 from rich.text import Text
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Select, Static
-from textual.worker import get_current_worker
 
 from fmae.errors import FmaeError
 from fmae.model_specs import ENCODERS
 from fmae.registry import DATASETS, get_dataset
 from fmae_tui import prefs
+from fmae_tui.screens.base import FmaeScreen, WorkEnded
 from fmae_tui.screens.confirm import ConfirmScreen
 
 if TYPE_CHECKING:
     from fmae.queue_ops import MatrixPlan
     from fmae.run_speed import Estimate
-    from fmae_tui.app import FmaeApp
 
 PREVIEW_DELAY_S = 0.3  # typing pauses this long before the plan is worked out again
 MAX_LISTED = 40  # cells listed one by one in the preview
@@ -34,7 +31,7 @@ PREFS = "launch"
 FIELDS = ("model", "epochs", "folds", "seeds", "lambdas", "gpus", "priority")  # remembered beside dataset, recipe
 
 
-class LaunchScreen(Screen[None]):
+class LaunchScreen(FmaeScreen):
     SUB_TITLE = "Launch"
     BINDINGS = [
         Binding("ctrl+s", "queue", "Queue it", tooltip="Queue the cells to add (asks first); the scheduler starts"),
@@ -56,10 +53,6 @@ class LaunchScreen(Screen[None]):
         self.queued: list[Any] = []  # jobs queued from this screen, latest submission (tests read it)
         self.estimate: Estimate | None = None  # the latest preview's duration estimate
         self.warnings: list[str] = []  # the latest preview's config warnings
-
-    @property
-    def fmae(self) -> FmaeApp:
-        return cast("FmaeApp", self.app)
 
     def compose(self) -> ComposeResult:
         from fmae.recipes import recipe_names
@@ -266,24 +259,22 @@ class LaunchScreen(Screen[None]):
             return
         self._plan_worker(matrix)
 
-    @work(thread=True, exclusive=True, group="launch-plan", exit_on_error=False)
+    class Planned(WorkEnded):
+        """A preview's plan was worked out: `result` is (plan, duration estimate, config warnings)."""
+
     def _plan_worker(self, matrix: dict[str, Any]) -> None:
+        # exclusive: a newer preview cancels this one, which then says nothing
+        self.in_thread(lambda: self._plan(matrix), self.Planned, group="launch-plan", exclusive=True)
+
+    def _plan(self, matrix: dict[str, Any]) -> tuple[MatrixPlan, Estimate | None, list[str]]:
         from fmae.queue_ops import plan_matrix
 
-        plan, error, estimate, warnings = None, None, None, []
-        try:
-            plan = plan_matrix(self.fmae.project, **matrix)  # reads run folders: not on the UI thread
-            estimate, warnings = self._judge(plan)
-        except FmaeError as e:
-            error = str(e)
-        except Exception as e:  # a bug must show as a line, not end the app
-            error = f"{type(e).__name__}: {e}"
-        if get_current_worker().is_cancelled:
-            return
-        try:
-            self.app.call_from_thread(self._show_plan, plan, error, estimate, warnings)
-        except RuntimeError:  # the app closed meanwhile
-            pass
+        plan = plan_matrix(self.fmae.project, **matrix)  # reads run folders: not on the UI thread
+        return (plan, *self._judge(plan))
+
+    def on_launch_screen_planned(self, message: Planned) -> None:
+        plan, estimate, warnings = message.result or (None, None, [])
+        self._show_plan(plan, message.error, estimate, warnings)
 
     def _judge(self, plan: MatrixPlan) -> tuple[Estimate | None, list[str]]:
         """How long the cells to add train (at the speed past runs measured on the device they will use),
@@ -371,35 +362,27 @@ class LaunchScreen(Screen[None]):
         self.fmae.generating.add(matrix["dataset"])  # synthetic data may be made on first use
         self._add_worker(matrix, priority)
 
-    @work(thread=True, group="launch-add", exit_on_error=False)
+    class Added(WorkEnded):
+        """Queueing the matrix ended: `result` is (jobs added, what was said); `context` the dataset."""
+
     def _add_worker(self, matrix: dict[str, Any], priority: int) -> None:
+        self.in_thread(lambda: self._add(matrix, priority), self.Added, group="launch-add",
+                       context=matrix["dataset"])
+
+    def _add(self, matrix: dict[str, Any], priority: int) -> tuple[list[Any], list[str]]:
         from fmae.queue_ops import add_matrix, start_scheduler
 
-        jobs, lines, error = [], [], None
-        try:
-            plan, jobs = add_matrix(self.fmae.project, priority=priority, **matrix)
-            if jobs:
-                lines.append(f"queued {len(jobs)} job(s) (ids {jobs[0].id}–{jobs[-1].id}, priority {priority})")
-                lines.append(start_scheduler(self.fmae.project))
-            else:
-                lines.append("nothing added: every cell already has a run")
-        except FmaeError as e:
-            error = str(e)
-        except Exception as e:  # shown, not raised: the app stays up
-            error = f"{type(e).__name__}: {e}"
-        try:
-            self.app.call_from_thread(self._added, matrix["dataset"], jobs, lines, error)
-        except RuntimeError:
-            pass
+        _, jobs = add_matrix(self.fmae.project, priority=priority, **matrix)
+        if not jobs:
+            return jobs, ["nothing added: every cell already has a run"]
+        return jobs, [f"queued {len(jobs)} job(s) (ids {jobs[0].id}–{jobs[-1].id}, priority {priority})",
+                      start_scheduler(self.fmae.project)]
 
-    def _added(self, dataset: str, jobs: list[Any], lines: list[str], error: str | None) -> None:
-        self.fmae.generating.discard(dataset)
+    def on_launch_screen_added(self, message: Added) -> None:
+        jobs, lines = message.result or ([], [])
+        self.fmae.generating.discard(message.context)
         self.queued = jobs
-        if error is not None:
-            self.notify(error, title="not queued", severity="error", markup=False, timeout=10)
-            self._schedule_preview()
-            return
-        self.notify("\n".join(lines), title="launch", markup=False)
+        worked = self.tell(message.error, lines, "launch", failed="not queued")
         self._schedule_preview()  # the cells just added now show as skipped
-        if jobs:
+        if worked and jobs:
             self.fmae.action_open("queue")

@@ -3,10 +3,10 @@ covers it: the Queue, GPUs and Results screens."""
 
 from __future__ import annotations
 
-from textual.screen import Screen
+from fmae_tui.screens.base import FmaeScreen
 
 
-class PolledScreen(Screen[None]):
+class PolledScreen(FmaeScreen):
     POLL_S = 1.0  # seconds between looks
 
     def on_mount(self) -> None:

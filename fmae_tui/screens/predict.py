@@ -11,14 +11,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, Static
 
 from fmae.errors import FmaeError
+from fmae_tui.screens.base import FmaeScreen, WorkEnded
 from fmae_tui.screens.confirm import ConfirmScreen
 from fmae_tui.widgets.curve_plot import CurvePlot
 
@@ -66,7 +65,7 @@ class CsvTail:
         return [c[:-2] for c in (self.header or []) if c.endswith("_p")]
 
 
-class PredictScreen(Screen[None]):
+class PredictScreen(FmaeScreen):
     DEFAULT_CSS = """
     PredictScreen #predict-head { height: auto; }
     PredictScreen #predict-form { height: auto; }
@@ -145,34 +144,17 @@ class PredictScreen(Screen[None]):
                                            "(it runs as a queue job; the CSV lands in its run folder)"),
                              lambda yes: self._queue(source, threshold) if yes else None)
 
-    @work(thread=True, group="predict-add", exit_on_error=False)
+    class Queued(WorkEnded):
+        """Queueing the prediction ended: `result` is (its run folder, what was said)."""
+
     def _queue(self, source: str, threshold: str) -> None:
-        from fmae.predict.job import create_predict_run
-        from fmae.queue import Queue
-        from fmae.queue_ops import default_gpus_per_run, start_scheduler
+        self.in_thread(lambda: queue_prediction(self.fmae.project, self.model_run, source, threshold), self.Queued,
+                       group="predict-add")
 
-        project = self.app.project
-        run, lines, error = None, [], None
-        try:
-            run = create_predict_run(project.runs_dir, self.model_run, [source], threshold=threshold,
-                                     command=["fmae-tui", "predict"])
-            job = Queue(project.runs_dir).add(run, gpus=default_gpus_per_run(project))
-            lines = [f"queued job {job.id}: {run.id}", start_scheduler(project)]
-        except FmaeError as e:
-            error = str(e)
-        except Exception as e:  # shown, not raised: the app stays up
-            error = f"{type(e).__name__}: {e}"
-        try:
-            self.app.call_from_thread(self._queued, run, lines, error)
-        except RuntimeError:
-            pass
-
-    def _queued(self, run: Any, lines: list[str], error: str | None) -> None:
-        if error is not None:
-            self.notify(error, title="not queued", severity="error", markup=False, timeout=10)
-            return
-        self.notify("\n".join(lines), title="predict", markup=False)
-        self._follow(run.path)
+    def on_predict_screen_queued(self, message: Queued) -> None:
+        run, lines = message.result or (None, [])
+        if self.tell(message.error, lines, "predict", failed="not queued"):
+            self._follow(run.path)
 
     def _follow(self, path: Path) -> None:
         from fmae.predict.job import CSV_NAME
@@ -190,18 +172,23 @@ class PredictScreen(Screen[None]):
         self._polling = True
         self._look()
 
-    @work(thread=True, group="predict-look", exit_on_error=False)
+    class Looked(WorkEnded):
+        """A look at the prediction's folder ended: `result` is (its status, CSV rows new)."""
+
     def _look(self) -> None:
+        self.in_thread(self._read, self.Looked, group="predict-look")
+
+    def _read(self) -> tuple[dict[str, Any], int]:
         status: dict[str, Any] = {}
         try:
             status = json.loads((self.predict_run / "status.json").read_text())
         except (OSError, ValueError):
-            pass
-        new = self.tail.read_new() if self.tail else 0
-        try:
-            self.app.call_from_thread(self._show, status, new)
-        except RuntimeError:
-            pass
+            pass  # not written yet, or being replaced: the next look reads it
+        return status, self.tail.read_new() if self.tail else 0
+
+    def on_predict_screen_looked(self, message: Looked) -> None:
+        status, new = message.result or ({}, 0)
+        self._show(status, new)
 
     def _show(self, status: dict[str, Any], new: int) -> None:
         self._polling = False
@@ -253,3 +240,14 @@ class PredictScreen(Screen[None]):
             self.first_output = (self.first_output + SHOWN) % len(names)
             self._draw()
 
+
+def queue_prediction(project: Any, model_run: Path, source: str, threshold: str) -> tuple[Any, list[str]]:
+    """A predict run folder for `source` with `model_run`'s model, queued; (the run, what was said)."""
+    from fmae.predict.job import create_predict_run
+    from fmae.queue import Queue
+    from fmae.queue_ops import default_gpus_per_run, start_scheduler
+
+    run = create_predict_run(project.runs_dir, model_run, [source], threshold=threshold,
+                             command=["fmae-tui", "predict"])
+    job = Queue(project.runs_dir).add(run, gpus=default_gpus_per_run(project))
+    return run, [f"queued job {job.id}: {run.id}", start_scheduler(project)]

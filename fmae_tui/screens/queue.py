@@ -4,23 +4,20 @@ live; cancel, retry and reprioritise through `fmae.queue_ops`, the code path of 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, cast
+from typing import Any, Callable
 
 from rich.text import Text
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.events import Resize
 from textual.widgets import DataTable, Footer, Header, Static
 
 from fmae.errors import FmaeError
+from fmae_tui.screens.base import WorkEnded
 from fmae_tui.screens.confirm import ConfirmScreen
 from fmae_tui.screens.polled import PolledScreen
 from fmae_tui.widgets.row_table import RowTable
 from fmae_tui.widgets.runs_table import widens
-
-if TYPE_CHECKING:
-    from fmae_tui.app import FmaeApp
 
 STATE_STYLE = {"running": "bold green", "queued": "cyan", "done": "", "failed": "bold red", "cancelled": "yellow",
                "corrupt": "bold red", "cancelling": "yellow", "launching": "green"}
@@ -95,10 +92,6 @@ class QueueScreen(PolledScreen):
         self._revived: str | None = None  # the last "scheduler started" said: not repeated every poll
 
     @property
-    def fmae(self) -> FmaeApp:
-        return cast("FmaeApp", self.app)
-
-    @property
     def table(self) -> DataTable:
         return self.query_one("#queue-table", DataTable)
 
@@ -133,40 +126,43 @@ class QueueScreen(PolledScreen):
             self._polling = True
             self._poll(self.show_all)
 
-    @work(thread=True, group="queue-poll", exit_on_error=False)
+    class Listed(WorkEnded):
+        """A look at the queue ended: `result` is (rows, hidden, scheduler line, cancel outcomes told,
+        the "scheduler started" line or None)."""
+
     def _poll(self, show_all: bool) -> None:
+        # the queue or the runs folder unreadable (FmaeError, OSError) is said as it is, in the bar
+        self.in_thread(lambda: self._list(show_all), self.Listed, group="queue-poll", plain=(FmaeError, OSError))
+
+    def _list(self, show_all: bool) -> tuple[list[dict[str, Any]], int, str, dict[int, str], str | None]:
         from fmae.queue import DB_NAME, Queue
         from fmae.queue_ops import cancel_outcome, queue_rows
         from fmae.scheduler import describe, holder
 
         runs_dir = self.fmae.project.runs_dir
-        rows, hidden, error, scheduler, told = [], 0, None, "no scheduler running", {}
-        try:
-            if (runs_dir / DB_NAME).exists():  # looking must not create the queue
-                rows, hidden = queue_rows(Queue(runs_dir), all_=show_all)
-            info = holder(runs_dir)
-            if info is None and rows:  # unfinished work and no scheduler (it crashed): bring it back
-                from fmae.scheduler import ensure_running
+        rows, hidden, scheduler, told, revived = [], 0, "no scheduler running", {}, None
+        if (runs_dir / DB_NAME).exists():  # looking must not create the queue
+            rows, hidden = queue_rows(Queue(runs_dir), all_=show_all)
+        info = holder(runs_dir)
+        if info is None and rows:  # unfinished work and no scheduler (it crashed): bring it back
+            from fmae.scheduler import ensure_running
 
-                revived = ensure_running(self.fmae.project, quiet=True)
-                if revived and revived != self._revived:
-                    self._revived = revived
-                    self.app.call_from_thread(self.notify, revived, title="queue", markup=False)
-                info = holder(runs_dir)
-            if info is not None:
-                scheduler = f"scheduler {describe(info)}"
-            for job_id, job in list(self._cancels.items()):
-                outcome = cancel_outcome(job)
-                if outcome is not None:
-                    told[job_id] = outcome
-        except (FmaeError, OSError) as e:
-            error = str(e)
-        except Exception as e:
-            error = f"{type(e).__name__}: {e}"
-        try:
-            self.app.call_from_thread(self._apply, rows, hidden, scheduler, error, told)
-        except RuntimeError:
-            pass
+            revived = ensure_running(self.fmae.project, quiet=True)
+            info = holder(runs_dir)
+        if info is not None:
+            scheduler = f"scheduler {describe(info)}"
+        for job_id, job in list(self._cancels.items()):
+            outcome = cancel_outcome(job)
+            if outcome is not None:
+                told[job_id] = outcome
+        return rows, hidden, scheduler, told, revived
+
+    def on_queue_screen_listed(self, message: Listed) -> None:
+        rows, hidden, scheduler, told, revived = message.result or ([], 0, "no scheduler running", {}, None)
+        if revived and revived != self._revived:
+            self._revived = revived
+            self.notify(revived, title="queue", markup=False)
+        self._apply(rows, hidden, scheduler, message.error, told)
 
     def _apply(self, rows: list[dict[str, Any]], hidden: int, scheduler: str, error: str | None,
                told: dict[int, str] | None = None) -> None:
@@ -284,19 +280,9 @@ class QueueScreen(PolledScreen):
         self.poll()
 
     def action_cancel(self) -> None:
-        from fmae.queue_ops import cancel_job, check_cancellable
-
         q, job = self._job()
-        if job is None:
-            return
-        try:
-            check_cancellable([job])
-        except FmaeError as e:
-            self.notify(str(e), severity="error", markup=False)
-            return
-        how = "it has not started" if job.state == "queued" else "it gets SIGTERM, saves a checkpoint and stops"
-        self.app.push_screen(ConfirmScreen(f"Cancel job {job.id}?", f"{job.run_id}\n({how})"),
-                             lambda yes: self._cancel(q, job) if yes else None)
+        if job is not None:
+            self.confirm_cancel(job, lambda: self._cancel(q, job))
 
     def _cancel(self, q: Any, job: Any) -> None:
         from fmae.queue_ops import cancel_job
@@ -324,33 +310,19 @@ class QueueScreen(PolledScreen):
                                            "checkpoint when it has one)"),
                              lambda yes: self._retry(q, job) if yes else None)
 
-    def _retry(self, q: Any, job: Any) -> None:
-        self._retry_worker(q, job)
+    class Retried(WorkEnded):
+        """A retry ended: `result` is what it said, line by line."""
 
-    @work(thread=True, group="queue-retry", exit_on_error=False)
-    def _retry_worker(self, q: Any, job: Any) -> None:
+    def _retry(self, q: Any, job: Any) -> None:
         # retry may wait for the scheduler to record the old attempt's end: not on the UI thread
         from fmae.queue_ops import retry_job, start_scheduler
 
         project = self.fmae.project
-        lines, error = [], None
-        try:
-            lines.append(retry_job(q, job, project.runs_dir))
-            lines.append(start_scheduler(project))
-        except FmaeError as e:
-            error = str(e)
-        except Exception as e:
-            error = f"{type(e).__name__}: {e}"
-        try:
-            self.app.call_from_thread(self._retried, lines, error)
-        except RuntimeError:
-            pass
+        self.in_thread(lambda: [retry_job(q, job, project.runs_dir), start_scheduler(project)], self.Retried,
+                       group="queue-retry")
 
-    def _retried(self, lines: list[str], error: str | None) -> None:
-        if error:
-            self.notify(error, title="retry", severity="error", markup=False, timeout=10)
-        else:
-            self.notify("\n".join(lines), title="retry", markup=False)
+    def on_queue_screen_retried(self, message: Retried) -> None:
+        self.tell(message.error, message.result, "retry")
         self.poll()
 
     def action_priority(self, step: int) -> None:

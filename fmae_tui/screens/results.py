@@ -6,10 +6,9 @@ choice is remembered (fmae_tui/prefs.py, section "results")."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -18,14 +17,14 @@ from textual.widgets import DataTable, Footer, Header, Static
 from fmae.errors import FmaeError
 from fmae.metric_catalogue import REPORT_METRICS
 from fmae_tui import prefs
+from fmae_tui.results_text import group_cell, head_text
+from fmae_tui.screens.base import WorkEnded
 from fmae_tui.screens.confirm import ConfirmScreen
 from fmae_tui.screens.polled import PolledScreen
 from fmae_tui.widgets.prompt_bar import PromptBar
-from fmae_tui.widgets.results_text import group_cell, head_text
 
 if TYPE_CHECKING:
     from fmae.report import GroupRow, Report, Results
-    from fmae_tui.app import FmaeApp
 
 # The paper's AU numbers are best-threshold F1: the default is the one number comparable with its rows.
 METRIC_CYCLE = ("f1_best", "f1", "auc")
@@ -83,10 +82,6 @@ class ResultsScreen(PolledScreen):
         self._prompt: str | None = None  # what the prompt bar is asking: "by" | "export"
 
     @property
-    def fmae(self) -> FmaeApp:
-        return cast("FmaeApp", self.app)
-
-    @property
     def table(self) -> DataTable:
         return self.query_one("#results-table", DataTable)
 
@@ -122,24 +117,20 @@ class ResultsScreen(PolledScreen):
         self._building = True
         self._build(self.metric, self.epoch, self.threshold, self.by, self.complete_only, self.widen)
 
-    @work(thread=True, group="results-build", exit_on_error=False)
+    class Built(WorkEnded):
+        """A build of the tables ended: `result` is the Results."""
+
     def _build(self, metric: str, epoch: str, threshold: str | None, by: tuple[str, ...], complete_only: bool,
                widen: tuple[int, ...]) -> None:
         from fmae.report import Scoring, Selection, build
 
         project = self.fmae.project
-        results, error = None, None
-        try:
-            results = build(project.runs_dir, Selection(by=by), Scoring(metric, epoch, threshold),
-                            complete_only=complete_only, seeds=widen, project=project)
-        except FmaeError as e:
-            error = str(e)
-        except Exception as e:  # a bug shows as a line, the app stays
-            error = f"{type(e).__name__}: {e}"
-        try:
-            self.app.call_from_thread(self._built, results, error)
-        except RuntimeError:
-            pass
+        self.in_thread(lambda: build(project.runs_dir, Selection(by=by), Scoring(metric, epoch, threshold),
+                                     complete_only=complete_only, seeds=widen, project=project),
+                       self.Built, group="results-build")
+
+    def on_results_screen_built(self, message: Built) -> None:
+        self._built(message.result, message.error)
 
     def _built(self, results: Results | None, error: str | None) -> None:
         self._building = False
@@ -370,34 +361,14 @@ class ResultsScreen(PolledScreen):
         self.app.push_screen(ConfirmScreen(f"Queue the {len(cells)} missing cell(s) of {grid.label}?", detail),
                              lambda yes: self._queue_missing(grid) if yes else None)
 
-    @work(thread=True, group="results-queue", exit_on_error=False)
+    class MissingQueued(WorkEnded):
+        """Queueing a group's missing cells ended: `result` is what it said, line by line."""
+
     def _queue_missing(self, grid: Any) -> None:
-        from fmae.queue_ops import add_matrix, start_scheduler
+        self.in_thread(lambda: queue_missing(self.fmae.project, grid), self.MissingQueued, group="results-queue")
 
-        project = self.fmae.project
-        lines, error = [], None
-        try:
-            added = 0
-            for matrix in grid.to_add:
-                _, jobs = add_matrix(project, matrix.dataset, **matrix.add_kwargs())
-                added += len(jobs)
-            lines.append(f"queued {added} job(s) for {grid.label}")
-            if added:
-                lines.append(start_scheduler(project))
-        except FmaeError as e:
-            error = str(e)
-        except Exception as e:
-            error = f"{type(e).__name__}: {e}"
-        try:
-            self.app.call_from_thread(self._queued, lines, error)
-        except RuntimeError:
-            pass
-
-    def _queued(self, lines: list[str], error: str | None) -> None:
-        if error:
-            self.notify(error, title="not queued", severity="error", markup=False, timeout=10)
-        else:
-            self.notify("\n".join(lines), title="queue", markup=False)
+    def on_results_screen_missing_queued(self, message: MissingQueued) -> None:
+        self.tell(message.error, message.result, "queue", failed="not queued")
         self._rebuild()
 
     # --- the prompt bar: group-by keys, grid seeds, export path -----------------------------------------
@@ -473,3 +444,17 @@ class ResultsScreen(PolledScreen):
             self.notify(f"{path}: {e.strerror or e}", title="not exported", severity="error", markup=False, timeout=10)
             return
         self.notify(f"wrote {path}", title="export", markup=False)
+
+
+def queue_missing(project: Any, grid: Any) -> list[str]:
+    """Queue a completeness grid's missing cells (`fmae queue add` for each of its matrices); what happened."""
+    from fmae.queue_ops import add_matrix, start_scheduler
+
+    added = 0
+    for matrix in grid.to_add:
+        _, jobs = add_matrix(project, matrix.dataset, **matrix.add_kwargs())
+        added += len(jobs)
+    lines = [f"queued {added} job(s) for {grid.label}"]
+    if added:
+        lines.append(start_scheduler(project))
+    return lines

@@ -13,23 +13,21 @@ from typing import Any
 
 from rich.table import Table
 from rich.text import Text
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Footer, Header, RichLog, Static, TabbedContent, TabPane
 
 from fmae.errors import FmaeError
 from fmae.metric_catalogue import ACCURACY, F1_05, F1_BEST
+from fmae.run_watch import RunPoller, RunUpdate
 from fmae.runs import FINAL_STATES, STATES
 from fmae.summary import as_summary
-from fmae_tui.screens.confirm import ConfirmScreen
+from fmae_tui.screens.base import FmaeScreen, WorkEnded
 from fmae_tui.widgets.curve_plot import CurvePlot
 from fmae_tui.widgets.notes_editor import NotesEditor
 from fmae_tui.widgets.per_au_curves import per_au_table
 from fmae_tui.widgets.run_kind import METRIC_LONG, degenerate_text, headline_at, is_degenerate, kind_label, short_metric
-from fmae.run_watch import RunPoller, RunUpdate
 from fmae_tui.widgets.runs_table import STATE_STYLE, ago, parse_time
 from fmae_tui.widgets.scores_table import ScoresTable
 
@@ -57,7 +55,7 @@ def _value_text(value: Any) -> Text:
     return Text(str(value))
 
 
-class RunScreen(Screen[None]):
+class RunScreen(FmaeScreen):
     SUB_TITLE = "Run"
     POLL_S = 0.5  # one look (and at most one redraw) per this many seconds
     BINDINGS = [
@@ -141,19 +139,16 @@ class RunScreen(Screen[None]):
             self._polling = True
             self._poll()
 
-    @work(thread=True, group="run-poll", exit_on_error=False)
-    def _poll(self) -> None:
-        try:
-            update: RunUpdate | None = self.poller.poll()
-            error = None
-        except Exception as e:  # a bug must not stop the screen: say it, keep looking
-            update, error = None, f"{type(e).__name__}: {e}"
-        try:
-            self.app.call_from_thread(self._polled, update, error)
-        except RuntimeError:  # the app closed while we looked
-            pass
+    class Polled(WorkEnded):
+        """A look at the run folder ended: `result` is the RunUpdate."""
 
-    def _polled(self, update: RunUpdate | None, error: str | None) -> None:
+    def _poll(self) -> None:
+        # every exception here is a bug (the poller says unreadable files itself): said with its type
+        self.in_thread(self.poller.poll, self.Polled, group="run-poll", plain=())
+
+    def on_run_screen_polled(self, message: Polled) -> None:
+        update: RunUpdate | None = message.result
+        error = message.error
         self._polling = False
         self.polls += 1
         if error is not None:
@@ -402,7 +397,6 @@ class RunScreen(Screen[None]):
     def action_cancel(self) -> None:
         """Through the queue, as the Queue screen cancels (asks first)."""
         from fmae.queue import DB_NAME, Queue
-        from fmae.queue_ops import check_cancellable
 
         status = self._files.get("status.json") or {}
         job = None
@@ -417,13 +411,10 @@ class RunScreen(Screen[None]):
                 self.notify(f"{self.path.name} is not a queue job (started by `fmae train`?): {how}",
                             severity="warning", markup=False)
                 return
-            check_cancellable([job])
         except FmaeError as e:
             self.notify(str(e), severity="error", markup=False)
             return
-        how = "it has not started" if job.state == "queued" else "it gets SIGTERM, saves a checkpoint and stops"
-        self.app.push_screen(ConfirmScreen(f"Cancel job {job.id}?", f"{job.run_id}\n({how})"),
-                             lambda yes: self._cancel(q, job) if yes else None)
+        self.confirm_cancel(job, lambda: self._cancel(q, job))
 
     def _cancel(self, q: Any, job: Any) -> None:
         from fmae.queue_ops import cancel_job

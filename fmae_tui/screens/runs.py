@@ -5,31 +5,26 @@ from __future__ import annotations
 
 import re
 import time
-from typing import TYPE_CHECKING, cast
 
 from rich.text import Text
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.events import Resize
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from fmae.errors import FmaeError
+from fmae.run_watch import RunScanner
 from fmae.runs import RunDir, RunInfo
 from fmae.summary import as_summary
-from fmae_tui.widgets.prompt_bar import PromptBar
-from fmae.run_watch import RunScanner
 from fmae_tui import prefs
+from fmae_tui.screens.base import FmaeScreen, WorkEnded
+from fmae_tui.widgets.prompt_bar import PromptBar
 from fmae_tui.widgets.run_kind import METRIC_LONG, degenerate_text, headline, headline_at, is_degenerate, kind_label
 from fmae_tui.widgets.runs_table import RunsTable, ago, duration_s, parse_time, took
 
-if TYPE_CHECKING:
-    from fmae_tui.app import FmaeApp
 
-
-class RunsScreen(Screen[None]):
+class RunsScreen(FmaeScreen):
     SUB_TITLE = "Runs"
     POLL_S = 2.0  # how often the worker looks at the runs folder
     AGES_S = 10.0  # how often the age column is brought up to date
@@ -60,10 +55,6 @@ class RunsScreen(Screen[None]):
         self._full = False
         self._tags_for: str | None = None
         self._error: str | None = None
-
-    @property
-    def fmae(self) -> FmaeApp:
-        return cast("FmaeApp", self.app)
 
     @property
     def table(self) -> RunsTable:
@@ -113,22 +104,17 @@ class RunsScreen(Screen[None]):
             full, self._full = self._full, False
             self._scan(self._scanner, full)
 
-    @work(thread=True, group="runs-scan", exit_on_error=False)
-    def _scan(self, scanner: RunScanner, full: bool) -> None:
-        error = None
-        try:
-            changed, removed = scanner.scan(full=full)
-        except (FmaeError, OSError) as e:  # the runs folder itself is unreadable: say so, keep looking
-            changed, removed, error = [], [], str(e)
-        except Exception as e:  # a bug must not stop the looking: say what happened
-            changed, removed, error = [], [], f"{type(e).__name__}: {e}"
-        try:
-            self.app.call_from_thread(self._scanned, changed, removed, error, full)
-        except RuntimeError:  # the app closed while we looked
-            pass
+    class Scanned(WorkEnded):
+        """A look at the runs folder ended: `result` is (changed runs, ids gone); `context` says if it was full."""
 
-    def _scanned(self, changed: list[tuple[RunInfo, list[str], float | None]], removed: list[str], error: str | None,
-                 full: bool) -> None:
+    def _scan(self, scanner: RunScanner, full: bool) -> None:
+        # an unreadable runs folder (FmaeError, OSError) is said as it is, and the looking goes on
+        self.in_thread(lambda: scanner.scan(full=full), self.Scanned, group="runs-scan", context=full,
+                       plain=(FmaeError, OSError))
+
+    def on_runs_screen_scanned(self, message: Scanned) -> None:
+        changed, removed = message.result or ([], [])
+        error, full = message.error, message.context
         self._scanning = False
         if error != self._error and error is not None:  # once per new problem, not every few seconds
             self.notify(error, title="runs folder", severity="error", markup=False, timeout=10)
