@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 from rich.text import Text
 
+from fmae.metric_catalogue import F1_BEST
+
 if TYPE_CHECKING:
     from fmae.report import GroupRow, Report, Results
 
@@ -26,7 +28,7 @@ def head_text(results: Results, index: int, report: Report, base: GroupRow | Non
         head.append("\nΔ: each row − the paper's row named in its group cell")
     if report.paper_note:  # the full sentence is among the notes (n)
         head.append("\nthe paper publishes no AUC: its rows are not shown" if metric == "auc" else
-                    "\npaper rows: F1 best-threshold (tuned on test), not like for like with these (m)", "dim")
+                    f"\npaper rows: {F1_BEST.title}, not like for like with these (m)", "dim")
     notes = [n for n in report.notes() if n != report.paper_note]
     if notes:
         head.append(f"\n{len(notes)} note(s) on these rows: n shows them", "dim")
