@@ -7,7 +7,7 @@ from fmae.metric_catalogue import AU_METRICS, METRICS, REPORT_METRICS, TUNED_TAG
 from fmae.report.scoring import METRICS as REPORT_COLUMNS
 from fmae.report.scoring import Scoring
 from fmae_tui.screens.results import METRIC_NAMES
-from fmae_tui.widgets.run_kind import METRIC_LONG, METRIC_SHORT
+from fmae_tui.run_kind import METRIC_LONG, METRIC_SHORT
 from fmae_tui.widgets.scores_table import AU_COLUMNS
 
 

@@ -13,7 +13,7 @@ from fmae.metric_catalogue import METRICS, REPORT_METRICS
 from fmae.report.scoring import RunRef, Scoring, score_run
 from fmae.runs import RunDir, list_runs
 from fmae.summary import Summary
-from fmae_tui.widgets.run_kind import headline, is_degenerate
+from fmae_tui.run_kind import headline, is_degenerate
 
 FIXTURES = Path(__file__).parent / "fixtures" / "summaries"
 TASKS = ("au", "fer", "id_probe", "pretrain")

@@ -23,11 +23,11 @@ from fmae.metric_catalogue import ACCURACY, F1_05, F1_BEST
 from fmae.run_watch import RunPoller, RunUpdate
 from fmae.runs import FINAL_STATES, STATES
 from fmae.summary import as_summary
+from fmae_tui.run_kind import METRIC_LONG, degenerate_text, headline_at, is_degenerate, kind_label, short_metric
 from fmae_tui.screens.base import FmaeScreen, WorkEnded
 from fmae_tui.widgets.curve_plot import CurvePlot
 from fmae_tui.widgets.notes_editor import NotesEditor
 from fmae_tui.widgets.per_au_curves import per_au_table
-from fmae_tui.widgets.run_kind import METRIC_LONG, degenerate_text, headline_at, is_degenerate, kind_label, short_metric
 from fmae_tui.widgets.runs_table import STATE_STYLE, ago, parse_time
 from fmae_tui.widgets.scores_table import ScoresTable
 

@@ -18,9 +18,9 @@ from fmae.run_watch import RunScanner
 from fmae.runs import RunDir, RunInfo
 from fmae.summary import as_summary
 from fmae_tui import prefs
+from fmae_tui.run_kind import METRIC_LONG, degenerate_text, headline, headline_at, is_degenerate, kind_label
 from fmae_tui.screens.base import FmaeScreen, WorkEnded
 from fmae_tui.widgets.prompt_bar import PromptBar
-from fmae_tui.widgets.run_kind import METRIC_LONG, degenerate_text, headline, headline_at, is_degenerate, kind_label
 from fmae_tui.widgets.runs_table import RunsTable, ago, duration_s, parse_time, took
 
 

@@ -17,9 +17,9 @@ from textual.widgets import DataTable
 
 from fmae.runs import STATES, RunInfo
 from fmae.summary import Summary, as_summary
+from fmae_tui.run_kind import cell_fields, headline, is_degenerate, kind_label, number, run_kind
 from fmae_tui.widgets.keyed_text import KeyedText
 from fmae_tui.widgets.row_table import RowTable
-from fmae_tui.widgets.run_kind import cell_fields, headline, is_degenerate, kind_label, number, run_kind
 
 # Words carry the meaning; colour only repeats it.
 STATE_STYLE = {"queued": "", "running": "bold yellow", "done": "green", "failed": "red",
