@@ -85,6 +85,16 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def parse_utc(stamp: Any) -> float | None:
+    """Unix seconds from a `utc_now` stamp (status.json's times); None when absent or unreadable."""
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
 def one_line(text: object, limit: int = 300) -> str:
     """Whitespace runs (newlines included) squeezed to one space, cut to `limit` characters."""
     s = " ".join(str(text).split())

@@ -21,14 +21,14 @@ from textual.widgets import Footer, Header, RichLog, Static, TabbedContent, TabP
 from fmae.errors import FmaeError
 from fmae.metric_catalogue import ACCURACY, F1_05, F1_BEST
 from fmae.run_watch import RunPoller, RunUpdate
-from fmae.runs import FINAL_STATES, STATES
+from fmae.runs import FINAL_STATES, STATES, parse_utc
 from fmae.summary import as_summary
 from fmae_tui.run_kind import METRIC_LONG, degenerate_text, headline_at, is_degenerate, kind_label, short_metric
 from fmae_tui.screens.base import FmaeScreen, WorkEnded
 from fmae_tui.widgets.curve_plot import CurvePlot
 from fmae_tui.widgets.notes_editor import NotesEditor
 from fmae_tui.widgets.per_au_curves import per_au_table
-from fmae_tui.widgets.runs_table import STATE_STYLE, ago, parse_time
+from fmae_tui.widgets.runs_table import STATE_STYLE, ago
 from fmae_tui.widgets.scores_table import ScoresTable
 
 LOG_LINES = 200
@@ -276,8 +276,8 @@ class RunScreen(FmaeScreen):
         step, total = status.get("step"), status.get("total_steps")
         if isinstance(step, int) and isinstance(total, int) and total and (state == "running" or step < total):
             what.append(f"step {step}/{total} ({100 * step // total}%)")
-        if state == "running" and parse_time(status.get("heartbeat")) is not None:
-            what.append(f"heartbeat {ago(time.time() - parse_time(status['heartbeat']))} ago")
+        if state == "running" and parse_utc(status.get("heartbeat")) is not None:
+            what.append(f"heartbeat {ago(time.time() - parse_utc(status['heartbeat']))} ago")
         text.append("\n" + " · ".join(what))
         best = summary.best_value
         best_epoch = summary.best_epoch if summary.best_epoch is not None else "?"

@@ -15,13 +15,13 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from fmae.errors import FmaeError
 from fmae.run_watch import RunScanner
-from fmae.runs import RunDir, RunInfo
+from fmae.runs import RunDir, RunInfo, parse_utc
 from fmae.summary import as_summary
 from fmae_tui import prefs
 from fmae_tui.run_kind import METRIC_LONG, degenerate_text, headline, headline_at, is_degenerate, kind_label
 from fmae_tui.screens.base import FmaeScreen, WorkEnded
 from fmae_tui.widgets.prompt_bar import PromptBar
-from fmae_tui.widgets.runs_table import RunsTable, ago, duration_s, parse_time, took
+from fmae_tui.widgets.runs_table import RunsTable, ago, duration_s, took
 
 
 class RunsScreen(FmaeScreen):
@@ -302,14 +302,14 @@ def _state_line(info: RunInfo) -> Text:
         step, total = s.get("step"), s.get("total_steps")
         if isinstance(step, int) and isinstance(total, int) and total:
             parts.append(f"step {step}/{total} ({100 * step // total}%)")
-        beat = parse_time(s.get("heartbeat"))
+        beat = parse_utc(s.get("heartbeat"))
         if beat is not None:
             parts.append(f"heartbeat {ago(now - beat)} ago")
         if s.get("host"):
             gpus = s.get("gpus")
             parts.append(f"on {s['host']}" + (f" gpus {','.join(map(str, gpus))}" if gpus else " cpu"))
     elif info.state == "queued":
-        created = parse_time(s.get("created"))
+        created = parse_utc(s.get("created"))
         parts.append(f"queued {ago(None if created is None else now - created)} ago")
     summary = as_summary(info.summary)
     value, _ = headline(summary)
@@ -319,7 +319,7 @@ def _state_line(info: RunInfo) -> Text:
         which = "epoch" if summary.best_value is None else "best epoch"  # pretraining: its last
         parts.append(f"{label} {value:.3f} ({which} {epoch})")
     if info.state == "done":
-        ended = parse_time(s.get("ended"))
+        ended = parse_utc(s.get("ended"))
         if ended is not None:
             parts.append(f"took {took(duration_s(info, now))}, ended {ago(now - ended)} ago")
     text = Text(" · ".join(parts) or info.state)

@@ -7,7 +7,6 @@ that came or went, and reorders rows (without rebuilding them) only when the ord
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from typing import Any, Callable, Iterable
 
 from rich.text import Text
@@ -15,7 +14,8 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
-from fmae.runs import STATES, RunInfo
+from fmae.queue_ops import age
+from fmae.runs import STATES, RunInfo, parse_utc
 from fmae.summary import Summary, as_summary
 from fmae_tui.run_kind import cell_fields, headline, is_degenerate, kind_label, number, run_kind
 from fmae_tui.widgets.keyed_text import KeyedText
@@ -52,24 +52,9 @@ def best_value(summary: Summary | dict[str, Any] | None) -> float | None:
     return as_summary(summary).best_value
 
 
-def parse_time(stamp: Any) -> float | None:
-    """Unix seconds from the contract's "2026-11-28T04:12:33.120Z"; None when absent or unreadable."""
-    if not isinstance(stamp, str):
-        return None
-    try:
-        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 def ago(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = max(0, int(seconds))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{s // size}{unit}"
-    return f"{s}s"
+    """"3h" as the Queue screen and `fmae queue ls` say an age; "-" when unknown."""
+    return "-" if seconds is None else age(seconds)
 
 
 def progress(info: RunInfo) -> tuple[int | None, int | None]:
@@ -80,12 +65,12 @@ def progress(info: RunInfo) -> tuple[int | None, int | None]:
 
 def duration_s(info: RunInfo, now: float) -> float | None:
     """Seconds from start to end (to the last heartbeat, or now, while it runs); None before it starts."""
-    started = parse_time(info.status.get("started"))
+    started = parse_utc(info.status.get("started"))
     if started is None:
         return None
-    end = parse_time(info.status.get("ended"))
+    end = parse_utc(info.status.get("ended"))
     if end is None:
-        end = now if info.state == "running" else parse_time(info.status.get("heartbeat"))
+        end = now if info.state == "running" else parse_utc(info.status.get("heartbeat"))
     return None if end is None else max(0.0, end - started)
 
 
@@ -230,7 +215,7 @@ class RunsTable(RowTable):
         else:
             value, label = headline(info.summary)
             result = plain(None if value is None else f"{value:.3f} {label}")
-        created = parse_time(info.status.get("created"))
+        created = parse_utc(info.status.get("created"))
         model = str(c.get("model") or "")
         rate = self.rates.get(run_id)
         cells = {
