@@ -2,8 +2,10 @@
 imported or run), holds to the layering of docs/architecture.md.
 
 (a) no import cycle between modules; (b) no torch / timm / cv2 / facenet_pytorch import reachable at
-module level from the app or from the queue / report / runs / config modules; (c) no module imports
-another's private name; (d) no source file over 500 lines. Each check lists every violation at once.
+module level from the app or from the torch-free layer (`TORCH_FREE`: queue, report, runs, config and
+the rest the app reads, the CLI, the data tools); (c) no module imports another's private name (a
+leading underscore, dunders aside; a private submodule is a module, not a name); (d) no source file of
+`fmae` or `fmae_tui` over 500 lines. Each check lists every violation at once.
 
 What counts as an edge A → B (A imports B):
 - `import a.b` and `from a.b import n`: the module named, or `a.b.n` itself when `n` is a submodule.
