@@ -1,7 +1,7 @@
 """Watching run folders cheaply enough for a screen that looks every second or two: which runs of a runs
 folder changed (`RunScanner`), and what is new in one run folder (`RunPoller`: metrics.jsonl and train.log
-by byte offset, the other files only when their stat says they changed). Torch-free: the app reads the
-disk through these in its worker threads.
+by byte offset, the other files only when their stat says they changed), and the rows a prediction run's
+CSV gained (`CsvTail`). Torch-free: the app reads the disk through these in its worker threads.
 
 The scanner works because every file of the run folder that can change (status.json, summary.json, tags,
 notes.md) is replaced atomically, so a change renames a file into the folder and moves the folder's
@@ -11,6 +11,7 @@ are read again.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import time
@@ -45,6 +46,34 @@ class LogTail(FileTail):
         if lines and lines[-1] == "":
             lines.pop()
         return [line.rstrip("\r").rsplit("\r", 1)[-1].rstrip() for line in lines]
+
+
+class CsvTail(FileTail):
+    """New complete rows of a prediction CSV since the last look (`rows`, under `header`). A file that
+    shrank (a resume cut off a half-written line) or was replaced is read again from the start."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__(path)
+        self.header: list[str] | None = None
+        self.rows: list[dict[str, str]] = []
+
+    def read_new(self) -> int:
+        """How many rows came."""
+        resets = self.resets
+        data = self.read_complete()
+        if self.resets != resets:
+            self.header, self.rows = None, []
+        before = len(self.rows)
+        for row in csv.reader(data.decode("utf-8", "replace").splitlines()):
+            if self.header is None:
+                self.header = row
+            elif len(row) == len(self.header):
+                self.rows.append(dict(zip(self.header, row)))
+        return len(self.rows) - before
+
+    def outputs(self) -> list[str]:
+        """The probability columns: AU01_p … (AU runs) or <Class>_p (FER runs)."""
+        return [c[:-2] for c in (self.header or []) if c.endswith("_p")]
 
 
 def _stamp(path: str) -> tuple[int, int, int] | None:

@@ -6,7 +6,6 @@ The screen never imports torch: it writes the run folder (fmae.predict.job), que
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -17,52 +16,13 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Header, Input, Label, Static
 
 from fmae.errors import FmaeError
+from fmae.run_watch import CsvTail
 from fmae_tui.screens.base import FmaeScreen, WorkEnded
 from fmae_tui.screens.confirm import ConfirmScreen
 from fmae_tui.widgets.curve_plot import CurvePlot
 
 SHOWN = 4  # outputs drawn at once (80 columns hold no more legend); `a` shows the next ones
 POLL_S = 1.0
-
-
-class CsvTail:
-    """New complete rows of a prediction CSV since the last look (byte offset; a file that shrank — a
-    resume cut off a half-written line — is read again from the start)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-        self.header: list[str] | None = None
-        self.rows: list[dict[str, str]] = []
-        self.resets = 0
-
-    def read_new(self) -> int:
-        try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
-            return 0
-        if size < self.offset:
-            self.offset, self.header, self.rows = 0, None, []
-            self.resets += 1
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read(size - self.offset)
-        end = data.rfind(b"\n")
-        if end < 0:
-            return 0
-        self.offset += end + 1
-        lines = data[: end + 1].decode("utf-8", "replace").splitlines()
-        before = len(self.rows)
-        for row in csv.reader(lines):
-            if self.header is None:
-                self.header = row
-            elif len(row) == len(self.header):
-                self.rows.append(dict(zip(self.header, row)))
-        return len(self.rows) - before
-
-    def outputs(self) -> list[str]:
-        """The probability columns: AU01_p … (AU runs) or <Class>_p (FER runs)."""
-        return [c[:-2] for c in (self.header or []) if c.endswith("_p")]
 
 
 class PredictScreen(FmaeScreen):
