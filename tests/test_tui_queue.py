@@ -82,6 +82,7 @@ async def test_launch_a_matrix_see_it_run_and_cancel_it(project, tmp_path: Path)
         await pilot.press("ctrl+r")
         await wait_until(pilot, lambda: launch.previews > previews, what="recipe preview")
         assert "= 9 cell(s): 9 to add" in screen_text(app), screen_text(app)
+        assert launch.query_one("#recipe", Select).value == "fmae"  # not the demo's, which ctrl+t chose
 
         # A wrong field says which and what to do; nothing can be queued meanwhile.
         previews = launch.previews

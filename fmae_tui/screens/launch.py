@@ -35,7 +35,8 @@ class LaunchScreen(FmaeScreen):
     SUB_TITLE = "Launch"
     BINDINGS = [
         Binding("ctrl+s", "queue", "Queue it", tooltip="Queue the cells to add (asks first); the scheduler starts"),
-        Binding("ctrl+r", "fill", "Paper's recipe", tooltip="Fill every field from the paper's recipe again"),
+        Binding("ctrl+r", "paper_recipe", "Paper's recipe",
+                tooltip="Select the paper's recipe (fmae.toml's default) and fill every field from it again"),
         Binding("ctrl+t", "try_it", "Try it", tooltip="One small run to see the whole path: the demo recipe "
                 "(vit_tiny, no warmup), first fold, first seed (minutes on a CPU)"),
     ]
@@ -129,8 +130,23 @@ class LaunchScreen(FmaeScreen):
         select = self.query_one("#recipe", Select)
         self._filling = True
         select.set_options([(n, n) for n in names])
-        select.value = names[0]
+        select.value = self._paper_recipe()
         self._filling = False
+
+    def _paper_recipe(self) -> str:
+        """The recipe a plan starts from: fmae.toml's `[defaults] recipe` where this dataset has it (FER has
+        no fmae_iat), else the paper's first; never the demo, which is ctrl+t's."""
+        from fmae.recipes import DEMO_RUN, recipe_names
+
+        names = [n for n in recipe_names(self._dataset) if n != DEMO_RUN["recipe"]]
+        default = self.fmae.project.defaults.get("recipe")
+        return str(default) if default in names else names[0]
+
+    def action_paper_recipe(self) -> None:
+        """ctrl+r: back to the paper's recipe, whatever recipe (the demo's, after ctrl+t) is selected."""
+        with self.prevent(Select.Changed):  # one fill, below, not a second from the recipe's change
+            self._set("#recipe", self._paper_recipe())
+        self.action_fill()
 
     def action_fill(self) -> None:
         """Every field from the paper's recipe (over fmae.toml's defaults), as `fmae train` resolves it."""
