@@ -103,3 +103,16 @@ def test_train_log_warns_with_the_steps(make_synth, tmp_path):
 def test_all_positive_f1_is_2p_over_1_plus_p():
     labels = np.array([[1, 0], [1, 0], [0, 0], [1, 1]])
     assert all_positive_f1(labels) == pytest.approx((2 * 0.75 / 1.75 + 2 * 0.25 / 1.25) / 2)
+
+
+def test_the_degenerate_line_at_the_end_of_fmae_train_prints_no_markup(capsys):
+    """`fmae train`'s console reads no markup (values and paths hold `[`): the line is its text alone."""
+    from fmae.cli.train import _print_outcome
+    from fmae.summary import Summary
+
+    data = json.loads((Path(__file__).parent / "fixtures" / "summaries" / "au.json").read_text())
+    data["best"]["degenerate"] = data["degenerate"] = True
+    _print_outcome(Summary.from_json(data))
+    printed = capsys.readouterr().out
+    assert f"{DEGENERATE_LABEL} — this run has not learnt to tell the AUs apart" in printed
+    assert "[yellow]" not in printed and "[/]" not in printed

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_one_line_error, run_fmae
+from fmae.config import default_config_text
 
 TINY = ["--model", "vit_tiny", "--batch-size", "8", "--set", "input_size=32", "--set", "num_workers=0",
         "--set", "log_every=1", "--set", "warmup_epochs=1"]
@@ -213,8 +214,9 @@ def test_init_from_an_official_mae_checkpoint_and_refusing_a_wrong_one(make_synt
     bad = run_fmae(*au_args(root, "--epochs", "1", "--init", wrong), "--runs-dir", tmp_path / "bad")
     line = assert_one_line_error(bad, str(wrong))
     assert "vit_tiny" in line
-    status = json.loads((only_run(tmp_path / "bad") / "status.json").read_text())
-    assert status["state"] == "failed" and str(wrong) in status["error"]
+    # Issue 14.8: a run refused for bad input before its first step leaves no run folder behind.
+    assert not any(p.is_dir() for p in (tmp_path / "bad").iterdir())
+    assert "removed: refused before its first step" in bad.stderr
 
 
 def test_non_finite_loss_fails_the_run_with_epoch_and_step(make_synth, tmp_path):
@@ -250,6 +252,18 @@ def test_dry_run_shows_the_resolved_config_and_creates_nothing(tmp_path):
     assert "lambda_id" in result.stdout and "2.0" in result.stdout and "recipe bp4d/fmae_iat" in result.stdout
     assert not (tmp_path / "runs").exists()
     assert not (tmp_path / "data").exists()  # a dry run generates no synthetic data either
+
+
+def test_dry_run_prints_brackets_in_values_and_sources_as_they_are(tmp_path):
+    """The config table's console reads no markup, so nothing is escaped: `[x]` is shown, not `\\[x]`."""
+    project = tmp_path / "study[a]"
+    project.mkdir()
+    (project / "fmae.toml").write_text(default_config_text())
+    result = run_fmae("train", "bp4d", "--fold", "1", "--dry-run", "--set", "auto_augment=rand-m9[x]",
+                      "--runs-dir", tmp_path / "runs", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert "rand-m9[x]" in result.stdout and "study[a]" in result.stdout
+    assert "\\[" not in result.stdout
 
 
 GOLDEN = Path(__file__).parent / "golden" / "au_bp4d_vit_tiny_iat.json"

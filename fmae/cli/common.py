@@ -16,7 +16,6 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from fmae.errors import FmaeError, WorkFailed
@@ -56,8 +55,8 @@ def show_config(resolved, title: str) -> None:
     table = Table(title=title)
     for col in ("key", "value", "from"):
         table.add_column(col, no_wrap=True)
-    for key in sorted(resolved.values):
-        table.add_row(key, escape(str(resolved.values[key])), escape(resolved.sources.get(key, "")))
+    for key in sorted(resolved.values):  # `out` reads no markup: a `[` in a value or a path prints as it is
+        table.add_row(key, str(resolved.values[key]), resolved.sources.get(key, ""))
     out.print(table)
 
 

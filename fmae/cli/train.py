@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Iterator, Optional
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 
 from fmae.cli.common import (ConfigOpt, LabelsOpt, NprocOpt, QuietOpt, RootOpt, RunsDirOpt, SetOpt, cli_layer, err,
                               out, show_config)
@@ -76,7 +76,7 @@ def train_cmd(
 
         show_config(resolved, f"{resolved.values['dataset']} — resolved config (dry run: nothing created)")
         for warning in config_warnings(resolved.values):
-            err.print(f"warning: {escape(warning)}", soft_wrap=True)
+            err.print(f"warning: {warning}", soft_wrap=True)
         return
     run = create_run(project.runs_dir, resolved, name=name)
     out.print(f"run {run.id}")
@@ -104,7 +104,9 @@ def _print_outcome(summary: Summary) -> None:
               f"{AUC.short} {num('auc_mean')}, {F1_BEST.name} {num('f1_best_mean')} @{rec['best_threshold']:.2f} "
               f"{TUNED_TAG}", soft_wrap=True)
     if rec.get("degenerate"):
-        out.print(f"[yellow]{escape(DEGENERATE_LABEL)}[/] — this run has not learnt to tell the AUs apart", soft_wrap=True)
+        # `out` reads no markup (values hold `[`): the colour goes in as a style
+        out.print(Text.assemble((DEGENERATE_LABEL, "yellow"), " — this run has not learnt to tell the AUs apart"),
+                  soft_wrap=True)
 
 
 @contextlib.contextmanager
