@@ -42,6 +42,22 @@ ENGINE_DEFAULTS: Mapping[str, Any] = {
 MODEL_INPUT_SIZE = {name: s.input_size for name, s in ENCODERS.items() if s.input_size != 224}
 
 
+# `init = "fmae:NAME"` names a checkpoint shipped inside the package (fmae/assets/NAME.pth, e.g. the
+# demo's MAE-pretrained vit_tiny), so a recipe can point at it wherever fmae is installed.
+PACKAGED = "fmae:"
+
+
+def packaged_init(init: str) -> Path:
+    """The file behind `fmae:NAME`; a one-line FmaeError naming the choices when there is none."""
+    name = init.removeprefix(PACKAGED)
+    assets = Path(__file__).resolve().parent / "assets"
+    path = assets / f"{name}.pth"
+    if not name or "/" in name or "\\" in name or not path.is_file():
+        have = ", ".join(PACKAGED + p.stem for p in sorted(assets.glob("*.pth"))) or "none"
+        raise FmaeError(f"init = {init!r}: no such packaged checkpoint (packaged: {have}) — or give a file path")
+    return path
+
+
 def _name_engine_defaults(sources: dict[str, str], keys) -> None:
     """A setting no recipe has and nothing overrode comes from ENGINE_DEFAULTS: say so, not "recipe"."""
     for key in keys:
@@ -109,6 +125,9 @@ def resolve_run_config(
     _check_values(values)
     if values["data_cache"] not in ("auto", "off"):  # a folder: absolute, so the run finds it from anywhere
         values["data_cache"] = str(Path(values["data_cache"]).expanduser().resolve())
+    if str(values["init"]).startswith(PACKAGED):
+        values["init"] = str(packaged_init(str(values["init"])))
+        sources["init"] += f" ({PACKAGED}… = fmae/assets/)"
 
     # What identifies the run (never overridable with --set).
     values.update(task=task, dataset=spec.name, recipe=recipe_name, seed=int(seed))

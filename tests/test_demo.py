@@ -1,8 +1,10 @@
 """The newcomer's first run is defined once (fmae.recipes.DEMO_RUN and the demo recipe) and the README's first
 `fmae train` line and the app's ctrl+t in Launch both take it from there.
 
-The learning target (AUC >= 0.70 on the unseen subjects within 3 minutes on 2 CPU cores) is not met yet:
-see bench/results/demo_calibration-x86_64-2cpu.md. What is checked here is what the demo does hold."""
+The demo fine-tunes from an MAE-pretrained vit_tiny shipped in the package (`init = "fmae:vit_tiny_mae_synth"`,
+made by bench/demo_init.py). The learning target (AUC >= 0.70 on the unseen subjects within 3 minutes on 2 CPU
+cores) is not met yet: see bench/results/demo_calibration-x86_64-2cpu.md. What is checked here is what the demo
+does hold."""
 
 from __future__ import annotations
 
@@ -71,3 +73,33 @@ async def test_ctrl_t_in_launch_fills_the_demo_plan(tmp_path):
         assert launch.query_one("#folds", Input).value == str(DEMO_RUN["fold"])
         assert launch.query_one("#seeds", Input).value == str(DEMO_RUN["seed"])
         assert launch.query_one("#lambdas", Input).value == "0"
+
+
+def test_the_demo_fine_tunes_from_the_packaged_mae_encoder(tmp_path):
+    from conftest import run_fmae
+    from fmae.models import FineTuneModel, create_encoder, load_pretrained
+    from fmae.models.checkpoint import read_checkpoint
+
+    result = run_fmae(*first_train_line()[1:], "--dry-run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.count("│") >= 3 and line.split("│")[1].strip() == "init")
+    asset = REPO / "fmae" / "assets" / "vit_tiny_mae_synth.pth"
+    assert "recipe bp4d/demo" in row and "vit_tiny_mae_synth" in row
+    ckpt = read_checkpoint(asset)  # weights_only: the one loader every run uses
+    assert ckpt["model"] and all(str(t.dtype) == "torch.float16" for t in ckpt["model"].values())
+    assert not any(k.startswith("decoder") for k in ckpt["model"])  # the encoder only: ~1 MB in the package
+    assert asset.stat().st_size < 3e6
+    model = FineTuneModel(create_encoder("vit_tiny", img_size=64), 12)
+    report = load_pretrained(model, asset)
+    assert report.loaded > 40 and not [k for k in report.missing if k.startswith("encoder.blocks")]
+
+
+def test_an_unknown_packaged_init_is_a_one_line_error(tmp_path):
+    from conftest import run_fmae
+
+    result = run_fmae("train", "bp4d", "--fold", "1", "--model", "vit_tiny", "--recipe", "demo",
+                      "--set", "init=fmae:nope", "--dry-run", cwd=tmp_path)
+    assert result.returncode == 2
+    err = result.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert "fmae:nope" in err and "fmae:vit_tiny_mae_synth" in err
