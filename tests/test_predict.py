@@ -314,6 +314,12 @@ def test_a_predict_run_folder_runs_through_fmae_exec(au_run, media, tmp_path):
     assert len(rows) == 4 and sum(r["success"] == "1" for r in rows) == 3
     side = json.loads((run.path / "predictions.json").read_text())
     assert side["threshold"]["which"] == "tuned"
+    # Again on the finished prediction: the hint predicts again (not `fmae train --from`, which trains).
+    before = (run.path / "predictions.csv").read_text()
+    line = assert_one_line_error(run_fmae("exec", run.path), "this prediction is done", "fmae predict",
+                                 f"--run {au_run.resolve()}", "--threshold tuned", "--out NEW.csv")
+    assert "fmae train" not in line and str(media.resolve()) in line
+    assert (run.path / "predictions.csv").read_text() == before
 
 
 def test_fmae_help_the_job_module_and_the_app_import_no_torch_cv2_or_detector():

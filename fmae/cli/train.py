@@ -150,6 +150,11 @@ def _run_folder(path: Path) -> Path:
         raise FmaeError(f"{rd.status_path}: unknown state {state!r} (expected one of {', '.join(STATES)}) — "
                         'restore the file, or set "state": "failed" to retry the run')
     if state == "done":
+        from fmae.predict.job import TASK, again_hint
+
+        cfg = rd.read_config()
+        if cfg.get("task") == TASK:
+            raise FmaeError(f"{path}: {again_hint(rd.path, dict(cfg))}")
         raise FmaeError(f"{path}: this run is done — start a new one (`fmae train --from {path}/run.toml`)")
     return rd.path
 

@@ -30,6 +30,20 @@ def check_model_run(path: Path) -> dict[str, Any]:
     return cfg
 
 
+def again_hint(run_path: Path, cfg: dict[str, Any]) -> str:
+    """What to do instead of `fmae exec` on a finished prediction run: its CSV is complete, so the
+    command that predicts the same sources again, into a new file (a training run's hint, `fmae train
+    --from`, would train a model)."""
+    import shlex
+
+    threshold = str(cfg.get("threshold", "0.5"))
+    command = ["fmae", "predict", *map(str, cfg.get("sources", [])), "--run", str(cfg.get("source_run", "RUN")),
+               *(["--threshold", threshold] if threshold != "0.5" else []), "--out", "NEW.csv"]
+    csv = Path(run_path) / str(cfg.get("out", CSV_NAME))
+    return (f"this prediction is done (its CSV: {csv}) — predict again into a new file: `{shlex.join(command)}`, "
+            "or queue it again from the app's Predict screen")
+
+
 def create_predict_run(runs_dir: Path, model_run: Path, sources: list[str], *, threshold: str = "0.5",
                        device: str = "auto", batch_size: int = 16, name: str | None = None,
                        command: list[str] | None = None):

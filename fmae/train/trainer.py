@@ -62,9 +62,13 @@ def execute(path: Path, resume: bool = False, quiet: bool = False) -> int:
 
 
 def _execute_locked(run: RunDir, resume: bool, quiet: bool) -> int:
-    if run.read_status().get("state") == "done":  # it ended while this process waited for the lock
-        raise FmaeError(f"{run.path}: this run is done — start a new one (`fmae train --from {run.path}/run.toml`)")
     cfg = run.read_config()
+    if run.read_status().get("state") == "done":  # it ended while this process waited for the lock
+        from fmae.predict.job import TASK, again_hint
+
+        if cfg.get("task") == TASK:
+            raise FmaeError(f"{run.path}: {again_hint(run.path, dict(cfg))}")
+        raise FmaeError(f"{run.path}: this run is done — start a new one (`fmae train --from {run.path}/run.toml`)")
     if cfg.get("task") == "predict":  # `fmae predict` queued as a run (fmae/predict/job.py): no training
         from fmae.predict.run_task import execute_predict
 
