@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_fmae
+from conftest import assert_one_line_error, run_fmae
 from fmae.config import DEFAULT_MAX_IMAGE_PIXELS
 from fmae.data import image_decode, image_store, pixel_cache, store_pack
 from fmae.data.lmdb_env import release_readers
@@ -187,3 +187,24 @@ def test_data_check_reads_the_limit_from_fmae_toml(tmp_path):
             in refused.stderr), refused.stderr
     config.write_text("[data]\nmax_image_pixels = 40000\n")
     assert run_fmae("data", "check", "bp4d", "--root", root, "--labels", labels, cwd=tmp_path).returncode == 0
+
+
+def test_data_lmdb_and_data_cache_read_the_limit_from_fmae_toml(tmp_path):
+    """Packing a store and filling a pixel cache decode images too: the same limit as training's."""
+    src = tmp_path / "faces"
+    src.mkdir()
+    Image.new("RGB", (120, 100), (50, 60, 70)).save(src / "small.png")
+    Image.new("RGB", (320, 100), (50, 60, 70)).save(src / "big.png")
+    config = tmp_path / "fmae.toml"
+    config.write_text("[data]\nmax_image_pixels = 20000\n")
+    packed = run_fmae("data", "lmdb", src, "--out", tmp_path / "store", cwd=tmp_path)
+    assert packed.returncode == 1, packed.stderr
+    assert f"{src}/big.png" in packed.stderr and "320 × 100 = 32,000 pixels, over the 20,000-pixel limit" in packed.stderr
+    assert "1 images stored" in packed.stdout
+    assert_one_line_error(run_fmae("data", "cache", src, "--size", "32", "--out", tmp_path / "cache", cwd=tmp_path),
+                          "big.png", "over the 20,000-pixel limit")
+    config.write_text("[data]\nmax_image_pixels = 40000\n")
+    packed = run_fmae("data", "lmdb", src, "--out", tmp_path / "store", cwd=tmp_path)
+    assert packed.returncode == 0 and "1 images stored, 1 already present" in packed.stdout, packed.stderr
+    cached = run_fmae("data", "cache", src, "--size", "32", "--out", tmp_path / "cache", cwd=tmp_path)
+    assert cached.returncode == 0 and ": 2 images of 32 px" in cached.stdout, cached.stderr

@@ -31,6 +31,8 @@ def data_cache(
     Rerun after the images change: only new or changed files are decoded again."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from fmae.config import load_project
+    from fmae.data.image_decode import set_max_pixels
     from fmae.data.pixel_cache import DEFAULT_INTERPOLATION, EVAL_INTERPOLATIONS, build_cache, cache_bytes, default_cache_dir
     from fmae.data.image_files import list_images
     from fmae.registry import DATASETS
@@ -38,13 +40,13 @@ def data_cache(
     if interpolation is not None and interpolation not in EVAL_INTERPOLATIONS:
         raise FmaeError(f"--interpolation {interpolation}: choose one of {', '.join(EVAL_INTERPOLATIONS)}")
     chosen = interpolation
+    project = load_project(config)
+    set_max_pixels(project.max_image_pixels)  # [data] max_image_pixels, as the trainer and `data check` read
     if is_benchmark_name(dataset):
-        from fmae.config import load_project
         from fmae.data.locate import dataset_location, ensure_dataset
         from fmae.registry import get_dataset
 
         spec = get_dataset(dataset)
-        project = load_project(config)
         if chosen is None:  # what this benchmark's runs evaluate with, so that they find the cache
             chosen = str(project.overrides.get(spec.name, {}).get("eval_interpolation", DEFAULT_INTERPOLATION))
         loc = ensure_dataset(spec, dataset_location(project, spec, root, None), say=lambda msg: err.print(msg))

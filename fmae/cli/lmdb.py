@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from fmae.cli.common import err, out, size_text
+from fmae.cli.common import ConfigOpt, err, out, size_text
 from fmae.errors import FmaeError, WorkFailed
 
 app = typer.Typer()  # its command joins the `data` group
@@ -27,11 +27,16 @@ def data_lmdb(
                                                         "same command to resume an interrupted pack.")],
     max_side: Annotated[Optional[int], typer.Option("--max-side", help="Shrink larger images to this longest "
                                                                        "side (kept as JPEG quality 95).")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Pack image folders into an LMDB image store for pretraining; reports duplicate and unreadable files."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from fmae.config import load_project
+    from fmae.data.image_decode import set_max_pixels
     from fmae.data.store_pack import pack
+
+    set_max_pixels(load_project(config).max_image_pixels)  # the limit pretraining reads the store with
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     try:

@@ -17,7 +17,7 @@ from typing import Callable
 
 from PIL import Image
 
-from fmae.data.image_decode import DECODE_ERRORS, reason, to_rgb
+from fmae.data.image_decode import DECODE_ERRORS, ImageRefused, open_image, reason, to_rgb
 from fmae.data.image_files import list_images, suffix_list
 from fmae.data.image_store import FORMAT, FORMAT_VERSION, HASH, IMG, SUM, io_workers
 from fmae.data.lmdb_env import (
@@ -93,7 +93,7 @@ def _load(key: str, path: Path, max_side: int | None, max_key: int) -> _Loaded:
         return item
     item.digest = hashlib.blake2b(data, digest_size=16).digest()
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with open_image(data) as img:  # over [data] max_image_pixels: refused from the header
             img.load()  # a full decode: truncated files fail here, not in the header check
             if max_side and max(img.size) > max_side:
                 scale = max_side / max(img.size)
@@ -102,6 +102,9 @@ def _load(key: str, path: Path, max_side: int | None, max_key: int) -> _Loaded:
                 buf = io.BytesIO()
                 small.save(buf, format="JPEG", quality=JPEG_QUALITY)
                 data = buf.getvalue()
+    except ImageRefused as e:
+        item.reason = str(e)
+        return item
     except Image.UnidentifiedImageError:
         item.reason = "not an image (cannot identify the format)"
         return item
