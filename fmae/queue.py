@@ -267,9 +267,6 @@ class Queue:
         rows = self._query(f"{_SELECT} WHERE state = 'queued' ORDER BY priority DESC, id ASC")
         return [self._job(r) for r in rows]
 
-    def find_key(self, key: str) -> list[Job]:
-        return [self._job(r) for r in self._query(f"{_SELECT} WHERE key = ? ORDER BY id", (key,))]
-
     def counts(self) -> dict[str, int]:
         """Jobs per state (every state present, 0 where none)."""
         found = dict(self._query("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
@@ -336,17 +333,6 @@ class Queue:
                                 "retried" + (" — a done run is not re-run; queue a new one" if job.state == "done" else ""))
             db.execute("UPDATE jobs SET state = 'queued', slot = NULL, pid = NULL, pgid = NULL, started = NULL, "
                        "ended = NULL, cancel_requested = NULL, error = NULL WHERE id = ?", (int(job_id),))
-
-    def request_cancel(self, job_id: int) -> Job:
-        """Mark a running job to be cancelled (cancel_requested = now; the caller signals the process and
-        the scheduler escalates and records the end). Returns the job as it now is."""
-        with self._write() as db:
-            job = self._require(db, job_id)
-            if job.state not in ("running", "launching"):
-                raise FmaeError(f"job {job_id} ({job.run_id}) is {job.state}, not running")
-            if job.cancel_requested is None:
-                db.execute("UPDATE jobs SET cancel_requested = ? WHERE id = ?", (time.time(), int(job_id)))
-            return self._require(db, job_id)
 
     def cancel(self, job_id: int) -> Job:
         """In one transaction: a queued job becomes cancelled (it can no longer be claimed); a running one

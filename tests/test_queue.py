@@ -212,7 +212,6 @@ def test_dispatch_order_is_priority_then_id(tmp_path):
     back = q.get(jobs[4].id)
     assert (back.state, back.pid, back.slot, back.ended, back.error) == ("queued", None, None, None, None)
     assert [j.id for j in q.jobs(["queued"])] == sorted(j.id for j in jobs)
-    assert q.find_key(jobs[0].key) == [q.get(jobs[0].id)]
 
 
 def _claim(runs: str, job_id: int, barrier, results) -> None:
