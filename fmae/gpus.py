@@ -25,7 +25,7 @@ import copy
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from fmae.errors import FmaeError
@@ -282,21 +282,7 @@ def _count(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-# --- the app's GPU screen -----------------------------------------------------------------------------
-
-def snapshot(max_age: float = 0.5) -> dict[str, Any]:
-    """JSON-able state of every GPU: {"gpus": [{index, name, uuid, memory_*_mib, utilization_pct,
-    temperature_c, processes: [{"pid", "used_mib"}]}], "reason": None} — or {"gpus": [], "reason": "…"}."""
-    gpus, reason = probe(max_age)
-    rows = []
-    for g in gpus:
-        row = asdict(g)
-        row["processes"] = [{"pid": pid, "used_mib": used} for pid, used in g.processes]
-        rows.append(row)
-    return {"gpus": rows, "reason": reason or None, "time": time.time()}
-
-
-# --- the CPU, for the same screen on a machine without a GPU ------------------------------------------
+# --- the CPU, for the app's GPU screen on a machine without a GPU ------------------------------------------
 
 @dataclass
 class CpuInfo:
