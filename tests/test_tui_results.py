@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_fmae
+from conftest import read_csv, run_fmae
 from tui_support import screen_text, wait_until
 from fmae.config import default_config_text, update_config
 from fmae.report.paper import paper_rows
 from fmae.registry import get_dataset
-from fmae.report.export import read_csv
 from fmae.scheduler import stop
 from fmae_tui.app import create_app
 from fmae_tui.screens.confirm import ConfirmScreen
@@ -186,6 +185,14 @@ async def test_results_tables_switches_baseline_grid_queue_and_export(study, tmp
         await wait_until(pilot, lambda: out.exists(), what="export")
         rows_back = read_csv(out.read_text())
         assert any(r.get("group") == "vit_tiny fmae λ=0" for r in rows_back)
+        # A relative name goes where `fmae report --out` puts it: under the runs folder's exports/.
+        await pilot.press("x")
+        await pilot.pause()
+        bar.value = "paper/tables.tex"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: (runs / "exports" / "paper" / "tables.tex").exists(), what="relative export")
+        assert "\\begin{tabular}" in (runs / "exports" / "paper" / "tables.tex").read_text()
+        assert not (Path.cwd() / "paper" / "tables.tex").exists()
         # A bad extension is one clear line, and writes nothing.
         await pilot.press("x")
         await pilot.pause()

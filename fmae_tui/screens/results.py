@@ -390,11 +390,12 @@ class ResultsScreen(PolledScreen):
                   "extra seeds for every grid, e.g. 0,1,2 (empty: only the runs' own)")
 
     def action_export(self) -> None:
+        from fmae.report.export import default_export_name, export_path
+
         report = self.report
-        name = f"results-{report.dataset}.md" if report else "results.md"
-        # under the runs folder, never loose in a source checkout
-        self._ask("export", "export to", str(self.fmae.project.runs_dir / "exports" / name),
-                  "a path ending .md .tex .csv .json")
+        name = default_export_name(report.dataset if report else None)
+        self._ask("export", "export to", str(export_path(self.fmae.project.runs_dir, name)),
+                  "a path ending .md .tex .csv .json (a relative one goes under the runs folder's exports/)")
 
     def _close_prompt(self) -> None:
         self._prompt = None
@@ -424,15 +425,14 @@ class ResultsScreen(PolledScreen):
         self._close_prompt()
 
     def _export(self, path_text: str) -> None:
-        from pathlib import Path
-
         from fmae.atomic_write import write_text_atomic
-        from fmae.report.export import format_for, render
+        from fmae.report.export import export_path, format_for, render
 
         if self.results is None:
             self.notify("nothing to export yet", severity="warning")
             return
-        path = Path(path_text).expanduser()
+        # where `fmae report --out` writes the same name: never loose in the app's current folder
+        path = export_path(self.fmae.project.runs_dir, path_text)
         try:
             text = render(self.results, format_for(path.name))
             path.parent.mkdir(parents=True, exist_ok=True)
