@@ -105,6 +105,33 @@ async def test_generate_makes_the_synthetic_copy_in_a_worker(config: Path) -> No
         assert not list(app.workers)
 
 
+async def test_an_outdated_synthetic_copy_says_so_and_is_made_again(config: Path) -> None:
+    """A copy an older fmae wrote is there but not what training reads: not "not generated"."""
+    import json
+
+    from fmae.config import load_project
+    from fmae.data.locate import ensure_dataset
+
+    project = load_project(config)
+    loc = ensure_dataset(DATASETS["bp4d"], project.dataset("bp4d"))  # made by this fmae…
+    meta = json.loads((loc.root / "synth.json").read_text())
+    del meta["generator"]  # …then as generator 1 wrote it (before versions were recorded)
+    (loc.root / "synth.json").write_text(json.dumps(meta))
+    app = create_app(config)
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.screen.query_one(DataTable)
+        assert str(table.get_cell("bp4d", "status")) == "synthetic · outdated"
+        assert squash("synthetic outdated (made by an older fmae): regenerated on first use") in squash(screen_text(app))
+        await pilot.press("d")
+        assert "regenerated on first use" in screen_text(app)
+        await pilot.press("g")  # the cursor starts on bp4d
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert str(table.get_cell("bp4d", "status")) == "synthetic · ready"
+        assert json.loads((loc.root / "synth.json").read_text())["generator"]["version"] == 2
+        assert "regenerated on first use" not in screen_text(app)
+
+
 async def test_quit_while_generating_needs_a_second_press(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     release = threading.Event()
     real = datasets.ensure_dataset

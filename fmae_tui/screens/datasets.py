@@ -16,19 +16,23 @@ from textual.events import Resize
 from textual.widgets import DataTable, Footer, Header, Static
 
 from fmae.config import DatasetLocation
-from fmae.data.locate import ensure_dataset, synthetic_ready
+from fmae.data.locate import ensure_dataset, synth_generator, synthetic_ready
+from fmae.data.synth import GENERATOR_VERSION
 from fmae.registry import DATASETS, DatasetSpec
 from fmae_tui.screens.base import FmaeScreen, WorkEnded
 
 COLUMNS = ("name", "task", "labels", "subjects", "folds", "root", "status")
 MIN_ROOT_WIDTH = 12  # narrower than this, the root column is dropped (the line under the table has it)
 GENERATING = "synthetic · generating…"
+OUTDATED = "synthetic · outdated"
+OUTDATED_NOTE = "outdated (made by an older fmae): regenerated on first use"
 
 # Status words carry the meaning; colour only repeats it (readable with 16 colours or none).
 _STATUS_STYLE = {
     "present": "green",
     "synthetic · ready": "green",
     "synthetic · not generated": "yellow",
+    OUTDATED: "yellow",
     GENERATING: "yellow",
     "missing": "bold red",
     "not configured": "",
@@ -40,8 +44,16 @@ def dataset_status(loc: DatasetLocation) -> str:
     if loc.root is None:
         return "not configured"
     if loc.synthetic is not None:
-        return "synthetic · ready" if synthetic_ready(loc) else "synthetic · not generated"
+        if synthetic_ready(loc):
+            return "synthetic · ready"
+        return OUTDATED if synthetic_outdated(loc) else "synthetic · not generated"
     return "present" if loc.root.is_dir() else "missing"
+
+
+def synthetic_outdated(loc: DatasetLocation) -> bool:
+    """A complete synthetic copy by an older generator: there, but `ensure_dataset` makes it again."""
+    old = synth_generator(loc.root) if loc.root is not None else None
+    return old is not None and old < GENERATOR_VERSION
 
 
 def show_path(path: Path | None, base: Path) -> str:
@@ -193,7 +205,10 @@ class DatasetsScreen(FmaeScreen):
         loc = self.project.dataset(spec.name)
         config = self.project.path.name if self.project.path else "fmae.toml (`fmae init` writes one)"
         root = str(loc.root) if loc.root else f"not configured: add [datasets.{spec.name}] root to {config}"
-        self.query_one("#selected-root", Static).update(_key_values([(f"{spec.name} root", root)]))
+        rows = [(f"{spec.name} root", root)]
+        if loc.synthetic is not None and synthetic_outdated(loc):
+            rows.append(("synthetic", OUTDATED_NOTE))
+        self.query_one("#selected-root", Static).update(_key_values(rows))
         if self.query_one("#detail").has_class("-shown"):
             self.query_one("#detail-body", Static).update(self._details(spec, loc))
 
@@ -224,7 +239,8 @@ class DatasetsScreen(FmaeScreen):
             unit = ("subjects", "frames each") if spec.task == "au" else ("identities", "images each")
             who = f"{s.subjects} {unit[0]}" if s.subjects is not None else f"all {unit[0]}"
             grid.add_row("synthetic", Text(f"{who}, {s.frames} {unit[1]}, {s.size} px, seed {s.seed}, "
-                                           f"identity strength {s.identity_strength:g}"))
+                                           f"identity strength {s.identity_strength:g}"
+                                           + (f"; {OUTDATED_NOTE}" if synthetic_outdated(loc) else "")))
         if loc.root is not None:  # the config's path is in the header: name the file, not the path
             path = self.project.path
             grid.add_row("configured", Text(loc.origin.replace(str(path), path.name) if path else loc.origin))
