@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import subprocess
 import sys
@@ -29,6 +31,19 @@ def run_fmae(*args: str | os.PathLike, cwd: Path | None = None, env: dict | None
     proc = subprocess.run([sys.executable, "-m", "fmae", *map(str, args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def read_csv(text: str) -> list[dict]:
+    """`fmae report`'s CSV lines back, with mean / std / lambda_id as floats (None when empty), n and seed
+    as ints: what the export tests compare with the report they came from."""
+    rows = []
+    for rec in csv.DictReader(io.StringIO(text)):
+        for key in ("mean", "std", "lambda_id"):
+            rec[key] = float(rec[key]) if rec[key] != "" else None
+        for key in ("n", "seed"):
+            rec[key] = int(rec[key]) if rec[key] != "" else None
+        rows.append(rec)
+    return rows
 
 
 def assert_one_line_error(result: CliResult, *needles: str) -> str:

@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from conftest import assert_one_line_error, run_fmae
+from conftest import assert_one_line_error, read_csv, run_fmae
 from fmae.metrics import au_scores
 from fmae.report.paper import paper_rows
 from fmae.registry import get_dataset
 from fmae.report import Scoring, Selection, build
-from fmae.report.export import read_csv, render_csv, render_json, render_latex, render_markdown
+from fmae.report.export import render_csv, render_json, render_latex, render_markdown
 from fmae.runs import RunDir, make_run_id
 
 BP4D = get_dataset("bp4d").au_names()

@@ -218,18 +218,6 @@ def render_csv(results: Results) -> str:
     return buf.getvalue()
 
 
-def read_csv(text: str) -> list[dict[str, Any]]:
-    """render_csv's lines back, with mean / std / lambda_id as floats (None when empty), n and seed as ints."""
-    rows = []
-    for rec in csv.DictReader(io.StringIO(text)):
-        for key in ("mean", "std", "lambda_id"):
-            rec[key] = float(rec[key]) if rec[key] != "" else None
-        for key in ("n", "seed"):
-            rec[key] = int(rec[key]) if rec[key] != "" else None
-        rows.append(rec)
-    return rows
-
-
 # --- JSON ------------------------------------------------------------------------------------------------------
 
 def render_json(results: Results) -> str:
