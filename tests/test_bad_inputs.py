@@ -330,7 +330,7 @@ def test_metrics_case_last_line_cut(tmp_path):
 @pytest.mark.parametrize("case_id", [i for i, c in CASES.items() if c["feed"] == "image"])
 def test_the_trainer_finds_bad_images_before_training(case_id, tmp_path):
     """What the trainer checks before its first step (no full decode): the same images are refused."""
-    from fmae.data.torch.datasets import check_files_exist
+    from fmae.data.image_check import check_image_files
 
     case = CASES[case_id]
     good = [tmp_path / f"good{i}.jpg" for i in range(3)]
@@ -338,15 +338,15 @@ def test_the_trainer_finds_bad_images_before_training(case_id, tmp_path):
         tiny_jpeg(p)
     bad = tmp_path / Path(case["file"]).name
     shutil.copyfile(CORPUS / case["file"], bad)
-    check_files_exist(good, "fold 1 train split")
+    check_image_files({"fold 1 train split": good})
     with pytest.raises(FmaeError) as e:
-        check_files_exist([good[0], bad, good[1]], "fold 1 train split")
+        check_image_files({"fold 1 train split": [good[0], bad, good[1]]})
     assert str(e.value).startswith(f"{bad}: ") and "in the fold 1 train split" in str(e.value)
     assert "fmae data check" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_the_trainer_reports_every_bad_image_and_accepts_padded_jpegs(tmp_path, caplog):
-    from fmae.data.torch.datasets import check_files_exist
+    from fmae.data.image_check import check_image_files
 
     bad = []
     for case in (c for c in CASES.values() if c["feed"] == "image"):
@@ -356,9 +356,9 @@ def test_the_trainer_reports_every_bad_image_and_accepts_padded_jpegs(tmp_path, 
     padded = tmp_path / "padded.jpg"  # some cameras write bytes after the end marker: still a good image
     tiny_jpeg(padded)
     padded.write_bytes(padded.read_bytes() + b"\0" * 5000)
-    check_files_exist([padded], "train split")
+    check_image_files({"train split": [padded]})
     with caplog.at_level("ERROR", logger="fmae.data"), pytest.raises(FmaeError) as e:
-        check_files_exist([padded, *bad, missing], "train split")
+        check_image_files({"train split": [padded, *bad, missing]})
     assert f"; {len(bad)} more bad images listed in the log" in str(e.value)
     logged = [r.getMessage() for r in caplog.records]
     assert len(logged) == len(bad) + 1 and all(any(str(p) in m for m in logged) for p in [*bad, missing])

@@ -32,14 +32,6 @@ def load_rgb(path: Path, max_pixels: int | None = None) -> Image.Image:
     return decode_rgb(path, str(path), limit=max_pixels)
 
 
-def check_files_exist(paths: Sequence[Path], what: str) -> None:
-    """Fail before training, not at epoch 7: every missing, empty or cut-short image of the split is
-    logged, then one line names the first (a stat and a small read per image; see image_check)."""
-    from fmae.data.image_check import check_image_files
-
-    check_image_files({what: paths})
-
-
 class ImageSet(Dataset):
     """Images with one target row each; `targets` [N, ...] and optional `subjects` [N] identity indices."""
 
