@@ -8,6 +8,7 @@ No torch here: the app and the CLI start and query the scheduler.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -326,7 +327,13 @@ class Scheduler:
         return tuple(s.name for s in picked), G.cuda_env(picked)
 
     def _launch(self, job: Job, slots: tuple[str, ...], gpu_env: dict[str, str]) -> None:
-        run = RunDir.open(job.path)
+        try:
+            run = RunDir.open(job.path)
+        except FmaeError as e:  # deleted (or emptied) while queued: this job fails, the loop goes on
+            why = f"run folder {job.path} is gone" if not job.path.exists() else str(e)
+            self.queue.finish(job.id, "failed", error=why)
+            log.error("job %d (%s) not launched: %s", job.id, job.run_id, why)
+            return
         if (_status(job) or {}).get("state") == "done":  # a stale row (its trainer ended unseen): never re-run
             self.queue.finish(job.id, "done")
             log.info("job %d (%s) is already done: not launched", job.id, job.run_id)
@@ -348,7 +355,8 @@ class Scheduler:
                 proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
                                         start_new_session=True, close_fds=True, cwd=str(job.path))
         except OSError as e:
-            run.mark_ended("failed", error=f"could not start the trainer: {e}")
+            with contextlib.suppress(FmaeError, OSError):  # the folder itself may be what went missing
+                run.mark_ended("failed", error=f"could not start the trainer: {e}")
             self.queue.finish(job.id, "failed", error=f"could not start the trainer: {e}")
             log.error("job %d (%s): could not start the trainer: %s", job.id, job.run_id, e)
             return

@@ -323,3 +323,30 @@ def test_a_zombie_trainer_is_dead_and_a_folder_that_says_done_is_believed(tmp_pa
         looks_alive.kill()
         looks_alive.wait()
         zombie.wait()
+
+
+def test_a_queued_run_whose_folder_was_deleted_fails_in_one_line_and_the_next_goes_on(tmp_path):
+    """`rm -r runs/<id>` of a queued run: that job fails naming the folder; the scheduler keeps going
+    (job 2, whose folder says done, is recorded done) and exits when idle, not on an exception."""
+    import shutil
+
+    from fmae.queue import Queue
+    from fmae.runs import RunDir, make_run_id
+
+    runs = tmp_path / "runs"
+    q = Queue(runs)
+    cfg = {"task": "au", "dataset": "bp4d", "fold": 1, "seed": 0, "lambda_id": 0.0, "model": "vit_tiny"}
+    gone, done = (RunDir.create(runs, make_run_id("bp4d", "vit_tiny", s, fold=1), {**cfg, "seed": s},
+                                {"command": ["test"]}) for s in (0, 1))
+    for run in (gone, done):
+        q.add(run)
+    shutil.rmtree(gone.path)
+    done.mark_ended("done", exit_code=0)
+    result = subprocess.run([sys.executable, "-m", "fmae", "scheduler", "run", "--runs-dir", str(runs),
+                             "--idle-exit", "1"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    first, second = q.jobs()
+    assert (first.state, first.error) == ("failed", f"run folder {gone.path} is gone")
+    assert second.state == "done"
+    assert not gone.path.exists()  # nothing made again in its place
