@@ -112,7 +112,7 @@ def main() -> None:
         f"- the run: `fmae {' '.join(demo_command())}` (+ `--set` pairs of the variant)",
         "- the demo recipe (fmae/recipes.py `_DEMO`, over the dataset's fmae row): "
         + ", ".join(f"{k} {recipe[k]!r}" for k in ("blr", "batch_size", "epochs", "warmup_epochs", "layer_decay",
-                                                   "drop_path", "auto_augment", "random_erase_prob", "crop_scale")),
+                                                   "drop_path", "auto_augment", "random_erase_prob", "crop_scale", "init")),
         "- targets: ≤ 180 s; AUC ≥ 0.70 on the unseen test subjects; F1@0.5 above the all-positive F1 by > 0.05",
         "- numbers of the best epoch (picked on the test fold, as the paper; with a few epochs best and last are close)",
         "",
