@@ -14,6 +14,7 @@ from textual.events import Resize
 from textual.widgets import DataTable, Footer, Header, Static
 
 from fmae.errors import FmaeError
+from fmae.queue_ops import duration
 from fmae.run_watch import RunScanner
 from fmae.runs import RunDir, RunInfo, parse_utc
 from fmae.summary import as_summary
@@ -21,7 +22,7 @@ from fmae_tui import prefs
 from fmae_tui.run_kind import METRIC_LONG, degenerate_text, headline, headline_at, is_degenerate, kind_label
 from fmae_tui.screens.base import FmaeScreen, WorkEnded
 from fmae_tui.widgets.prompt_bar import PromptBar
-from fmae_tui.widgets.runs_table import RunsTable, ago, duration_s, took
+from fmae_tui.widgets.runs_table import RunsTable, ago, duration_s
 
 
 class RunsScreen(FmaeScreen):
@@ -321,7 +322,7 @@ def _state_line(info: RunInfo) -> Text:
     if info.state == "done":
         ended = parse_utc(s.get("ended"))
         if ended is not None:
-            parts.append(f"took {took(duration_s(info, now))}, ended {ago(now - ended)} ago")
+            parts.append(f"took {duration(duration_s(info, now))}, ended {ago(now - ended)} ago")
     text = Text(" · ".join(parts) or info.state)
     if is_degenerate(summary):
         text.append("\n" + degenerate_text(summary), "bold red")

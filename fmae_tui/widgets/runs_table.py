@@ -14,7 +14,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
-from fmae.queue_ops import age
+from fmae.queue_ops import age, duration
 from fmae.runs import STATES, RunInfo, parse_utc
 from fmae.summary import Summary, as_summary
 from fmae_tui.run_kind import cell_fields, headline, is_degenerate, kind_label, number, run_kind
@@ -72,18 +72,6 @@ def duration_s(info: RunInfo, now: float) -> float | None:
     if end is None:
         end = now if info.state == "running" else parse_utc(info.status.get("heartbeat"))
     return None if end is None else max(0.0, end - started)
-
-
-def took(seconds: float | None) -> str:
-    """"42s", "3m05s", "1h20m": a duration to the second while short."""
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def parse_filter(text: str) -> list[tuple[str | None, str]]:
@@ -230,7 +218,7 @@ class RunsTable(RowTable):
             "epoch": plain(None if info.state == "corrupt" or c.get("eval_checkpoint") or epoch is None and epochs is None
                            else f"{epoch or 0}/{epochs or '?'}"),
             "result": result,
-            "duration": plain(took(duration_s(info, self._now))),
+            "duration": plain(duration(duration_s(info, self._now))),
             "rate": plain(None if rate is None else f"{rate:.0f}"),
             "age": plain(ago(None if created is None else self._now - created)),
             "tags": plain(" ".join(tags)[:30] or None),
