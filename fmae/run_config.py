@@ -65,6 +65,14 @@ def _name_engine_defaults(sources: dict[str, str], keys) -> None:
             sources[key] = "engine default"
 
 
+def _model_input_size(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """A known model; an input size still the recipe's becomes the model's own where it has one."""
+    check_model(values["model"])
+    if sources["input_size"].startswith("recipe") and values["model"] in MODEL_INPUT_SIZE:
+        values["input_size"] = MODEL_INPUT_SIZE[values["model"]]
+        sources["input_size"] = f"model {values['model']}"
+
+
 def _task_of(dataset: str, probe: bool) -> str:
     if probe:
         return "id_probe"
@@ -116,11 +124,7 @@ def resolve_run_config(
                      ("command line", cli))
     values, sources = resolved.values, resolved.sources
     _name_engine_defaults(sources, engine_only)
-
-    check_model(values["model"])
-    if sources["input_size"].startswith("recipe") and values["model"] in MODEL_INPUT_SIZE:
-        values["input_size"] = MODEL_INPUT_SIZE[values["model"]]
-        sources["input_size"] = f"model {values['model']}"
+    _model_input_size(values, sources)
     _cap_warmup(values, sources)
     _check_values(values)
     if values["data_cache"] not in ("auto", "off"):  # a folder: absolute, so the run finds it from anywhere
@@ -251,10 +255,7 @@ def resolve_pretrain_config(project: ProjectConfig, data: list[Path], *, seed: i
     resolved = layer(("recipe pretrain", base), (f"{project.label}", toml_layer), ("command line", cli))
     values, sources = resolved.values, resolved.sources
     _name_engine_defaults(sources, engine_only)
-    check_model(values["model"])
-    if sources["input_size"].startswith("recipe") and values["model"] in MODEL_INPUT_SIZE:
-        values["input_size"] = MODEL_INPUT_SIZE[values["model"]]
-        sources["input_size"] = f"model {values['model']}"
+    _model_input_size(values, sources)
     spec = ENCODERS[values["model"]]
     for key in ("decoder_dim", "decoder_depth", "decoder_heads"):  # model-owned, under fmae.toml and the CLI
         if sources[key].startswith("recipe") and values[key] != getattr(spec, key):
