@@ -57,7 +57,7 @@ def test_prepare_cli_registers_and_reports_missing_frames(make_synth, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "wrote 47 frames" in result.stdout and "1 labelled frames have no image" in result.stdout
     text = (tmp_path / "fmae.toml").read_text()
-    assert "# my project" in text and str(frames) in text and "bp4d.jsonl" in text
+    assert "# my project" in text and 'root = "frames"' in text and "bp4d.jsonl" in text  # relative to fmae.toml
     check = run_fmae("data", "check", "bp4d", cwd=tmp_path)
     assert check.returncode == 0, check.stderr
 
