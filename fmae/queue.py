@@ -18,13 +18,12 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from fmae.errors import FmaeError
 from fmae.experiments import EXECUTION_KEYS, config_key, expand_matrix  # noqa: F401 (importers take them from here)
-from fmae.runs import FINAL_STATES, STATES, RunDir
+from fmae.runs import FINAL_STATES, STATES, RunDir, parse_utc
 
 DB_NAME = "queue.sqlite"
 LOCK_NAME = ".queue.lock"  # hidden: run listing ignores it
@@ -93,15 +92,6 @@ class Job:
     key: str
     error: str | None
     launcher: str | None = None  # "pid@host" of the scheduler that claimed it (state launching)
-
-
-def _parse_iso(text: Any) -> float | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def read_status_fast(path: Path) -> dict[str, Any] | None:
@@ -380,10 +370,10 @@ class Queue:
                 continue
             given = status.get("gpus")
             need = len(given) if isinstance(given, list) else int(gpus or 0)
-            added = _parse_iso(status.get("created")) or _mtime(run.status_path)
+            added = parse_utc(status.get("created")) or _mtime(run.status_path)
             pid, pgid = status.get("pid"), status.get("pgid")
-            rows.append((name, state, need, max(1, need), added, _parse_iso(status.get("started")),
-                         _parse_iso(status.get("ended")), pid if isinstance(pid, int) else None,
+            rows.append((name, state, need, max(1, need), added, parse_utc(status.get("started")),
+                         parse_utc(status.get("ended")), pid if isinstance(pid, int) else None,
                          pgid if isinstance(pgid, int) else None, status.get("error"), *_identity(cfg)))
         added_n = 0
         with self._write() as db:

@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from fmae.errors import FmaeError
 from fmae.queue import DB_NAME, Job, Queue, config_key, existing_runs, expand_matrix, read_status_fast
-from fmae.runs import FINAL_STATES, STATES, RunDir, pid_alive
+from fmae.runs import FINAL_STATES, STATES, RunDir, parse_utc, pid_alive
 
 if TYPE_CHECKING:
     from fmae.config import ProjectConfig, Resolved
 
-FINISHED = ("done", "failed", "cancelled")
 RECENT_FINISHED = 20  # finished jobs a plain listing keeps
 
 
@@ -189,32 +188,20 @@ def progress_text(status: Optional[dict]) -> str:
     return " · ".join(parts) or "-"
 
 
-def _stamp(value: Any) -> Optional[float]:
-    """Unix seconds from status.json's "2026-11-28T04:12:33.120Z" (None when absent or unreadable)."""
-    if not isinstance(value, str):
-        return None
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 def timing(status: Optional[dict], now: float) -> tuple[Optional[float], Optional[float]]:
     """(elapsed seconds, seconds left) of a run from its status.json. Elapsed runs from the start to the
     end (or now); what is left comes from the step rate measured since the start (steps done over the
     time to the last progress write), None until a step is done."""
     if not status:
         return None, None
-    started = _stamp(status.get("started"))
+    started = parse_utc(status.get("started"))
     if started is None:
         return None, None
-    ended = _stamp(status.get("ended"))
+    ended = parse_utc(status.get("ended"))
     running = status.get("state") == "running"
     elapsed = max(0.0, (ended if ended is not None else now if running else started) - started)
     step, total = status.get("step"), status.get("total_steps")
-    beat = _stamp(status.get("heartbeat"))
+    beat = parse_utc(status.get("heartbeat"))
     if not running or not isinstance(step, int) or not isinstance(total, int) or step <= 0 or beat is None:
         return elapsed, None
     measured = beat - started  # includes start-up, so an early estimate errs long (a resumed run: short)
@@ -248,10 +235,10 @@ def queue_rows(q: Queue, *, all_: bool = False, states: Optional[set[str]] = Non
         rows = [r for r in rows if r["state"] in states]
     hidden = 0
     if not all_ and not states:
-        finished = [r for r in rows if r["state"] in FINISHED]
+        finished = [r for r in rows if r["state"] in FINAL_STATES]
         keep = {r["id"] for r in sorted(finished, key=lambda r: (r["ended"] or r["added"], r["id"]))[-recent:]}
         hidden = len(finished) - len(keep)
-        rows = [r for r in rows if r["state"] not in FINISHED or r["id"] in keep]
+        rows = [r for r in rows if r["state"] not in FINAL_STATES or r["id"] in keep]
     return rows, hidden
 
 
