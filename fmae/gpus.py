@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fmae.errors import FmaeError
+from fmae.runs import one_line
 
 MIB = 1024 * 1024
 
@@ -88,7 +89,7 @@ def _query() -> tuple[list[GpuInfo], str]:
     try:
         import pynvml
     except Exception as e:  # nvidia-ml-py missing or broken
-        return [], f"NVML: nvidia-ml-py is not importable ({_one_line(e)})"
+        return [], f"NVML: nvidia-ml-py is not importable ({one_line(e, None)})"
     try:
         if not _nvml_ready:
             pynvml.nvmlInit()
@@ -96,14 +97,14 @@ def _query() -> tuple[list[GpuInfo], str]:
         count = pynvml.nvmlDeviceGetCount()
     except Exception as e:  # NVMLError_LibraryNotFound, DriverNotLoaded, …
         _shutdown(pynvml)
-        return [], f"NVML: {_one_line(e) or type(e).__name__}"
+        return [], f"NVML: {one_line(e, None) or type(e).__name__}"
     gpus: list[GpuInfo] = []
     problems: list[str] = []
     for index in range(count):
         try:
             gpus.append(_device(pynvml, index))
         except Exception as e:  # one unreadable GPU (lost, reset needed) is left out, not the others
-            problems.append(f"GPU {index}: {_one_line(e) or type(e).__name__}")
+            problems.append(f"GPU {index}: {one_line(e, None) or type(e).__name__}")
     if not gpus:
         _shutdown(pynvml)  # re-initialise next time: the driver may have changed under us
         return [], "NVML: " + ("; ".join(problems) if problems else "no GPU found")
@@ -148,10 +149,6 @@ def _optional(read: Any) -> Any:
 
 def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 # --- slots ------------------------------------------------------------------------------------------

@@ -95,10 +95,10 @@ def parse_utc(stamp: Any) -> float | None:
         return None
 
 
-def one_line(text: object, limit: int = 300) -> str:
-    """Whitespace runs (newlines included) squeezed to one space, cut to `limit` characters."""
+def one_line(text: object, limit: int | None = 300) -> str:
+    """Whitespace runs (newlines included) squeezed to one space, cut to `limit` characters (None: uncut)."""
     s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 1] + "…"
+    return s if limit is None or len(s) <= limit else s[: limit - 1] + "…"
 
 
 def pid_alive(pid: int) -> bool:

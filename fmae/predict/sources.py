@@ -18,6 +18,7 @@ import numpy as np
 
 from fmae.data.image_files import IMAGE_SUFFIXES
 from fmae.errors import FmaeError
+from fmae.runs import one_line
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv"})
 _MAX_BAD_RUN = 50  # consecutive undecodable frames after which a video is taken to have ended
@@ -148,7 +149,7 @@ def check_sources(sources: list[Source]) -> list[int]:
 
 
 def _one(e: BaseException) -> str:
-    return " ".join(str(e).split())[:160] or type(e).__name__
+    return one_line(e, None)[:160] or type(e).__name__
 
 
 def read_image(path: Path) -> np.ndarray | None:

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fmae.errors import FmaeError
 from fmae.run_lock import held_exec_lock_fds
+from fmae.runs import one_line
 
 _FIX = "fix or remove it (`fmae data check` lists every bad image), then retry the run"
 
@@ -57,7 +58,7 @@ class NamedErrors(Dataset):
     def _reason(self, index: int, e: Exception) -> str:
         paths = getattr(self.data, "paths", None)
         path = str(paths[index]) if paths is not None and 0 <= index < len(paths) else None
-        text = " ".join(str(e).split()) or type(e).__name__
+        text = one_line(e, None) or type(e).__name__
         if isinstance(e, FmaeError):  # load_rgb's own one line already names the file and the fix
             return text if path is None or path in text else f"{path}: {text}"
         where = f"{path}: " if path else f"item {index}: "

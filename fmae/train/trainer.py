@@ -32,7 +32,7 @@ from fmae.metric_catalogue import AUC, F1_05, F1_BEST, TUNED_TAG
 from fmae.models.checkpoint import extract_state_dict, read_checkpoint, save_checkpoint
 from fmae.models.encoders import set_fused_attn
 from fmae.run_lock import exec_lock
-from fmae.runs import RunDir
+from fmae.runs import RunDir, one_line
 from fmae.summary import AU_FLAGS, Summary
 from fmae.train.loader import make_loader
 from fmae.train.run_log import setup_logging
@@ -483,5 +483,5 @@ def _au_line(record: dict[str, Any]) -> str:
 
 
 def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
+    text = one_line(e, None) or type(e).__name__
     return f"{type(e).__name__}: {text}"[:300]
