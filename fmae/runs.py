@@ -139,23 +139,24 @@ def _tomlable(value: Any, where: str) -> Any:
     raise TypeError(f"{where}: {type(value).__name__} {value!r:.60} cannot be written to run.toml")
 
 
-def _plain_json(value: Any) -> Any:
+def plain_json(value: Any) -> Any:
+    """`value` as JSON can hold it (run files, the report's JSON export)."""
     # JSON has no NaN/inf: they become null, so every line stays valid JSON for every reader.
     # Objects with .item() (numpy scalars) become Python numbers without importing numpy.
     if isinstance(value, float):
         return float(value) if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {str(k): _plain_json(v) for k, v in value.items()}
+        return {str(k): plain_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain_json(v) for v in value]
+        return [plain_json(v) for v in value]
     if not isinstance(value, (str, int, type(None))) and callable(getattr(value, "item", None)):
-        return _plain_json(value.item())
+        return plain_json(value.item())
     return value
 
 
 def _dumps(value: Any, indent: int | None = 1) -> str:
     # ASCII output: no raw U+2028 or control characters that a line-splitting reader could trip on.
-    return json.dumps(_plain_json(value), allow_nan=False, indent=indent) + ("\n" if indent is not None else "")
+    return json.dumps(plain_json(value), allow_nan=False, indent=indent) + ("\n" if indent is not None else "")
 
 
 def _read_json(path: Path, fix: str = "") -> Any:

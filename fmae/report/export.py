@@ -14,6 +14,7 @@ from typing import Any
 from fmae.errors import FmaeError
 from fmae.report.collect import GroupRow, Report, Results
 from fmae.report.grid import SYMBOLS, Grid
+from fmae.runs import plain_json
 
 FORMATS = ("table", "md", "latex", "csv", "json")
 CSV_FIELDS = ("dataset", "task", "kind", "group", "seed", "runs", "model", "recipe", "lambda_id", "probed", "by",
@@ -221,16 +222,7 @@ def render_csv(results: Results) -> str:
 # --- JSON ------------------------------------------------------------------------------------------------------
 
 def render_json(results: Results) -> str:
-    def clean(x: Any) -> Any:
-        if isinstance(x, float):
-            return None if math.isnan(x) else x
-        if isinstance(x, dict):
-            return {str(k): clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        return x
-
-    return json.dumps(clean(results.to_dict()), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+    return json.dumps(plain_json(results.to_dict()), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 
