@@ -218,8 +218,13 @@ _ROWS = (
 DATASETS: dict[str, DatasetSpec] = {row.name: row for row in _ROWS}
 
 
+def dataset_key(name: str) -> str:
+    """The table's key for a name as people write it: "BP4D+" finds bp4d_plus, " Disfa " disfa."""
+    return name.strip().lower().replace("+", "_plus").replace("-", "")
+
+
 def get_dataset(name: str) -> DatasetSpec:
-    key = name.strip().lower().replace("+", "_plus").replace("-", "")
+    key = dataset_key(name)
     if key not in DATASETS:
         raise FmaeError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS)}")
     return DATASETS[key]

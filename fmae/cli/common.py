@@ -62,9 +62,9 @@ def show_config(resolved, title: str) -> None:
 
 def is_benchmark_name(text: str) -> bool:
     """A benchmark name wins over a same-named folder; `./NAME` or any path with a slash is a folder."""
-    from fmae.registry import DATASETS
+    from fmae.registry import DATASETS, dataset_key
 
-    return text.strip().lower().replace("+", "_plus").replace("-", "") in DATASETS and "/" not in text
+    return dataset_key(text) in DATASETS and "/" not in text
 
 
 def size_text(n: float) -> str:
