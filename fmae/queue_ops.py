@@ -29,24 +29,20 @@ RECENT_FINISHED = 20  # finished jobs a plain listing keeps
 
 def parse_ints(text: Optional[str], flag: str) -> Optional[list[int]]:
     """"1,2,3" → [1, 2, 3]; None stays None (not given). `flag` names the field in the error."""
-    if text is None:
-        return None
-    try:
-        values = [int(x) for x in text.replace(" ", "").split(",") if x != ""]
-    except ValueError:
-        raise FmaeError(f"{flag} {text}: expected whole numbers separated by commas, e.g. 1,2,3") from None
-    if not values:
-        raise FmaeError(f"{flag} {text!r}: give at least one value")
-    return values
+    return _parse_list(text, flag, int, "whole numbers separated by commas, e.g. 1,2,3")
 
 
 def parse_floats(text: Optional[str], flag: str) -> Optional[list[float]]:
+    return _parse_list(text, flag, float, "numbers separated by commas, e.g. 0,2")
+
+
+def _parse_list(text: Optional[str], flag: str, kind: Any, expected: str) -> Optional[list]:
     if text is None:
         return None
     try:
-        values = [float(x) for x in text.replace(" ", "").split(",") if x != ""]
+        values = [kind(x) for x in text.replace(" ", "").split(",") if x != ""]
     except ValueError:
-        raise FmaeError(f"{flag} {text}: expected numbers separated by commas, e.g. 0,2") from None
+        raise FmaeError(f"{flag} {text}: expected {expected}") from None
     if not values:
         raise FmaeError(f"{flag} {text!r}: give at least one value")
     return values
