@@ -52,6 +52,19 @@ def media(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def short_mp4(tmp_path_factory) -> Path:
+    """The video's first 24 frames, still an mp4 (its container's timestamps): the CSV's tests need no more."""
+    import cv2
+
+    cap, path = cv2.VideoCapture(str(VIDEO)), tmp_path_factory.mktemp("short") / "short_face.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (640, 360))
+    for _ in range(24):
+        writer.write(cap.read()[1])
+    writer.release()
+    return path
+
+
+@pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
     """The video's first 24 frames (MJPEG): a shorter real video for the slower paths."""
     import cv2
@@ -76,13 +89,13 @@ def _rows(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def predicted(au_run, media, tmp_path_factory) -> Path:
+def predicted(au_run, short_mp4, media, tmp_path_factory) -> Path:
     """The video and the media folder predicted once through the real command."""
     out = tmp_path_factory.mktemp("pred") / "out.csv"
-    result = run_fmae("predict", VIDEO, media, "--run", au_run, "--out", out, "--batch-size", "8")
+    result = run_fmae("predict", short_mp4, media, "--run", au_run, "--out", out, "--batch-size", "8")
     assert result.returncode == 0, result.stderr
     assert "frames/s" in result.stderr and "ETA" in result.stderr  # the progress line
-    assert "75 frames, 75 faces" in result.stdout, result.stdout  # 72 video frames + 3 images (2 + 0 + 1 faces)
+    assert "27 frames, 27 faces" in result.stdout, result.stdout  # 24 video frames + 3 images (2 + 0 + 1 faces)
     return out
 
 
@@ -122,14 +135,14 @@ def test_two_faces_keep_their_ids_by_overlap_when_they_move_and_swap_order():
 
 # --- the CSV ------------------------------------------------------------------------------------------
 
-def test_csv_has_openface_columns_the_box_and_one_row_per_frame_and_face(predicted, media, au_run):
+def test_csv_has_openface_columns_the_box_and_one_row_per_frame_and_face(predicted, short_mp4, media, au_run):
     rows = _rows(predicted)
     header = list(rows[0])
     assert header[:9] == ["frame", "face_id", "timestamp", "confidence", "success", "face_x", "face_y", "face_w", "face_h"]
     aus = ["AU01", "AU02", "AU04", "AU06", "AU07", "AU10", "AU12", "AU14", "AU15", "AU17", "AU23", "AU24"]  # BP4D's
     assert header[9:] == [f"{a}_c" for a in aus] + [f"{a}_p" for a in aus] + ["source"]
-    video = [r for r in rows if r["source"] == str(VIDEO.resolve())]
-    assert [int(r["frame"]) for r in video] == list(range(1, 73))
+    video = [r for r in rows if r["source"] == str(short_mp4.resolve())]
+    assert [int(r["frame"]) for r in video] == list(range(1, 25))
     assert {r["face_id"] for r in video} == {"0"} and {r["success"] for r in video} == {"1"}
     times = np.array([float(r["timestamp"]) for r in video])
     assert np.allclose(np.diff(times), 1 / 30, atol=2e-3) and times[0] == 0.0  # the container's timestamps
@@ -144,9 +157,9 @@ def test_csv_has_openface_columns_the_box_and_one_row_per_frame_and_face(predict
     assert side["model"]["run"] == au_run.name and side["model"]["encoder"] == "vit_tiny"
     assert side["detector"]["name"] == "MTCNN" and "facenet-pytorch 2.5.3" in side["detector"]["package"]
     (vid,) = [s for s in side["sources"] if s["kind"] == "video"]
-    assert (vid["size"], vid["frames_done"], vid["faces"]) == (VIDEO.stat().st_size, 72, 72)
-    assert vid["mtime"] == VIDEO.stat().st_mtime
-    assert side["totals"] == {"frames": 75, "faces": 75, "no_face_frames": 1, "undecodable_frames": 0}
+    assert (vid["size"], vid["frames_done"], vid["faces"]) == (short_mp4.stat().st_size, 24, 24)
+    assert vid["mtime"] == short_mp4.stat().st_mtime
+    assert side["totals"] == {"frames": 27, "faces": 27, "no_face_frames": 1, "undecodable_frames": 0}
     assert side["fmae_version"]
 
 
@@ -366,7 +379,8 @@ async def test_the_app_queues_a_prediction_from_a_finished_run_and_draws_its_tim
             await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirmation")
             assert "Queue a prediction on clip.avi?" in screen_text(app)
             await pilot.press("y")
-            await wait_until(pilot, lambda: screen.predict_run is not None, what="queued")
+            # queueing waits for the scheduler it starts (up to 10 s: a loaded machine needs them)
+            await wait_until(pilot, lambda: screen.predict_run is not None, timeout=30, what="queued")
             job = Queue(runs).get_run(screen.predict_run.name)
             assert job is not None and job.task == "predict"  # a queue job like any run: it gets a slot
             await wait_until(pilot, lambda: screen.status.get("state") == "done" and screen.tail is not None
