@@ -235,7 +235,7 @@ def test_a_trainer_whose_scheduler_died_mid_launch_is_adopted_not_run_again(proj
     from fmae.queue import Queue
 
     cwd = project(1)
-    add(cwd, make_synth("bp4d"), "--folds", "1", "--seeds", "0", "--epochs", "10", "--set", "log_every=1",
+    add(cwd, make_synth("bp4d"), "--folds", "1", "--seeds", "0", "--epochs", "80", "--set", "log_every=1",
         "--no-scheduler")
     runs = cwd / "runs"
     (name,) = statuses(runs)
@@ -245,17 +245,17 @@ def test_a_trainer_whose_scheduler_died_mid_launch_is_adopted_not_run_again(proj
     orphan = subprocess.Popen([sys.executable, "-m", "fmae", "exec", str(runs / name)], cwd=runs / name,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     wait_for(lambda: (runs / name / "metrics.jsonl").exists(), what="the orphan trains")
-    # Paused (it keeps its lock), so a quiet machine cannot finish the run before the second exec and
-    # the new scheduler have looked at it; it goes on once the scheduler has adopted it.
+    # Paused while the second exec looks (it keeps its lock), so a quiet machine cannot finish the run
+    # first. Resumed before the scheduler starts: a paused trainer may hold status.json's lock, which
+    # adoption takes; the 80 epochs leave it time to adopt a live trainer.
     os.killpg(orphan.pid, signal.SIGSTOP)
     try:
         second = run_fmae("exec", runs / name, cwd=cwd)
-        assert second.returncode == 3, second.stderr
-        assert f"already being trained by pid {orphan.pid}" in second.stderr and "Traceback" not in second.stderr
-        assert run_fmae("scheduler", "start", cwd=cwd).returncode == 0
-        wait_for(lambda: "adopted job" in (runs / "scheduler.log").read_text(), what="the scheduler adopts it")
     finally:
         os.killpg(orphan.pid, signal.SIGCONT)
+    assert second.returncode == 3, second.stderr
+    assert f"already being trained by pid {orphan.pid}" in second.stderr and "Traceback" not in second.stderr
+    assert run_fmae("scheduler", "start", cwd=cwd).returncode == 0
     most = sample_trainers(runs / name, lambda: q.get(job.id).state in ("done", "failed"))
     assert statuses(runs)[name]["state"] == "done", statuses(runs)[name]
     orphan.wait(timeout=60)
