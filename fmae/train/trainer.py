@@ -394,7 +394,12 @@ class Trainer:
 
     def _evaluate(self, epoch: int) -> dict[str, Any] | None:
         tick = time.perf_counter()
-        outputs = self._predict(self.data.test)
+        try:
+            outputs = self._predict(self.data.test)
+        except RuntimeError:
+            if self.stop_requested:  # a cancel reached an eval worker still starting in our group
+                raise Cancelled() from None  # last.pt (if any) resumes exactly; this epoch is redone
+            raise
         if outputs is None:
             return None
         self._last_outputs = outputs
