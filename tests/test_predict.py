@@ -51,30 +51,28 @@ def media(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def short_mp4(tmp_path_factory) -> Path:
-    """The video's first 24 frames, still an mp4 (its container's timestamps): the CSV's tests need no more."""
+def _first_frames(folder: Path, name: str, fourcc: str, n: int = 24) -> Path:
+    """The shipped video's first n frames, rewritten with another codec/container."""
     import cv2
 
-    cap, path = cv2.VideoCapture(str(VIDEO)), tmp_path_factory.mktemp("short") / "short_face.mp4"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (640, 360))
-    for _ in range(24):
+    cap, path = cv2.VideoCapture(str(VIDEO)), folder / name
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 30, (640, 360))
+    for _ in range(n):
         writer.write(cap.read()[1])
     writer.release()
     return path
+
+
+@pytest.fixture(scope="module")
+def short_mp4(tmp_path_factory) -> Path:
+    """The video's first 24 frames, still an mp4 (its container's timestamps): the CSV's tests need no more."""
+    return _first_frames(tmp_path_factory.mktemp("short"), "short_face.mp4", "mp4v")
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
     """The video's first 24 frames (MJPEG): a shorter real video for the slower paths."""
-    import cv2
-
-    cap, path = cv2.VideoCapture(str(VIDEO)), tmp_path_factory.mktemp("clip") / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (640, 360))
-    for _ in range(24):
-        writer.write(cap.read()[1])
-    writer.release()
-    return path
+    return _first_frames(tmp_path_factory.mktemp("clip"), "clip.avi", "MJPG")
 
 
 def _presence_agrees(row: dict, au: str, threshold: float) -> bool:
