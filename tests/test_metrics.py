@@ -110,6 +110,36 @@ def test_auc_matches_sklearn(seed):
     assert abs(au_scores(probs, labels).auc_mean - np.mean(auc[[0, 1, 4, 5, 6, 7]])) < 1e-12
 
 
+@pytest.mark.parametrize("case", ["random", "tied", "all_zero", "all_one"])
+def test_au_scores_equal_the_per_threshold_sklearn_loop(case):
+    # The original's evaluation, call for call: binary f1_score per AU per threshold, roc_auc_score per AU.
+    rng = np.random.default_rng(11)
+    n, k = 97, 4
+    labels = (rng.random((n, k)) < 0.4).astype(np.int64)
+    probs = rng.random((n, k)).astype(np.float32)
+    if case == "tied":
+        probs = rng.choice(np.array([0.0, 0.01, 0.3, 0.5, 0.99, 1.0], np.float32), (n, k))
+    elif case == "all_zero":
+        labels[:] = 0
+    elif case == "all_one":
+        labels[:] = 1
+    s = au_scores(probs, labels)
+    table = np.array([[f1_score(labels[:, j], probs[:, j] >= t, zero_division=0.0) for j in range(k)]
+                      for t in THRESHOLDS])  # [T, K]
+    np.testing.assert_allclose(f1_per_threshold(probs, labels), table, rtol=0, atol=1e-12)
+    best = int(np.argmax(table.mean(axis=1)))
+    assert s.best_threshold == THRESHOLDS[best]
+    np.testing.assert_allclose(s.f1_best, table[best], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(s.per_au_thresholds, THRESHOLDS[np.argmax(table, axis=0)], rtol=0, atol=0)
+    at_05 = [f1_score(labels[:, j], probs[:, j] >= 0.5, zero_division=0.0) for j in range(k)]
+    np.testing.assert_allclose(s.f1_05, at_05, rtol=0, atol=1e-12)
+    if case in ("all_zero", "all_one"):
+        assert np.isnan(s.auc).all()
+    else:
+        ref = [roc_auc_score(labels[:, j], probs[:, j]) for j in range(k)]
+        np.testing.assert_allclose(s.auc, ref, rtol=0, atol=1e-12)
+
+
 def test_hand_computed_case_and_first_threshold_on_ties():
     probs = np.array([[0.2, 0.5], [0.8, 0.5], [0.8, 0.49]])
     labels = np.array([[0, 1], [1, 1], [1, 0]])
