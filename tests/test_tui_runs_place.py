@@ -160,7 +160,7 @@ async def test_wide_terminal_shows_recipe_duration_and_speed(tmp_path: Path) -> 
     async with app.run_test(size=(200, 50)) as pilot:
         table = await open_runs(app, pilot)
         assert [str(c.label) for c in table.columns.values()] == [
-            "state", "kind", "dataset", "fold seed λ", "model", "recipe", "epoch", "result", "duration",
+            "", "state", "kind", "dataset", "fold seed λ", "model", "recipe", "epoch", "result", "duration",
             "images/s", "age", "tags", "run id"]
         fer = made["fer"]
         assert (cell(table, fer, "kind"), cell(table, fer, "model"), cell(table, fer, "recipe")) == ("FER", "vit_tiny", "fmae")

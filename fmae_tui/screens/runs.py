@@ -146,6 +146,9 @@ class RunsScreen(FmaeScreen):
             if table.text_filter.strip():
                 text.append(" · filter ").append(table.text_filter.strip(), "bold")
             text.append(f" · sort {table.sort_label}")
+            marked = len(table.marked_run_dirs())
+            if marked:
+                text.append(f" · {marked} marked", "bold")
             if table.state_filter or table.text_filter.strip():
                 text.append(" · esc: clear filters", "dim")
         self.query_one("#runs-bar", Static).update(text)
@@ -202,6 +205,9 @@ class RunsScreen(FmaeScreen):
 
     def on_runs_table_sort_changed(self, event: RunsTable.SortChanged) -> None:
         self._sorted()
+
+    def on_runs_table_marks_changed(self, event: RunsTable.MarksChanged) -> None:
+        self._show_bar()
 
     def _sorted(self) -> None:
         prefs.save("runs", {"sort": self.table.sort_column, "reverse": self.table.sort_reverse})

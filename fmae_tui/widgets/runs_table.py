@@ -7,6 +7,7 @@ that came or went, and reorders rows (without rebuilding them) only when the ord
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from rich.text import Text
@@ -28,10 +29,11 @@ STATE_RANK = {s: i for i, s in enumerate(("running", "queued", "failed", "corrup
 STATE_FILTERS = (None, *STATES, "corrupt")  # what `f` cycles through; None shows every state
 RESULT_WIDTH = 17  # "0.612 F1 best-thr"
 DEGENERATE = "⚠ degenerate"
+MARK = "●"
 
 # (key, header when narrow, header when wide, shown from this width). At 80 columns the essentials;
 # wider terminals add the recipe, duration and speed, then tags and the run id.
-COLUMNS = (("state", "state", "state", 0), ("kind", "kind", "kind", 0), ("dataset", "dataset", "dataset", 0),
+COLUMNS = (("mark", "", "", 0), ("state", "state", "state", 0), ("kind", "kind", "kind", 0), ("dataset", "dataset", "dataset", 0),
            ("cell", "cell", "fold seed λ", 0), ("model", "model", "model", 0), ("recipe", "recipe", "recipe", 110),
            ("epoch", "epoch", "epoch", 0), ("result", "result", "result", 0),
            ("duration", "took", "duration", 110), ("rate", "img/s", "images/s", 110), ("age", "age", "age", 0),
@@ -141,7 +143,9 @@ class RunsTable(RowTable):
     belongs to a run id, not a row number: whatever moves rows around, it stays on the same run."""
 
     BINDINGS = [Binding("enter", "select_cursor", "Open",
-                        tooltip="Open the selected run: curves, per-AU F1, log, config, notes")]
+                        tooltip="Open the selected run: curves, per-AU F1, log, config, notes"),
+                Binding("space", "toggle_mark", "Mark", show=False,
+                        tooltip="Mark or unmark the selected run (●), e.g. to compare marked runs")]
 
     class RunSelected(Message):
         """Enter (or a click) on a run's row."""
@@ -152,6 +156,9 @@ class RunsTable(RowTable):
 
     class SortChanged(Message):
         """A click on a column's header chose the sort."""
+
+    class MarksChanged(Message):
+        """A run was marked or unmarked (space), or the marks were cleared."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -169,6 +176,7 @@ class RunsTable(RowTable):
         self._shown: dict[str, tuple[str, ...]] = {}  # run id -> plain text of its cells on screen
         self._now = time.time()
         self._want: str | None = None  # the run the cursor belongs to
+        self._marks: dict[str, None] = {}  # marked run ids, in marking order (kept while filtered out)
 
     # --- what is shown ------------------------------------------------------------------------------
 
@@ -207,6 +215,7 @@ class RunsTable(RowTable):
         model = str(c.get("model") or "")
         rate = self.rates.get(run_id)
         cells = {
+            "mark": plain(MARK if run_id in self._marks else " "),
             "state": KeyedText(info.state, STATE_STYLE.get(info.state, ""), key=run_id),
             "kind": plain(kind_label(c, self._wide) if c else None),
             "dataset": plain(c.get("dataset")),
@@ -264,6 +273,7 @@ class RunsTable(RowTable):
                 self.rates[info.id] = float(rate[0])
             dirty.add(info.id)
         for run_id in removed:
+            self._marks.pop(run_id, None)
             self.runs.pop(run_id, None)
             self.tags.pop(run_id, None)
             self.rates.pop(run_id, None)
@@ -378,6 +388,28 @@ class RunsTable(RowTable):
 
     def _refilter(self) -> None:
         self._patch(set(self.runs) | set(self._shown))
+
+    # --- marks -------------------------------------------------------------------------------------
+
+    def action_toggle_mark(self) -> None:
+        run_id = self.selected_id
+        if run_id is None:
+            return
+        if run_id in self._marks:
+            del self._marks[run_id]
+        else:
+            self._marks[run_id] = None
+        self._patch({run_id}, reorder=False)
+        self.post_message(self.MarksChanged())
+
+    def marked_run_dirs(self) -> list[Path]:
+        """The marked runs' folders, in the order they were marked."""
+        return [self.runs[r].path for r in self._marks if r in self.runs]
+
+    def clear_marks(self) -> None:
+        marked, self._marks = set(self._marks), {}
+        self._patch(marked, reorder=False)
+        self.post_message(self.MarksChanged())
 
     # --- selection ----------------------------------------------------------------------------------
 
