@@ -417,7 +417,7 @@ async def test_large_terminal_shows_tags_and_ids(runs: dict[str, RunDir], tmp_pa
         await pilot.resize_terminal(80, 24)
         await pilot.pause()
         assert [str(c.label) for c in table.columns.values()] == \
-            ["state", "kind", "dataset", "cell", "model", "epoch", "result", "age"]
+            ["", "state", "kind", "dataset", "cell", "model", "epoch", "result", "age"]
 
 
 def test_app_with_runs_never_imports_torch(runs: dict[str, RunDir], tmp_path: Path) -> None:
