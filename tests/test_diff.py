@@ -1,0 +1,82 @@
+"""`fmae diff`: run folders made by the engine's own path (the matrix `fmae queue add` expands, resolved
+against a real fmae.toml), diffed as two runs, as two groups, and across the two run.toml layouts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_one_line_error, run_fmae
+from fmae.config import load_project
+from fmae.experiments import expand_matrix
+from fmae.run_config import create_run
+from fmae.run_diff import diff, diff_lines, sides_of
+from fmae.runs import RunDir
+
+
+def make_runs(tmp_path: Path, lambdas: list[float], seeds: list[int], **cli) -> list[RunDir]:
+    project = load_project(runs_dir=tmp_path / "runs", cwd=tmp_path)
+    cells = expand_matrix(project, "bp4d", folds=[1], seeds=seeds, lambdas=lambdas, recipe=None,
+                          cli={"model": "vit_tiny", "epochs": 2, **cli}, generate=False)
+    return [create_run(project.runs_dir, cell) for cell in cells]
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> dict[tuple[float, int], RunDir]:
+    """bp4d fold 1, vit_tiny: λ 0 and 2 × seeds 0 and 1, one λ-2 run at blr 0.001 from the command line."""
+    runs = {}
+    for run in make_runs(tmp_path, [0, 2], [0, 1]):
+        cfg = run.read_config()
+        runs[(cfg["lambda_id"], cfg["seed"])] = run
+    return runs
+
+
+def test_two_runs_show_only_the_keys_that_differ_with_their_sources(study, tmp_path: Path) -> None:
+    [fast] = make_runs(tmp_path, [2], [0], blr=0.001)
+    base = study[(0.0, 0)]
+    result = run_fmae("diff", base.path, fast.id, "--runs-dir", tmp_path / "runs", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"A: {base.id}" and lines[1] == f"B: {fast.id}"
+    assert "2 key(s) differ" in lines[2]
+    blr = lines.index("blr")
+    assert lines[blr + 1].split() == ["A", "0.0002", "(recipe", "bp4d/fmae)"]
+    assert lines[blr + 2].split() == ["B", "0.001", "(command", "line)"]
+    lam = lines.index("lambda_id")
+    assert lines[lam + 1].split()[:2] == ["A", "0"] and lines[lam + 2].split()[:2] == ["B", "2"]
+    for same in ("epochs", "model", "seed", "fold", "dataset", "batch_size"):
+        assert same not in lines  # equal on both sides: not shown
+
+
+def test_two_groups_named_as_the_report_names_them(study, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    result = run_fmae("diff", "vit_tiny fmae λ=0", "vit_tiny fmae lambda=2", "--state", "all",
+                      "--runs-dir", runs, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["A: vit_tiny fmae λ=0 (2 runs)", "B: vit_tiny fmae λ=2 (2 runs)"]
+    # seeds 0 and 1 on both sides: no difference; λ differs in every run of each
+    assert lines[2:] == ["1 key(s) differ (value, then the source run.toml recorded for it):", "lambda_id",
+                         "  A  2 runs: 0 (command line)", "  B  2 runs: 2 (command line)"]
+    # The runs are queued, not done: by default a group holds done runs, and the error says so.
+    bad = run_fmae("diff", "vit_tiny fmae λ=0", "vit_tiny fmae λ=2", "--runs-dir", runs, cwd=tmp_path)
+    assert_one_line_error(bad, "vit_tiny fmae λ=0", "groups: none", "--state all")
+    typo = run_fmae("diff", "vit_tiny fmae λ=0", "vit_base", "--state", "all", "--runs-dir", runs, cwd=tmp_path)
+    assert_one_line_error(typo, "'vit_base'", "'vit_tiny fmae λ=2' (2 runs)")
+
+
+def test_a_flat_run_toml_and_one_with_typed_sections_diff_key_for_key(study, tmp_path: Path) -> None:
+    flat_run = study[(0.0, 0)]
+    config, provenance = flat_run.read_config(), flat_run.read_provenance()
+    sectioned = {"optim": {"blr": 0.0005, "batch_size": config["batch_size"]},
+                 **{k: v for k, v in config.items() if k not in ("blr", "batch_size")}}
+    set_by = dict(provenance["set_by"], **{"optim.blr": "fmae.toml:3"})
+    new = RunDir.create(tmp_path / "runs", "sectioned-run", sectioned, {**provenance, "set_by": set_by})
+    sides = sides_of([(flat_run.id, [flat_run.path]), (new.id, [new.path])])
+    rows = diff(sides)
+    assert [row.key for row in rows] == ["optim.blr"]  # batch_size moved into [optim] but is the same
+    assert [(v.text, v.source) for v in rows[0].cells[0]] == [("0.0002", "recipe bp4d/fmae")]
+    assert [(v.text, v.source) for v in rows[0].cells[1]] == [("0.0005", "fmae.toml:3")]
+    same = sides_of([(flat_run.id, [flat_run.path]), (flat_run.id, [flat_run.path])])
+    assert diff_lines(same, diff(same))[-1] == "no differences: the 2 configs are the same key for key"
