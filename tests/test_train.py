@@ -107,6 +107,21 @@ def test_au_run_folder_has_every_file_of_the_contract(au_run):
     assert [e.value for e in events.Scalars("test/f1_best_mean")] == pytest.approx([r["f1_best_mean"] for r in test])
 
 
+
+def test_the_trainer_leaves_its_files_whole_when_its_process_skips_the_teardown(au_run):
+    """`fmae train` ends with os._exit (fmae/process_exit.py): TensorBoard must still hold every scalar
+    metrics.jsonl holds (its writer buffers for 120 s unless closed), and train.log its last line."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(au_run), size_guidance={"scalars": 0})
+    events.Reload()
+    recs = records(au_run)
+    loss = {e.step: e.value for e in events.Scalars("train/loss")}
+    assert loss == pytest.approx({r["step"]: r["loss"] for r in recs if r["split"] == "train"}, rel=1e-6)
+    f1 = {e.step: e.value for e in events.Scalars("test/f1_best_mean")}
+    assert f1 == pytest.approx({r["step"]: r["f1_best_mean"] for r in recs if r["split"] == "test"}, rel=1e-6)
+    assert "done:" in (au_run / "train.log").read_text().splitlines()[-1]
+
 def test_same_seed_gives_identical_numbers(au_run, make_synth, tmp_path):
     result = run_fmae(*au_args(make_synth("bp4d"), *AU_RUN),
                       "--runs-dir", tmp_path)

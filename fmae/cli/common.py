@@ -77,7 +77,18 @@ def size_text(n: float) -> str:
 
 
 def run_app(app: Callable[[], Any]) -> None:
-    """Run the Typer app; a user's mistake or failed work is one line on stderr with its exit code."""
+    """Run the Typer app; a user's mistake or failed work is one line on stderr with its exit code.
+    A command that trained leaves without the interpreter's teardown (`fmae/process_exit.py`)."""
+    try:
+        _run_app(app)
+    except SystemExit as e:
+        from fmae.process_exit import exit_now_if_trained
+
+        exit_now_if_trained(e.code)
+        raise
+
+
+def _run_app(app: Callable[[], Any]) -> None:
     try:
         app()
     except (FmaeError, WorkFailed) as e:

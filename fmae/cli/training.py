@@ -25,6 +25,10 @@ def train_here(path: Path, resume: bool, quiet: bool, nproc: int = 1) -> None:
         code = execute(path, resume=resume, quiet=quiet)
     else:
         code = _torchrun(path, nproc, quiet)
+    if code in (0, 143):  # the trainer ran to its end, its files closed: the exit may skip the teardown
+        from fmae.process_exit import trained
+
+        trained()
     if code == 143:
         err.print(f"cancelled: {path} (resume with `fmae exec {path}`)")
         raise typer.Exit(code)

@@ -1,4 +1,5 @@
-"""The trainer's log handlers: stderr, and the run folder's train.log (rank 0 only; see dist.RankFilter)."""
+"""The trainer's log handlers: stderr, and the run folder's train.log (rank 0 only; see dist.RankFilter);
+and, at the end, the run folder's appended files closed and synced (`fmae/process_exit.py` relies on it)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,23 @@ def _stdout_is(path: Path) -> bool:
         return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
     except (OSError, ValueError, io.UnsupportedOperation):
         return False
+
+
+def close_logging(run: RunDir, handlers: list[logging.Handler]) -> None:
+    """Close the handlers, then fsync what the run appended to (train.log, metrics.jsonl, the
+    TensorBoard events): nothing of a finished run waits in a buffer when its process leaves."""
+    logger = logging.getLogger("fmae")
+    for h in handlers:
+        logger.removeHandler(h)
+        h.close()
+    for path in [run.log_path, run.metrics_path, *run.path.glob("events.out.tfevents.*")]:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue  # never written (a run that failed before its first record)
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)

@@ -35,7 +35,7 @@ from fmae.run_lock import exec_lock
 from fmae.runs import RunDir, one_line
 from fmae.summary import AU_FLAGS, Summary
 from fmae.train.loader import make_loader
-from fmae.train.run_log import setup_logging
+from fmae.train.run_log import close_logging, setup_logging
 from fmae.train.resume import restore, save_last
 from fmae.train.dist import DistInfo, all_reduce_mean, gather_by_index, init_distributed, shutdown
 from fmae.train.optim import Schedule, effective_lr, make_optimizer
@@ -82,9 +82,7 @@ def _execute_locked(run: RunDir, resume: bool, quiet: bool) -> int:
     try:
         return Trainer(run, cfg, info, device).main(resume)
     finally:
-        for h in handlers:
-            logging.getLogger("fmae").removeHandler(h)
-            h.close()
+        close_logging(run, handlers)
         shutdown()
 
 
@@ -132,6 +130,8 @@ class Trainer:
             else:
                 self._setup(resume)
                 self._fit()
+            if self.tb is not None:  # the events file whole before the status says done
+                self.tb.close()
             if main:
                 self._final_progress()
                 self.run.mark_ended("done", exit_code=0)
