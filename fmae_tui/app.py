@@ -51,6 +51,7 @@ class FmaeApp(App[None]):
         self._config_arg = config
         self._runs_dir_arg = runs_dir
         self._quit_warned_at = -QUIT_AGAIN_S
+        self.compared: dict[Path, Path] = {}  # run folder -> the run it was last compared with (Run's D)
         if self.console.color_system in ("standard", "windows"):
             # A 16-colour terminal: use its own palette rather than approximating RGB theme colours,
             # which can turn a yellow warning into a red one.

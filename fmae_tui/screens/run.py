@@ -66,6 +66,8 @@ class RunScreen(FmaeScreen):
         Binding("w", "wrap", "Wrap", tooltip="Wrap the log's long lines, or cut them at the edge (toggles)"),
         Binding("n", "edit_notes", "Notes", tooltip="Edit this run's notes (notes.md); ctrl+s saves"),
         Binding("r", "refresh", "Refresh", show=False, tooltip="Look at the run folder again now"),
+        Binding("D", "config_diff", "Config diff", show=False, tooltip="The config keys in which this run differs "
+                "from another (chosen from a list, the run last compared with first), each value with its source"),
         Binding("p", "predict", "Predict", show=False, tooltip="Run this finished AU/FER model on your own video, "
                 "image or folder (a queue job), or follow this prediction's per-face timeline"),
         *(Binding(TAB_TITLES[tab][0], f"show_tab('{tab}')", f"{TAB_TITLES[tab][2:]} tab", show=False, tooltip=what)
@@ -383,6 +385,18 @@ class RunScreen(FmaeScreen):
             return
         self.app.push_screen(PredictScreen(self.path))
 
+    def action_config_diff(self) -> None:
+        """Against a run chosen from a list, on the Compare screen's config tab."""
+        from fmae_tui.screens.compare import CompareScreen
+        from fmae_tui.screens.run_chooser import RunChooser
+
+        def chosen(other: Path | None) -> None:
+            if other is not None:
+                self.app.push_screen(CompareScreen([self.path, other], tab="config"))
+
+        self.app.push_screen(RunChooser(self.path, self.fmae.compared.get(self.path),
+                                        f"config diff: {self.path.name} against…"), chosen)
+
     def action_wrap(self) -> None:
         """Lay the log out again, wrapped at the edge or cut there."""
         log = self.query_one("#log-view", RichLog)
@@ -458,7 +472,7 @@ class RunScreen(FmaeScreen):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # While the editor is open, n and digits are text, not keys for this screen.
-        if action in ("edit_notes", "show_tab", "cancel", "wrap"):
+        if action in ("edit_notes", "show_tab", "cancel", "wrap", "config_diff"):
             editors = self.query(NotesEditor)
             return not (editors and not editors.first().has_class("-hidden"))
         return True

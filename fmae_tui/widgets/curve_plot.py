@@ -18,6 +18,15 @@ SHORT = 12  # rows: a plot this short has no x label row
 COLORS = ("cyan", "orange", "magenta", "green", "red", "blue")
 
 
+RICH_COLORS = {"orange": "orange1"}  # plotext's name -> Rich's, for a legend drawn outside the plot
+
+
+def series_style(slot: int) -> tuple[str, str]:
+    """(the mark a legend shows, its Rich colour) of the series drawn in this slot."""
+    marker, color = MARKERS[slot % len(MARKERS)], COLORS[slot % len(COLORS)]
+    return LEGEND_MARKS.get(marker, marker), RICH_COLORS.get(color, color)
+
+
 def _thin(xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], list[float]]:
     if len(xs) <= MAX_POINTS:
         return list(xs), list(ys)
@@ -35,11 +44,14 @@ def _around(lo: float, hi: float) -> tuple[float, float]:
 
 
 class CurvePlot(PlotextPlot):
-    def __init__(self, title: str, *, xlabel: str = "epoch", id: str | None = None) -> None:  # noqa: A002
+    def __init__(self, title: str, *, xlabel: str = "epoch", id: str | None = None,  # noqa: A002
+                 own_legend: bool = True) -> None:
         super().__init__(id=id)
         self.title = title
         self.xlabel = xlabel
         self.series: dict[str, tuple[list[float], list[float]]] = {}
+        self.slots: dict[str, int] = {}  # a series' fixed style slot (several plots, one legend beside them)
+        self.own_legend = own_legend  # False: the screen shows one legend for several plots
         self.legend = ""  # what the x axis's label says: the series and their marks
 
     @property
@@ -47,11 +59,14 @@ class CurvePlot(PlotextPlot):
         """Points held over all series (what would be drawn before thinning)."""
         return sum(len(xs) for xs, _ in self.series.values())
 
-    def set_series(self, name: str, xs: list[float], ys: list[float]) -> None:
+    def set_series(self, name: str, xs: list[float], ys: list[float], slot: int | None = None) -> None:
         self.series[name] = (xs, ys)
+        if slot is not None:
+            self.slots[name] = slot
 
     def clear_series(self) -> None:
         self.series.clear()
+        self.slots.clear()
 
     def on_mount(self) -> None:
         self.replot()
@@ -70,8 +85,9 @@ class CurvePlot(PlotextPlot):
         for i, (name, xs, ys) in enumerate(drawn):
             tx, ty = _thin(xs, ys)
             single = len(tx) == 1
-            marker = "•" if single and i == 0 else MARKERS[i % len(MARKERS)]
-            color = COLORS[i % len(COLORS)]
+            slot = self.slots.get(name, i)
+            marker = "•" if single and slot == 0 else MARKERS[slot % len(MARKERS)]
+            color = COLORS[slot % len(COLORS)]
             (plt.scatter if single else plt.plot)(tx, ty, marker=marker, color=color)
             marks.append(f"{LEGEND_MARKS.get(marker, marker)} {name}")
         if drawn:
@@ -81,7 +97,7 @@ class CurvePlot(PlotextPlot):
                 plt.xlim(*_around(min(xs_all), max(xs_all)))
             if min(ys_all) == max(ys_all):
                 plt.ylim(*_around(min(ys_all), max(ys_all)))
-        self.legend = "   ".join(marks) if len(drawn) > 1 else ""
+        self.legend = "   ".join(marks) if len(drawn) > 1 and self.own_legend else ""
         # plotext leaves the x label out of a short plot: there the legend goes with the title
         short = 0 < self.size.height < SHORT
         if self.legend and short:
