@@ -17,6 +17,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 from fmae.errors import FmaeError
 from fmae.metric_catalogue import REPORT_METRICS
 from fmae_tui import prefs
+from fmae_tui.baseline_intervals import INTERVAL_LABEL, BaselineIntervals
 from fmae_tui.results_text import group_cell, head_text
 from fmae_tui.screens.base import WorkEnded
 from fmae_tui.screens.confirm import ConfirmScreen
@@ -80,6 +81,9 @@ class ResultsScreen(PolledScreen):
         self._again = False
         self._rows: dict[str, Any] = {}  # table row key -> GroupRow or PaperRow
         self._prompt: str | None = None  # what the prompt bar is asking: "by" | "export"
+        self.intervals = BaselineIntervals()  # each row's Δ interval against the pinned ★ row
+        self._interval_note: str | None = None  # said once per reason
+        self._interval_out = False
 
     @property
     def table(self) -> DataTable:
@@ -188,7 +192,9 @@ class ResultsScreen(PolledScreen):
             return
         digits = default_digits(report)
         base = self._baseline_row()
-        bar.update(head_text(self.results, self.index, report, base, self.complete_only, self.metric))
+        head = head_text(self.results, self.index, report, base, self.complete_only, self.metric)
+        said = self.intervals.head(report.rows, base, self.metric, self.epoch)
+        bar.update(head.append(f"\n{said}", "dim") if said else head)
 
         table.add_column("group", key="group")
         table.add_column("n", key="n")
@@ -204,12 +210,18 @@ class ResultsScreen(PolledScreen):
             reference = (f"Δ vs ★ {base.group}" if base is not None and row is not base else
                          f"Δ vs paper: {row.delta_vs}" if base is None and row.delta_vs and row.n else None)
             group = group_cell(row, row is base, reference)
+            spans = [self.intervals.line(row, base, self.metric, self.epoch, c, digits) for c in columns]
+            if any(spans):
+                group.append(f"\n{INTERVAL_LABEL}", "dim")
             cells: list[Any] = [group, str(row.n)]
-            for c in columns:
+            for c, span in zip(columns, spans):
                 cell = Text(mean_std(row, c, digits, "±"))
                 d = (versus or {}).get(c) if reference else None
                 if d is not None:
-                    cell.append("\n" * (len(group.plain.splitlines()) - 1) + f"{d:+.{digits}f}", DELTA_STYLE[d >= 0])
+                    cell.append("\n" * (len(group.plain.splitlines()) - 1 - bool(any(spans))) + f"{d:+.{digits}f}",
+                                DELTA_STYLE[d >= 0])
+                if span:
+                    cell.append(f"\n{span}", "dim")
                 cells.append(cell)
             key = f"row{i}"
             self._rows[key] = row
@@ -223,6 +235,30 @@ class ResultsScreen(PolledScreen):
         if selected in self._rows:
             table.move_cursor(row=table.get_row_index(selected))
         self._show_grid()
+        self._want_intervals(report, base)
+
+    class IntervalsComputed(WorkEnded):
+        """Δ intervals against the pinned row were computed: `result` is {key: MetricDelta or why not}."""
+
+    def _want_intervals(self, report: Report, base: GroupRow | None) -> None:
+        jobs = self.intervals.wanted(report.rows, base, self.metric, self.epoch)
+        if jobs and not self._interval_out:  # one at a time; the table shown when it ends asks for the rest
+            self._interval_out = True
+            runs_dir, metric = self.fmae.project.runs_dir, self.metric
+            self.in_thread(lambda: self.intervals.compute(runs_dir, jobs, base, metric), self.IntervalsComputed,
+                           group="results-intervals")
+
+    def on_results_screen_intervals_computed(self, message: IntervalsComputed) -> None:
+        self._interval_out = False
+        if message.error is not None:
+            self.notify(message.error, title="Δ interval", severity="error", markup=False)
+            return
+        self.intervals.done.update(message.result)
+        note = self.intervals.note(self.report.rows if self.report else [], self._baseline_row(), self.metric)
+        if note and note != self._interval_note:
+            self.notify(note, title="Δ interval", severity="warning", markup=False, timeout=10)
+        self._interval_note = note
+        self._show()
 
     def _selected_key(self) -> str | None:
         table = self.table
