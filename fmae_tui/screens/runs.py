@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.events import Resize
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import Footer, Header, Static
 
 from fmae.errors import FmaeError
 from fmae.queue_ops import duration
@@ -168,7 +168,7 @@ class RunsScreen(FmaeScreen):
         text.append_text(_state_line(info))
         box.update(text)
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+    def on_virtual_table_row_highlighted(self, event: RunsTable.RowHighlighted) -> None:
         self._show_selected()
 
     def on_runs_table_run_selected(self, event: RunsTable.RunSelected) -> None:

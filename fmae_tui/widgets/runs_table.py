@@ -1,7 +1,9 @@
 """The table of runs: one row a run, filtered and sorted, updated in place as runs change.
 
-Rows are keyed by run id. An update touches only the cells that changed, adds and removes only the rows
-that came or went, and reorders rows (without rebuilding them) only when the order changed.
+Rows are keyed by run id. The table holds every run's cells (made once when the run changes) and shows
+the ones that pass the filter in the chosen order; only the lines on screen are drawn (VirtualTable), so a
+filter or a sort moves run ids, never cells. Age and duration move with the clock: they are drawn from
+the run as their line is drawn, never stored.
 """
 
 from __future__ import annotations
@@ -13,14 +15,12 @@ from typing import Any, Callable, Iterable
 from rich.text import Text
 from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import DataTable
 
 from fmae.queue_ops import age, duration
 from fmae.runs import STATES, RunInfo, parse_utc
 from fmae.summary import Summary, as_summary
 from fmae_tui.run_kind import cell_fields, headline, is_degenerate, kind_label, number, run_kind
-from fmae_tui.widgets.keyed_text import KeyedText
-from fmae_tui.widgets.row_table import RowTable
+from fmae_tui.widgets.virtual_table import VirtualTable
 
 # Words carry the meaning; colour only repeats it.
 STATE_STYLE = {"queued": "", "running": "bold yellow", "done": "green", "failed": "red",
@@ -30,6 +30,7 @@ STATE_FILTERS = (None, *STATES, "corrupt")  # what `f` cycles through; None show
 RESULT_WIDTH = 17  # "0.612 F1 best-thr"
 DEGENERATE = "⚠ degenerate"
 MARK = "●"
+_EMPTY = Text("", end="")  # a live column's place among the stored cells
 
 # (key, header when narrow, header when wide, shown from this width). At 80 columns the essentials;
 # wider terminals add the recipe, duration and speed, then tags and the run id.
@@ -43,7 +44,7 @@ WIDE = 110  # from this width: full headers and the recipe, duration and images/
 FIELD_ALIASES = {"state": "state", "dataset": "dataset", "ds": "dataset", "model": "model", "λ": "lambda",
                  "l": "lambda", "lambda": "lambda", "lambda_id": "lambda", "fold": "fold", "seed": "seed",
                  "tag": "tag", "tags": "tag", "task": "task", "kind": "kind", "recipe": "recipe"}
-REBUILD_OVER = 200  # more row additions/removals than this at once: rebuild rather than patch
+LIVE_WIDTH = {"age": 4, "duration": 7}  # drawn when shown, so sized for the widest: "120d", "123h45m"
 
 
 def _number(value: Any) -> float | None:
@@ -89,7 +90,14 @@ def parse_filter(text: str) -> list[tuple[str | None, str]]:
     return terms
 
 
-def matches(info: RunInfo, tags: list[str], terms: list[tuple[str | None, str]]) -> bool:
+def haystack(info: RunInfo, tags: list[str]) -> str:
+    """What a plain filter word is looked for in: the id, state, kind, config values, tags and problem."""
+    c = info.config
+    return " ".join([info.id, info.state, kind_label(c, wide=True), *map(str, c.values()), *tags,
+                     info.problem or "", str(info.status.get("error", ""))]).lower()
+
+
+def matches(info: RunInfo, tags: list[str], terms: list[tuple[str | None, str]], hay: str | None = None) -> bool:
     c = info.config
     for field, value in terms:
         if field == "state":
@@ -104,12 +112,21 @@ def matches(info: RunInfo, tags: list[str], terms: list[tuple[str | None, str]])
             have = _number(c.get("lambda_id" if field == "lambda" else field))
             ok = have is not None and have == _number(value)
         else:
-            hay = " ".join([info.id, info.state, kind_label(c, wide=True), *map(str, c.values()), *tags,
-                            info.problem or "", str(info.status.get("error", ""))]).lower()
+            if hay is None:
+                hay = haystack(info, tags)
             ok = value in hay
         if not ok:
             return False
     return True
+
+
+def aligned_cell(config: dict[str, Any]) -> str:
+    """The cell as wide terminals show it, under the header "fold seed λ": each part starts under its
+    word ("f1   s0   λ2"; a run without a fold shows "     s0"), so the column reads as three."""
+    slots = {"f": "", "s": "", "λ": ""}
+    for part in cell_fields(config).split():
+        slots[part[0]] = part
+    return (slots["f"].ljust(5) + slots["s"].ljust(5) + slots["λ"]).rstrip()
 
 
 def _cell_key(info: RunInfo) -> tuple:
@@ -138,7 +155,7 @@ SORTS: dict[str, tuple[Callable[[RunInfo, float, float | None], Any], bool]] = {
 SORT_ORDER = tuple(SORTS)  # what `s` cycles through
 
 
-class RunsTable(RowTable):
+class RunsTable(VirtualTable):
     """Holds every run it was given; shows those that pass the filter, in the chosen order. The cursor
     belongs to a run id, not a row number: whatever moves rows around, it stays on the same run."""
 
@@ -169,14 +186,15 @@ class RunsTable(RowTable):
         self.text_filter = ""
         self.sort_column = "age"
         self.sort_reverse = SORTS["age"][1]
-        self.rebuilds = 0  # whole-table rebuilds so far: a tick that changes one run must not add one
+        self.rebuilds = 0  # every run's cells made again: a tick that changes one run must not add one
         self._terms: list[tuple[str | None, str]] = []
         self._columns: tuple[str, ...] = ()
         self._wide = False
-        self._shown: dict[str, tuple[str, ...]] = {}  # run id -> plain text of its cells on screen
         self._now = time.time()
-        self._want: str | None = None  # the run the cursor belongs to
         self._marks: dict[str, None] = {}  # marked run ids, in marking order (kept while filtered out)
+        self._hay: dict[str, str] = {}  # run id -> what a plain filter word is looked for in
+        self._created: dict[str, float | None] = {}
+        self.live = self._live_cell
 
     # --- what is shown ------------------------------------------------------------------------------
 
@@ -184,7 +202,7 @@ class RunsTable(RowTable):
         info = self.runs[run_id]
         if self.state_filter is not None and info.state != self.state_filter:
             return False
-        return matches(info, self.tags.get(run_id, []), self._terms)
+        return not self._terms or matches(info, self.tags.get(run_id, []), self._terms, self._hay.get(run_id))
 
     def _order(self, ids: Iterable[str]) -> list[str]:
         key, first = SORTS[self.sort_column]
@@ -195,7 +213,8 @@ class RunsTable(RowTable):
         # Python's sort is stable, reverse included: equal keys stay newest first.
         return sorted(newest_first, key=lambda r: key(self.runs[r], now, self.rates.get(r)), reverse=self.sort_reverse)
 
-    def _cells(self, run_id: str) -> dict[str, Text]:
+    def _cells(self, run_id: str) -> list[Text]:
+        """The stored cells (every column but the live ones, which `_live_cell` draws)."""
         info, tags = self.runs[run_id], self.tags.get(run_id, [])
         c = info.config
 
@@ -211,15 +230,14 @@ class RunsTable(RowTable):
         else:
             value, label = headline(info.summary)
             result = plain(None if value is None else f"{value:.3f} {label}")
-        created = parse_utc(info.status.get("created"))
         model = str(c.get("model") or "")
         rate = self.rates.get(run_id)
         cells = {
             "mark": plain(MARK if run_id in self._marks else " "),
-            "state": KeyedText(info.state, STATE_STYLE.get(info.state, ""), key=run_id),
+            "state": Text(info.state, STATE_STYLE.get(info.state, ""), end=""),
             "kind": plain(kind_label(c, self._wide) if c else None),
             "dataset": plain(c.get("dataset")),
-            "cell": plain(cell_fields(c)),
+            "cell": plain(aligned_cell(c) if self._wide else cell_fields(c)),
             # At 80 columns "vit_" says nothing the row does not: every model is a ViT.
             "model": plain(model if self._wide else model.removeprefix("vit_")),
             "recipe": plain(c.get("recipe")),
@@ -227,13 +245,18 @@ class RunsTable(RowTable):
             "epoch": plain(None if info.state == "corrupt" or c.get("eval_checkpoint") or epoch is None and epochs is None
                            else f"{epoch or 0}/{epochs or '?'}"),
             "result": result,
-            "duration": plain(duration(duration_s(info, self._now))),
             "rate": plain(None if rate is None else f"{rate:.0f}"),
-            "age": plain(ago(None if created is None else self._now - created)),
             "tags": plain(" ".join(tags)[:30] or None),
             "run": plain(run_id),
         }
-        return {col: cells[col] for col in self._columns}
+        return [cells.get(col, _EMPTY) for col in self._columns]
+
+    def _live_cell(self, run_id: str, column: str) -> Text:
+        info = self.runs[run_id]
+        if column == "age":
+            created = self._created.get(run_id)
+            return Text(ago(None if created is None else self._now - created), end="")
+        return Text(duration(duration_s(info, self._now)), end="")
 
     # --- building and patching ----------------------------------------------------------------------
 
@@ -247,96 +270,51 @@ class RunsTable(RowTable):
         self.clear(columns=True)
         for key, narrow, wide_label, _ in COLUMNS:
             if key in columns:
-                self.add_column(wide_label if wide else narrow, key=key)
-        self._shown.clear()
+                # the mark column is one cell and its own padding on the left only
+                self.add_column(wide_label if wide else narrow, key=key, width=LIVE_WIDTH.get(key),
+                                padding=(1, 0) if key == "mark" else (1, 1))
         self.rebuild()
 
     def rebuild(self) -> None:
-        """Every row again, from scratch: for new columns or a filter that changes most rows."""
-        selected = self.selected_id
+        """Every run's cells again, from scratch: for new columns."""
         self.rebuilds += 1
-        self.clear()
-        self._shown.clear()
-        for run_id in self._order(r for r in self.runs if self._visible(r)):
-            cells = self._cells(run_id)
-            self.add_row(*cells.values(), key=run_id)
-            self._shown[run_id] = tuple(cell.plain for cell in cells.values())
-        self._restore_cursor(selected)
+        self.put_rows((run_id, self._cells(run_id)) for run_id in self.runs)
+        self._show()
+
+    def _show(self) -> None:
+        """The rows that pass the filter, in the sort's order; the cursor stays on its run."""
+        self._now = time.time()
+        self.set_order(self._order(r for r in self.runs if self._visible(r)))
 
     def apply(self, changed: Iterable[tuple[RunInfo, list[str]] | tuple[RunInfo, list[str], float | None]],
               removed: Iterable[str]) -> None:
-        """New facts about some runs (with their tags, and images/s when known): patch their rows only."""
-        dirty = set()
+        """New facts about some runs (with their tags, and images/s when known): their rows only."""
+        dirty = []
         for info, tags, *rate in changed:
             self.runs[info.id], self.tags[info.id] = info, tags
             if rate and rate[0] is not None:
                 self.rates[info.id] = float(rate[0])
-            dirty.add(info.id)
-        for run_id in removed:
-            self._marks.pop(run_id, None)
-            self.runs.pop(run_id, None)
-            self.tags.pop(run_id, None)
-            self.rates.pop(run_id, None)
-            dirty.add(run_id)
-        self._patch(dirty)
+            self._hay[info.id] = haystack(info, tags)
+            self._created[info.id] = parse_utc(info.status.get("created"))
+            dirty.append(info.id)
+        gone = [run_id for run_id in removed if run_id in self.runs]
+        for run_id in gone:
+            for held in (self._marks, self.runs, self.tags, self.rates, self._hay, self._created):
+                held.pop(run_id, None)
+        if not self._columns:
+            return
+        self.drop_rows(gone)
+        self.put_rows((run_id, self._cells(run_id)) for run_id in dirty)
+        self._show()
 
     def set_tags(self, run_id: str, tags: list[str]) -> None:
         if run_id in self.runs:
-            self.tags[run_id] = tags
-            self._patch({run_id})
+            self.apply([(self.runs[run_id], tags)], [])
 
     def refresh_ages(self) -> None:
-        """The age and duration columns move with the clock: update the cells whose text changed."""
+        """The age and duration columns move with the clock: draw the rows on screen again."""
         self._now = time.time()
-        self._patch(set(self._shown), reorder=False)
-
-    def _patch(self, dirty: set[str], reorder: bool = True) -> None:
-        if not self._columns:
-            return
-        self._now = time.time()
-        want = {r for r in dirty if r in self.runs and self._visible(r)}
-        if len(want ^ (dirty & set(self._shown))) > REBUILD_OVER:
-            self.rebuild()
-            return
-        selected = self.selected_id
-        moved = False
-        for run_id in sorted(dirty):
-            if run_id not in want:
-                if run_id in self._shown:
-                    self.remove_row(run_id)
-                    del self._shown[run_id]
-                    moved = True
-                continue
-            cells = self._cells(run_id)
-            plain = tuple(cell.plain for cell in cells.values())
-            old = self._shown.get(run_id)
-            if old is None:
-                self.add_row(*cells.values(), key=run_id)
-                moved = True
-            elif old != plain:
-                for col, (cell, before) in zip(cells, zip(cells.values(), old)):
-                    if cell.plain != before:
-                        self.update_cell(run_id, col, cell, update_width=widens(self, col, cell))
-                moved = moved or reorder
-            self._shown[run_id] = plain
-        if moved:
-            self._reorder(selected)
-        self._restore_cursor(selected)
-
-    def _reorder(self, selected: str | None) -> None:
-        order = self._order(self._shown)
-        if order != self.shown_ids:
-            rank = {run_id: i for i, run_id in enumerate(order)}
-            self.sort("state", key=lambda cell: rank[cell.key])
-        self._restore_cursor(selected)
-
-    def _restore_cursor(self, run_id: str | None) -> None:
-        """Back onto `run_id` when its row moved; a run that left the view hands the cursor to the row
-        that took its place."""
-        if run_id is not None and run_id in self._shown:
-            row = self.get_row_index(run_id)
-            if row != self.cursor_row:
-                self.move_cursor(row=row, scroll=True, animate=False)
+        self.refresh_live()
 
     # --- filter and sort ----------------------------------------------------------------------------
 
@@ -357,7 +335,8 @@ class RunsTable(RowTable):
             column = "age"
         self.sort_column = column
         self.sort_reverse = SORTS[column][1] if reverse is None else bool(reverse)
-        self._reorder(self.selected_id)
+        if self._columns:
+            self._show()
         return self.sort_label
 
     def cycle_sort(self) -> str:
@@ -374,7 +353,7 @@ class RunsTable(RowTable):
             return "age (newest first)" if self.sort_reverse == first else "age (oldest first)"
         return f"{name} {'↓' if self.sort_reverse else '↑'}"
 
-    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+    def on_virtual_table_header_selected(self, event: VirtualTable.HeaderSelected) -> None:
         """A click on a header sorts by that column; a second click reverses it."""
         event.stop()
         column = str(event.column_key.value)
@@ -387,7 +366,8 @@ class RunsTable(RowTable):
         self.post_message(self.SortChanged())
 
     def _refilter(self) -> None:
-        self._patch(set(self.runs) | set(self._shown))
+        if self._columns:
+            self._show()
 
     # --- marks -------------------------------------------------------------------------------------
 
@@ -399,7 +379,7 @@ class RunsTable(RowTable):
             del self._marks[run_id]
         else:
             self._marks[run_id] = None
-        self._patch({run_id}, reorder=False)
+        self.put_row(run_id, self._cells(run_id))
         self.post_message(self.MarksChanged())
 
     def marked_run_dirs(self) -> list[Path]:
@@ -407,8 +387,8 @@ class RunsTable(RowTable):
         return [self.runs[r].path for r in self._marks if r in self.runs]
 
     def clear_marks(self) -> None:
-        marked, self._marks = set(self._marks), {}
-        self._patch(marked, reorder=False)
+        marked, self._marks = [r for r in self._marks if r in self.runs], {}
+        self.put_rows((run_id, self._cells(run_id)) for run_id in marked)
         self.post_message(self.MarksChanged())
 
     # --- selection ----------------------------------------------------------------------------------
@@ -416,29 +396,19 @@ class RunsTable(RowTable):
     @property
     def shown_ids(self) -> list[str]:
         """Run ids in the order they are on screen."""
-        return [str(row.key.value) for row in self.ordered_rows]
+        return self.row_keys
 
     @property
     def selected_id(self) -> str | None:
-        if not self.row_count or not self.is_valid_row_index(self.cursor_row):
-            return None
-        row_key, _ = self.coordinate_to_cell_key(self.cursor_coordinate)
-        return str(row_key.value)
+        return self.cursor_key
 
     @property
     def selected(self) -> RunInfo | None:
         run_id = self.selected_id
         return None if run_id is None else self.runs.get(run_id)
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+    def on_virtual_table_row_selected(self, event: VirtualTable.RowSelected) -> None:
         event.stop()
         info = self.runs.get(str(event.row_key.value))
         if info is not None:
             self.post_message(self.RunSelected(info))
-
-
-def widens(table: DataTable, column: str, cell: Any) -> bool:
-    """Whether a new cell is wider than its column: only then ask `update_cell` to re-measure. Asked for a
-    narrower cell, Textual measures the whole column again, and 10,000 such updates cost minutes."""
-    width = cell.cell_len if isinstance(cell, Text) else Text(str(cell)).cell_len
-    return width > table.columns[column].content_width
