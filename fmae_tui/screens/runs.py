@@ -39,6 +39,10 @@ class RunsScreen(FmaeScreen):
                 tooltip="Show one state only: queued, running, done, … (cycles)"),
         Binding("t", "tags", "Tags", show=False, tooltip="Edit the selected run's tags (space-separated)"),
         Binding("r", "refresh", "Refresh", show=False, tooltip="Read every run folder again now"),
+        Binding("c", "compare", "Compare", show=False, tooltip="Compare the marked runs (space marks; or one marked run and "
+                "the cursor's): curves overlaid, per-AU tables side by side, config diff"),
+        Binding("D", "config_diff", "Config diff", show=False, tooltip="The config keys in which the marked runs "
+                "differ (or one marked run and the cursor's), each value with its source"),
         # Home's footer shows the ways out (the app's own bindings for these keys stay out of footers).
         Binding("l", "app.open('launch')", "Launch", tooltip="Queue a matrix of runs: folds × seeds × λ"),
         Binding("j", "app.open('queue')", "Queue", tooltip="The queue's jobs: cancel, retry, reprioritise"),
@@ -149,6 +153,7 @@ class RunsScreen(FmaeScreen):
             marked = len(table.marked_run_dirs())
             if marked:
                 text.append(f" · {marked} marked", "bold")
+                text.append(" · c: compare", "dim")
             if table.state_filter or table.text_filter.strip():
                 text.append(" · esc: clear filters", "dim")
         self.query_one("#runs-bar", Static).update(text)
@@ -180,7 +185,7 @@ class RunsScreen(FmaeScreen):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # While a bar takes typing, these keys are text: keep them out of the footer.
-        if action in ("filter", "sort", "reverse_sort", "state_filter", "tags", "refresh"):
+        if action in ("filter", "sort", "reverse_sort", "state_filter", "tags", "refresh", "compare", "config_diff"):
             return not isinstance(self.focused, PromptBar)
         if action == "clear_filters":
             return bool(self.table.state_filter or self.table.text_filter.strip())
@@ -217,6 +222,28 @@ class RunsScreen(FmaeScreen):
         self.table.cycle_state_filter()
         self._show_bar()
         self._show_selected()
+
+    def _compared(self) -> list | None:
+        """The runs to compare: the marked ones, or one marked and the cursor's; None (said) otherwise."""
+        paths = self.table.marked_run_dirs()
+        info = self.table.selected
+        if len(paths) == 1 and info is not None and info.path not in paths:
+            paths.append(info.path)
+        if len(paths) < 2:
+            self.notify("mark two or more runs with space (or one, and put the cursor on another)",
+                        severity="warning")
+            return None
+        return paths
+
+    def action_compare(self, tab: str = "curves") -> None:
+        from fmae_tui.screens.compare import CompareScreen  # plotting code loads when first needed
+
+        paths = self._compared()
+        if paths is not None:
+            self.app.push_screen(CompareScreen(paths, tab=tab))
+
+    def action_config_diff(self) -> None:
+        self.action_compare("config")
 
     def action_refresh(self) -> None:
         self._full = True
