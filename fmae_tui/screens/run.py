@@ -26,6 +26,7 @@ from fmae.summary import as_summary
 from fmae_tui.run_kind import METRIC_LONG, degenerate_text, headline_at, is_degenerate, kind_label, short_metric
 from fmae_tui.screens.base import FmaeScreen, WorkEnded
 from fmae_tui.widgets.curve_plot import CurvePlot
+from fmae_tui.widgets.feature_scatter import FeatureScatter
 from fmae_tui.widgets.notes_editor import NotesEditor
 from fmae_tui.widgets.per_au_curves import per_au_table
 from fmae_tui.widgets.runs_table import STATE_STYLE, ago
@@ -35,9 +36,10 @@ LOG_LINES = 200
 TABS = {"curves": "Train loss, lr and the test score per epoch",
         "scores": "The best epoch's F1@0.5, F1 at the best threshold and AUC per AU",
         "log": f"The last {LOG_LINES} lines of train.log", "config": "The resolved config (run.toml)",
-        "notes": "notes.md", "per_au": "Each AU's F1@0.5 and best-threshold F1 over the epochs (also a)"}
+        "notes": "notes.md", "per_au": "Each AU's F1@0.5 and best-threshold F1 over the epochs (also a)",
+        "features": "The t-SNE points `fmae features` wrote for this run, as a scatter (b: the colouring)"}
 TAB_TITLES = {"curves": "1 Curves", "scores": "2 Scores", "log": "3 Log", "config": "4 Config", "notes": "5 Notes",
-              "per_au": "6 Per-AU"}
+              "per_au": "6 Per-AU", "features": "7 Features"}
 PROVENANCE_KEYS = ("command", "git_commit", "fmae_version", "host")
 
 
@@ -66,6 +68,8 @@ class RunScreen(FmaeScreen):
         Binding("w", "wrap", "Wrap", tooltip="Wrap the log's long lines, or cut them at the edge (toggles)"),
         Binding("n", "edit_notes", "Notes", tooltip="Edit this run's notes (notes.md); ctrl+s saves"),
         Binding("r", "refresh", "Refresh", show=False, tooltip="Look at the run folder again now"),
+        Binding("b", "colouring", "Colouring", show=False, tooltip="The feature scatter's colouring: by subject, "
+                "then by each AU's presence (cycles)"),
         Binding("D", "config_diff", "Config diff", show=False, tooltip="The config keys in which this run differs "
                 "from another (chosen from a list, the run last compared with first), each value with its source"),
         Binding("p", "predict", "Predict", show=False, tooltip="Run this finished AU/FER model on your own video, "
@@ -117,6 +121,8 @@ class RunScreen(FmaeScreen):
             with TabPane(TAB_TITLES["per_au"], id="per_au"):
                 with VerticalScroll(id="per-au-scroll"):
                     yield Static(id="per-au-body")
+            with TabPane(TAB_TITLES["features"], id="features"):
+                yield FeatureScatter(self.path, id="feature-plot")
         yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
@@ -385,6 +391,14 @@ class RunScreen(FmaeScreen):
             return
         self.app.push_screen(PredictScreen(self.path))
 
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "features":  # `fmae features` may have run since: read the newest points
+            self.query_one(FeatureScatter).look()
+
+    def action_colouring(self) -> None:
+        self.query_one(TabbedContent).active = "features"
+        self.notify(f"features coloured by {self.query_one(FeatureScatter).next_colouring()}", markup=False)
+
     def action_config_diff(self) -> None:
         """Against a run chosen from a list, on the Compare screen's config tab."""
         from fmae_tui.screens.compare import CompareScreen
@@ -472,7 +486,7 @@ class RunScreen(FmaeScreen):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # While the editor is open, n and digits are text, not keys for this screen.
-        if action in ("edit_notes", "show_tab", "cancel", "wrap", "config_diff"):
+        if action in ("edit_notes", "show_tab", "cancel", "wrap", "config_diff", "colouring"):
             editors = self.query(NotesEditor)
             return not (editors and not editors.first().has_class("-hidden"))
         return True
