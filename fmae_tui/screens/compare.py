@@ -22,7 +22,8 @@ from fmae.errors import FmaeError
 from fmae.metric_catalogue import ACCURACY, AUC, F1_05, F1_BEST
 from fmae.run_diff import NO_SOURCE, diff, flat, show, sides_of
 from fmae.run_watch import RunPoller
-from fmae_tui.screens.base import FmaeScreen, WorkEnded
+from fmae_tui.screens.base import WorkEnded
+from fmae_tui.screens.polled import PolledScreen
 from fmae_tui.widgets.compare_table import CompareTable
 from fmae_tui.widgets.curve_plot import CurvePlot, series_style
 
@@ -83,7 +84,7 @@ class Track:
                         ys.append(value)
 
 
-class CompareScreen(FmaeScreen):
+class CompareScreen(PolledScreen):
     SUB_TITLE = "Compare"
     POLL_S = 1.0
     DEFAULT_CSS = """
@@ -140,23 +141,16 @@ class CompareScreen(FmaeScreen):
         yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
+        # (PolledScreen's own on_mount, which Textual calls as well, starts the looking)
         self.sub_title = f"Compare {len(self.tracks)} runs"
         paths = [t.path for t in self.tracks]
         for i, path in enumerate(paths):  # the Run screen's config diff offers this partner first
             self.fmae.compared[path] = paths[i - 1] if i else paths[1]
         self._show_legend()
-        self._poll_timer = self.set_interval(self.POLL_S, self._tick, pause=True)
-
-    def on_screen_resume(self) -> None:
-        self._tick()
-        self._poll_timer.resume()
-
-    def on_screen_suspend(self) -> None:
-        self._poll_timer.pause()
 
     # --- the worker -----------------------------------------------------------------------------------
 
-    def _tick(self) -> None:
+    def poll(self) -> None:
         if not self._polling:
             self._polling = True
             self.in_thread(self._look, self.Polled, group="compare-poll", plain=())
