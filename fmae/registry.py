@@ -228,3 +228,18 @@ def get_dataset(name: str) -> DatasetSpec:
     if key not in DATASETS:
         raise FmaeError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS)}")
     return DATASETS[key]
+
+
+def shared_au_codes(source: str, target: str) -> tuple[int, ...]:
+    """The AUs both benchmarks label, in `source`'s order: what a model trained on `source` is scored on
+    when tested on `target`'s frames (BP4D ∩ DISFA: 1, 2, 4, 6, 12). Refused when either is not an AU
+    benchmark, or they share no AU."""
+    a, b = get_dataset(source), get_dataset(target)
+    for spec in (a, b):
+        if spec.task != "au":
+            raise FmaeError(f"{spec.name} is a {spec.title} expression benchmark: cross-dataset AU evaluation "
+                            "needs two AU benchmarks")
+    shared = tuple(c for c in a.au_codes if c in b.au_codes)
+    if not shared:
+        raise FmaeError(f"{a.name} and {b.name} share no AU: nothing to score")
+    return shared

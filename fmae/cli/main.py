@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from fmae import __version__
-from fmae.cli import compare, config, data, diff, predict, pretrain, project, queue, report, scheduler, train
+from fmae.cli import compare, config, data, diff, features, predict, pretrain, project, queue, report, scheduler, train
 from fmae.cli.common import out, run_app
 
 app = typer.Typer(
@@ -39,7 +39,7 @@ def _root(
 
 # Top-level commands first (datasets, init, synth; train, exec, probe-id, eval; pretrain, visualize;
 # report; predict, export), then the groups.
-for commands in (project.app, train.app, pretrain.app, report.app, compare.app, diff.app, predict.app):
+for commands in (project.app, train.app, pretrain.app, report.app, compare.app, diff.app, features.app, predict.app):
     app.add_typer(commands)
 app.add_typer(data.app, name="data")
 app.add_typer(config.app, name="config")

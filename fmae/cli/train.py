@@ -213,12 +213,16 @@ def probe_id_cmd(
 def eval_cmd(
     run: Annotated[Path, typer.Argument(help="A run folder.")],
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Score an AU run on another benchmark's frames (every one of them), over the AUs both label, e.g. a BP4D run on disfa.")] = None,
     device: Annotated[Optional[str], typer.Option("--device")] = None,
     runs_dir: RunsDirOpt = None,
     config: ConfigOpt = None,
+    root: RootOpt = None,
+    labels: LabelsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Re-evaluate a run's best or last checkpoint on its test split (a new run folder, task eval)."""
+    """Re-evaluate a run's best or last checkpoint on its test split, or (--dataset) on another benchmark
+    (a new run folder, task eval; cross-dataset results are rows of their own in `fmae report`)."""
     from fmae.config import Resolved, load_project
     from fmae.run_config import create_run
 
@@ -230,15 +234,49 @@ def eval_cmd(
     values.update(eval_checkpoint=str(ckpt), source_run=cfg["run_id"], init="")
     if device:
         values["device"] = device
-    resolved = Resolved(values, {k: f"{run}/run.toml" for k in values})
-    new = create_run(project.runs_dir, resolved, name=f"eval-{checkpoint}")
+    sources = {k: f"{run}/run.toml" for k in values}
+    name = f"eval-{checkpoint}"
+    if dataset is not None:
+        target = _cross_location(project, values, sources, run, dataset, root, labels)
+        name += f"-on-{target}"
+    elif root is not None or labels is not None:
+        raise FmaeError("--root/--labels name another benchmark's copy: give them with --dataset")
+    new = create_run(project.runs_dir, Resolved(values, sources), name=name)
     out.print(f"run {new.id}")
     with _no_folder_if_refused(new):
         train_here(new.path, False, quiet)
     summary = Summary.read(new) or Summary()
     if summary.last:
         rec = summary.last
-        out.print(f"{summary.metric_label}: {rec[summary.metric]:.4f} (epoch {rec['epoch']} checkpoint)")
+        where = (f"on every {values['eval_dataset']} frame over AU " + ", ".join(k[2:] for k in rec.get("f1_05", {}))
+                 if dataset is not None and "eval_dataset" in values else "on its test split")
+        out.print(f"{summary.metric_label}: {rec[summary.metric]:.4f} (epoch {rec['epoch']} checkpoint, {where})",
+                  soft_wrap=True)
+
+
+def _cross_location(project, values: dict[str, Any], sources: dict[str, str], run: Path, dataset: str,
+                    root: Optional[Path], labels: Optional[Path]) -> str:
+    """Point an eval run at another AU benchmark's frames (its location from fmae.toml / --root / --labels)."""
+    from fmae.data.locate import dataset_location, ensure_dataset, missing_labels
+    from fmae.registry import get_dataset, shared_au_codes
+
+    target = get_dataset(dataset)
+    if values.get("task") != "au":
+        raise FmaeError(f"{run}: a {values.get('task')} run — cross-dataset evaluation scores AU detection runs")
+    if target.name == values.get("dataset"):
+        raise FmaeError(f"--dataset {dataset}: {run} was trained on {target.name} — leave --dataset out to "
+                        "re-evaluate it on its own test fold")
+    shared_au_codes(str(values["dataset"]), target.name)  # refused here when they share no AU
+    loc = dataset_location(project, target, root, labels)
+    if not (loc.labels or (loc.train_labels and loc.test_labels)):
+        raise missing_labels(target, loc)
+    loc = ensure_dataset(target, loc)
+    values.update(eval_dataset=target.name, data_root=str(loc.root or ""), labels=str(loc.labels or ""),
+                  train_labels=loc.train_labels or "", test_labels=loc.test_labels or "")
+    for key in ("data_root", "labels", "train_labels", "test_labels"):
+        sources[key] = loc.labels_origin or loc.origin if key != "data_root" else loc.origin
+    sources["eval_dataset"] = "--dataset"
+    return target.name
 
 
 def _checkpoint_of(source: Path, which: str) -> tuple[Path, dict[str, Any]]:

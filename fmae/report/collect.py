@@ -31,7 +31,7 @@ from fmae.report.grid import Grid, Matrix, completeness  # noqa: F401  (part of 
 from fmae.report.rows import (GroupRow, Sample, table_columns, aggregate, coverage_text, is_degenerate,  # noqa: F401
                               span)
 from fmae.report.scoring import (METRICS, PER_AU, TUNED, RunRef, RunScore, Scoring, canonical_value,  # noqa: F401
-                              group_fields, group_label, num, parse_threshold, score_run)
+                              group_fields, group_label, num, parse_threshold, score_run, tested_on)
 from fmae.runs import STATES, RunDir, RunInfo, list_runs
 
 if TYPE_CHECKING:
@@ -105,7 +105,8 @@ def select(infos: list[RunInfo], selection: Selection) -> tuple[list[RunRef], li
         task, dataset = cfg.get("task"), cfg.get("dataset")
         if selection.datasets and dataset not in selection.datasets:
             continue
-        if task not in TASKS or cfg.get("eval_checkpoint"):
+        cross = task == "au" and bool(cfg.get("eval_dataset"))  # scored on another benchmark: its own rows
+        if task not in TASKS or (cfg.get("eval_checkpoint") and not cross):
             left_out["evaluation runs (fmae eval)" if cfg.get("eval_checkpoint") else f"{task} runs"] += 1
             continue
         if selection.tags and not set(selection.tags) <= set(RunDir(info.path).read_tags()):
@@ -197,6 +198,7 @@ class Report:
     paper: list[PaperRow]
     paper_note: str | None  # when the paper's numbers measure something else than these
     grids: list[Grid]
+    tested_on: str | None = None  # cross-dataset (`fmae eval --dataset`): the benchmark whose frames were scored
 
     def notes(self) -> list[str]:
         """What a reader must know about the rows: partial rows, seeds left out, degenerate and replaced runs."""
@@ -228,7 +230,8 @@ class Report:
 
     def to_dict(self, extra: Iterable[str] = ()) -> dict[str, Any]:
         return {
-            "dataset": self.dataset, "task": self.task, "title": self.title, "value_label": self.value_label,
+            "dataset": self.dataset, "task": self.task, "tested_on": self.tested_on, "title": self.title,
+            "value_label": self.value_label,
             "epoch_label": self.epoch_label, "how": self.how, "unit": "%", "columns": self.columns,
             "rows": [_row_dict(r) for r in self.rows],
             "paper": [{"method": p.method, "venue": p.venue, "label": p.label, "metric_label": p.metric_label,
@@ -290,15 +293,19 @@ def build(runs_dir: Path, selection: Selection = Selection(), scoring: Scoring =
     selection, scoring = selection.checked(), scoring.checked()
     collected = collect(runs_dir, selection, scoring, infos=infos)
     rows = aggregate(collected.scores, complete_only=complete_only, epoch=scoring.epoch)
-    grids = completeness(collected.refs, seeds=seeds, project=project)
+    # cross-dataset evaluations are not cells a training matrix could queue: no grid
+    grids = completeness([r for r in collected.refs if not tested_on(r.key[2])], seeds=seeds, project=project)
     order = list(DATASETS)
-    keys = sorted({(r.task, r.dataset) for r in rows} | {(g.task, g.dataset) for g in grids},
-                  key=lambda k: (order.index(k[1]), TASKS.index(k[0])))
-    _check_versus(versus, [d for t, d in keys if t != "id_probe"])
+    keys = sorted({(r.task, r.dataset, tested_on(r.fields)) for r in rows} | {(g.task, g.dataset, None) for g in grids},
+                  key=lambda k: (order.index(k[1]), TASKS.index(k[0]), k[2] is not None, k[2] or ""))
+    _check_versus(versus, [d for t, d, _ in keys if t != "id_probe"])
     reports = []
-    for task, dataset in keys:
+    for task, dataset, other in keys:
         spec = get_dataset(dataset)
-        mine = [r for r in rows if (r.task, r.dataset) == (task, dataset)]
+        mine = [r for r in rows if (r.task, r.dataset, tested_on(r.fields)) == (task, dataset, other)]
+        if other is not None:
+            reports.append(_cross_report(spec, get_dataset(other), scoring, complete_only, mine))
+            continue
         published = paper_rows(dataset) if task == "fer" or (task == "au" and scoring.metric != "auc") else []
         for row in mine:
             ref = reference_method(row, versus) if published else None
@@ -315,6 +322,16 @@ def build(runs_dir: Path, selection: Selection = Selection(), scoring: Scoring =
                               published, note, [g for g in grids if (g.task, g.dataset) == (task, dataset)]))
     return Results(Path(runs_dir), selection, scoring, reports, collected.skipped, collected.left_out,
                    list(command_extra))
+
+
+def _cross_report(spec: DatasetSpec, other: DatasetSpec, scoring: Scoring, complete_only: bool,
+                  rows: list[GroupRow]) -> Report:
+    """The rows of models trained on `spec` and scored on every frame of `other` (`fmae eval --dataset`)."""
+    note = (f"cross-dataset: each {spec.title} fold's model scored on every {other.title} frame (all its subjects "
+            f"unseen), over the AUs both label; not comparable with {spec.title}'s own rows or the paper")
+    return Report(spec.name, "au", f"{spec.title} → {other.title} — AU detection, cross-dataset",
+                  scoring.value_label("au"), scoring.epoch_label(), _how("au", spec, complete_only),
+                  table_columns("au", spec, other.name), rows, [], note, [], tested_on=other.name)
 
 
 def _check_versus(versus: str, datasets: list[str]) -> None:

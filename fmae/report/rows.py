@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from fmae.registry import DatasetSpec, get_dataset
-from fmae.report.scoring import RunScore, group_label
+from fmae.report.scoring import RunScore, au_columns, group_label, tested_on
 from fmae.summary import as_summary
 
 # --- aggregating -------------------------------------------------------------------------------------------
@@ -108,8 +108,9 @@ def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     return math.fsum(ok) / len(ok), (statistics.stdev(ok) if len(ok) > 1 else None)
 
 
-def table_columns(task: str, spec: DatasetSpec) -> list[str]:
-    return [*spec.au_names(), "avg"] if task == "au" else ["top1"]
+def table_columns(task: str, spec: DatasetSpec, other: str | None = None) -> list[str]:
+    """A table's columns: the AUs (a cross-dataset row's: those shared with `other`) and avg, or top1."""
+    return [*au_columns(spec.name, other), "avg"] if task == "au" else ["top1"]
 
 
 def is_degenerate(score: RunScore, epoch: str = "best") -> bool:
@@ -151,7 +152,7 @@ def aggregate(scores: Iterable[RunScore], *, complete_only: bool = False, epoch:
     for key in sorted(groups, key=lambda k: (k[0], k[1], [(n, str(v)) for n, v in k[2]])):
         task, dataset, fields = key
         spec = get_dataset(dataset)
-        columns = table_columns(task, spec)
+        columns = table_columns(task, spec, tested_on(fields))
         cells: dict[tuple, RunScore] = {}
         superseded = []
         for s in sorted(groups[key], key=lambda s: s.run_id):

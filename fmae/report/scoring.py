@@ -11,7 +11,7 @@ from typing import Any, Iterable
 
 from fmae.errors import FmaeError
 from fmae.metric_catalogue import F1_BEST, REPORT_METRICS
-from fmae.registry import get_dataset
+from fmae.registry import get_dataset, shared_au_codes
 from fmae.runs import RunDir, RunInfo
 from fmae.summary import Summary
 
@@ -168,6 +168,8 @@ def group_fields(cfg: dict[str, Any], by: Iterable[str], probed: str | None = No
     if task == "au":
         lam = cfg.get("lambda_id")
         fields.append(("lambda_id", canonical_value(float(lam)) if isinstance(lam, (int, float)) else lam))
+        if cfg.get("eval_dataset"):  # `fmae eval --dataset`: a model scored on another benchmark's frames
+            fields.append(("tested_on", str(cfg["eval_dataset"])))
     fields += [(key, canonical_value(cfg.get(key))) for key in by]
     return tuple(fields)
 
@@ -182,9 +184,21 @@ def group_label(fields: Iterable[tuple[str, Any]]) -> str:
             parts.append(f"λ={num(value)}")
         elif name == "probed":
             parts.append(f"probing {value}")
+        elif name == "tested_on":
+            parts.append(f"tested on {value}")
         else:
             parts.append(f"{name}={num(value)}")
     return " ".join(parts)
+
+
+def tested_on(fields: Iterable[tuple[str, Any]]) -> str | None:
+    """The other benchmark a cross-dataset row was scored on (None for a benchmark's own rows)."""
+    return dict(fields).get("tested_on")
+
+
+def au_columns(dataset: str, other: str | None = None) -> list[str]:
+    """The AUs a row scores: the benchmark's, or (cross-dataset) those it shares with `other`."""
+    return [f"AU{c}" for c in shared_au_codes(dataset, other)] if other else get_dataset(dataset).au_names()
 
 def _fraction(value: Any, what: str, allow_nan: bool = False) -> float:
     if value is None and allow_nan:
@@ -216,7 +230,7 @@ def score_run(ref: RunRef, scoring: Scoring) -> RunScore:
     if not isinstance(per_au, dict):
         raise FmaeError(f"summary.json: the {scoring.epoch} record has no per-AU '{key}'")
     values = {}
-    for name in get_dataset(ref.dataset).au_names():
+    for name in au_columns(ref.dataset, tested_on(ref.key[2])):
         if name not in per_au:
             raise FmaeError(f"summary.json: '{key}' has no {name}")
         values[name] = _fraction(per_au[name], f"summary.json {key}.{name}", allow_nan=scoring.metric == "auc")
@@ -232,6 +246,8 @@ def _rescore(ref: RunRef, scoring: Scoring) -> RunScore:
     from fmae.metrics import au_scores, f1_per_threshold
 
     spec = get_dataset(ref.dataset)
+    other = tested_on(ref.key[2])
+    wanted = [int(n[2:]) for n in au_columns(ref.dataset, other)]
     path = RunDir(ref.info.path).predictions / "best.npz"
     if not path.is_file():
         raise FmaeError("no predictions/best.npz to re-score (the run saved no test predictions)")
@@ -242,11 +258,12 @@ def _rescore(ref: RunRef, scoring: Scoring) -> RunScore:
             epoch = int(data["epoch"]) if "epoch" in data.files else None
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
         raise FmaeError(f"predictions/best.npz: unreadable ({' '.join(str(e).split())[:120]})") from None
-    if sorted(codes) != sorted(spec.au_codes) or len(codes) != probs.shape[-1]:
-        raise FmaeError(f"predictions/best.npz: AUs {codes} are not {spec.name}'s {list(spec.au_codes)}")
-    order = [codes.index(c) for c in spec.au_codes]  # columns in the benchmark's AU order
+    if sorted(codes) != sorted(wanted) or len(codes) != probs.shape[-1]:
+        whose = f"the AUs {spec.name} and {other} share" if other else f"{spec.name}'s"
+        raise FmaeError(f"predictions/best.npz: AUs {codes} are not {whose} {wanted}")
+    order = [codes.index(c) for c in wanted]  # columns in the benchmark's AU order
     probs, labels = probs[:, order], labels[:, order]
-    names = spec.au_names()
+    names = [f"AU{c}" for c in wanted]
     if scoring.threshold == TUNED:
         s = au_scores(probs, labels)
         f1, threshold = s.f1_best, s.best_threshold

@@ -99,8 +99,16 @@ class Task:
 class AUTask(Task):
     metric = "f1_best_mean"
     metric_label = "mean F1 at the best threshold (tuned on the test fold, as the paper)"
+    # cross-dataset evaluation: the model's output columns scored, and their AU codes (else all of them)
+    columns: list[int] | None = None
+    codes: tuple[int, ...] = ()
 
     def build_data(self) -> Splits:
+        if self.cfg.get("eval_dataset"):
+            from fmae.train.cross_dataset import cross_dataset_data
+
+            splits, self.test_labels, self.columns, self.codes = cross_dataset_data(self.cfg, self.spec, self.location())
+            return splits
         problems = Problems()
         loc = self.location()
         fold = load_au_fold(self.spec, loc, int(self.cfg["fold"]), problems)
@@ -139,10 +147,11 @@ class AUTask(Task):
 
     def scores(self, model, x):
         logits, _ = model(x)
-        return torch.sigmoid(logits.float())
+        probs = torch.sigmoid(logits.float())
+        return probs if self.columns is None else probs[:, self.columns]
 
     def evaluate(self, outputs, targets):
-        record = au_scores(outputs, targets.astype(np.uint8)).to_dict(self.spec.au_codes)
+        record = au_scores(outputs, targets.astype(np.uint8)).to_dict(self.codes or self.spec.au_codes)
         # What a reader needs beside the numbers: the floor F1@0.5 must clear, and whether the tuned
         # threshold only found "every AU present" (or none).
         record["f1_all_positive_mean"] = all_positive_f1(targets)
@@ -152,7 +161,7 @@ class AUTask(Task):
     def predictions(self, outputs, targets, data):
         return {"probs": outputs.astype(np.float32), "labels": targets.astype(np.uint8),
                 "paths": np.array([str(p) for p in data.paths]),
-                "subjects": np.array(self.test_labels.subjects), "au_codes": np.array(self.spec.au_codes)}
+                "subjects": np.array(self.test_labels.subjects), "au_codes": np.array(self.codes or self.spec.au_codes)}
 
 
 class FERTask(Task):
