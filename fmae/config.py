@@ -43,7 +43,9 @@ _SCHEMA: dict[str | None, dict[str, tuple[type, ...]]] = {
         "cpus_per_task": (int,),
         "mem_gib": _NUM,
         "cluster": (str,),
+        "array_parallelism": (int,),
     },
+    "scheduler": {"notify": (list,), "notify_timeout_s": _NUM},
     "defaults": {"model": (str,), "recipe": (str,), "seeds": (list,), "init": (str,)},
     "data": {"max_image_pixels": (int,)},
 }
@@ -106,6 +108,8 @@ class ProjectConfig:
     device: str = "auto"
     executor: str = "local"
     slurm: Mapping[str, Any] = field(default_factory=dict)
+    notify: tuple[str, ...] = ()  # [scheduler] notify: the command run when a run ends (fmae.notify)
+    notify_timeout_s: float = 30.0
     defaults: Mapping[str, Any] = field(default_factory=dict)
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     datasets: Mapping[str, DatasetLocation] = field(default_factory=dict)
@@ -188,12 +192,13 @@ def parse_project(text: str, name: str, base: Path, path: Path | None = None) ->
 
     check(None, {k: v for k, v in doc.items() if not isinstance(v, dict)}, _SCHEMA[None])
     for key, value in doc.items():
-        if isinstance(value, dict) and key not in ("compute", "executor", "defaults", "datasets", "overrides", "data"):
+        if isinstance(value, dict) and key not in ("compute", "executor", "scheduler", "defaults", "datasets",
+                                                   "overrides", "data"):
             raise FmaeError(
                 f"{where(None, key) if lines.find(None, key) else name}: unknown section [{key}] "
-                "(expected: compute, executor, defaults, datasets, overrides, data)"
+                "(expected: compute, executor, scheduler, defaults, datasets, overrides, data)"
             )
-    for section in ("compute", "executor", "executor.slurm", "defaults", "data"):
+    for section in ("compute", "executor", "executor.slurm", "scheduler", "defaults", "data"):
         table = _dig(doc, section, name)
         check(section, table, _SCHEMA[section])
         for key, value in table.items():
@@ -205,6 +210,14 @@ def parse_project(text: str, name: str, base: Path, path: Path | None = None) ->
         isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpus
     ):
         raise FmaeError(f"{where('compute', 'gpus')}: compute.gpus must be \"auto\" or a list of GPU indices")
+
+    scheduler = _dig(doc, "scheduler", name)
+    notify = scheduler.get("notify", [])
+    if not all(isinstance(a, str) and a for a in notify) or (notify and not notify[0].strip()):
+        raise FmaeError(f"{where('scheduler', 'notify')}: scheduler.notify must be a command as a list of non-empty "
+                        'strings, e.g. ["notify-send", "fmae: {event}", "{run}: {message}"] (no shell string)')
+    if scheduler.get("notify_timeout_s", 30) <= 0:
+        raise FmaeError(f"{where('scheduler', 'notify_timeout_s')}: scheduler.notify_timeout_s must be more than 0")
 
     max_pixels = _dig(doc, "data", name).get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
     if max_pixels < 1:
@@ -264,6 +277,8 @@ def parse_project(text: str, name: str, base: Path, path: Path | None = None) ->
         device=compute.get("device", "auto"),
         executor=executor.get("kind", "local"),
         slurm=dict(_dig(doc, "executor.slurm", name)),
+        notify=tuple(notify),
+        notify_timeout_s=float(scheduler.get("notify_timeout_s", 30)),
         defaults=dict(_dig(doc, "defaults", name)),
         max_image_pixels=max_pixels,
         datasets=datasets,

@@ -1,14 +1,15 @@
-"""The detached dispatcher: one per runs folder, it starts queued runs on free GPU/CPU slots and
-notices when they end. Runs are launched in their own process sessions with output to train.log, so
-killing the scheduler, closing the app or losing SSH leaves them running; a restarted scheduler adopts
-the live ones and marks the vanished ones failed. The run folders stay the truth.
+"""The detached dispatcher: one per runs folder, it starts queued runs through an executor (this
+machine's GPU/CPU slots, or Slurm: `fmae.executors`) and notices when they end. Local runs are launched
+in their own process sessions with output to train.log, so killing the scheduler, closing the app or
+losing SSH leaves them running; a restarted scheduler adopts the live ones and marks the vanished ones
+failed. The run folders stay the truth. When a run ends done or failed (or on a non-finite loss), the
+command `[scheduler] notify` names in fmae.toml is run with the event (`fmae.notify`).
 
 No torch here: the app and the CLI start and query the scheduler.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
@@ -24,8 +25,9 @@ from pathlib import Path
 from fmae.atomic_write import write_text_atomic
 from fmae.config import ProjectConfig
 from fmae.errors import FmaeError
-from fmae.queue import Job, Queue
-from fmae.run_lock import exec_lock_holder, trainer_alive
+from fmae.executors import KINDS, Claimed, Executor, Handle, Refused, make_executor, says_ended
+from fmae.notify import Notifier
+from fmae.queue import Job, Queue, read_status_fast
 from fmae.runs import FINAL_STATES, RunDir, pid_alive
 
 LOCK_NAME = ".scheduler.lock"
@@ -167,31 +169,33 @@ def stop(runs_dir: Path, wait: float = 15.0) -> str:
 # --- the loop -------------------------------------------------------------------------------------
 
 @dataclass
-class Running:
-    job: Job
-    slots: tuple
-    proc: subprocess.Popen | None  # None for a run adopted from an earlier scheduler
-    pid: int
-    killed: bool = False
-    termed: bool = False  # the scheduler sent the cancel's SIGTERM itself (the cancel came before a pid)
-    ended_at: float | None = None  # when status.json first said a final state while the process lived
-
-
-@dataclass
 class Scheduler:
     project: ProjectConfig
     poll: float = 0.25
     idle_exit: float = 60.0  # seconds with nothing queued or running before the scheduler exits
-    grace: float = 30.0  # seconds from a cancel's SIGTERM to SIGKILL
-    running: dict[int, Running] = field(default_factory=dict)
-    slurm: dict[int, Job] = field(default_factory=dict)  # jobs handed to slurm, polled through submitit
-    slurm_cancelled: set[int] = field(default_factory=set)
+    grace: float = 30.0  # seconds from a cancel's soft stop (SIGTERM, scancel) to the hard one
+    handles: dict[int, Handle] = field(default_factory=dict)  # job id -> its work, whichever executor has it
     stopping: bool = False
 
     def __post_init__(self) -> None:
         self.runs = self.project.runs_dir
         self.queue = Queue(self.runs)
         self.me = f"{os.getpid()}@{socket.gethostname()}"  # names this scheduler in a launching row
+        self.executors: dict[str, Executor] = {}
+        self.notifier = Notifier(self.project)
+
+    def executor(self, kind: str) -> Executor:
+        if kind not in self.executors:
+            self.executors[kind] = make_executor(kind, self.project, self.queue, self.grace)
+        return self.executors[kind]
+
+    def executor_of(self, job: Job) -> Executor:
+        """The executor that follows a claimed job: the first (the configured one, then the others) that
+        owns its slot — a run submitted to Slurm stays Slurm's after fmae.toml says local again."""
+        kinds = [self.project.executor, *(k for k in KINDS if k != self.project.executor)]
+        owners = [self.executor(k) for k in kinds if self.executor(k).owns(job)]
+        specific = [e for e in owners if e.name != "local"]  # local owns whatever nobody else does
+        return (specific or owners)[0]
 
     def run(self) -> None:
         self.runs.mkdir(parents=True, exist_ok=True)
@@ -219,7 +223,8 @@ class Scheduler:
                     break
                 time.sleep(self.poll)
         finally:
-            log.info("scheduler exits; %d run(s) keep going on their own", len(self.running))
+            self.notifier.reap()
+            log.info("scheduler exits; %d run(s) keep going on their own", len(self.handles))
             fcntl.flock(lock, fcntl.LOCK_UN)
             lock.close()
 
@@ -228,22 +233,17 @@ class Scheduler:
 
     # --- reconciliation ---------------------------------------------------------------------------
     def reconcile(self) -> None:
-        """After a (re)start: adopt live runs, fail vanished ones; nothing is launched twice. A trainer is
-        alive when it holds its run folder's lock (or, just spawned, has not taken it yet); a run folder
-        that says it ended is believed first."""
+        """After a (re)start: adopt live work, fail vanished runs; nothing is launched twice. The executor
+        finds a run's live work (a local trainer holds its run folder's lock, or was just spawned and has
+        not taken it yet; a Slurm job is named in status.json); a run folder that says it ended is
+        believed next."""
         for job in self.queue.jobs(states=("running", "launching")):
-            if (job.slot or "").startswith("slurm"):
-                self.slurm[job.id] = job
-                log.info("following slurm job %d (%s)", job.id, job.run_id)
-                continue
-            live = exec_lock_holder(job.path)
-            if live is None and _final(job):  # it ended (maybe before we came): the folder says how
+            found = self.executor_of(job).find(job)
+            if found is not None:
+                self.handles[job.id] = found
+                log.info("adopted job %d (%s), %s", job.id, job.run_id, found.where)
+            elif says_ended(job.path):  # it ended (maybe before we came): the folder says how
                 self._ended(job, None)
-                continue
-            if live is None and trainer_alive(job.path, job.pid):
-                live = job.pid
-            if live is not None:
-                self._adopt(job, live or job.pid or 0)
             elif job.state == "launching":  # its scheduler died before any trainer took the run
                 self.queue.unlaunch(job.id)
                 log.info("job %d (%s) was being launched by scheduler %s, which is gone: queued again",
@@ -251,150 +251,84 @@ class Scheduler:
             else:
                 self._ended(job, None)
 
-    def _adopt(self, job: Job, pid: int) -> None:
-        """Follow a live trainer this scheduler did not start (or whose start another process won)."""
-        if pid:
-            with_pgid = _pgid(pid) or pid
-            job = self.queue.launched(job.id, pid, with_pgid)
-            try:  # status.json names the live trainer, not a loser that exited
-                RunDir(job.path).update_status(pid=pid, pgid=with_pgid)
-            except (FmaeError, OSError):
-                pass
-        self.running[job.id] = Running(job, self._slots_of(job), None, pid or (job.pid or 0))
-        log.info("adopted job %d (%s), pid %s", job.id, job.run_id, pid or "?")
-
-    def _slots_of(self, job: Job) -> tuple:
-        return tuple((job.slot or "").split("+")) if job.slot else ()
-
     # --- one pass -----------------------------------------------------------------------------------
     def tick(self) -> bool:
-        for job_id, r in list(self.running.items()):
-            if r.proc is not None:
-                code = r.proc.poll()
-                if code is not None and (other := exec_lock_holder(r.job.path)) is not None:
-                    # Our trainer exited (EXIT_ALREADY_RUNNING) because a live one holds the run folder's
-                    # lock, started by a scheduler that died before recording it: follow that one.
-                    del self.running[job_id]
-                    self._adopt(r.job, other)
-                    continue
-            else:  # adopted: the folder's final state first, then its lock
-                code = -1 if _final(r.job) or not trainer_alive(r.job.path, r.pid) else None
-            if code is not None:
-                del self.running[job_id]
-                self._ended(r.job, code if r.proc is not None else None)
+        for job_id, h in list(self.handles.items()):
+            ex = self.executor(h.executor)
+            ended = ex.poll(h)
+            if ended is not None:
+                del self.handles[job_id]
+                self._ended(h.job, ended.code)
                 continue
             fresh = self.queue.get(job_id)
-            if r.proc is not None and _final(r.job):  # it said it ended: it must exit soon
-                r.ended_at = r.ended_at or time.time()
-                if time.time() - r.ended_at > self.grace and not r.killed:
-                    log.warning("job %d ended %.0f s ago but its process %d still runs: SIGKILL", job_id,
-                                self.grace, r.pid)
-                    _killpg(r.pid, signal.SIGKILL)
-                    r.killed = True
-            if fresh and fresh.cancel_requested and not r.termed:
-                r.termed = True
-                _killpg(r.pid, signal.SIGTERM)  # idempotent for the trainer: `queue cancel` may have sent one
-            if fresh and fresh.cancel_requested and not r.killed:
+            if fresh and fresh.cancel_requested and not h.termed:
+                h.termed = True
+                ex.cancel(h, hard=False)  # idempotent for the trainer: `queue cancel` may have sent one
+            if fresh and fresh.cancel_requested and not h.killed:
                 if time.time() - fresh.cancel_requested > self.grace:
-                    log.warning("job %d ignored SIGTERM for %.0f s: SIGKILL", job_id, self.grace)
-                    _killpg(r.pid, signal.SIGKILL)
-                    r.killed = True
-        if self.slurm:
-            self._poll_slurm()
+                    log.warning("job %d did not stop %.0f s after the cancel: stopping it hard (SIGKILL)",
+                                job_id, self.grace)
+                    ex.cancel(h, hard=True)
+                    h.killed = True
+        self.notifier.reap()
         pending = self.queue.pending()
+        self._launch(pending)
+        return bool(self.handles) or bool(pending)
+
+    def _launch(self, pending: list[Job]) -> None:
+        """Place and claim what can start now, then hand the claimed jobs to the executor at once (a
+        cluster submits them as one job array)."""
+        ex = self.executor(self.project.executor)
+        in_use = {s for h in self.handles.values() for s in h.slots}
+        claimed: list[Claimed] = []
         for job in pending:
+            run = self._launchable(job)
+            if run is None:
+                continue
             try:
-                placed = self._place(job)
+                placement = ex.place(job, in_use)
             except FmaeError as e:  # e.g. fmae.toml names a GPU that is gone: say so, keep the runs
                 log.error("cannot place job %d: %s", job.id, e)
                 break
-            if placed is not None:
-                self._launch(job, *placed)
-        return bool(self.running) or bool(self.slurm) or bool(pending)
+            if placement is None:
+                continue
+            # Claimed BEFORE the start: killed between the two, this scheduler leaves a launching row that
+            # the next one resolves through the run folder, never a queued row that it would start again.
+            if not self.queue.claim_launch(job.id, "+".join(placement.slots), self.me):
+                continue  # cancelled or taken meanwhile
+            in_use |= set(placement.slots)
+            claimed.append(Claimed(job, run, placement))
+        if not claimed:
+            return
+        for started in ex.launch(claimed):
+            if isinstance(started, Refused):
+                self._record(started.job, "failed", started.why)
+                log.error("job %d (%s): %s", started.job.id, started.job.run_id, started.why)
+                continue
+            started.job = self.queue.launched(started.job.id, started.pid, started.pgid)
+            self.handles[started.job.id] = started
+            log.info("%s job %d (%s) on %s, %s", ex.started_word, started.job.id, started.job.run_id,
+                     "+".join(started.slots), started.where)
 
-    def _place(self, job: Job) -> tuple[tuple[str, ...], dict[str, str]] | None:
-        """Free slots for this job now (names, the GPU environment), or None."""
-        from fmae import gpus as G
-
-        if self.project.executor == "slurm":  # the cluster places it; we only hand it over
-            return (f"slurm{job.id}",), {}
-        in_use = {s for r in self.running.values() for s in r.slots}
-        found = G.discover()
-        slots = [s for s in G.plan_slots(self.project, found) if s.name not in in_use]
-        picked = G.assign(slots, job.gpus, found, self.project.min_free_memory_gib)
-        if picked is None:
-            return None
-        return tuple(s.name for s in picked), G.cuda_env(picked)
-
-    def _launch(self, job: Job, slots: tuple[str, ...], gpu_env: dict[str, str]) -> None:
+    def _launchable(self, job: Job) -> RunDir | None:
+        """The job's run folder, when it is there and not already done (else the row is settled)."""
         try:
             run = RunDir.open(job.path)
         except FmaeError as e:  # deleted (or emptied) while queued: this job fails, the loop goes on
             why = f"run folder {job.path} is gone" if not job.path.exists() else str(e)
-            self.queue.finish(job.id, "failed", error=why)
+            self._record(job, "failed", why)
             log.error("job %d (%s) not launched: %s", job.id, job.run_id, why)
-            return
-        if (_status(job) or {}).get("state") == "done":  # a stale row (its trainer ended unseen): never re-run
+            return None
+        if (read_status_fast(job.path) or {}).get("state") == "done":  # a stale row (it ended unseen): never re-run
             self.queue.finish(job.id, "done")
             log.info("job %d (%s) is already done: not launched", job.id, job.run_id)
-            return
-        if self.project.executor == "slurm":
-            self._submit(job, run)
-            return
-        cuda = gpu_env.get("CUDA_VISIBLE_DEVICES", "")
-        cmd = [sys.executable, "-m", "fmae", "exec", str(job.path)]
-        if job.nproc > 1:
-            cmd += ["--nproc", str(job.nproc)]
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", **gpu_env}
-        # Claimed BEFORE the spawn: killed between the two, this scheduler leaves a launching row that the
-        # next one resolves through the run folder's lock, never a queued row that it would launch again.
-        if not self.queue.claim_launch(job.id, "+".join(slots), self.me):
-            return  # cancelled or taken meanwhile
-        try:
-            with open(run.log_path, "ab") as out:
-                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
-                                        start_new_session=True, close_fds=True, cwd=str(job.path))
-        except OSError as e:
-            with contextlib.suppress(FmaeError, OSError):  # the folder itself may be what went missing
-                run.mark_ended("failed", error=f"could not start the trainer: {e}")
-            self.queue.finish(job.id, "failed", error=f"could not start the trainer: {e}")
-            log.error("job %d (%s): could not start the trainer: %s", job.id, job.run_id, e)
-            return
-        job = self.queue.launched(job.id, proc.pid, proc.pid)
-        run.mark_running(pid=proc.pid, pgid=proc.pid, host=socket.gethostname(), gpus=cuda)
-        self.running[job.id] = Running(job, slots, proc, proc.pid)
-        log.info("launched job %d (%s) on %s, pid %d", job.id, job.run_id, "+".join(slots), proc.pid)
+            return None
+        return run
 
-    def _submit(self, job: Job, run: RunDir) -> None:
-        """executor = "slurm": submitit submits the run; the cluster's state comes back via sacct."""
-        from fmae.executors.slurm import submit_run
-
-        if not self.queue.claim(job.id, f"slurm{job.id}", 0, 0):
-            return
-        try:
-            job_id = submit_run(job.path, self.project, gpus=job.gpus,
-                                local=self.project.slurm.get("cluster", "slurm") == "local")
-        except FmaeError as e:
-            self.queue.finish(job.id, "failed", error=str(e))
-            log.error("job %d (%s): %s", job.id, job.run_id, e)
-            return
-        self.slurm[job.id] = job
-        log.info("submitted job %d (%s) to slurm as %s", job.id, job.run_id, job_id)
-
-    def _poll_slurm(self) -> None:
-        from fmae.executors.slurm import cancel_slurm, reconcile_slurm
-
-        for job_id, job in list(self.slurm.items()):
-            fresh = self.queue.get(job_id)
-            if fresh is not None and fresh.cancel_requested and job_id not in self.slurm_cancelled:
-                cancel_slurm(job.path)
-                self.slurm_cancelled.add(job_id)
-            reconcile_slurm(job.path)
-            status = RunDir.open(job.path).read_status()
-            if status.get("state") in FINAL_STATES:
-                del self.slurm[job_id]
-                self.queue.finish(job_id, status["state"], error=status.get("error"))
-                log.info("job %d (%s) ended on slurm: %s", job_id, job.run_id, status["state"])
+    def _record(self, job: Job, state: str, error: str | None) -> None:
+        """The row's end, and the notification command (when fmae.toml names one)."""
+        self.queue.finish(job.id, state, error=error)
+        self.notifier.ended(job, state, error)
 
     def _ended(self, job: Job, code: int | None) -> None:
         """Record how a run ended: its status.json when the trainer wrote one, else 'process vanished'."""
@@ -406,16 +340,16 @@ class Scheduler:
             run = RunDir.open(job.path)
             status = run.read_status()
         except FmaeError as e:
-            self.queue.finish(job.id, "failed", error=str(e))
+            self._record(job, "failed", str(e))
             return
         state = status.get("state")
         if state in FINAL_STATES:
-            self.queue.finish(job.id, state, error=status.get("error"))
+            self._record(job, state, status.get("error"))
             log.info("job %d (%s) ended: %s", job.id, job.run_id, state)
             return
         if fresh is not None and fresh.cancel_requested:  # signalled before the trainer could record it
             run.mark_ended("cancelled", exit_code=code, error="cancelled")
-            self.queue.finish(job.id, "cancelled", error="cancelled")
+            self._record(job, "cancelled", "cancelled")
             log.info("job %d (%s) cancelled", job.id, job.run_id)
             return
         if code is None:
@@ -427,36 +361,8 @@ class Scheduler:
         else:
             why = f"process vanished (exit code {code})"
         run.mark_ended("failed", exit_code=code, error=why)
-        self.queue.finish(job.id, "failed", error=why)
+        self._record(job, "failed", why)
         log.warning("job %d (%s) failed: %s", job.id, job.run_id, why)
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    if pgid <= 1 or pgid == os.getpgrp():  # never our own group (or everyone's)
-        return
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except OSError:
-        return None
-
-
-def _status(job: Job) -> dict | None:
-    from fmae.queue import read_status_fast
-
-    return read_status_fast(job.path)  # None when missing or damaged: never raises
-
-
-def _final(job: Job) -> bool:
-    """Whether the run folder says the run ended (done, failed, cancelled): believed before any pid."""
-    status = _status(job)
-    return status is not None and status["state"] in FINAL_STATES
 
 
 def run_foreground(project: ProjectConfig, idle_exit: float | None = None) -> None:

@@ -357,3 +357,64 @@ def test_a_queued_run_whose_folder_was_deleted_fails_in_one_line_and_the_next_go
     assert (first.state, first.error) == ("failed", f"run folder {gone.path} is gone")
     assert second.state == "done"
     assert not gone.path.exists()  # nothing made again in its place
+
+
+def test_the_notify_command_gets_each_end_and_a_failing_or_hanging_one_stalls_nothing(tmp_path):
+    """[scheduler] notify: a real script gets done / failed / nonfinite_loss with the run as arguments
+    (an argument list: a message with spaces and a dash stays one argument); a cancel notifies nobody.
+    The script fails for `failed` and hangs for `nonfinite_loss`: the scheduler exits on time anyway,
+    and its log says the one failed and the other was killed after notify_timeout_s."""
+    from fmae.queue import Queue
+    from fmae.runs import RunDir, make_run_id
+
+    got = tmp_path / "got.jsonl"
+    script = tmp_path / "notify.py"
+    script.write_text(f"#!{sys.executable}\nimport json, sys, time\n"
+                      f"open({str(got)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+                      "if sys.argv[1] == 'failed': sys.exit(3)\n"
+                      "if sys.argv[1] == 'nonfinite_loss': time.sleep(120)\n")
+    script.chmod(0o755)
+    (tmp_path / "fmae.toml").write_text(f'runs_dir = "runs"\n[scheduler]\nnotify = [{json.dumps(str(script))}, '
+                                        '"{event}", "{run}", "{message}"]\nnotify_timeout_s = 3\n')
+    runs = tmp_path / "runs"
+    q = Queue(runs)
+    nan = "loss is nan at epoch 1, step 2 — lower blr (--set blr=…) or check the data"
+    ends = [("done", None), ("failed", nan), ("failed", "boom"), ("cancelled", "cancelled")]
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    cfg = {"task": "au", "dataset": "bp4d", "fold": 1, "seed": 0, "lambda_id": 0.0, "model": "vit_tiny"}
+    ids = []
+    for seed, (state, error) in enumerate(ends):
+        run = RunDir.create(runs, make_run_id("bp4d", "vit_tiny", seed, fold=1), {**cfg, "seed": seed},
+                            {"command": ["test"]})
+        job = q.add(run)
+        assert q.claim(job.id, "cpu0", gone.pid, gone.pid)
+        run.mark_ended(state, exit_code=0 if state == "done" else 1, error=error)
+        ids.append(run.id)
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "fmae", "scheduler", "run", "--config", str(tmp_path / "fmae.toml"),
+                             "--idle-exit", "1"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert time.monotonic() - started < 60  # it never waited for the hanging command
+    assert [j.state for j in q.jobs()] == ["done", "failed", "failed", "cancelled"]
+    log = runs / "scheduler.log"
+    wait_for(lambda: "killed" in log.read_text() and "exited with code 3" in log.read_text(), 60, "the watchdog's lines")
+    calls = sorted(json.loads(line) for line in got.read_text().splitlines())
+    assert calls == sorted([["done", ids[0], "done"], ["nonfinite_loss", ids[1], nan], ["failed", ids[2], "boom"]])
+    text = log.read_text()
+    assert f"notify (failed {ids[2]}): {script} exited with code 3" in text
+    assert f"notify (nonfinite_loss {ids[1]}): {script} still ran after 3 s (notify_timeout_s): killed" in text
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _runs(p, script)]  # the hanging one is gone
+
+
+def _runs(pid: str, script: Path) -> bool:
+    try:
+        return str(script).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def test_a_notify_command_must_be_an_argument_list(tmp_path):
+    (tmp_path / "fmae.toml").write_text('[scheduler]\nnotify = "notify-send done"\n')
+    result = run_fmae("scheduler", "status", "--config", tmp_path / "fmae.toml", cwd=tmp_path)
+    assert result.returncode == 2 and "scheduler.notify" in result.stderr and "Traceback" not in result.stderr

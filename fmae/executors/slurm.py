@@ -9,13 +9,16 @@ tests exercise the same path without a cluster.
 
 Mapping of `[executor.slurm]` in fmae.toml (see `slurm_parameters`): partition → --partition, account →
 --account (both only when non-empty), time_minutes → --time, cpus_per_task → --cpus-per-task (per task),
-mem_gib → --mem (per node), and for a run on G GPUs: --gpus-per-node=G with one task per GPU (DDP: each
-task gets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from submitit, as torchrun would set them); a CPU run
-(G = 0) asks for no GPU and one task.
+mem_gib → --mem (per node), and for a run on N nodes × G GPUs: --nodes=N --gpus-per-node=G with one
+task per GPU (DDP over every node: each task gets RANK/WORLD_SIZE/LOCAL_RANK and MASTER_ADDR = the
+job's first node from submitit's job environment, as torchrun would set them); a CPU run (G = 0) asks
+for no GPU and one task per node. `submit_runs` sends several runs as one job array
+(array_parallelism → --array=0-K%P).
 
-Time limits: submitit signals the job before Slurm's limit; `_train` is checkpointable, so a timed-out
-or preempted job is requeued (at most submitit's `max_num_timeout` = 3 times for time-outs) and resumes
-from the run's last checkpoint.
+Time limits and preemption: submitit signals the job (USR2) before Slurm's limit or a preemption; the
+trainer stops at the end of its step and writes last.pt, status.json goes back to queued (`requeues`
+counts them), and submitit's checkpoint hook (`_train.checkpoint`) requeues the same call, which resumes
+from that step exactly (at most submitit's `max_num_timeout` = 3 times for time-outs).
 
 A job Slurm kills before the trainer can write its end (out of memory, node failure, cancelled while
 pending…) leaves status.json at queued/running: `reconcile_slurm(run)` asks submitit for the job's state
@@ -36,9 +39,13 @@ from fmae.errors import FmaeError
 from fmae.runs import FINAL_STATES, RunDir, one_line
 
 SLURM_DIR = "slurm"  # submitit's job folder inside the run folder: pickles, sbatch file, logs
+ARRAY_DIR = ".slurm"  # a job array's folder, in the runs folder (hidden: the run listing skips it)
+SLOT_PREFIX = "slurm"  # a queue row's slot "slurm<job id>": the cluster placed it
+SACCT_EVERY_S = 30.0  # the scheduler asks sacct about all its jobs at once, at most this often
 
 # Defaults when fmae.toml has no [executor.slurm] entry for a key (the same as default_fmae.toml).
-DEFAULTS = {"partition": "", "account": "", "time_minutes": 720, "cpus_per_task": 8, "mem_gib": 64}
+DEFAULTS = {"partition": "", "account": "", "time_minutes": 720, "cpus_per_task": 8, "mem_gib": 64,
+            "array_parallelism": 16}
 
 # Slurm job states (sacct) after which the job runs no more; anything else (PENDING, RUNNING,
 # REQUEUED, PREEMPTED — requeued by submitit —, UNKNOWN: not in accounting yet…) is left alone.
@@ -60,15 +67,57 @@ def _train(path: str) -> int:
     trainer could (an unreadable run.toml, no GPU for device = cuda…)."""
     rank = _prepare_distributed()
     run = Path(path)
+    preemption = _Preemption()
     try:
         RunDir.open(run).read_config()  # a broken run folder fails here, before torch is imported
         from fmae.train.trainer import execute
 
-        return execute(run, resume=True, quiet=False)
+        code = execute(run, resume=True, quiet=False)
     except Exception as e:
         if rank == 0:
             _record_failure(run, e)
         raise
+    return preemption.requeue_if_caught(run, code, rank)
+
+
+class _Preemption:
+    """submitit's time-out/preemption signal (USR2), turned into a stop at the end of the current step:
+    the trainer writes last.pt there, as on a cancel; then submitit's own handler checkpoints this call
+    (`_checkpoint`) and requeues the job, which resumes from that very step. (submitit's handler alone
+    would exit mid-step, and the requeued job would redo everything since the last epoch's checkpoint.)"""
+
+    def __init__(self) -> None:
+        self.caught: int | None = None
+        self.submitit_handler: Any = None
+        try:
+            from submitit import JobEnvironment
+
+            sig = JobEnvironment._usr_sig()
+        except Exception:
+            return
+        handler = signal.getsignal(sig)
+        if callable(handler):  # installed by submitit: we run inside a job
+            self.submitit_handler, self.idle = handler, signal.getsignal(signal.SIGTERM)
+            signal.signal(sig, self._caught)
+
+    def _caught(self, signum: int, frame: Any) -> None:
+        self.caught = signum
+        stop = signal.getsignal(signal.SIGTERM)
+        if not callable(stop) or stop == self.idle:  # the trainer has not started (or has ended): nothing to save
+            self.submitit_handler(signum, frame)
+            return
+        stop(signal.SIGTERM, frame)  # the trainer's own cancel: finish the step, write last.pt
+
+    def requeue_if_caught(self, run: Path, code: int, rank: int) -> int:
+        if self.caught is None or code != 143:  # 143: the trainer stopped as asked (EXIT_CANCELLED)
+            return code
+        if rank == 0:  # not "cancelled": the requeued job resumes it
+            rd = RunDir(run)
+            requeues = int(rd.read_status().get("requeues") or 0) + 1
+            rd.mark_queued()
+            rd.update_status(requeues=requeues)
+        self.submitit_handler(self.caught, None)  # _checkpoint, requeue and exit (or raise: out of requeues)
+        return code
 
 
 def _checkpoint(path: str) -> Any:
@@ -108,14 +157,20 @@ def _record_failure(run: Path, error: BaseException) -> None:
 
 # --- submitting -----------------------------------------------------------------------------------
 
-def slurm_parameters(project: Any, gpus: int, name: str) -> dict[str, Any]:
-    """submitit AutoExecutor parameters for a run on `gpus` GPUs (0 = CPU) named `name`, from
-    `project.slurm` ([executor.slurm] in fmae.toml)."""
-    s = {**DEFAULTS, **dict(getattr(project, "slurm", {}) or {})}
-    gpus = int(gpus)
+def _settings(project: Any) -> dict[str, Any]:
+    return {**DEFAULTS, **dict(getattr(project, "slurm", {}) or {})}
+
+
+def slurm_parameters(project: Any, gpus: int, name: str, nodes: int = 1) -> dict[str, Any]:
+    """submitit AutoExecutor parameters for a run on `nodes` nodes × `gpus` GPUs each (0 = CPU) named
+    `name`, from `project.slurm` ([executor.slurm] in fmae.toml)."""
+    s = _settings(project)
+    gpus, nodes = int(gpus), int(nodes)
     if gpus < 0:
         raise FmaeError(f"gpus = {gpus}: a run needs 0 (CPU) or more GPUs")
-    for key in ("time_minutes", "cpus_per_task"):
+    if nodes < 1:
+        raise FmaeError(f"--nodes {nodes}: a run needs at least one node")
+    for key in ("time_minutes", "cpus_per_task", "array_parallelism"):
         if int(s[key]) < 1:
             raise FmaeError(f"executor.slurm.{key} = {s[key]}: must be at least 1")
     if float(s["mem_gib"]) <= 0:
@@ -125,7 +180,7 @@ def slurm_parameters(project: Any, gpus: int, name: str) -> dict[str, Any]:
         "timeout_min": int(s["time_minutes"]),
         "cpus_per_task": int(s["cpus_per_task"]),
         "mem_gb": s["mem_gib"],
-        "nodes": 1,
+        "nodes": nodes,
         "tasks_per_node": max(1, gpus),
     }
     if gpus:
@@ -137,41 +192,61 @@ def slurm_parameters(project: Any, gpus: int, name: str) -> dict[str, Any]:
     return params
 
 
-def submit_run(run: Path, project: Any, *, gpus: int = 1, local: bool = False) -> str:
+def submit_run(run: Path, project: Any, *, gpus: int = 1, nodes: int = 1, local: bool = False) -> str:
     """Submit the run folder `run` to Slurm — or, with `local`, to submitit's local executor — and
     record the job in status.json (executor, slurm_cluster, slurm_job_id). Returns the job id.
 
     A queued run is submitted as it is; a failed or cancelled one is first reset to queued (a retry;
     it resumes from its last checkpoint); a running or done one is refused. If sbatch refuses the job,
     the run is marked failed with sbatch's reason and FmaeError is raised."""
+    return submit_runs([run], project, gpus=gpus, nodes=nodes, local=local)[0]
+
+
+def submit_runs(runs: list[Path], project: Any, *, gpus: int = 1, nodes: int = 1, local: bool = False) -> list[str]:
+    """Submit run folders that ask for the same resources, several as ONE job array (submitit's batch
+    submission, at most `[executor.slurm] array_parallelism` of them at once), one as a plain job in
+    its own `RUN/slurm/`. An array's job folder is the runs folder's `.slurm/`. Returns the job ids."""
     import submitit
 
-    rd = RunDir.open(run)
-    rd = RunDir(rd.path.resolve())  # the job may start in another working directory
-    state = rd.read_status().get("state")
-    if state in ("running", "done"):
-        raise FmaeError(f"run {rd.id} is {state}: submit it again only after it ended (fmae retry resets it)")
+    rds = [RunDir(RunDir.open(r).path.resolve()) for r in runs]  # the job may start in another directory
+    states = [rd.read_status().get("state") for rd in rds]
+    for rd, state in zip(rds, states):
+        if state in ("running", "done"):
+            raise FmaeError(f"run {rd.id} is {state}: submit it again only after it ended (fmae retry resets it)")
     cluster = "local" if local else "slurm"
-    folder = rd.path / SLURM_DIR
+    folder = rds[0].path / SLURM_DIR if len(rds) == 1 else rds[0].path.parent / ARRAY_DIR
     try:
         executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     except RuntimeError as e:  # SlurmExecutor: 'Could not detect "srun"'
         raise FmaeError(f"executor.kind = slurm, but this machine has no Slurm ({one_line(e)}) — submit from a "
                         f"cluster login node, or set executor.kind = \"local\" in {_label(project)}") from None
-    executor.update_parameters(**slurm_parameters(project, gpus, rd.id))
-    if state != "queued":
-        rd.mark_queued()  # a retry: forget the last attempt before the new one can start writing
+    name = rds[0].id if len(rds) == 1 else f"fmae-{len(rds)}-runs"
+    executor.update_parameters(**slurm_parameters(project, gpus, name, nodes=nodes))
+    if len(rds) > 1:
+        executor.update_parameters(slurm_array_parallelism=_settings(project)["array_parallelism"])
+    for rd, state in zip(rds, states):
+        if state != "queued":
+            rd.mark_queued()  # a retry: forget the last attempt before the new one can start writing
     try:
-        job = executor.submit(_train, str(rd.path))
+        if len(rds) == 1:
+            jobs = [executor.submit(_train, str(rds[0].path))]
+        else:
+            with executor.batch():
+                jobs = [executor.submit(_train, str(rd.path)) for rd in rds]
     except Exception as e:  # sbatch refused: bad partition/account, limits, slurmctld unreachable…
-        why = (f"{'sbatch' if cluster == 'slurm' else 'submitit'} refused run {rd.id}: {_last_line(e)} — "
+        why = (f"{'sbatch' if cluster == 'slurm' else 'submitit'} refused run {rds[0].id}"
+               f"{f' and {len(rds) - 1} more' if len(rds) > 1 else ''}: {_last_line(e)} — "
                f"check [executor.slurm] in {_label(project)}")
-        rd.mark_ended("failed", error=why)
+        for rd in rds:
+            rd.mark_ended("failed", error=why)
         raise FmaeError(why) from None
-    job_id = str(job.job_id)
-    _JOBS[(str(folder), job_id)] = job
-    rd.update_status(executor="slurm", slurm_cluster=cluster, slurm_job_id=job_id)
-    return job_id
+    ids = []
+    for rd, job in zip(rds, jobs):
+        job_id = str(job.job_id)
+        _JOBS[(str(folder), job_id)] = job
+        rd.update_status(executor="slurm", slurm_cluster=cluster, slurm_job_id=job_id, slurm_folder=str(folder))
+        ids.append(job_id)
+    return ids
 
 
 # --- watching -------------------------------------------------------------------------------------
@@ -185,7 +260,7 @@ def load_job(run: Path) -> Any | None:
     job_id = status.get("slurm_job_id")
     if not job_id:
         return None
-    folder = str(Path(run).resolve() / SLURM_DIR)
+    folder = str(status.get("slurm_folder") or Path(run).resolve() / SLURM_DIR)
     job = _JOBS.get((folder, str(job_id)))
     if job is None:
         cls = submitit.LocalJob if status.get("slurm_cluster") == "local" else submitit.SlurmJob
@@ -193,11 +268,12 @@ def load_job(run: Path) -> Any | None:
     return job
 
 
-def slurm_state(run: Path, force: bool = False) -> str | None:
+def slurm_state(run: Path, force: bool = False, cached: bool = False) -> str | None:
     """The state of the run's Slurm job as submitit reports it ("PENDING", "RUNNING", "COMPLETED",
     "FAILED", "CANCELLED by 1234", "TIMEOUT", "OUT_OF_MEMORY", "UNKNOWN"…); None if the run was not
     submitted through submitit. Slurm states come from sacct, which submitit's watcher calls at most
-    every few seconds to minutes (`force` calls it now). A job whose result file submitit already wrote
+    every few seconds to minutes (`force` calls it now; `cached` never: the scheduler asks sacct about
+    all its jobs at once, `ask_sacct`). A job whose result file submitit already wrote
     is COMPLETED or FAILED even where sacct is unavailable. A local job: RUNNING, COMPLETED, FAILED or
     INTERRUPTED (its process is gone and left no result)."""
     job = load_job(run)
@@ -212,14 +288,15 @@ def slurm_state(run: Path, force: bool = False) -> str | None:
     if force:
         # submitit ignores a forced query within 1 ms of the last one; registering (again) resets its clock
         job.watcher.register_job(str(job.job_id))
-    state = job.watcher.get_state(job.job_id, mode="force" if force else "standard") or "UNKNOWN"
-    if _word(state) not in TERMINAL_STATES and outcome is not None:
+    mode = "force" if force else "cache" if cached else "standard"
+    state = job.watcher.get_state(job.job_id, mode=mode) or "UNKNOWN"
+    if state_word(state) not in TERMINAL_STATES and outcome is not None:
         # the function has ended; sacct lags (or accounting is off)
         return "COMPLETED" if outcome[0] == "success" else "FAILED"
     return state
 
 
-def reconcile_slurm(run: Path, force: bool = False) -> str | None:
+def reconcile_slurm(run: Path, force: bool = False, cached: bool = False) -> str | None:
     """If status.json says queued/running but submitit reports the job ended (killed by Slurm, out of
     memory, node failure, or ended without the trainer recording it), record the end: failed with
     "slurm: STATE" (plus the job's last error line when submitit kept one), or cancelled when the job was
@@ -228,19 +305,19 @@ def reconcile_slurm(run: Path, force: bool = False) -> str | None:
     status = rd.read_status()
     if status.get("executor") != "slurm" or status.get("state") not in ("queued", "running"):
         return None
-    state = slurm_state(run, force=force)
-    if state is None or _word(state) not in TERMINAL_STATES:
+    state = slurm_state(run, force=force, cached=cached)
+    if state is None or state_word(state) not in TERMINAL_STATES:
         return None
     job = load_job(run)
     outcome = _outcome(job) if job is not None else None
     reason = f"slurm: {one_line(state)}"
     if outcome is not None and outcome[0] == "error":
         reason += f": {_last_line(outcome[1])}"
-    elif _word(state) == "COMPLETED":
+    elif state_word(state) == "COMPLETED":
         reason += f", but the run did not record its end (see {rd.path / SLURM_DIR})"
     if rd.read_status().get("state") not in ("queued", "running"):  # the trainer wrote its end meanwhile
         return None
-    new = "cancelled" if _word(state) == "CANCELLED" else "failed"
+    new = "cancelled" if state_word(state) == "CANCELLED" else "failed"
     rd.mark_ended(new, error=reason)
     return new
 
@@ -301,7 +378,7 @@ def _local_alive(job: Any) -> bool:
     return not zombie and b"submitit" in cmdline  # a reused pid runs something else
 
 
-def _word(state: str) -> str:
+def state_word(state: str) -> str:
     parts = str(state).split()
     return parts[0].upper() if parts else "UNKNOWN"
 
