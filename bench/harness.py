@@ -57,9 +57,9 @@ def make_jpegs(folder: Path, count: int, side: int) -> list[Path]:
 def finetune_cfg(size: int, seed: int = 0) -> dict:
     """The engine's resolved fine-tuning config for BP4D (recipe + engine defaults) at `size`."""
     from fmae.recipes import finetune_recipe
-    from fmae.run_config import ENGINE_DEFAULTS
+    from fmae.run_spec import every_run_defaults
 
-    return {**ENGINE_DEFAULTS, **finetune_recipe("bp4d"), "input_size": size, "seed": seed, "dataset": "bp4d",
+    return {**every_run_defaults(), **finetune_recipe("bp4d"), "input_size": size, "seed": seed, "dataset": "bp4d",
             "task": "au", "fold": 1, "model": "vit_base", "lambda_id": 0.0}
 
 

@@ -43,6 +43,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli_runs import ENV, fmae, fmt, fresh, mean_std, only_run  # noqa: E402
 
+from fmae.run_spec import flatten  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 KEEP_FROM = "## What it took"  # the hand-written part of the results file, kept across runs
 
@@ -65,7 +67,7 @@ def finished_run(folder: Path, expect: dict) -> Path | None:
     run = runs[0]
     try:
         state = json.loads((run / "status.json").read_text())["state"]
-        config = tomllib.loads((run / "run.toml").read_text())["config"]
+        config = flatten(tomllib.loads((run / "run.toml").read_text())["config"])
     except (OSError, ValueError, KeyError):
         return None
     same = all(config.get(k) == v or (isinstance(v, float) and isinstance(config.get(k), (int, float))

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from fmae.errors import FmaeError
-from fmae.experiments import EXECUTION_KEYS, config_key, expand_matrix  # noqa: F401 (importers take them from here)
+from fmae.experiments import config_key, expand_matrix  # noqa: F401 (importers take them from here)
 from fmae.runs import FINAL_STATES, STATES, RunDir, parse_utc
 
 DB_NAME = "queue.sqlite"
 LOCK_NAME = ".queue.lock"  # hidden: run listing ignores it
-SCHEMA_VERSION = 2  # 2: the launcher column (the launching state)
+SCHEMA_VERSION = 3  # 2: the launcher column (the launching state); 3: keys without retired config keys
 BUSY_TIMEOUT_MS = 15_000
 ACTIVE_STATES = ("queued", "running", "done")  # a cell with a run in one of these is not added again
 
@@ -123,6 +123,8 @@ class Queue:
             version = self._version()
             if version == 1:  # a queue made before the launching state: one column more, rows kept
                 db.execute("ALTER TABLE jobs ADD COLUMN launcher TEXT")
+            if 1 <= version < 3:
+                _rekey(db, self.runs_dir)
             elif version < 1:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
@@ -419,6 +421,18 @@ def existing_runs(runs_dir: Path, keys: Iterable[str], *, queue: Queue | None = 
         if key in wanted:
             found.setdefault(key, []).append((name, status["state"]))
     return found
+
+
+def _rekey(db: sqlite3.Connection, runs_dir: Path) -> None:
+    """A row's key is a cache of its run.toml's `config_key`: computed again when the key's definition
+    changed (schema 3: the retired global_pool left it), so cells queued before dedupe as before."""
+    for job_id, run_id, key in db.execute("SELECT id, run_id, key FROM jobs").fetchall():
+        try:
+            fresh = config_key(RunDir(runs_dir / run_id).read_config())
+        except (FmaeError, OSError):
+            continue  # a folder gone or unreadable keeps its row's key (rebuild re-reads folders)
+        if fresh != key:
+            db.execute("UPDATE jobs SET key = ? WHERE id = ?", (fresh, job_id))
 
 
 def _writable(folder: Path, db: Path) -> bool:

@@ -26,7 +26,6 @@ FINETUNE_DEFAULTS: Mapping[str, Any] = MappingProxyType(
         # RandomResizedCrop's smallest area fraction: timm's default, which the original used. Small
         # images of small faces may need a larger one (the synthetic quality benchmark uses 0.5).
         "crop_scale": 0.08,
-        "global_pool": True,
         "accum_iter": 1,
         "lambda_id": 0.0,
         # As the original evaluates: Resize([s, s]) with torchvision's default (bilinear; "bicubic" is
@@ -34,6 +33,8 @@ FINETUNE_DEFAULTS: Mapping[str, Any] = MappingProxyType(
         # checkpoint head is kept).
         "eval_interpolation": "bilinear",
         "head_init": "redraw",
+        # IAT's identity head: 1 = linear, as the paper; 2 or 3 = an MLP of that many layers (its ablation)
+        "id_head_depth": 1,
     }
 )
 

@@ -1,7 +1,9 @@
-"""A run's fully resolved configuration: the paper's recipe < fmae.toml < the command line.
+"""A run's fully resolved configuration: engine defaults < the paper's recipe < the model's own
+defaults < fmae.toml < the command line, each value's source recorded.
 
-The result is one flat mapping, frozen into the run folder's `run.toml` and into every checkpoint;
-`fmae exec` trains from it and nothing else. No torch here: the queue and the app resolve configs too.
+The result is one flat mapping (one key per field of `run_spec`'s sections), frozen into the run
+folder's `run.toml` in sections and into every checkpoint; `fmae exec` trains from it and nothing else.
+No torch here: the queue and the app resolve configs too.
 """
 
 from __future__ import annotations
@@ -12,34 +14,12 @@ from typing import Any, Mapping
 from fmae.config import ProjectConfig, Resolved, layer
 from fmae.data.locate import dataset_location, ensure_dataset, missing_labels
 from fmae.errors import FmaeError
-from fmae.model_specs import ENCODERS, check_model
+from fmae.model_specs import encoder_spec
 from fmae.recipes import ID_PROBE, PRETRAIN, finetune_recipe
 from fmae.registry import get_dataset
+from fmae.run_spec import choices, dotted, every_run_defaults, sectioned
 
 TASKS = ("au", "fer", "id_probe", "pretrain")
-
-# Settings every run has beside its recipe. Sizes and schedules come from the recipe; these say where
-# and how the run executes. Values here are the defaults a user overrides with --set key=value.
-ENGINE_DEFAULTS: Mapping[str, Any] = {
-    "model": "vit_base",
-    "init": "",  # checkpoint to start from ("" = random init)
-    "device": "auto",  # auto | cpu | cuda
-    "amp": "auto",  # auto (bf16 where supported, fp16 on older GPUs, off on CPU) | bf16 | fp16 | off
-    "num_workers": -1,  # -1 = min(8, CPUs - 1)
-    "clip_grad": 0.0,  # max gradient norm; 0 = no clipping (the paper's recipes clip nothing)
-    "log_every": 20,  # optimizer steps between train records in metrics.jsonl
-    "compile": False,  # torch.compile the model
-    "save_best": True,  # keep checkpoints/best.pt (the best epoch's weights)
-    # Fast paths, each with a switch back to the original's way (same numbers, tested):
-    "fused_attn": True,  # F.scaled_dot_product_attention; false = explicit softmax(q·kᵀ)·v
-    "fused_optimizer": True,  # fused AdamW on CUDA, multi-tensor on the CPU; false = per-parameter loop
-    "data_cache": "auto",  # auto = the pixel cache of `fmae data cache` when it covers the run | off | a cache folder
-    "fast_augment": True,  # from the pixel cache: crop, flip, RandAugment in OpenCV; false = timm's PIL ops
-}
-
-# The input size a model trains at when nothing above the recipe chose one: the CPU demo model is
-# built for small images, the paper's ViTs for 224.
-MODEL_INPUT_SIZE = {name: s.input_size for name, s in ENCODERS.items() if s.input_size != 224}
 
 
 # `init = "fmae:NAME"` names a checkpoint shipped inside the package (fmae/assets/NAME.pth, e.g. the
@@ -58,19 +38,51 @@ def packaged_init(init: str) -> Path:
     return path
 
 
-def _name_engine_defaults(sources: dict[str, str], keys) -> None:
-    """A setting no recipe has and nothing overrode comes from ENGINE_DEFAULTS: say so, not "recipe"."""
-    for key in keys:
-        if sources[key].startswith("recipe"):
-            sources[key] = "engine default"
+Layer = tuple[str, Mapping[str, Any]]
 
 
-def _model_input_size(values: dict[str, Any], sources: dict[str, str]) -> None:
-    """A known model; an input size still the recipe's becomes the model's own where it has one."""
-    check_model(values["model"])
-    if sources["input_size"].startswith("recipe") and values["model"] in MODEL_INPUT_SIZE:
-        values["input_size"] = MODEL_INPUT_SIZE[values["model"]]
-        sources["input_size"] = f"model {values['model']}"
+def _layered(lower: list[Layer], upper: list[Layer]) -> Resolved:
+    """The layers, lowest first. `lower` (engine defaults < recipe < model) define which keys the run
+    has; `upper` (fmae.toml, its overrides, the command line) may only set those (`config.layer`)."""
+    known: dict[str, Any] = {}
+    for _, values in lower:
+        known.update(values)
+    values = layer(("", known), *upper).values
+    sources: dict[str, str] = {}
+    for name, layer_values in [*lower, *upper]:
+        sources.update(dict.fromkeys(layer_values, name))
+    return Resolved(values, sources)
+
+
+def _chosen(key: str, layers: list[Layer], default: Any) -> Any:
+    """What the highest layer holding `key` says (before the layers are merged: the model decides
+    which model-owned defaults join the lower layers)."""
+    for _, values in reversed(layers):
+        if key in values:
+            return values[key]
+    return default
+
+
+def _model_layer(model: str, recipe: Mapping[str, Any], keys: tuple[str, ...]) -> Layer:
+    """The model's own defaults (timm's explicit > model > global): above the recipe, below fmae.toml
+    and the command line. Only what differs from the recipe, so the rest keeps the recipe's name."""
+    spec = encoder_spec(model)
+    owned = {k: getattr(spec, k) for k in keys if k in recipe and getattr(spec, k) != recipe[k]}
+    return (f"model {spec.name}", owned)
+
+
+def _project_layers(project: ProjectConfig, dataset: str | None, cli: Mapping[str, Any]) -> list[Layer]:
+    toml_layer: dict[str, Any] = {}
+    if project.defaults.get("model"):
+        toml_layer["model"] = project.defaults["model"]
+    if project.defaults.get("init") and dataset is not None:
+        toml_layer["init"] = project.defaults["init"]
+    if project.device != "auto":
+        toml_layer["device"] = project.device
+    layers: list[Layer] = [(f"{project.label}", toml_layer)]
+    if dataset is not None:
+        layers.append((f"{project.label} [overrides.{dataset}]", project.overrides.get(dataset, {})))
+    return [*layers, ("command line", cli)]
 
 
 def _task_of(dataset: str, probe: bool) -> str:
@@ -92,7 +104,8 @@ def resolve_run_config(
     labels: Path | None = None,
     generate: bool = True,
 ) -> Resolved:
-    """Layer the recipe, fmae.toml's defaults and overrides, and the command line into one config.
+    """Layer the engine defaults, the recipe, the model's own defaults, fmae.toml's defaults and
+    overrides, and the command line into one config.
 
     `cli` holds the command line's explicit choices (options and --set pairs), already parsed.
     """
@@ -103,29 +116,19 @@ def resolve_run_config(
         if spec.task != "au":
             raise FmaeError(f"identity probing needs an AU dataset with subjects; {spec.name} has none")
         recipe_name = "id_probe"
-        base = {k: v for k, v in ID_PROBE.items()}
+        base = dict(ID_PROBE)
     else:
         recipe_name = recipe or project.defaults.get("recipe", "fmae")
         if spec.task == "fer" and recipe is None:
             recipe_name = "fmae"  # FER has one recipe; a project default of fmae_iat means the AU runs
         base = finetune_recipe(spec.name, recipe_name)
-    engine_only = ENGINE_DEFAULTS.keys() - base.keys()
-    base = {**ENGINE_DEFAULTS, **base}
-
-    toml_layer: dict[str, Any] = {}
-    if project.defaults.get("model"):
-        toml_layer["model"] = project.defaults["model"]
-    if project.defaults.get("init"):
-        toml_layer["init"] = project.defaults["init"]
-    if project.device != "auto":
-        toml_layer["device"] = project.device
-    resolved = layer((f"recipe {spec.name}/{recipe_name}", base), (f"{project.label}", toml_layer),
-                     (f"{project.label} [overrides.{spec.name}]", project.overrides.get(spec.name, {})),
-                     ("command line", cli))
+    engine = {k: v for k, v in every_run_defaults().items() if k not in base}
+    upper = _project_layers(project, spec.name, cli)
+    lower: list[Layer] = [("engine default", engine), (f"recipe {spec.name}/{recipe_name}", base)]
+    model = str(_chosen("model", [*lower, *upper], ""))
+    resolved = _layered([*lower, _model_layer(model, base, ("input_size",))], upper)
     values, sources = resolved.values, resolved.sources
-    _name_engine_defaults(sources, engine_only)
-    _model_input_size(values, sources)
-    _cap_warmup(values, sources)
+    _cap_warmup(values, sources, cli)
     _check_values(values)
     if values["data_cache"] not in ("auto", "off"):  # a folder: absolute, so the run finds it from anywhere
         values["data_cache"] = str(Path(values["data_cache"]).expanduser().resolve())
@@ -140,11 +143,8 @@ def resolve_run_config(
         if fold is None:
             raise FmaeError(f"--fold is required for {spec.name}: choose 1..{spec.num_folds}")
         values["fold"] = spec.check_fold(fold)
-    elif task == "id_probe":
-        values["fold"] = 0
-        values["lambda_id"] = 0.0
     else:
-        values["fold"] = 0  # FER benchmarks have one train/test split
+        values["fold"] = 0  # FER benchmarks have one train/test split; a probe reads every subject
         values["lambda_id"] = 0.0
     sources["fold"] = "command line"
 
@@ -153,6 +153,12 @@ def resolve_run_config(
         raise missing_labels(spec, loc)  # before any run folder exists, dry run included
     if generate:
         loc = ensure_dataset(spec, loc)
+    return _with_locations(project, Resolved(values, sources), loc)
+
+
+def _with_locations(project: ProjectConfig, resolved: Resolved, loc: Any) -> Resolved:
+    """The data section's locations (how the run finds its data, never part of the experiment)."""
+    values, sources = resolved.values, resolved.sources
     values.update(
         data_root=str(loc.root or ""),
         labels=str(loc.labels or ""),
@@ -165,14 +171,19 @@ def resolve_run_config(
         sources[key] = loc.labels_origin or loc.origin
     values["max_image_pixels"] = project.max_image_pixels  # how images are read, not what is trained
     sources["max_image_pixels"] = project.label
-    return Resolved(values, sources)
+    return resolved
 
 
-def _cap_warmup(values: dict[str, Any], sources: dict[str, str]) -> None:
+def cap_warmup(values: dict[str, Any], sources: dict[str, str]) -> None:
     """A short run (`--epochs 1` to try things out) keeps the recipe's warmup only up to its length."""
-    if values["warmup_epochs"] > values["epochs"] and sources["warmup_epochs"] != "command line":
+    if values["warmup_epochs"] > values["epochs"]:
         values["warmup_epochs"] = values["epochs"]
         sources["warmup_epochs"] += f" (capped at epochs = {values['epochs']})"
+
+
+def _cap_warmup(values: dict[str, Any], sources: dict[str, str], cli: Mapping[str, Any]) -> None:
+    if "warmup_epochs" not in cli:  # a warmup the command line asked for is the user's: checked, not capped
+        cap_warmup(values, sources)
 
 
 def config_warnings(cfg: Mapping[str, Any], steps_per_epoch: int | None = None) -> list[str]:
@@ -203,6 +214,7 @@ def config_warnings(cfg: Mapping[str, Any], steps_per_epoch: int | None = None) 
 
 
 def _check_values(v: Mapping[str, Any]) -> None:
+    """Ranges here; the choices of a `Literal` field come from its section (`run_spec.choices`)."""
     positive = ("batch_size", "epochs", "input_size", "accum_iter", "log_every")
     for key in positive:
         if key in v and int(v[key]) < 1:
@@ -218,49 +230,39 @@ def _check_values(v: Mapping[str, Any]) -> None:
         raise FmaeError(f"layer_decay = {v['layer_decay']}: must be in (0, 1]")
     if "data_cache" in v and not str(v["data_cache"]).strip():
         raise FmaeError("data_cache = '': give \"auto\", \"off\" or the folder of a pixel cache (`fmae data cache`)")
-    choices = {"device": ("auto", "cpu", "cuda"), "amp": ("auto", "bf16", "fp16", "off"),
-               "eval_interpolation": ("bilinear", "bicubic"), "head_init": ("redraw", "keep")}
-    for key, allowed in choices.items():
-        if key in v and v[key] not in allowed:
+    for key in v:
+        allowed = choices(key)
+        if allowed is not None and v[key] not in allowed:
             raise FmaeError(f"{key} = '{v[key]}': choose one of {', '.join(allowed)}")
 
 
 # MAE pretraining beyond the paper's recipe table: the decoder (MAE's default 8 blocks × 512; a model
 # may own a smaller one, see `model_specs.EncoderSpec.decoder_dim`) and the schedule's floor.
 PRETRAIN_EXTRA: Mapping[str, Any] = {"decoder_dim": 512, "decoder_depth": 8, "decoder_heads": 16,
-                                     "min_lr": 0.0, "accum_iter": 1}
+                                     "min_lr": 0.0, "accum_iter": 1, "save_best": False}
 
 
 def resolve_pretrain_config(project: ProjectConfig, data: list[Path], *, seed: int = 0,
                             cli: Mapping[str, Any] | None = None) -> Resolved:
-    """MAE pretraining: the paper's recipe (batch per model size) < fmae.toml < the command line."""
+    """MAE pretraining: the paper's recipe (batch per model size) < the model's own decoder and input
+    size < fmae.toml < the command line."""
     cli = dict(cli or {})
     if not data:
         raise FmaeError("--data: name at least one image store (`fmae data lmdb`) or image folder")
     missing = [p for p in data if not p.exists()]
     if missing:
         raise FmaeError(f"--data {missing[0]}: no such store or folder")
-    model = cli.get("model") or project.defaults.get("model") or ENGINE_DEFAULTS["model"]
-    check_model(str(model))
+    upper = _project_layers(project, None, cli)
+    model = encoder_spec(str(_chosen("model", upper, every_run_defaults()["model"]))).name
     base = {k: v for k, v in PRETRAIN.items() if k not in ("batch_size", "gpus")}
     base["betas"] = list(base["betas"])
     base["batch_size"] = PRETRAIN["batch_size"].get(model, 64)
-    engine_only = ENGINE_DEFAULTS.keys() - base.keys() - PRETRAIN_EXTRA.keys() - {"save_best"}
-    base = {**ENGINE_DEFAULTS, **base, **PRETRAIN_EXTRA, "save_best": False}
-    toml_layer: dict[str, Any] = {}
-    if project.defaults.get("model"):
-        toml_layer["model"] = project.defaults["model"]
-    if project.device != "auto":
-        toml_layer["device"] = project.device
-    resolved = layer(("recipe pretrain", base), (f"{project.label}", toml_layer), ("command line", cli))
+    base.update(PRETRAIN_EXTRA)
+    engine = {k: v for k, v in every_run_defaults().items() if k not in base}
+    owned = _model_layer(model, base, ("input_size", "decoder_dim", "decoder_depth", "decoder_heads"))
+    resolved = _layered([("engine default", engine), ("recipe pretrain", base), owned], upper)
     values, sources = resolved.values, resolved.sources
-    _name_engine_defaults(sources, engine_only)
-    _model_input_size(values, sources)
-    spec = ENCODERS[values["model"]]
-    for key in ("decoder_dim", "decoder_depth", "decoder_heads"):  # model-owned, under fmae.toml and the CLI
-        if sources[key].startswith("recipe") and values[key] != getattr(spec, key):
-            values[key], sources[key] = getattr(spec, key), f"model {spec.name}"
-    _cap_warmup(values, sources)
+    _cap_warmup(values, sources, cli)
     _check_values(values)
     if not 0 < float(values["mask_ratio"]) < 1:
         raise FmaeError(f"mask_ratio = {values['mask_ratio']}: must be between 0 and 1")
@@ -339,5 +341,5 @@ def create_run(runs_dir: Path, resolved: Resolved, name: str | None = None, comm
 
     run_id = make_run_id(**run_name_parts(resolved.values), name=name)
     prov = provenance(command)
-    prov["set_by"] = dict(sorted(resolved.sources.items()))
-    return RunDir.create(runs_dir, run_id, dict(resolved.values), prov)
+    prov["set_by"] = {dotted(k): v for k, v in sorted(resolved.sources.items(), key=lambda kv: dotted(kv[0]))}
+    return RunDir.create(runs_dir, run_id, sectioned(resolved.values), prov)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from fmae.errors import FmaeError
+from fmae.run_spec import sectioned
 from fmae.runs import RunDir, list_runs
 
 UNSET = "(unset)"  # a key one side's runs do not have
@@ -45,7 +46,9 @@ def _sources(set_by: Mapping[str, Any]) -> dict[str, str]:
 def run_values(path: Path) -> dict[str, tuple[Any, str]]:
     """One run's dotted keys -> (value, source). FmaeError (one line) for a folder that is not a run."""
     run = RunDir.open(path)
-    config, provenance = run.read_config(), run.read_provenance()
+    # Keys named by their section whatever the layout on disk: a flat run.toml of an earlier release
+    # and a sectioned one diff key for key.
+    config, provenance = sectioned(run.read_config()), run.read_provenance()
     set_by = provenance.get("set_by") if isinstance(provenance.get("set_by"), Mapping) else {}
     sources = _sources(set_by)
     values = {key: (value, sources.get(key) or sources.get(key.rsplit(".", 1)[-1], NO_SOURCE))

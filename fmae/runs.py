@@ -266,8 +266,11 @@ class RunDir:
         return table
 
     def read_config(self) -> dict[str, Any]:
-        """The resolved config ([config]); keys whose value was None are absent."""
-        return self._table("config")
+        """The resolved config as one flat mapping (a sectioned [config] and the flat one of earlier
+        releases read alike: `run_spec.flatten`); keys whose value was None are absent."""
+        from fmae.run_spec import flatten
+
+        return flatten(self._table("config"))
 
     def read_provenance(self) -> dict[str, Any]:
         return self._table("provenance")

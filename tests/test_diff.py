@@ -14,6 +14,13 @@ from fmae.run_config import create_run
 from fmae.run_diff import diff, diff_lines, sides_of
 from fmae.runs import RunDir
 
+OLD_RUN = Path(__file__).parent / "fixtures" / "old_runs" / "20261202-002439-bp4d-f1-s0-l0-vit_tiny-fa52"
+
+
+def key_line(lines: list[str], leaf: str) -> int:
+    """The line naming a key: `blr` in a flat run.toml, `optim.blr` under a typed section."""
+    return next(i for i, line in enumerate(lines) if line and not line[0].isspace() and line.rsplit(".", 1)[-1] == leaf)
+
 
 def make_runs(tmp_path: Path, lambdas: list[float], seeds: list[int], **cli) -> list[RunDir]:
     project = load_project(runs_dir=tmp_path / "runs", cwd=tmp_path)
@@ -40,12 +47,13 @@ def test_two_runs_show_only_the_keys_that_differ_with_their_sources(study, tmp_p
     lines = result.stdout.splitlines()
     assert lines[0] == f"A: {base.id}" and lines[1] == f"B: {fast.id}"
     assert "2 key(s) differ" in lines[2]
-    blr = lines.index("blr")
+    blr = lines.index("optim.blr")  # named by its section, whatever the run.toml layout
     assert lines[blr + 1].split() == ["A", "0.0002", "(recipe", "bp4d/fmae)"]
     assert lines[blr + 2].split() == ["B", "0.001", "(command", "line)"]
-    lam = lines.index("lambda_id")
+    lam = lines.index("identity.lambda_id")
     assert lines[lam + 1].split()[:2] == ["A", "0"] and lines[lam + 2].split()[:2] == ["B", "2"]
-    for same in ("epochs", "model", "seed", "fold", "dataset", "batch_size"):
+    for same in ("schedule.epochs", "model.model", "identity.seed", "identity.fold", "identity.dataset",
+                 "schedule.batch_size"):
         assert same not in lines  # equal on both sides: not shown
 
 
@@ -57,7 +65,7 @@ def test_two_groups_named_as_the_report_names_them(study, tmp_path: Path) -> Non
     lines = result.stdout.splitlines()
     assert lines[:2] == ["A: vit_tiny fmae λ=0 (2 runs)", "B: vit_tiny fmae λ=2 (2 runs)"]
     # seeds 0 and 1 on both sides: no difference; λ differs in every run of each
-    assert lines[2:] == ["1 key(s) differ (value, then the source run.toml recorded for it):", "lambda_id",
+    assert lines[2:] == ["1 key(s) differ (value, then the source run.toml recorded for it):", "identity.lambda_id",
                          "  A  2 runs: 0 (command line)", "  B  2 runs: 2 (command line)"]
     # The runs are queued, not done: by default a group holds done runs, and the error says so.
     bad = run_fmae("diff", "vit_tiny fmae λ=0", "vit_tiny fmae λ=2", "--runs-dir", runs, cwd=tmp_path)
@@ -66,17 +74,20 @@ def test_two_groups_named_as_the_report_names_them(study, tmp_path: Path) -> Non
     assert_one_line_error(typo, "'vit_base'", "'vit_tiny fmae λ=2' (2 runs)")
 
 
-def test_a_flat_run_toml_and_one_with_typed_sections_diff_key_for_key(study, tmp_path: Path) -> None:
-    flat_run = study[(0.0, 0)]
-    config, provenance = flat_run.read_config(), flat_run.read_provenance()
+def test_a_flat_run_toml_and_one_with_typed_sections_diff_key_for_key(tmp_path: Path) -> None:
+    """A run of the release before typed sections (flat [config], committed in tests/fixtures/old_runs)
+    against a copy written with an [config.optim] table and another blr: one key differs, not the layout."""
+    old = RunDir(OLD_RUN)
+    config, provenance = old.read_config(), old.read_provenance()
     sectioned = {"optim": {"blr": 0.0005, "batch_size": config["batch_size"]},
                  **{k: v for k, v in config.items() if k not in ("blr", "batch_size")}}
     set_by = dict(provenance["set_by"], **{"optim.blr": "fmae.toml:3"})
+    set_by.pop("blr")
     new = RunDir.create(tmp_path / "runs", "sectioned-run", sectioned, {**provenance, "set_by": set_by})
-    sides = sides_of([(flat_run.id, [flat_run.path]), (new.id, [new.path])])
+    sides = sides_of([(old.id, [old.path]), (new.id, [new.path])])
     rows = diff(sides)
-    assert [row.key for row in rows] == ["optim.blr"]  # batch_size moved into [optim] but is the same
-    assert [(v.text, v.source) for v in rows[0].cells[0]] == [("0.0002", "recipe bp4d/fmae")]
+    assert [row.key.rsplit(".", 1)[-1] for row in rows] == ["blr"]  # batch_size moved, the same value
+    assert [(v.text, v.source) for v in rows[0].cells[0]] == [(f"{config['blr']:g}", provenance["set_by"]["blr"])]
     assert [(v.text, v.source) for v in rows[0].cells[1]] == [("0.0005", "fmae.toml:3")]
-    same = sides_of([(flat_run.id, [flat_run.path]), (flat_run.id, [flat_run.path])])
+    same = sides_of([(old.id, [old.path]), (old.id, [old.path])])
     assert diff_lines(same, diff(same))[-1] == "no differences: the 2 configs are the same key for key"

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import assert_one_line_error, run_fmae
+from fmae.run_spec import flatten
 
 MAE_TINY = ["--model", "vit_tiny", "--batch-size", "8", "--decoder-depth", "1", "--decoder-dim", "64",
             "--decoder-heads", "4", "--set", "input_size=32", "--set", "num_workers=0", "--set", "log_every=1"]
@@ -39,7 +40,7 @@ def test_the_paper_pipeline_in_one_chain(make_synth, tmp_path):
     assert pre.returncode == 0, pre.stderr
     run = only_run(tmp_path / "pre")
     assert "-pretrain-mix-s0-vit_tiny-" in run.name
-    cfg = tomllib.loads((run / "run.toml").read_text())["config"]
+    cfg = flatten(tomllib.loads((run / "run.toml").read_text())["config"])
     assert (cfg["task"], cfg["mask_ratio"], cfg["blr"], cfg["betas"], cfg["norm_pix_loss"]) == (
         "pretrain", 0.75, 1.5e-4, [0.9, 0.95], True)
     n_images = 48 + len(list((rafdb / "train").rglob("*.jpg")))

@@ -512,4 +512,4 @@ def test_a_queue_made_before_the_launching_state_is_upgraded_in_place(tmp_path):
     again = Queue(runs)
     assert [j.run_id for j in again.jobs()] == [job.run_id]
     assert again.claim_launch(job.id, "cpu0", "1@h") and again.get(job.id).launcher == "1@h"
-    assert sqlite3.connect(runs / "queue.sqlite").execute("PRAGMA user_version").fetchone()[0] == 2
+    assert sqlite3.connect(runs / "queue.sqlite").execute("PRAGMA user_version").fetchone()[0] == 3  # (issue 16: re-keyed)

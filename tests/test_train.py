@@ -17,6 +17,7 @@ import pytest
 
 from conftest import assert_one_line_error, run_fmae
 from fmae.config import default_config_text
+from fmae.run_spec import flatten
 
 TINY = ["--model", "vit_tiny", "--batch-size", "8", "--set", "input_size=32", "--set", "num_workers=0",
         "--set", "log_every=1", "--set", "warmup_epochs=1"]
@@ -58,11 +59,11 @@ def test_au_run_folder_has_every_file_of_the_contract(au_run):
     assert {p.name for p in (au_run / "checkpoints").iterdir()} >= {"last.pt", "best.pt"}
 
     run_toml = tomllib.loads((au_run / "run.toml").read_text())
-    cfg = run_toml["config"]
+    cfg = flatten(run_toml["config"])  # [config.<section>] tables, one flat key each
     assert (cfg["task"], cfg["dataset"], cfg["fold"], cfg["seed"], cfg["model"]) == ("au", "bp4d", 1, 1, "vit_tiny")
     assert cfg["lambda_id"] == 0.5 and cfg["blr"] == 0.05 and cfg["weight_decay"] == 0.05 and cfg["input_size"] == 32
-    assert run_toml["provenance"]["set_by"]["weight_decay"].startswith("recipe bp4d/fmae")
-    assert run_toml["provenance"]["set_by"]["lambda_id"] == "command line"
+    assert run_toml["provenance"]["set_by"]["optim.weight_decay"].startswith("recipe bp4d/fmae")
+    assert run_toml["provenance"]["set_by"]["identity.lambda_id"] == "command line"
     assert "-bp4d-f1-s1-l0.5-vit_tiny-" in au_run.name
 
     status = json.loads((au_run / "status.json").read_text())
@@ -168,7 +169,7 @@ def test_fer_run(make_synth, tmp_path):
     assert result.returncode == 0, result.stderr
     run = only_run(tmp_path)
     assert "-rafdb-s0-vit_tiny-" in run.name  # FER runs carry no fold and no λ
-    cfg = tomllib.loads((run / "run.toml").read_text())["config"]
+    cfg = flatten(tomllib.loads((run / "run.toml").read_text())["config"])
     assert (cfg["task"], cfg["blr"], cfg["fold"]) == ("fer", 1e-3, 0)
     test = [r for r in records(run) if r["split"] == "test"]
     assert len(test) == 1 and 0.0 <= test[0]["accuracy"] <= 1.0
@@ -183,7 +184,7 @@ def test_probe_id_and_eval_of_a_run(au_run, make_synth, tmp_path):
     assert probe.returncode == 0, probe.stderr
     assert "identity probe top-1 accuracy:" in probe.stdout
     run = only_run(tmp_path)
-    cfg = tomllib.loads((run / "run.toml").read_text())["config"]
+    cfg = flatten(tomllib.loads((run / "run.toml").read_text())["config"])
     assert cfg["task"] == "id_probe" and cfg["input_size"] == 32 and cfg["source_run"] == au_run.name
     assert cfg["init"].endswith("best.pt")
     summary = json.loads((run / "summary.json").read_text())

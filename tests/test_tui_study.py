@@ -84,7 +84,9 @@ def state(run: Path) -> str:
 def config_of(run: Path) -> dict:
     import tomllib
 
-    return tomllib.loads((run / "run.toml").read_text())["config"]
+    from fmae.run_spec import flatten
+
+    return flatten(tomllib.loads((run / "run.toml").read_text())["config"])
 
 
 def expected_partial(runs: Path) -> tuple[float, int]:

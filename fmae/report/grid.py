@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import tomlkit
 
 from fmae.errors import FmaeError
-from fmae.queue import EXECUTION_KEYS, config_key
+from fmae.run_spec import HOW_KEYS, RETIRED_KEYS, config_key
 from fmae.registry import get_dataset
 from fmae.report.scoring import RunRef, group_label, num
 
@@ -29,7 +29,7 @@ SYMBOLS = {"done": "✓", "running": "▶", "queued": "…", "failed": "✗", "c
 _RANK = {s: i for i, s in enumerate(CELL_STATES)}
 # Set by the matrix itself, or never part of the experiment's identity: not repeated as --set.
 _MATRIX_KEYS = frozenset({"task", "dataset", "fold", "seed", "recipe", "model", "lambda_id", "source_run",
-                          "eval_checkpoint", "run_id"}) | EXECUTION_KEYS
+                          "eval_checkpoint", "run_id"}) | HOW_KEYS | RETIRED_KEYS
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -184,13 +184,23 @@ def completeness(refs: Iterable[RunRef], *, seeds: Iterable[int] = (), project: 
     return grids
 
 
+def _all_same(values: list[Any]) -> bool:
+    first = values[0]
+    # Most keys hold one plain value in every run: equal with equal types is the same value, and saves
+    # hashing each (10,000 runs × 60 keys); anything else is compared as the queue compares it.
+    plain = type(first) in (str, int, bool) or (type(first) is float and first == first)
+    if plain and all(type(v) is type(first) and v == first for v in values[1:]):
+        return True
+    return all(_same(v, first) for v in values[1:])
+
+
 def _common_config(configs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
     """The values every config shares, and the keys (outside the matrix's own) on which they differ."""
     keys = set().union(*configs) - _MATRIX_KEYS
     common, mixed = {}, []
     for key in sorted(keys):
         values = [c.get(key) for c in configs]
-        if all(_same(v, values[0]) for v in values[1:]):
+        if _all_same(values):
             if values[0] is not None:
                 common[key] = values[0]
         else:
