@@ -48,6 +48,7 @@ _SCHEMA: dict[str | None, dict[str, tuple[type, ...]]] = {
     "scheduler": {"notify": (list,), "notify_timeout_s": _NUM},
     "defaults": {"model": (str,), "recipe": (str,), "seeds": (list,), "init": (str,)},
     "data": {"max_image_pixels": (int,)},
+    "app": {"bell": (bool,)},
 }
 # Pillow's own Image.MAX_IMAGE_PIXELS (about 9459 × 9459): a larger image is refused as a likely
 # decompression bomb unless [data] max_image_pixels raises the limit.
@@ -112,6 +113,7 @@ class ProjectConfig:
     notify_timeout_s: float = 30.0
     defaults: Mapping[str, Any] = field(default_factory=dict)
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    bell: bool = False  # [app] bell: the app rings the terminal bell when it tells that a run ended
     datasets: Mapping[str, DatasetLocation] = field(default_factory=dict)
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -193,12 +195,12 @@ def parse_project(text: str, name: str, base: Path, path: Path | None = None) ->
     check(None, {k: v for k, v in doc.items() if not isinstance(v, dict)}, _SCHEMA[None])
     for key, value in doc.items():
         if isinstance(value, dict) and key not in ("compute", "executor", "scheduler", "defaults", "datasets",
-                                                   "overrides", "data"):
+                                                   "overrides", "data", "app"):
             raise FmaeError(
                 f"{where(None, key) if lines.find(None, key) else name}: unknown section [{key}] "
-                "(expected: compute, executor, scheduler, defaults, datasets, overrides, data)"
+                "(expected: compute, executor, scheduler, defaults, datasets, overrides, data, app)"
             )
-    for section in ("compute", "executor", "executor.slurm", "scheduler", "defaults", "data"):
+    for section in ("compute", "executor", "executor.slurm", "scheduler", "defaults", "data", "app"):
         table = _dig(doc, section, name)
         check(section, table, _SCHEMA[section])
         for key, value in table.items():
@@ -281,6 +283,7 @@ def parse_project(text: str, name: str, base: Path, path: Path | None = None) ->
         notify_timeout_s=float(scheduler.get("notify_timeout_s", 30)),
         defaults=dict(_dig(doc, "defaults", name)),
         max_image_pixels=max_pixels,
+        bell=_dig(doc, "app", name).get("bell", False),
         datasets=datasets,
         overrides=overrides,
     )

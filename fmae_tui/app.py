@@ -15,6 +15,7 @@ from textual.binding import Binding
 from fmae import __version__
 from fmae.config import ProjectConfig, load_project
 from fmae.errors import FmaeError
+from fmae_tui.run_alerts import RunAlerts
 from fmae_tui.screens.base import WorkEnded, in_thread
 from fmae_tui.screens.datasets import DatasetsScreen
 from fmae_tui.screens.help import HelpScreen
@@ -28,6 +29,7 @@ class FmaeApp(App[None]):
 
     TITLE = "fmae"
     CSS_PATH = "app.tcss"
+    ALERTS_S = 3.0  # how often the app looks for runs that ended (run_alerts.py), whatever the screen
     # The footer shows help, quit and back; every screen adds its own most-used keys, home the ways out.
     # Going to a main screen works from everywhere, listed under `?` (80 columns hold no more).
     BINDINGS = [
@@ -51,6 +53,8 @@ class FmaeApp(App[None]):
         self._config_arg = config
         self._runs_dir_arg = runs_dir
         self._quit_warned_at = -QUIT_AGAIN_S
+        self._alerts: RunAlerts | None = None
+        self._alerts_out = False  # a look is out: the next tick waits for it
         self.compared: dict[Path, Path] = {}  # run folder -> the run it was last compared with (Run's D)
         if self.console.color_system in ("standard", "windows"):
             # A 16-colour terminal: use its own palette rather than approximating RGB theme colours,
@@ -64,6 +68,8 @@ class FmaeApp(App[None]):
         if not _has_runs(self.project.runs_dir):
             self.push_screen(DatasetsScreen())
         self._start_scheduler()
+        self._look_for_alerts()
+        self.set_interval(self.ALERTS_S, self._look_for_alerts)
 
     class SchedulerChecked(WorkEnded):
         """The look for queued work with no scheduler ended: `result` is what starting one said (None: no
@@ -78,6 +84,25 @@ class FmaeApp(App[None]):
                         markup=False)
         elif message.result is not None:
             self.notify(message.result, title="queued work", severity="information", markup=False)
+
+    class RunsEnded(WorkEnded):
+        """A look for runs that ended came back: `result` is their RunAlerts."""
+
+    def _look_for_alerts(self) -> None:
+        if self._alerts_out:
+            return
+        if self._alerts is None or self._alerts.scanner.runs_dir != self.project.runs_dir:
+            self._alerts = RunAlerts(self.project.runs_dir)  # at start, and after a reload moved the folder
+        self._alerts_out = True
+        in_thread(self, self._alerts.look, self.RunsEnded, group="run-alerts", plain=(FmaeError, OSError))
+
+    def on_fmae_app_runs_ended(self, message: RunsEnded) -> None:
+        # An unreadable runs folder is the Runs screen's to say (once); here it only means nothing to tell.
+        self._alerts_out = False
+        for alert in message.result or []:
+            self.notify(alert.message, title=alert.title, severity=alert.severity, markup=False, timeout=10)
+        if message.result and self.project.bell:
+            self.bell()
 
     def action_open(self, name: str) -> None:
         """Go to a main screen. One already open further down comes back to the top (the screens above it

@@ -1,0 +1,82 @@
+"""What the app tells about runs while it is open, whatever screen is on top: a run that ends `done` or
+`failed`, or fails on a non-finite loss, becomes a toast naming the run and what happened (and the
+terminal bell where fmae.toml says `[app] bell = true`).
+
+`RunAlerts.look()` is one look at the runs folder (`RunScanner`: a listing and a stat per run, only the
+changed runs read again), run in a thread worker every few seconds. The events are the scheduler's own
+(`fmae.notify.event_of`), so the app's toast and the `[scheduler] notify` command say the same thing.
+Runs already ended when the app opened are not told again."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fmae.notify import event_of
+from fmae.run_watch import RunScanner
+from fmae.runs import RunInfo, parse_utc
+from fmae.summary import as_summary
+from fmae_tui.run_kind import METRIC_LONG, headline, headline_at
+
+WHAT = {"done": "run done", "failed": "run failed", "nonfinite_loss": "non-finite loss"}
+
+
+@dataclass(frozen=True)
+class RunAlert:
+    run_id: str
+    event: str  # fmae.notify's: done, failed, nonfinite_loss
+    detail: str  # one line: its headline number, or the error
+
+    @property
+    def title(self) -> str:
+        return WHAT[self.event]
+
+    @property
+    def severity(self) -> str:
+        return "information" if self.event == "done" else "error"
+
+    @property
+    def message(self) -> str:
+        return f"{self.run_id}\n{self.detail}"
+
+
+def _detail(info: RunInfo) -> str:
+    if info.state != "done":
+        return info.status.get("error") or f"{info.state} (no reason given)"
+    summary = as_summary(info.summary)
+    value, _ = headline(summary)
+    if value is None:
+        return "done"
+    _, epoch = headline_at(summary)
+    which = "epoch" if summary.best_value is None else "best epoch"
+    return f"{METRIC_LONG.get(str(summary.metric), summary.metric)} {value:.3f} ({which} {epoch})"
+
+
+class RunAlerts:
+    def __init__(self, runs_dir: Path) -> None:
+        self.scanner = RunScanner(runs_dir)
+        self.since = time.time()
+        self._states: dict[str, str] | None = None  # run id -> the state last seen (None: not looked yet)
+
+    def look(self) -> list[RunAlert]:
+        """The runs that ended since the last look (the first look only learns the states)."""
+        changed, removed = self.scanner.scan()
+        first = self._states is None
+        states = self._states or {}
+        alerts = []
+        for info, _, _ in changed:
+            before = states.get(info.id)
+            states[info.id] = info.state
+            if first or before == info.state:
+                continue
+            ended = parse_utc(info.status.get("ended"))
+            if before is None and (ended is None or ended < self.since):
+                continue  # first seen already ended, before the app opened: copied in, not news
+            event = event_of(info.state, info.status.get("error"))
+            if event is not None:
+                alerts.append(RunAlert(info.id, event, _detail(info)))
+        for run_id in removed:
+            states.pop(run_id, None)
+        self._states = states
+        return alerts
