@@ -174,3 +174,17 @@ def test_bad_input_is_named(study, a, b, options, needle):
 def test_cli_bad_group_is_one_line(study, tmp_path):
     line = assert_one_line_error(run_fmae("compare", "--runs-dir", study, "nobody", BASE, cwd=tmp_path), "'nobody'")
     assert "groups: bp4d vit_tiny fmae λ=0" in line
+
+
+def test_the_identity_heads_depth_is_part_of_the_experiment_and_of_the_row(tmp_path):
+    """id_head_depth: 1 (linear, what every older run had) keys as a run without the key; 2 and 3 are other
+    experiments, and the report names them as their own rows."""
+    from fmae.experiments import config_key
+    from fmae.recipes import finetune_recipe
+    from fmae.report.scoring import group_fields, group_label
+
+    assert finetune_recipe("bp4d", "fmae_iat")["id_head_depth"] == 1
+    old = dict(task="au", dataset="bp4d", fold=1, seed=0, lambda_id=2.0, model="vit_tiny", recipe="fmae_iat")
+    assert config_key({**old, "id_head_depth": 1}) == config_key(old) != config_key({**old, "id_head_depth": 3})
+    assert group_label(group_fields({**old, "id_head_depth": 3}, ())) == "vit_tiny fmae_iat λ=2 id_head_depth=3"
+    assert group_fields({**old, "id_head_depth": 1}, ()) == group_fields(old, ())

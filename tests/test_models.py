@@ -146,6 +146,25 @@ def test_identity_loss_reaches_the_encoder_reversed():
     assert model.head.weight.grad is None
 
 
+@pytest.mark.parametrize("depth", [2, 3])
+def test_the_ablations_mlp_identity_head_sits_behind_the_same_reversal(depth):
+    """id_head_depth 2 or 3: that many linear layers (GELU between, hidden width = the encoder's), its
+    output layer drawn as the linear head's; the encoder's gradient from it is reversed and scaled by λ."""
+    lam = 0.5
+    model = FineTuneModel(tiny(), num_outputs=4, num_subjects=6, lambda_id=lam, id_head_depth=depth).eval()
+    linears = [m for m in model.id_head.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(96, 96)] * (depth - 1) + [(96, 6)]
+    assert float(linears[-1].weight.detach().std()) < 1e-4 < float(linears[0].weight.detach().std())
+    plain = copy.deepcopy(model)
+    x = torch.randn(2, 3, 64, 64)
+    model(x)[1].square().sum().backward()
+    plain.id_head(pooled_features(plain.encoder, x)).square().sum().backward()
+    for p, q in zip(model.encoder.parameters(), plain.encoder.parameters()):
+        torch.testing.assert_close(p.grad, -lam * q.grad, rtol=1e-4, atol=1e-10)
+    with pytest.raises(ValueError, match="id_head_depth"):
+        FineTuneModel(tiny(), num_outputs=4, num_subjects=6, lambda_id=lam, id_head_depth=4)
+
+
 def test_identity_probe_trains_only_its_bias_free_layer():
     probe = IdentityProbe(tiny(drop_path=0.5), num_subjects=5)
     assert probe.head.bias is None

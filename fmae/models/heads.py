@@ -36,6 +36,22 @@ def pooled_features(encoder: VisionTransformer, x: Tensor) -> Tensor:
     return encoder.forward_head(tokens, pre_logits=True)    # [B, D]
 
 
+ID_HEAD_DEPTHS = (1, 2, 3)  # linear (the paper's), 2- or 3-layer MLP (its ablation of the identity head)
+
+
+def identity_head(dim: int, num_subjects: int, depth: int = 1) -> nn.Module:
+    """IAT's identity head: a linear layer (depth 1; keys `id_head.weight/bias`, as the original's), or
+    `depth` linear layers with GELU between, hidden width = the encoder's (keys `id_head.0.*`, …)."""
+    if depth not in ID_HEAD_DEPTHS:
+        raise ValueError(f"id_head_depth must be one of {ID_HEAD_DEPTHS}, got {depth}")
+    if depth == 1:
+        return nn.Linear(dim, num_subjects)
+    layers: list[nn.Module] = []
+    for _ in range(depth - 1):
+        layers += [nn.Linear(dim, dim), nn.GELU()]
+    return nn.Sequential(*layers, nn.Linear(dim, num_subjects))
+
+
 class FineTuneModel(nn.Module):
     """Encoder + linear head, for AU detection (multi-label logits) and FER (class logits).
 
@@ -46,7 +62,7 @@ class FineTuneModel(nn.Module):
     pretrained_heads = True  # load_pretrained keeps checkpoint heads whose shapes fit
 
     def __init__(self, encoder: VisionTransformer, num_outputs: int, num_subjects: int = 0,
-                 lambda_id: float = 0.0) -> None:
+                 lambda_id: float = 0.0, id_head_depth: int = 1) -> None:
         super().__init__()
         if lambda_id < 0:
             raise ValueError(f"lambda_id must be >= 0, got {lambda_id}")
@@ -56,11 +72,19 @@ class FineTuneModel(nn.Module):
         self.lambda_id = float(lambda_id)
         dim = encoder.embed_dim
         self.head = nn.Linear(dim, num_outputs)
-        self.id_head = nn.Linear(dim, num_subjects) if lambda_id > 0 else None
-        for head in (self.head, self.id_head):
-            if head is not None:
-                trunc_normal_(head.weight, std=2e-5)  # as MAE fine-tuning, after loading the encoder
-                nn.init.zeros_(head.bias)
+        self.id_head = identity_head(dim, num_subjects, id_head_depth) if lambda_id > 0 else None
+        layers = [self.head] + ([] if self.id_head is None else
+                                [m for m in self.id_head.modules() if isinstance(m, nn.Linear)])
+        outputs = {id(self.head)} | ({id(self._last(self.id_head))} if self.id_head is not None else set())
+        for layer in layers:
+            # an output layer as MAE fine-tuning draws it (after loading the encoder); an MLP's hidden
+            # layers as timm's ViT draws its linear layers
+            trunc_normal_(layer.weight, std=2e-5 if id(layer) in outputs else 0.02)
+            nn.init.zeros_(layer.bias)
+
+    @staticmethod
+    def _last(head: nn.Module) -> nn.Module:
+        return head[-1] if isinstance(head, nn.Sequential) else head
 
     def redraw_head(self) -> str:
         """What the original does after loading a checkpoint (head_init = "redraw"): `head.weight` drawn

@@ -168,6 +168,9 @@ def group_fields(cfg: dict[str, Any], by: Iterable[str], probed: str | None = No
     if task == "au":
         lam = cfg.get("lambda_id")
         fields.append(("lambda_id", canonical_value(float(lam)) if isinstance(lam, (int, float)) else lam))
+        depth = cfg.get("id_head_depth")
+        if isinstance(depth, int) and depth != 1 and "id_head_depth" not in by:  # the ablation's MLP heads
+            fields.append(("id_head_depth", depth))
         if cfg.get("eval_dataset"):  # `fmae eval --dataset`: a model scored on another benchmark's frames
             fields.append(("tested_on", str(cfg["eval_dataset"])))
     fields += [(key, canonical_value(cfg.get(key))) for key in by]

@@ -27,7 +27,7 @@ from fmae.errors import FmaeError
 from fmae.metrics import all_positive_f1, au_scores, degenerate_threshold, fer_scores
 from fmae.models.checkpoint import load_pretrained
 from fmae.models.encoders import create_encoder, encoder_spec
-from fmae.models.heads import FineTuneModel, IdentityProbe
+from fmae.models.heads import ID_HEAD_DEPTHS, FineTuneModel, IdentityProbe
 from fmae.registry import DatasetSpec, get_dataset
 
 log = logging.getLogger("fmae.train")
@@ -128,8 +128,12 @@ class AUTask(Task):
 
     def build_model(self) -> tuple[nn.Module, int]:
         lam = float(self.cfg["lambda_id"])
+        depth = int(self.cfg.get("id_head_depth", 1))  # run.toml files before the key: the paper's linear head
+        if depth not in ID_HEAD_DEPTHS:
+            raise FmaeError(f"id_head_depth = {depth}: choose 1 (linear, the paper's), 2 or 3 (an MLP of that many "
+                            "layers, the paper's ablation)")
         model = FineTuneModel(self._encoder(), self.spec.num_outputs,
-                              num_subjects=len(self.spec.subjects) if lam > 0 else 0, lambda_id=lam)
+                              num_subjects=len(self.spec.subjects) if lam > 0 else 0, lambda_id=lam, id_head_depth=depth)
         self._load_init(model)
         return model, encoder_spec(self.cfg["model"]).depth
 
