@@ -49,6 +49,7 @@ def report_cmd(
     from fmae.config import load_project
     from fmae.report import Scoring, Selection, build
     from fmae.report.export import FORMATS, render
+    from fmae.run_cache import cached_list_runs
 
     if fmt not in FORMATS:
         raise FmaeError(f"--format {fmt}: choose {', '.join(FORMATS)}")
@@ -62,7 +63,7 @@ def report_cmd(
 
     results = build(project.runs_dir, selection, Scoring(metric, epoch, threshold), versus=vs,
                     complete_only=complete_only, seeds=parse_ints(seeds, "--seeds") or [], project=project,
-                    command_extra=extra)
+                    command_extra=extra, infos=cached_list_runs(project.runs_dir))
     for line in results.skipped:
         err.print(f"warning: skipped {line}", soft_wrap=True)
     if strict and results.skipped:
