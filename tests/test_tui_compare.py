@@ -106,7 +106,8 @@ async def test_compare_overlays_curves_tables_and_config_at_80x24(pair, tmp_path
         assert "F1 best-thr (tuned on test): each run's threshold chosen on its own test fold" in text
 
         await pilot.press("D")  # the config diff: only what differs, with run.toml's sources
-        await wait_until(pilot, lambda: "blr" in screen_text(app), what="the config diff")
+        await wait_until(pilot, lambda: screen._diffed, what="the config diff")
+        await pilot.pause()
         text = screen_text(app)
         assert "2 key(s) differ" in text
         lines = [line.split() for line in text.splitlines()]
@@ -129,8 +130,9 @@ async def test_compare_overlays_curves_tables_and_config_at_80x24(pair, tmp_path
                          and app.screen.query_one(OptionList).option_count > 0, what="the chooser")
         assert f"{low.id}  done  · compared last" in screen_text(app)
         await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen) and "blr" in screen_text(app),
+        await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen._diffed,
                          what="the diff against the chosen run")
+        await pilot.pause()
         assert [t.path for t in app.screen.tracks] == [high.path, low.path]
         assert any(words and words[0].endswith("blr") and words[1:] == ["0.001", "0.0002"]
                    for words in (line.split() for line in screen_text(app).splitlines()))
