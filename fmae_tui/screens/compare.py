@@ -232,7 +232,7 @@ class CompareScreen(PolledScreen):
 
     def _show_table(self) -> None:
         runs = [(letter, series_style(i)[1], t.best) for i, (letter, t) in enumerate(zip(self.letters, self.tracks))]
-        self.query_one(CompareTable).show(runs)
+        self.query_one(CompareTable).show(runs, au=any(t.config.get("task") == "au" for t in self.tracks))
         caption = Text("each run's best epoch (summary.json) · bold: the best of the runs")
         if any(isinstance((t.best or {}).get("f1_best"), dict) for t in self.tracks):
             caption.append(f"\n{F1_BEST.long}: each run's threshold chosen on its own test fold, as the paper",

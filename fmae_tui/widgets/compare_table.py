@@ -16,10 +16,10 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _columns(records: list[dict[str, Any]]) -> tuple[list[tuple[str, str, str]], list[str]]:
-    """([(per-row key, mean key, label)], row names): the AU layout when any run has per-AU scores, else
-    the FER one (per-class recall)."""
-    if any(isinstance(r.get("f1_05"), dict) for r in records):
+def _columns(records: list[dict[str, Any]], au: bool) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """([(per-row key, mean key, label)], row names): the AU layout for AU runs (or when any run has
+    per-AU scores), else the FER one (per-class recall)."""
+    if au or any(isinstance(r.get("f1_05"), dict) for r in records):
         cols = [(m.per_au or m.key, m.key, m.short) for m in AU_METRICS]
         key = "f1_05"
     else:
@@ -36,13 +36,13 @@ class CompareTable(DataTable):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, header_height=2, **kwargs)
 
-    def show(self, runs: list[tuple[str, str, dict[str, Any] | None]]) -> None:
-        """Rebuild from (letter, Rich colour, best test record or None) per run; a few dozen rows at
-        most, so no patching."""
+    def show(self, runs: list[tuple[str, str, dict[str, Any] | None]], au: bool = False) -> None:
+        """Rebuild from (letter, Rich colour, best test record or None) per run (`au`: AU runs, whether
+        or not they were evaluated yet); a few dozen rows at most, so no patching."""
         cursor = self.cursor_row
         self.clear(columns=True)
         records = [rec or {} for _, _, rec in runs]
-        cols, names = _columns(records)
+        cols, names = _columns(records, au)
         self.add_column(Text("\nAU" if cols[0][0] == "f1_05" else "\nclass"), key="name")
         for i, (letter, colour, _) in enumerate(runs):
             for j, (per, _, label) in enumerate(cols):  # the run's letter over its first column
