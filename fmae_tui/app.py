@@ -68,7 +68,8 @@ class FmaeApp(App[None]):
         if not _has_runs(self.project.runs_dir):
             self.push_screen(DatasetsScreen())
         self._start_scheduler()
-        self._look_for_alerts()
+        # The first look waits a tick: the Runs screen's first scan reads every run folder too.
+        self._alerts = RunAlerts(self.project.runs_dir)
         self.set_interval(self.ALERTS_S, self._look_for_alerts)
 
     class SchedulerChecked(WorkEnded):

@@ -57,26 +57,24 @@ class RunAlerts:
     def __init__(self, runs_dir: Path) -> None:
         self.scanner = RunScanner(runs_dir)
         self.since = time.time()
-        self._states: dict[str, str] | None = None  # run id -> the state last seen (None: not looked yet)
+        self._states: dict[str, str] = {}  # run id -> the state last seen
 
     def look(self) -> list[RunAlert]:
-        """The runs that ended since the last look (the first look only learns the states)."""
+        """The runs that ended since the last look (or, on the first, since the app opened)."""
         changed, removed = self.scanner.scan()
-        first = self._states is None
-        states = self._states or {}
+        states = self._states
         alerts = []
         for info, _, _ in changed:
             before = states.get(info.id)
             states[info.id] = info.state
-            if first or before == info.state:
+            if before == info.state:
                 continue
             ended = parse_utc(info.status.get("ended"))
             if before is None and (ended is None or ended < self.since):
-                continue  # first seen already ended, before the app opened: copied in, not news
+                continue  # first seen, and ended before the app opened (or copied in): not news
             event = event_of(info.state, info.status.get("error"))
             if event is not None:
                 alerts.append(RunAlert(info.id, event, _detail(info)))
         for run_id in removed:
             states.pop(run_id, None)
-        self._states = states
         return alerts
