@@ -25,21 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from fmae.errors import FmaeError
+from fmae.summary import GRID_EDGES, degenerate_threshold  # noqa: F401 (in summary.py: the app reads it without numpy)
 
 THRESHOLDS = np.arange(1, 100) / 100  # [99]: 0.01 … 0.99, each exactly i/100 as Python computes it
+assert (THRESHOLDS[0], THRESHOLDS[-1]) == GRID_EDGES
 DEGENERATE_LABEL = "degenerate: best threshold at the grid's edge (all or nothing predicted)"
 
-
-def degenerate_threshold(threshold: float | None) -> bool:
-    """True when a tuned threshold sits at the grid's edge (0.01 or 0.99).
-
-    There the model predicts every AU present (or none): its best-threshold F1 is the all-positive F1,
-    not evidence of learning.
-    """
-    if threshold is None or not math.isfinite(threshold):
-        return False
-    # a Python bool: numpy's would go into checkpoints, which a weights_only load refuses
-    return bool(threshold <= THRESHOLDS[0] + 1e-9 or threshold >= THRESHOLDS[-1] - 1e-9)
 
 
 def all_positive_f1(labels) -> float:

@@ -17,6 +17,21 @@ from fmae.metric_catalogue import Metric, metric
 if TYPE_CHECKING:
     from fmae.runs import RunDir
 
+GRID_EDGES = (0.01, 0.99)  # the best-threshold grid's first and last values (metrics.THRESHOLDS)
+
+
+def degenerate_threshold(threshold: float | None) -> bool:
+    """True when a tuned threshold sits at the grid's edge (0.01 or 0.99).
+
+    There the model predicts every AU present (or none): its best-threshold F1 is the all-positive F1,
+    not evidence of learning.
+    """
+    if threshold is None or not math.isfinite(threshold):
+        return False
+    # a Python bool: numpy's would go into checkpoints, which a weights_only load refuses
+    return bool(threshold <= GRID_EDGES[0] + 1e-9 or threshold >= GRID_EDGES[1] - 1e-9)
+
+
 # Written at the top of an AU summary, from the best epoch's record (or the last, before a best exists).
 AU_FLAGS = ("degenerate", "f1_all_positive_mean")
 

@@ -8,8 +8,7 @@ import math
 from typing import Any
 
 from fmae.metric_catalogue import METRICS
-from fmae.metrics import degenerate_threshold
-from fmae.summary import Summary, as_summary
+from fmae.summary import Summary, as_summary, degenerate_threshold
 
 # kind -> (short name for an 80-column table, long name)
 KINDS = {"au": ("AU", "AU fine-tune"), "fer": ("FER", "FER"), "pretrain": ("MAE", "MAE pretrain"),
