@@ -1,62 +1,19 @@
-"""The experiment's identity (which resolved configs are one experiment) and the experiment matrix
-(folds × seeds × λ expanded into resolved configs). The queue stores the identity with each job.
+"""The experiment matrix (folds × seeds × λ expanded into resolved configs); the experiment's identity
+(`config_key`, which resolved configs are one experiment) is `fmae.run_spec`'s.
 
 No torch here: the app imports this module (through the queue).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import os
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
 
 from fmae.errors import FmaeError
+from fmae.run_spec import config_key  # noqa: F401 (the experiment's identity: fmae/run_spec.py)
 
 if TYPE_CHECKING:
     from fmae.config import ProjectConfig, Resolved
-
-# Keys that say how a run executes, not what it computes: two configs differing only here are the same
-# experiment (a run made on a GPU box and one made on a laptop are one cell).
-EXECUTION_KEYS = frozenset({"device", "amp", "num_workers", "log_every", "compile", "save_best", "data_root",
-                            "labels", "train_labels", "test_labels", "data_cache", "fused_attn", "fused_optimizer",
-                            "fast_augment", "max_image_pixels"})
-
-# --- the experiment's identity --------------------------------------------------------------------
-
-def _canonical(value: Any) -> Any:
-    # What run.toml gives back for what was written: no None (TOML has no null), tuples as lists, paths
-    # as text; an integral float equals its int (λ = 2 and λ = 2.0 are one experiment).
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, float):
-        return int(value) if math.isfinite(value) and value.is_integer() else value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, Mapping):
-        return {str(k): _canonical(v) for k, v in value.items() if v is not None}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    return str(value)
-
-
-# Keys that join the experiment key only away from this value, which every run made before the key existed
-# ran with: a new linear-head run is the same experiment as an older run without the key.
-QUIET_DEFAULTS: Mapping[str, Any] = {"id_head_depth": 1}
-
-
-def config_key(cfg: Mapping) -> str:
-    """sha1 of the canonical JSON of a resolved config without its execution-only keys: two runs are the
-    same experiment when their keys are equal."""
-    body = {k: v for k, v in cfg.items() if k not in EXECUTION_KEYS and v is not None
-            and not (k in QUIET_DEFAULTS and _canonical(v) == QUIET_DEFAULTS[k])}
-    text = json.dumps(_canonical(body), sort_keys=True, separators=(",", ":"), allow_nan=True)
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()
-
-
 
 # --- the experiment matrix ------------------------------------------------------------------------
 

@@ -26,7 +26,6 @@ FINETUNE_DEFAULTS: Mapping[str, Any] = MappingProxyType(
         # RandomResizedCrop's smallest area fraction: timm's default, which the original used. Small
         # images of small faces may need a larger one (the synthetic quality benchmark uses 0.5).
         "crop_scale": 0.08,
-        "global_pool": True,
         "accum_iter": 1,
         "lambda_id": 0.0,
         # As the original evaluates: Resize([s, s]) with torchvision's default (bilinear; "bicubic" is

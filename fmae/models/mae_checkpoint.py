@@ -10,6 +10,7 @@ from fmae.errors import FmaeError
 from fmae.model_specs import encoder_spec
 from fmae.models.checkpoint import extract_state_dict, read_checkpoint, strip_wrappers
 from fmae.models.mae import MaskedAutoencoder
+from fmae.run_spec import Model, section_of
 
 
 def mae_for_checkpoint(path: str | os.PathLike, model: str | None, run_config: dict[str, Any] | None = None, *,
@@ -34,7 +35,7 @@ def mae_for_checkpoint(path: str | os.PathLike, model: str | None, run_config: d
     if dim % heads:
         raise FmaeError(f"decoder width {dim} is not a multiple of --decoder-heads {heads}")
     mae = MaskedAutoencoder(model, img_size=size, decoder_dim=dim, decoder_depth=depth, decoder_heads=heads,
-                            norm_pix_loss=bool(cfg.get("norm_pix_loss", True)))
+                            norm_pix_loss=section_of(Model, cfg).norm_pix_loss)
     try:
         mae.load_state_dict(state)
     except RuntimeError as e:

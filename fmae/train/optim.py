@@ -10,6 +10,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from fmae.run_spec import Optim, section_of
+
 _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 _EMBED = ("cls_token", "pos_embed", "patch_embed", "mask_token", "reg_token")
 _NO_DECAY = ("cls_token", "pos_embed", "mask_token", "reg_token")
@@ -49,15 +51,19 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float, num_
     return out
 
 
-def make_optimizer(model: nn.Module, cfg: Mapping[str, Any], num_layers: int, device: torch.device) -> torch.optim.AdamW:
-    groups = param_groups(model, float(cfg["weight_decay"]), float(cfg.get("layer_decay", 1.0)), num_layers,
-                          no_decay_tokens=cfg.get("task") != "pretrain")
-    betas = tuple(float(b) for b in cfg.get("betas", (0.9, 0.999)))
+def make_optimizer(model: nn.Module, optim: Optim | Mapping[str, Any], num_layers: int, device: torch.device, *,
+                   no_decay_tokens: bool = True) -> torch.optim.AdamW:
+    """AdamW over `param_groups`, from the run's optim section (or a mapping of its keys). MAE
+    pretraining decays the tokens too (`no_decay_tokens=False`), as the original."""
+    optim = section_of(Optim, optim)
+    groups = param_groups(model, float(optim.weight_decay), float(optim.layer_decay), num_layers,
+                          no_decay_tokens=no_decay_tokens)
+    betas = tuple(float(b) for b in optim.betas)
     for g in groups:
         g.pop("param_names")
     # fused_optimizer (default true): one fused kernel over all parameters on CUDA, the multi-tensor
     # (foreach) path on the CPU; false: the per-parameter loop the original's torch ran. Same update.
-    if not cfg.get("fused_optimizer", True):
+    if not optim.fused_optimizer:
         return torch.optim.AdamW(groups, lr=0.0, betas=betas, foreach=False, fused=False)
     if device.type == "cuda":
         return torch.optim.AdamW(groups, lr=0.0, betas=betas, fused=True)

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from fmae.metric_catalogue import AUC, F1_05, F1_BEST, TUNED_TAG
 from fmae.runs import RunDir
 from fmae.train.dist import DistInfo, RankFilter
 
@@ -32,6 +33,17 @@ def setup_logging(run: RunDir, info: DistInfo, quiet: bool) -> list[logging.Hand
         logger.addHandler(h)
     logger.propagate = False
     return handlers
+
+
+def au_epoch_line(record: dict) -> str:
+    """The AU numbers of one evaluation for train.log's per-epoch line; "" for other tasks. The all-positive F1
+    sits beside F1@0.5, as in the end-of-run line: an F1@0.5 below it means the run learned nothing."""
+    if "f1_05_mean" not in record:
+        return ""
+    positive = record.get("f1_all_positive_mean")
+    trivial = f" (all-positive F1 {positive:.4f})" if positive is not None else ""
+    return (f"; {F1_05.short} {record['f1_05_mean']:.4f}{trivial}, {F1_BEST.name} {record['f1_best_mean']:.4f} "
+            f"@{record['best_threshold']:.2f} {TUNED_TAG}, {AUC.short} {record['auc_mean'] or float('nan'):.4f}")
 
 
 def _stdout_is(path: Path) -> bool:

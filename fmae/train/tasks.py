@@ -24,6 +24,7 @@ from fmae.data.fer_folders import read_fer_split
 from fmae.data.image_check import check_image_files
 from fmae.data.problems import Problems
 from fmae.errors import FmaeError
+from fmae.run_spec import RunSpec
 from fmae.metrics import all_positive_f1, au_scores, degenerate_threshold, fer_scores
 from fmae.models.checkpoint import load_pretrained
 from fmae.models.encoders import create_encoder, encoder_spec
@@ -50,6 +51,7 @@ class Task:
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         self.cfg = cfg
+        self.run_spec = RunSpec.from_flat(cfg)  # the typed sections (defaults in fmae/run_spec.py)
         self.spec: DatasetSpec = get_dataset(cfg["dataset"])
 
     def location(self) -> DatasetLocation:
@@ -84,16 +86,17 @@ class Task:
 
     # shared -------------------------------------------------------------------------------------
     def _encoder(self):
-        c = self.cfg
-        return create_encoder(c["model"], img_size=int(c["input_size"]), drop_path=float(c.get("drop_path", 0.0)))
+        m = self.run_spec.model
+        return create_encoder(m.model, img_size=self.run_spec.augment.input_size, drop_path=float(m.drop_path))
 
     def _load_init(self, model: nn.Module) -> None:
-        if self.cfg["init"]:
-            report = load_pretrained(model, Path(self.cfg["init"]))
-            # run.toml files written before head_init existed kept a fitting head
-            if isinstance(model, FineTuneModel) and self.cfg.get("head_init", "keep") == "redraw":
+        m = self.run_spec.model
+        if m.init:
+            report = load_pretrained(model, Path(m.init))
+            # head_init's default, "keep", is what run.toml files written before the key did
+            if isinstance(model, FineTuneModel) and m.head_init == "redraw":
                 report.notes.append(model.redraw_head())
-            log.info("loaded %s: %s", self.cfg["init"], report)
+            log.info("loaded %s: %s", m.init, report)
 
 
 class AUTask(Task):

@@ -28,14 +28,14 @@ from fmae.atomic_write import write_bytes_atomic
 from fmae.data.torch.datasets import EpochBatches, ImageSet
 from fmae.data.image_decode import set_max_pixels
 from fmae.errors import FmaeError, WorkFailed, failure_hint
-from fmae.metric_catalogue import AUC, F1_05, F1_BEST, TUNED_TAG
+from fmae.run_spec import Execution, RunSpec
 from fmae.models.checkpoint import extract_state_dict, read_checkpoint, save_checkpoint
 from fmae.models.encoders import set_fused_attn
 from fmae.run_lock import exec_lock
 from fmae.runs import RunDir, one_line
 from fmae.summary import AU_FLAGS, Summary
 from fmae.train.loader import make_loader
-from fmae.train.run_log import close_logging, setup_logging
+from fmae.train.run_log import au_epoch_line, close_logging, setup_logging
 from fmae.train.resume import restore, save_last
 from fmae.train.dist import DistInfo, all_reduce_mean, gather_by_index, init_distributed, shutdown
 from fmae.train.optim import Schedule, effective_lr, make_optimizer
@@ -73,8 +73,9 @@ def _execute_locked(run: RunDir, resume: bool, quiet: bool) -> int:
         from fmae.predict.run_task import execute_predict
 
         return execute_predict(run, cfg, quiet)
-    set_max_pixels(cfg.get("max_image_pixels"))  # [data] max_image_pixels, before any image opens
-    device = pick_device(cfg)
+    spec = RunSpec.from_flat(cfg)
+    set_max_pixels(spec.data.max_image_pixels or None)  # [data] max_image_pixels, before any image opens
+    device = pick_device(spec.execution)
     info = init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank if info.distributed else (device.index or 0))
@@ -86,8 +87,8 @@ def _execute_locked(run: RunDir, resume: bool, quiet: bool) -> int:
         shutdown()
 
 
-def pick_device(cfg: dict) -> torch.device:
-    want = cfg["device"]
+def pick_device(execution: Execution) -> torch.device:
+    want = execution.device
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
     if want == "cuda" and not torch.cuda.is_available():
@@ -95,8 +96,8 @@ def pick_device(cfg: dict) -> torch.device:
     return torch.device(want)
 
 
-def amp_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
-    amp = cfg["amp"]
+def amp_dtype(execution: Execution, device: torch.device) -> torch.dtype | None:
+    amp = execution.amp
     if device.type == "cpu":
         return torch.bfloat16 if amp == "bf16" else None  # fp16 autocast on the CPU gains nothing
     if amp == "off":
@@ -108,7 +109,8 @@ def amp_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
 
 class Trainer:
     def __init__(self, run: RunDir, cfg: dict, info: DistInfo, device: torch.device) -> None:
-        self.run, self.cfg, self.info, self.device = run, cfg, info, device
+        self.run, self.cfg, self.info, self.device = run, cfg, info, device  # cfg: flat, into checkpoints
+        self.spec = RunSpec.from_flat(cfg)  # what every component reads, each its own section
         self.stop_requested = False
         self.task: Task = make_task(cfg)
         self.best: dict[str, Any] = {"epoch": None, "value": None}
@@ -125,7 +127,7 @@ class Trainer:
             if main:
                 self.run.mark_running(pid=os.getpid(), pgid=os.getpgid(0), host=socket.gethostname(),
                                       gpus=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
-            if self.cfg.get("eval_checkpoint"):
+            if self.spec.identity.eval_checkpoint:
                 self._evaluate_only()
             else:
                 self._setup(resume)
@@ -175,8 +177,8 @@ class Trainer:
 
     # --- setup ---------------------------------------------------------------------------------
     def _setup(self, resume: bool) -> None:
-        cfg, info = self.cfg, self.info
-        seed = int(cfg["seed"])
+        spec, info = self.spec, self.info
+        seed = spec.identity.seed
         # The same seed on every rank makes identical initial weights; after the model is built each
         # rank draws its own stream (drop-path, MAE masks) — see below.
         torch.manual_seed(seed)
@@ -185,36 +187,38 @@ class Trainer:
         self.data = self.task.build_data()
         log.info("%s", self.data.describe)
         self.raw_model, depth = self.task.build_model()
-        set_fused_attn(self.raw_model, bool(cfg.get("fused_attn", True)))
+        set_fused_attn(self.raw_model, spec.model.fused_attn)
         self.raw_model.to(self.device)
         if info.distributed:
             torch.manual_seed(seed * 1000 + info.rank)
         self.model = self.raw_model
-        if cfg.get("compile"):
+        if spec.execution.compile:
             self.model = torch.compile(self.model)
         if info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.optimizer = make_optimizer(self.raw_model, cfg, depth, self.device)
-        self.dtype = amp_dtype(cfg, self.device)
+        self.optimizer = make_optimizer(self.raw_model, spec.optim, depth, self.device,
+                                        no_decay_tokens=spec.identity.task != "pretrain")
+        self.dtype = amp_dtype(spec.execution, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
 
-        bs, accum = int(cfg["batch_size"]), int(cfg.get("accum_iter", 1))
+        sched = spec.schedule
+        bs, accum = sched.batch_size, sched.accum_iter
         self.sampler = EpochBatches(len(self.data.train), bs, seed, shuffle=True, drop_last=True,
                                     rank=info.rank, world_size=info.world_size)
         self.batches_per_epoch = len(self.sampler.batches())
         if self.batches_per_epoch < accum:
             raise FmaeError(f"the train split has {len(self.data.train)} items: fewer than one step of "
                             f"batch_size {bs} × accum_iter {accum} × {info.world_size} process(es) — lower --batch-size")
-        lr = effective_lr(float(cfg["blr"]), bs, accum, info.world_size)
-        self.schedule = Schedule(lr, float(cfg.get("min_lr", 0.0)), float(cfg["warmup_epochs"]), float(cfg["epochs"]))
+        lr = effective_lr(spec.optim.blr, bs, accum, info.world_size)
+        self.schedule = Schedule(lr, sched.min_lr, float(sched.warmup_epochs), float(sched.epochs))
         self.updates_per_epoch = self.batches_per_epoch // accum
         log.info("lr = blr %g × batch %d × accum %d × %d process(es) / 256 = %.3g; %d steps/epoch × %d epochs; "
-                 "device %s, precision %s", float(cfg["blr"]), bs, accum, info.world_size, lr,
-                 self.updates_per_epoch, int(cfg["epochs"]), self.device, self.dtype or "fp32")
+                 "device %s, precision %s", spec.optim.blr, bs, accum, info.world_size, lr,
+                 self.updates_per_epoch, sched.epochs, self.device, self.dtype or "fp32")
         from fmae.run_config import config_warnings
 
-        for warning in config_warnings(cfg, self.updates_per_epoch):
+        for warning in config_warnings(self.cfg, self.updates_per_epoch):
             log.warning("%s", warning)
         self.start = (0, 0)
         if resume:
@@ -229,7 +233,7 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------------------
     def _fit(self) -> None:
-        epochs = int(self.cfg["epochs"])
+        epochs = self.spec.schedule.epochs
         first_epoch, first_batch = self.start
         for epoch in range(first_epoch, epochs):
             train_record = self._train_epoch(epoch, first_batch if epoch == first_epoch else 0)
@@ -243,14 +247,14 @@ class Trainer:
                 raise Cancelled()
 
     def _loader(self, data: ImageSet, batch_sampler) -> DataLoader:
-        workers = int(self.cfg["num_workers"])
+        workers = self.spec.execution.num_workers
         if workers < 0:
             workers = max(0, min(8, (os.cpu_count() or 1) - 1))
         return make_loader(data, batch_sampler, workers, pin_memory=self.device.type == "cuda")
 
     def _train_epoch(self, epoch: int, first_batch: int) -> None:
-        cfg = self.cfg
-        accum, log_every, clip = int(cfg.get("accum_iter", 1)), int(cfg["log_every"]), float(cfg["clip_grad"])
+        spec = self.spec
+        accum, log_every, clip = spec.schedule.accum_iter, spec.execution.log_every, spec.optim.clip_grad
         self.model.train()
         self.sampler.epoch, self.sampler.start_batch, self.data.train.epoch = epoch, first_batch, epoch
         if first_batch == 0:
@@ -349,9 +353,10 @@ class Trainer:
         for k, v in values.items():
             self.tb.add_scalar(f"train/{k}", v, self.step)
         self.tb.add_scalar("train/lr", lr, self.step)
-        total = self.updates_per_epoch * int(self.cfg["epochs"])
-        self.run.heartbeat(epoch=epoch + 1, step=self.step, total_steps=total, epochs=int(self.cfg["epochs"]))
-        log.info("epoch %d/%d step %d/%d loss %.4f lr %.3g%s", epoch + 1, int(self.cfg["epochs"]), self.step, total,
+        epochs = self.spec.schedule.epochs
+        total = self.updates_per_epoch * epochs
+        self.run.heartbeat(epoch=epoch + 1, step=self.step, total_steps=total, epochs=epochs)
+        log.info("epoch %d/%d step %d/%d loss %.4f lr %.3g%s", epoch + 1, epochs, self.step, total,
                  values["loss"], lr, f" {rate:.0f} img/s" if rate else "")
 
     def _log_epoch(self, epoch: int, lr: float) -> dict[str, Any] | None:
@@ -367,8 +372,8 @@ class Trainer:
         """Pretraining has no test split: show what the model reconstructs, export the weights."""
         from fmae.visualize import reconstruction_grid
 
-        grid = reconstruction_grid(self.raw_model, self.task.preview_images(), float(self.cfg["mask_ratio"]),
-                                   seed=int(self.cfg["seed"]))
+        grid = reconstruction_grid(self.raw_model, self.task.preview_images(), self.spec.model.mask_ratio,
+                                   seed=self.spec.identity.seed)
         buf = io.BytesIO()
         grid.save(buf, format="PNG")
         write_bytes_atomic(self.run.predictions / f"reconstructions-e{epoch + 1:03d}.png", buf.getvalue())
@@ -383,7 +388,7 @@ class Trainer:
     @torch.no_grad()
     def _predict(self, data: ImageSet) -> np.ndarray | None:
         self.raw_model.eval()
-        sampler = EpochBatches(len(data), int(self.cfg["batch_size"]), 0, shuffle=False, drop_last=False,
+        sampler = EpochBatches(len(data), self.spec.schedule.batch_size, 0, shuffle=False, drop_last=False,
                                rank=self.info.rank, world_size=self.info.world_size)
         indices = np.array([i for b in sampler.batches() for i in b], dtype=np.int64)
         outs = []
@@ -425,13 +430,13 @@ class Trainer:
         if improved:
             self.best = {"epoch": epoch + 1, "value": value, "record": record}
             self._save_predictions(self._last_outputs, epoch)
-            if self.cfg.get("save_best", True):
+            if self.spec.execution.save_best:
                 save_checkpoint(self.run.checkpoints / "best.pt",
                                 {"model": self.raw_model.state_dict(), "epoch": epoch + 1, "config": dict(self.cfg)})
         self._write_summary(epoch, record)
         best = self.best["value"]
         log.info("test epoch %d: %s = %.4f (best %.4f at epoch %s)%s", epoch + 1, metric, value, best,
-                 self.best["epoch"], _au_line(record))
+                 self.best["epoch"], au_epoch_line(record))
 
     def _save_predictions(self, outputs: np.ndarray, epoch: int) -> None:
         payload = self.task.predictions(outputs, self.data.test.targets.numpy(), self.data.test)
@@ -441,14 +446,14 @@ class Trainer:
         write_bytes_atomic(self.run.predictions / "best.npz", buf.getvalue())
 
     def _write_summary(self, epoch: int, record: dict[str, Any]) -> None:
-        c = self.cfg
+        ident = self.spec.identity
         # AU runs: the best epoch's degenerate flag and the test fold's all-positive F1, at the top
         flags = self.best.get("record") or record
         Summary(
-            run_id=self.run.id, task=c["task"], dataset=c["dataset"], fold=c["fold"], seed=c["seed"],
-            model=c["model"], recipe=c["recipe"], lambda_id=c["lambda_id"],
+            run_id=self.run.id, task=ident.task, dataset=ident.dataset, fold=ident.fold, seed=ident.seed,
+            model=self.spec.model.model, recipe=ident.recipe, lambda_id=ident.lambda_id,
             metric=self.task.metric, metric_label=self.task.metric_label,
-            epochs=int(c["epochs"]), epochs_done=epoch + 1, step=self.step,
+            epochs=self.spec.schedule.epochs, epochs_done=epoch + 1, step=self.step,
             best_epoch=self.best["epoch"], best_value=self.best["value"],
             best=self.best.get("record"), last=record,
             **{k: flags[k] for k in AU_FLAGS if k in flags},
@@ -462,15 +467,15 @@ class Trainer:
         self.data = self.task.build_data()
         log.info("%s", self.data.describe)
         self.raw_model, _ = self.task.build_model()
-        set_fused_attn(self.raw_model, bool(self.cfg.get("fused_attn", True)))
-        ck = read_checkpoint(Path(self.cfg["eval_checkpoint"]))
+        set_fused_attn(self.raw_model, self.spec.model.fused_attn)
+        ck = read_checkpoint(Path(self.spec.identity.eval_checkpoint))
         state = extract_state_dict(ck)
         try:
             self.raw_model.load_state_dict(state)
         except RuntimeError as e:
-            raise FmaeError(f"{self.cfg['eval_checkpoint']}: does not fit this run's model ({_one_line(e)[:160]})") from None
+            raise FmaeError(f"{self.spec.identity.eval_checkpoint}: does not fit this run's model ({_one_line(e)[:160]})") from None
         self.raw_model.to(self.device)
-        self.dtype = amp_dtype(self.cfg, self.device)
+        self.dtype = amp_dtype(self.spec.execution, self.device)
         if self.info.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -478,13 +483,6 @@ class Trainer:
         epoch = int(ck.get("epoch", 1)) - 1
         record = self._evaluate(epoch)
         self._after_eval(epoch, record)
-
-
-def _au_line(record: dict[str, Any]) -> str:
-    if "f1_05_mean" not in record:
-        return ""
-    return (f"; {F1_05.short} {record['f1_05_mean']:.4f}, {F1_BEST.name} {record['f1_best_mean']:.4f} "
-            f"@{record['best_threshold']:.2f} {TUNED_TAG}, {AUC.short} {record['auc_mean'] or float('nan'):.4f}")
 
 
 def _one_line(e: BaseException) -> str:

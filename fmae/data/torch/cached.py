@@ -43,6 +43,7 @@ from fmae.data.torch.fast_augment import fast_pipeline
 from fmae.data.lmdb_env import is_store
 from fmae.data.pixel_cache import PixelCache, default_cache_dir, format1_cache_dir
 from fmae.data.torch.transforms import eval_interpolation, eval_transform, train_parts, train_transform
+from fmae.run_spec import Augment, Data, Identity, section_of
 from fmae.errors import FmaeError
 
 log = logging.getLogger("fmae.train")
@@ -85,19 +86,20 @@ class CachedImageSet(ImageSet):
 
     def __init__(self, paths: Sequence[Path], targets: np.ndarray, cache: PixelCache, keys: Sequence[str],
                  cfg: Mapping[str, Any], *, train: bool, subjects: np.ndarray | None = None, seed: int = 0) -> None:
-        augment, eraser = train_parts(cfg) if train else (None, None)
+        a = section_of(Augment, cfg)
+        augment, eraser = train_parts(a) if train else (None, None)
         super().__init__(paths, targets, augment, subjects, seed)
-        wants_fast = train and bool(cfg.get("fast_augment", True))
+        wants_fast = train and a.fast_augment
         self.fast = fast_pipeline(augment) if wants_fast else None
         if wants_fast:
             log.info("data: crop, flip and RandAugment in %s", "OpenCV (fast_augment)" if self.fast is not None else
-                     f"PIL (no fast version of auto_augment = {cfg.get('auto_augment')!r})")
+                     f"PIL (no fast version of auto_augment = {a.auto_augment!r})")
         assert len(keys) == len(paths)
-        if cache.size != int(cfg["input_size"]):
-            raise FmaeError(f"pixel cache {cache.path} holds {cache.size} px images; input_size is {cfg['input_size']}")
-        if cache.interpolation != eval_interpolation(cfg):
+        if cache.size != a.input_size:
+            raise FmaeError(f"pixel cache {cache.path} holds {cache.size} px images; input_size is {a.input_size}")
+        if cache.interpolation != eval_interpolation(a):
             raise FmaeError(f"pixel cache {cache.path} holds {cache.interpolation}-resized images; "
-                            f"eval_interpolation is {eval_interpolation(cfg)}")
+                            f"eval_interpolation is {eval_interpolation(a)}")
         self.cache, self.keys, self.train, self.eraser = cache, list(keys), train, eraser
         self.max_boxes = eraser.max_count if eraser is not None else 0
         self._consts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -189,10 +191,11 @@ def image_set(cfg: Mapping[str, Any], paths: Sequence[Path], targets: np.ndarray
               subjects: np.ndarray | None = None, cache: PixelCache | None = None,
               keys: Sequence[str] | None = None) -> ImageSet:
     """The split's dataset: from the pixel cache when one was chosen, else decoding the files."""
-    seed = int(cfg["seed"])
+    seed = section_of(Identity, cfg).seed
     if cache is not None:
         return CachedImageSet(paths, targets, cache, keys, cfg, train=train, subjects=subjects, seed=seed)
-    tf = train_transform(cfg) if train else eval_transform(cfg)
+    augment = section_of(Augment, cfg)
+    tf = train_transform(augment) if train else eval_transform(augment)
     return ImageSet(paths, targets, tf, subjects, seed=seed)
 
 
@@ -204,17 +207,18 @@ def choose_cache(cfg: Mapping[str, Any], root: Path, splits: Mapping[str, Sequen
     every image of the run unchanged, else the plain path (saying why); "off": the plain path; a folder:
     that cache, and any gap in it (or another size or interpolation) is an error. The cache's pixels are
     the eval resize's, so its interpolation must be the run's."""
-    setting = str(cfg.get("data_cache", "auto"))
+    setting = section_of(Data, cfg).data_cache
     if setting == "off":
         return None, {}
-    size = int(cfg["input_size"])
-    interp = eval_interpolation(cfg)
+    augment = section_of(Augment, cfg)
+    size = augment.input_size
+    interp = eval_interpolation(augment)
     auto = setting == "auto"
     folder = default_cache_dir(root, size, interp) if auto else Path(setting)
     old = format1_cache_dir(root, size)
     if auto and interp == "bicubic" and not is_store(folder) and is_store(old):
         folder = old  # a format-1 cache is bicubic: what this run (e.g. an older run.toml) evaluates with
-    make = (f"`fmae data cache {cfg['dataset']} --size {size} --interpolation {interp}"
+    make = (f"`fmae data cache {section_of(Identity, cfg).dataset} --size {size} --interpolation {interp}"
             f"{'' if auto else f' --out {folder}'}`")
     if not is_store(folder):
         if auto:

@@ -20,20 +20,21 @@ from timm.data.random_erasing import RandomErasing
 from torchvision import transforms as T
 
 from fmae.data.pixel_cache import EVAL_INTERPOLATIONS
-from fmae.recipes import FINETUNE_DEFAULTS
+from fmae.run_spec import Augment, section_of
 
 
-def train_transform(cfg: Mapping[str, Any]):
+def train_transform(augment: Augment | Mapping[str, Any]):
+    """From the run's augment section (or a mapping of its keys; an absent one at its default)."""
+    a = section_of(Augment, augment)
     tf = create_transform(
-        input_size=int(cfg["input_size"]),
+        input_size=int(a.input_size),
         is_training=True,
-        # run.toml files written before crop_scale existed used timm's default, the same 0.08
-        scale=(float(cfg.get("crop_scale", FINETUNE_DEFAULTS["crop_scale"])), 1.0),
+        scale=(float(a.crop_scale), 1.0),
         color_jitter=None,
-        auto_augment=cfg["auto_augment"] or None,
+        auto_augment=a.auto_augment or None,
         interpolation="bicubic",
-        re_prob=float(cfg["random_erase_prob"]),
-        re_mode=cfg["random_erase_mode"],
+        re_prob=float(a.random_erase_prob),
+        re_mode=a.random_erase_mode,
         re_count=1,
         mean=IMAGENET_DEFAULT_MEAN,
         std=IMAGENET_DEFAULT_STD,
@@ -42,10 +43,10 @@ def train_transform(cfg: Mapping[str, Any]):
     return tf
 
 
-def train_parts(cfg: Mapping[str, Any]) -> tuple[T.Compose, RandomErasing | None]:
+def train_parts(augment: Augment | Mapping[str, Any]) -> tuple[T.Compose, RandomErasing | None]:
     """The train transform as (its PIL part: crop, flip, RandAugment; its random erasing or None). What
     comes between them is ToTensor + the ImageNet normalisation, which the fast path does on the device."""
-    steps = list(train_transform(cfg).transforms)
+    steps = list(train_transform(augment).transforms)
     cut = next(i for i, t in enumerate(steps) if isinstance(t, T.ToTensor))
     tail = steps[cut:]
     assert isinstance(tail[1], T.Normalize) and len(tail) <= 3, tail
@@ -73,19 +74,20 @@ def _patch_posterize(tf) -> None:
                     op.aug_fn = _posterize
 
 
-def eval_interpolation(cfg: Mapping[str, Any]) -> str:
+def eval_interpolation(augment: Augment | Mapping[str, Any]) -> str:
     """"bilinear" (the paper's recipes: the original's Resize([s, s]) takes torchvision's default) or
     "bicubic" — what run.toml files written before the key existed evaluated with."""
-    name = str(cfg.get("eval_interpolation", "bicubic"))
+    name = str(section_of(Augment, augment).eval_interpolation)
     if name not in EVAL_INTERPOLATIONS:
         raise ValueError(f"eval_interpolation = {name!r}: choose one of {', '.join(EVAL_INTERPOLATIONS)}")
     return name
 
 
-def eval_transform(cfg: Mapping[str, Any]):
-    size = int(cfg["input_size"])
+def eval_transform(augment: Augment | Mapping[str, Any]):
+    a = section_of(Augment, augment)
+    size = int(a.input_size)
     return T.Compose([
-        T.Resize((size, size), interpolation=T.InterpolationMode(eval_interpolation(cfg))),
+        T.Resize((size, size), interpolation=T.InterpolationMode(eval_interpolation(a))),
         T.ToTensor(),
         T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
     ])
