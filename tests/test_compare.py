@@ -188,3 +188,33 @@ def test_the_identity_heads_depth_is_part_of_the_experiment_and_of_the_row(tmp_p
     assert config_key({**old, "id_head_depth": 1}) == config_key(old) != config_key({**old, "id_head_depth": 3})
     assert group_label(group_fields({**old, "id_head_depth": 3}, ())) == "vit_tiny fmae_iat λ=2 id_head_depth=3"
     assert group_fields({**old, "id_head_depth": 1}, ()) == group_fields(old, ())
+
+
+async def test_launch_plans_the_ablations_identity_head(tmp_path):
+    """Launch's ID head: the 3-layer MLP puts id_head_depth = 3 into every planned run (a new experiment
+    beside the linear head's)."""
+    import re
+
+    from textual.widgets import Select
+
+    from fmae.config import default_config_text
+    from fmae_tui.app import create_app
+    from fmae_tui.screens.launch import LaunchScreen
+    from tui_support import wait_until
+
+    config = tmp_path / "fmae.toml"
+    config.write_text(re.sub(r"synthetic = \{[^}]*\}", "synthetic = { subjects = 5, frames = 4, size = 32, seed = 0 }",
+                             default_config_text()), encoding="utf-8")
+    app = create_app(config, tmp_path / "runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("l")
+        await wait_until(pilot, lambda: isinstance(app.screen, LaunchScreen) and app.screen.previews > 0, what="launch")
+        launch = app.screen
+        head = launch.query_one("#id_head", Select)
+        assert head.value == "1" and not head.disabled
+        assert all(p.values["id_head_depth"] == 1 for p in launch.plan.to_add)
+        previews = launch.previews
+        head.value = "3"
+        await wait_until(pilot, lambda: launch.previews > previews and launch.plan is not None, what="MLP plan")
+        assert {p.values["id_head_depth"] for p in launch.plan.to_add} == {3}
+        assert launch.matrix()["cli"]["id_head_depth"] == 3

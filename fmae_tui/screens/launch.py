@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 PREVIEW_DELAY_S = 0.3  # typing pauses this long before the plan is worked out again
 MAX_LISTED = 40  # cells listed one by one in the preview
 PREFS = "launch"
-FIELDS = ("model", "epochs", "folds", "seeds", "lambdas", "gpus", "priority")  # remembered beside dataset, recipe
+# id_head_depth: 1 = linear (the paper's), 2 or 3 = an MLP of that many layers (the paper's ablation)
+ID_HEADS = [("linear", "1"), ("2-layer MLP", "2"), ("3-layer MLP", "3")]
+FIELDS = ("model", "epochs", "folds", "seeds", "lambdas", "id_head", "gpus", "priority")  # remembered beside dataset, recipe
 
 
 class LaunchScreen(FmaeScreen):
@@ -77,6 +79,9 @@ class LaunchScreen(FmaeScreen):
             yield Input(compact=True, id="seeds", placeholder="e.g. 0,1,2")
             yield Static("λ (IAT)", classes="label")
             yield Input(compact=True, id="lambdas", placeholder="e.g. 0,2")
+            yield Static("ID head", classes="label")
+            yield Select(ID_HEADS, allow_blank=False, compact=True, id="id_head", value="1",
+                         tooltip="IAT's identity head (λ > 0): linear as the paper, or its ablation's MLPs")
             yield Static("GPUs/run", classes="label")
             yield Input(compact=True, type="integer", id="gpus", tooltip="0 = a CPU slot")
             yield Static("priority", classes="label")
@@ -171,6 +176,8 @@ class LaunchScreen(FmaeScreen):
         self._set("#folds", ",".join(str(f) for f in range(1, spec.num_folds + 1)) if au else "")
         self._set("#seeds", ",".join(str(s) for s in seeds))
         self._set("#lambdas", f"{float(resolved['lambda_id']):g}" if au else "")
+        self._set("#id_head", str(resolved.get("id_head_depth", 1)))
+        self.query_one("#id_head", Select).disabled = not au
         self._set("#gpus", str(gpus))
         for name in ("#folds", "#lambdas"):
             widget = self.query_one(name, Input)
@@ -242,6 +249,8 @@ class LaunchScreen(FmaeScreen):
             if len(epochs) != 1 or epochs[0] < 1:
                 raise FmaeError("epochs: give one whole number, at least 1")
             cli["epochs"] = epochs[0]
+        if au and self._value("id_head"):
+            cli["id_head_depth"] = int(str(self._value("id_head")))
         gpus = parse_ints(self._value("gpus"), "GPUs/run")
         if gpus and len(gpus) != 1:
             raise FmaeError("GPUs/run: give one whole number (0 = a CPU slot)")
