@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from textual.message import Message
 from textual.notifications import Notify
-from textual.widgets import OptionList
+from textual.widgets import OptionList, TabbedContent
 
 from fmae.config import load_project, parse_project
 from fmae.errors import FmaeError
@@ -120,6 +120,9 @@ async def test_compare_overlays_curves_tables_and_config_at_80x24(pair, tmp_path
 
         await pilot.press("escape")
         assert isinstance(app.screen, RunsScreen)
+        await pilot.press("D")  # Runs' D: the marked runs straight on the config diff
+        assert isinstance(app.screen, CompareScreen) and app.screen.query_one(TabbedContent).active == "config"
+        await pilot.press("escape")
 
         # The Run screen's D: a chooser, the run last compared with first; the diff as Compare shows it
         table.move_cursor(row=table.get_row_index(high.id))
