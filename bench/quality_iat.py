@@ -7,7 +7,17 @@ BP4D-format data with per-subject AU tendencies (`--identity-strength`: how far 
 stray from the dataset's, so identity predicts the labels of the training subjects and nothing about
 the unseen test subjects — the shortcut IAT exists to remove). Usage:
 
-    python bench/quality_iat.py [--epochs 8] [--lambdas 0,0.5,2] [--seeds 0,1] [--folds 1]
+    python bench/quality_iat.py [--epochs 8] [--lambdas 0,2] [--seeds 0,1,2] [--folds 1,2,3]
+
+By default the whole protocol: 3 folds × 3 seeds, λ 0 and 2. The table is reported through `fmae compare`
+(each λ > 0 against λ = 0 over the (fold, seed) cells: Δ F1@0.5, F1 best-threshold (tuned on test) and AUC
+with 95 % intervals from a bootstrap over the test subjects, a sign-flip test over the cells, a verdict),
+the identity probe's Δ accuracy with the same kind of interval (subjects resampled, paired by cell), and
+the t-SNE silhouette by subject of each run's test features (`fmae features`; IAT should lower it).
+
+`--quick` is the documented small scale (12 frames a subject at 32 px, 2 epochs, 2 probe epochs, 150
+frames a picture): every step of the full protocol in minutes on an idle 2-core CPU; its numbers say the
+pipeline works, not whether IAT helps.
 
 The paper fine-tunes from an MAE-pretrained encoder (FMAE, FMAE-IAT); `--init CKPT` does so here (a
 vit_tiny one comes from bench/pretrain_vs_scratch.py). The run that meets the quality bar:
@@ -53,6 +63,7 @@ PAPER_TRAIN = {"blr": 2e-4, "batch_size": 64, "epochs": 20, "warmup_epochs": 2, 
                "weight_decay": 0.05, "drop_path": 0.1, "auto_augment": "rand-m9-mstd0.5-inc1",
                "random_erase_prob": 0.25, "crop_scale": 0.08}
 PAPER_PROBE = {"blr": 2e-4, "epochs": 20, "frames_per_subject": 100, "train_frames_per_subject": 70}
+QUICK = {"frames": 12, "size": 32, "epochs": 2, "probe_epochs": 2, "probe_frames": 10, "features_frames": 150}
 
 
 def sha256_prefix(path: Path) -> str:
@@ -82,11 +93,97 @@ def run_minutes(run: Path) -> float:
     return (end - start).total_seconds() / 60
 
 
+def probe_counts(probe_run: Path) -> dict[str, tuple[int, int]]:
+    """Per subject: (test frames the probe named right, test frames) from its best epoch's predictions."""
+    d = np.load(probe_run / "predictions" / "best.npz")
+    names, targets = [str(x) for x in d["subjects"]], d["targets"]
+    right = d["scores"].argmax(1) == targets
+    return {names[s]: (int(right[targets == s].sum()), int((targets == s).sum())) for s in np.unique(targets)}
+
+
+def probe_delta(pairs: list[tuple[Path, Path]], draws: int) -> dict[str, float]:
+    """Δ identity-probe top-1 (A − B, points) over paired cells, with a 95 % interval from resampling the
+    subjects (one draw for every cell: the probe tests the same people) and the sign-flip p over cells."""
+    from fmae.report.paired_stats import draws_of, sign_flip_p
+
+    counts = [(probe_counts(a), probe_counts(b)) for a, b in pairs]
+    people = sorted(set.intersection(*[set(a) & set(b) for a, b in counts]))
+    rng = np.random.default_rng(0)
+    w = np.vstack([np.ones((1, len(people))), draws_of(len(people), draws, rng)])  # row 0: as observed
+    deltas = []
+    for a, b in counts:
+        acc = [(w @ np.array([c[p][0] for p in people])) / (w @ np.array([c[p][1] for p in people])) for c in (a, b)]
+        deltas.append((acc[0] - acc[1]) * 100)  # [1 + D]
+    deltas = np.array(deltas)  # [cells, 1 + D]
+    boot = deltas[:, 1:].mean(axis=0)
+    p, _, _ = sign_flip_p(deltas[:, :1], rng)
+    return {"delta": float(deltas[:, 0].mean()), "low": float(np.percentile(boot, 2.5)),
+            "high": float(np.percentile(boot, 97.5)), "p": float(p[0]), "subjects": len(people)}
+
+
+def protocol_report(work: Path, cells: dict, folds: list[int], seeds: list[int], lambdas: list[float],
+                    features_frames: int, draws: int) -> list[str]:
+    """Each λ > 0 against λ = 0 through `fmae compare` (one runs folder linking every run), the probe's
+    Δ with its interval, and each run's t-SNE silhouette by subject (`fmae features`)."""
+    import shutil as _shutil
+
+    linked = work / "compare_runs"
+    _shutil.rmtree(linked, ignore_errors=True)
+    linked.mkdir(parents=True)
+    for run, _ in cells.values():
+        (linked / run.name).symlink_to(run.resolve(), target_is_directory=True)
+    out = ["", f"## Through `fmae compare` ({len(folds)} fold(s) × {len(seeds)} seed(s); Δ = λ − (λ = 0), points; "
+           "each run's best epoch, from its saved predictions)", ""]
+    silhouettes: dict[float, list[float]] = {lam: [] for lam in lambdas}
+    if features_frames:
+        for (fold, seed, lam), (run, _) in sorted(cells.items()):
+            pic = work / "features" / f"f{fold}-s{seed}-l{lam:g}.png"
+            said = fmae("features", run, "--by", "subject", "--out", pic, "--max-frames", features_frames).stdout
+            score = next(x for x in said.splitlines() if x.strip().startswith("subject")).split()[1]
+            if score != "–":  # undefined (one subject in the picture)
+                silhouettes[lam].append(float(score))
+    for lam in lambdas:
+        if lam == 0:
+            continue
+        a = f"bp4d vit_tiny fmae λ={lam:g}"
+        said = fmae("compare", a, "bp4d vit_tiny fmae λ=0", "--runs-dir", linked, "--draws", draws, "-f", "json")
+        result = json.loads(said.stdout)
+        out += [f"λ = {lam:g} vs λ = 0: {len(result['cells'])} cells, {result['subjects']} test subjects resampled, "
+                f"{result['permutations']} sign patterns", "",
+                "| metric (mean over AUs) | λ = 0 | λ = " + f"{lam:g}" + " | Δ | 95% interval | p | verdict |",
+                "|---|---|---|---|---|---|---|"]
+        for m in result["metrics"]:
+            out.append(f"| {m['label']} | {m['b']['avg']:.2f} | {m['a']['avg']:.2f} | {m['delta']['avg']:+.2f} | "
+                       f"[{m['low']['avg']:+.2f}, {m['high']['avg']:+.2f}] | {m['p']['avg']:.3f} | "
+                       f"{m['verdict']['avg']} |")
+        verdicts = {m["label"]: sum(v != "within noise" for v in m["verdict"].values()) for m in result["metrics"]}
+        pr = probe_delta([(cells[(f, s, lam)][1], cells[(f, s, 0.0)][1]) for f in folds for s in seeds], draws)
+        out += ["", f"- AUs (and avg) with a verdict other than 'within noise': "
+                + ", ".join(f"{k} {v}" for k, v in verdicts.items()),
+                f"- identity probe top-1: Δ {pr['delta']:+.2f} points, 95% interval [{pr['low']:+.2f}, "
+                f"{pr['high']:+.2f}] (bootstrap over its {pr['subjects']} subjects), sign-flip p {pr['p']:.3f} "
+                "(lower = less identity in the features, the paper's claim)"]
+        for note in result["notes"]:
+            out.append(f"- note: {note}")
+        if features_frames:
+            d = [x - y for x, y in zip(silhouettes[lam], silhouettes[0.0])]
+            out.append(f"- t-SNE silhouette by subject (PCA-50 features, {features_frames} test frames a run): λ = 0 "
+                       f"{mean_std(silhouettes[0.0])}, λ = {lam:g} {mean_std(silhouettes[lam])}, paired Δ "
+                       f"{mean_std(d, '+')} (lower = subjects less separable)")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--lambdas", default="0,0.5,2")
-    p.add_argument("--seeds", default="0,1")
-    p.add_argument("--folds", default="1")
+    p.add_argument("--lambdas", default="0,2")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--folds", default="1,2,3")
+    p.add_argument("--quick", action="store_true",
+                   help="the small scale: --frames 12 --size 32 --epochs 2 --probe-epochs 2 --probe-frames 10 "
+                   "--features-frames 150 (options given as well win)")
+    p.add_argument("--features-frames", type=int, default=1000,
+                   help="test frames per t-SNE picture (fmae features --max-frames); 0 = no pictures")
+    p.add_argument("--draws", type=int, default=2000, help="bootstrap draws of fmae compare and the probe's interval")
     g = p.add_argument_group("data (fmae synth bp4d: 41 subjects)")
     g.add_argument("--frames", type=int, default=100, help="frames per subject")
     g.add_argument("--size", type=int, default=64)
@@ -127,6 +224,11 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=HERE / ".quality_iat")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
+    if args.quick:
+        given = set(sys.argv[1:])
+        for flag, value in QUICK.items():
+            if f"--{flag.replace('_', '-')}" not in given:
+                setattr(args, flag, value)
     lambdas = [float(x) for x in args.lambdas.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
     folds = [int(x) for x in args.folds.split(",")]
@@ -159,6 +261,7 @@ def main() -> None:
     keys = ("f1_05_last", "f1_best_last", "auc_last", "f1_05_best", "trivial", "probe", "chance", "minutes")
     rows: dict[float, dict[str, list[float]]] = {lam: {k: [] for k in keys} for lam in lambdas}
     paired: dict[tuple[int, int, float], dict[str, float]] = {}
+    cells: dict[tuple[int, int, float], tuple[Path, Path]] = {}  # (fold, seed, λ) -> (run, its probe)
     log_lines: list[str] = []
     reused: list[str] = []
     for fold in folds:
@@ -200,6 +303,7 @@ def main() -> None:
                                    ("minutes", minutes)):
                     got[key].append(value)
                 paired[(fold, seed, lam)] = {"f1": last["f1_05_mean"], "auc": last["auc_mean"], "probe": pr["accuracy"]}
+                cells[(fold, seed, lam)] = (run, probe_run)
                 line = (f"fold {fold} seed {seed} λ={lam:g}: F1@0.5 last {last['f1_05_mean']:.3f} (trivial "
                         f"{trivial:.3f}), F1 best-threshold {last['f1_best_mean']:.3f}, AUC {last['auc_mean']:.3f}, "
                         f"ID probe {pr['accuracy']:.3f}; {minutes:.1f} min")
@@ -251,6 +355,8 @@ def main() -> None:
             d_pr = [a["probe"] - b["probe"] for a, b in pairs]
             lines.append(f"| {lam:g} | {mean_std(d_f1, '+')} | {sum(d > 0 for d in d_f1)}/{len(pairs)} | "
                          f"{mean_std(d_auc, '+')} | {mean_std(d_pr, '+')} | {sum(d < 0 for d in d_pr)}/{len(pairs)} |")
+    if 0.0 in lambdas and len(lambdas) > 1:
+        lines += protocol_report(work, cells, folds, seeds, lambdas, args.features_frames, args.draws)
     lines += ["", "Per run (minutes: the training's and the probe's own, from their status.json):", "",
               *[f"- {x}" for x in log_lines]]
     if reused:
