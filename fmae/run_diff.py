@@ -170,18 +170,12 @@ def diff(sides: list[Side]) -> list[DiffRow]:
 
 # --- naming the sides -------------------------------------------------------------------------------
 
-def _norm(name: str) -> str:
-    text = " ".join(name.split()).lower()
-    for spelled in ("lambda_id=", "lambda=", "λ = "):
-        text = text.replace(spelled, "λ=")
-    return text
-
-
-def group_names(runs_dir: Path, datasets: tuple[str, ...] = (), states: tuple[str, ...] = ("done",)) -> dict[str, list[Path]]:
-    """Every group of the runs folder as `fmae report` names its rows -> the run folders it holds."""
+def group_names(runs_dir: Path, datasets: tuple[str, ...] = (),
+                states: tuple[str, ...] = ("done",)) -> dict[tuple[str, str], list[Path]]:
+    """Every group of the runs folder, (benchmark, the row's name in `fmae report`) -> its run folders."""
     from fmae.report.scoring import group_fields, group_label
 
-    groups: dict[str, list[Path]] = {}
+    groups: dict[tuple[str, str], list[Path]] = {}
     for info in list_runs(runs_dir):
         if info.state == "corrupt" or (states and "all" not in states and info.state not in states):
             continue
@@ -189,25 +183,31 @@ def group_names(runs_dir: Path, datasets: tuple[str, ...] = (), states: tuple[st
             continue
         if info.config.get("task") not in ("au", "fer"):
             continue  # probes and pretraining are named by other fields in the report
-        groups.setdefault(group_label(group_fields(info.config, ())), []).append(info.path)
+        key = (str(info.config.get("dataset")), group_label(group_fields(info.config, ())))
+        groups.setdefault(key, []).append(info.path)
     return groups
 
 
 def resolve(runs_dir: Path, spec: str, datasets: tuple[str, ...] = (),
             states: tuple[str, ...] = ("done",)) -> tuple[str, list[Path]]:
-    """A run folder (a path, or a run id under the runs folder), else a group name. FmaeError naming
-    the choices when it is neither."""
+    """A run folder (a path, or a run id under the runs folder), else a group named as `fmae compare`
+    takes it ("vit_base fmae λ=0", or "bp4d vit_base fmae λ=0" where several benchmarks have one).
+    FmaeError naming the choices when it is neither, or when the name is on several benchmarks."""
+    from fmae.report.compare import normalise_group
+
     for candidate in (Path(spec).expanduser(), Path(runs_dir) / spec):
         if (candidate / "run.toml").is_file():
             return candidate.name, [candidate]
     groups = group_names(runs_dir, datasets, states)
-    wanted = _norm(spec)
-    matches = {name: paths for name, paths in groups.items() if _norm(name) == wanted}
-    if matches:
-        name, paths = next(iter(matches.items()))
-        return name, sorted(paths)
+    wanted = normalise_group(spec)
+    hits = [k for k in groups if wanted in (normalise_group(k[1]), normalise_group(f"{k[0]} {k[1]}"))]
+    if len(hits) > 1:
+        raise FmaeError(f"'{spec}' is a group on {', '.join(sorted(k[0] for k in hits))}: put the benchmark first "
+                        f"(e.g. '{hits[0][0]} {hits[0][1]}') or pass --dataset")
+    if hits:
+        return f"{hits[0][0]} {hits[0][1]}", sorted(groups[hits[0]])
     state_words = ",".join(states)
-    known = "; ".join(f"'{n}' ({len(p)} runs)" for n, p in sorted(groups.items())) or "none"
+    known = "; ".join(f"'{d} {n}' ({len(p)} runs)" for (d, n), p in sorted(groups.items())) or "none"
     hint = "" if "all" in states else "; --state all takes unfinished runs too"
     raise FmaeError(f"'{spec}' is neither a run folder nor a run id in {runs_dir}, nor a group of runs in state "
                     f"{state_words} (groups: {known}) — pass two run folders, or two group names as "

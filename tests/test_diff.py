@@ -23,9 +23,10 @@ def key_line(lines: list[str], leaf: str) -> int:
     return next(i for i, line in enumerate(lines) if line and not line[0].isspace() and line.rsplit(".", 1)[-1] == leaf)
 
 
-def make_runs(tmp_path: Path, lambdas: list[float], seeds: list[int], **cli) -> list[RunDir]:
+def make_runs(tmp_path: Path, lambdas: list[float], seeds: list[int], dataset_name: str = "bp4d",
+              **cli) -> list[RunDir]:
     project = load_project(runs_dir=tmp_path / "runs", cwd=tmp_path)
-    cells = expand_matrix(project, "bp4d", folds=[1], seeds=seeds, lambdas=lambdas, recipe=None,
+    cells = expand_matrix(project, dataset_name, folds=[1], seeds=seeds, lambdas=lambdas, recipe=None,
                           cli={"model": "vit_tiny", "epochs": 2, **cli}, generate=False)
     return [create_run(project.runs_dir, cell) for cell in cells]
 
@@ -64,15 +65,19 @@ def test_two_groups_named_as_the_report_names_them(study, tmp_path: Path) -> Non
                       "--runs-dir", runs, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[:2] == ["A: vit_tiny fmae λ=0 (2 runs)", "B: vit_tiny fmae λ=2 (2 runs)"]
+    assert lines[:2] == ["A: bp4d vit_tiny fmae λ=0 (2 runs)", "B: bp4d vit_tiny fmae λ=2 (2 runs)"]
     # seeds 0 and 1 on both sides: no difference; λ differs in every run of each
     assert lines[2:] == ["1 key(s) differ (value, then the source run.toml recorded for it):", "identity.lambda_id",
                          "  A  2 runs: 0 (command line)", "  B  2 runs: 2 (command line)"]
     # The runs are queued, not done: by default a group holds done runs, and the error says so.
     bad = run_fmae("diff", "vit_tiny fmae λ=0", "vit_tiny fmae λ=2", "--runs-dir", runs, cwd=tmp_path)
     assert_one_line_error(bad, "vit_tiny fmae λ=0", "groups: none", "--state all")
-    with pytest.raises(FmaeError, match=r"'vit_base' is neither a run folder .* 'vit_tiny fmae λ=2' \(2 runs\)"):
+    with pytest.raises(FmaeError, match=r"'vit_base' is neither a run folder .* 'bp4d vit_tiny fmae λ=2' \(2 runs\)"):
         resolve(runs, "vit_base", states=("all",))  # what a typo hears: the groups there are
+    make_runs(tmp_path, [0], [0], dataset_name="disfa")
+    with pytest.raises(FmaeError, match=r"'vit_tiny fmae λ=0' is a group on bp4d, disfa: put the benchmark first"):
+        resolve(runs, "vit_tiny fmae λ=0", states=("all",))
+    assert resolve(runs, "disfa vit_tiny fmae lambda=0.0", states=("all",))[0] == "disfa vit_tiny fmae λ=0"
 
 
 def test_a_flat_run_toml_and_one_with_typed_sections_diff_key_for_key(tmp_path: Path) -> None:

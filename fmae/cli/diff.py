@@ -14,7 +14,7 @@ app = typer.Typer()
 
 @app.command("diff")
 def diff_cmd(
-    a: Annotated[str, typer.Argument(help="A run folder, a run id in the runs folder, or a group as `fmae report` names its rows (e.g. \"vit_base fmae λ=0\").")],
+    a: Annotated[str, typer.Argument(help="A run folder, a run id in the runs folder, or a group named as `fmae compare` takes it (e.g. \"vit_base fmae λ=0\", or \"bp4d vit_base fmae λ=0\").")],
     b: Annotated[str, typer.Argument(help="The other run or group.")],
     dataset: Annotated[Optional[list[str]], typer.Option("--dataset", "-d", help="Groups: only runs of this benchmark (repeatable).")] = None,
     state: Annotated[str, typer.Option("--state", help="Groups: runs in these states, e.g. done,running, or all.")] = "done",
