@@ -2,8 +2,9 @@
 runs as `fmae report` names them ("vit_base fmae_iat λ=2"), each value with the source run.toml recorded
 for it (recipe, fmae.toml:12, command line…). `fmae diff`, the Runs, Run and Compare screens show this.
 
-run.toml is read through `RunDir` only, and its [config] table is flattened to dotted keys
-(`optim.blr`), so a flat layout and one with typed sections diff alike. Torch-free: the app imports it.
+run.toml is read through `RunDir` only and named by the typed sections (`optim.blr`, run_spec.sectioned),
+so a flat run.toml of an earlier release and a sectioned one diff key for key. Torch-free: the app
+imports it.
 """
 
 from __future__ import annotations
@@ -112,21 +113,6 @@ class Side:
         return {_key(v.value) for v in self.values.get(key, [Value(UNSET, [], len(self.paths))])}
 
 
-def same_keys(per_run: list[dict[str, tuple[Any, str]]]) -> list[dict[str, tuple[Any, str]]]:
-    """One name per key across runs of both run.toml layouts: `blr` (flat) and `optim.blr` (a typed
-    section) are one key, named by its section. A name under two sections stays dotted."""
-    dotted_by_leaf: dict[str, set[str]] = {}
-    for values in per_run:
-        for key in values:
-            dotted_by_leaf.setdefault(key.rsplit(".", 1)[-1], set()).add(key)
-    rename = {}
-    for leaf, keys in dotted_by_leaf.items():
-        sectioned = {k for k in keys if k != leaf}
-        if leaf in keys and len(sectioned) == 1:
-            rename[leaf] = next(iter(sectioned))
-    return [{rename.get(k, k): v for k, v in values.items()} for values in per_run]
-
-
 def _side(name: str, paths: list[Path], per_run: list[dict[str, tuple[Any, str]]]) -> Side:
     side = Side(name, paths)
     for key in sorted({k for values in per_run for k in values}):
@@ -143,7 +129,7 @@ def _side(name: str, paths: list[Path], per_run: list[dict[str, tuple[Any, str]]
 
 def sides_of(named: list[tuple[str, list[Path]]]) -> list[Side]:
     """The sides made of these (name, run folders): per key its distinct values, sources and counts."""
-    per_run = same_keys([run_values(p) for _, paths in named for p in paths])
+    per_run = [run_values(p) for _, paths in named for p in paths]
     sides, start = [], 0
     for name, paths in named:
         sides.append(_side(name, list(paths), per_run[start:start + len(paths)]))
