@@ -88,6 +88,9 @@ def test_summary_holds_the_all_positive_f1_and_the_degenerate_flag(make_synth, t
     assert f"all-positive F1 {summary['f1_all_positive_mean']:.3f}" in line and "AUC" in line
     assert "(tuned on test)" in line
     assert (DEGENERATE_LABEL in result.stdout) is best["degenerate"]
+    # and train.log's per-epoch line puts the same floor beside F1@0.5
+    epoch_line = next(x for x in (run / "train.log").read_text().splitlines() if "test epoch 1:" in x)
+    assert f"F1@0.5 {best['f1_05_mean']:.4f} (all-positive F1 {summary['f1_all_positive_mean']:.4f})" in epoch_line
 
 
 def test_train_log_warns_with_the_steps(make_synth, tmp_path):

@@ -198,3 +198,32 @@ def test_synthetic_copies_read_as_the_original_reads_them(tmp_path):
     synthesize(DATASETS["bp4d"], tmp_path / "task_folders", SynthOptions(subjects=4, frames=2, size=32,
                                                                         layout="task_folders"))
     assert (tmp_path / "task_folders" / "labels.jsonl").read_text().startswith('{"img_path": "F0')
+
+
+def test_nuisance_is_a_synthetic_setting_and_changing_it_makes_a_new_copy(tmp_path):
+    """fmae.toml's `synthetic` table takes `nuisance` (default 1: the benchmarks' pose, lighting and noise);
+    synth.json records it, and a copy made with another value is made again on first use."""
+    from fmae.config import parse_project
+    from fmae.data.locate import ensure_dataset, synthetic_changes, synthetic_ready
+
+    def location(extra: str):
+        text = ('[datasets.bp4d]\nroot = "d"\nlabels = "d/labels.jsonl"\n'
+                f"synthetic = {{ subjects = 4, frames = 2, size = 32, seed = 0{extra} }}\n")
+        return parse_project(text, "fmae.toml", tmp_path).dataset("bp4d")
+
+    assert location("").synthetic.nuisance == 1.0
+    said: list[str] = []
+    loc = ensure_dataset(DATASETS["bp4d"], location(", nuisance = 0.3"), said.append)
+    assert "generating synthetic" in said[0] and synthetic_ready(loc)
+    assert json.loads((tmp_path / "d" / "synth.json").read_text())["options"]["nuisance"] == 0.3
+    before = digest(tmp_path / "d")
+    calmer = location(", nuisance = 0")
+    assert synthetic_changes(calmer) == ["nuisance 0.3 -> 0"] and not synthetic_ready(calmer)
+    ensure_dataset(DATASETS["bp4d"], calmer, said.append)
+    assert "its settings changed (nuisance 0.3 -> 0" in said[1], said
+    assert json.loads((tmp_path / "d" / "synth.json").read_text())["options"]["nuisance"] == 0
+    assert digest(tmp_path / "d") != before and synthetic_ready(calmer)
+    ensure_dataset(DATASETS["bp4d"], calmer, said.append)
+    assert len(said) == 2  # the matching copy is used as it is
+    with pytest.raises(FmaeError, match=r"fmae.toml:4: datasets.bp4d.synthetic.nuisance must be 0 or more"):
+        location(", nuisance = -0.5")

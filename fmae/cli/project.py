@@ -103,7 +103,10 @@ def synth_cmd(
     out.print(f"{what}: " + "  ".join(f"{k} {v:.2f}" for k, v in report.rates.items()))
     if register:
         register_dataset(spec.name, out_dir, out_dir / "labels.jsonl" if spec.task == "au" else None, config,
-                  synthetic={"subjects": len(report.subjects), "frames": frames, "size": size, "seed": seed})
+                  synthetic={"subjects": len(report.subjects), "frames": frames, "size": size, "seed": seed,
+                             # recorded when not the defaults, or the entry would describe another copy
+                             **({"identity_strength": identity_strength} if identity_strength != 1 else {}),
+                             **({"nuisance": nuisance} if nuisance != 1 else {})})
 
 
 def register_dataset(name: str, root: Path, labels: Path | None, config: Path | None, synthetic: dict | None = None) -> None:

@@ -64,9 +64,42 @@ def synth_generator(root: Path) -> int | None:
     return int(generator.get("version", 1)) if isinstance(generator, dict) else 1
 
 
+# The fmae.toml settings a copy's synth.json records under "options"; a copy whose record differs is made again.
+_SETTINGS = ("subjects", "frames", "size", "seed", "identity_strength", "nuisance")
+
+
+def synthetic_changes(loc: DatasetLocation) -> list[str]:
+    """The `synthetic` settings the copy on disk was not made with ("nuisance 1 -> 0.3"); empty when it
+    matches, has no synth.json, or is not a configured synthetic copy."""
+    if loc.synthetic is None or loc.root is None:
+        return []
+    try:
+        meta = json.loads((loc.root / "synth.json").read_text(encoding="utf-8"))
+        options = meta.get("options")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(options, dict):
+        return []
+    # Copies written before a setting existed hold its default (nuisance was always 1 until recorded).
+    made = {"nuisance": 1.0, **options}
+    wanted = {k: getattr(loc.synthetic, k) for k in _SETTINGS}
+    changes = [f"{k} {_num(made.get(k))} -> {_num(v)}" for k, v in wanted.items()
+               if made.get(k) != v and k != "subjects"]
+    # `--register` records the count of a copy made with every subject (options say None): either matches.
+    if wanted["subjects"] not in (made.get("subjects"), meta.get("subjects")):
+        changes.insert(0, f"subjects {meta.get('subjects')} -> {wanted['subjects']}")
+    return changes
+
+
+def _num(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def synthetic_ready(loc: DatasetLocation) -> bool:
-    """The generated copy is complete (`synth.json` is written last) and made by this generator."""
-    return loc.root is not None and synth_generator(loc.root) == GENERATOR_VERSION
+    """The generated copy is complete (`synth.json` is written last), made by this generator and with the
+    configured settings."""
+    return (loc.root is not None and synth_generator(loc.root) == GENERATOR_VERSION
+            and not synthetic_changes(loc))
 
 
 def ensure_dataset(spec: DatasetSpec, loc: DatasetLocation,
@@ -79,9 +112,13 @@ def ensure_dataset(spec: DatasetSpec, loc: DatasetLocation,
         if old is None:
             say(f"generating synthetic {spec.title} data in {loc.root} (first use; {loc.origin})")
             _synthesize(spec, loc, loc.root)
-        else:
+        elif old != GENERATOR_VERSION:
             say(f"making synthetic {spec.title} data in {loc.root} again: it was written by generator {old}, "
                 f"this fmae writes version {GENERATOR_VERSION} ({loc.origin})")
+            _regenerate(spec, loc)
+        else:
+            say(f"making synthetic {spec.title} data in {loc.root} again: its settings changed "
+                f"({', '.join(synthetic_changes(loc))}; {loc.origin})")
             _regenerate(spec, loc)
     if loc.root is None:
         raise FmaeError(f"{loc.origin}: datasets.{spec.name} has no root — set it in fmae.toml or pass --root")
@@ -102,7 +139,7 @@ def _synthesize(spec: DatasetSpec, loc: DatasetLocation, out: Path) -> None:
     s = loc.synthetic
     assert s is not None
     synthesize(spec, out, SynthOptions(subjects=s.subjects, frames=s.frames, size=s.size, seed=s.seed,
-                                       identity_strength=s.identity_strength))
+                                       identity_strength=s.identity_strength, nuisance=s.nuisance))
 
 
 def _regenerate(spec: DatasetSpec, loc: DatasetLocation) -> None:
@@ -130,6 +167,9 @@ def _synth_command(spec: DatasetSpec, root: Path) -> str:
         options = json.loads((root / "synth.json").read_text(encoding="utf-8")).get("options", {})
     except (OSError, ValueError, AttributeError):
         options = {}
-    flags = "".join(f" --{k} {options[k]}" for k in ("subjects", "frames", "size", "seed")
-                    if isinstance(options, dict) and options.get(k) is not None)
+    if not isinstance(options, dict):
+        options = {}
+    # The generator's defaults (identity strength and nuisance 1) go unsaid, as a user would type it.
+    flags = "".join(f" --{k.replace('_', '-')} {_num(options[k])}" for k in _SETTINGS
+                    if options.get(k) is not None and not (k in ("identity_strength", "nuisance") and options[k] == 1))
     return f"fmae synth {spec.name} --out {root.with_name(root.name + '-new')}{flags}"

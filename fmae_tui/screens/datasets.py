@@ -16,7 +16,7 @@ from textual.events import Resize
 from textual.widgets import DataTable, Footer, Header, Static
 
 from fmae.config import DatasetLocation
-from fmae.data.locate import ensure_dataset, synth_generator, synthetic_ready
+from fmae.data.locate import ensure_dataset, synth_generator, synthetic_changes, synthetic_ready
 from fmae.data.synth import GENERATOR_VERSION
 from fmae.registry import DATASETS, DatasetSpec
 from fmae_tui.screens.base import FmaeScreen, WorkEnded
@@ -51,9 +51,15 @@ def dataset_status(loc: DatasetLocation) -> str:
 
 
 def synthetic_outdated(loc: DatasetLocation) -> bool:
-    """A complete synthetic copy by an older generator: there, but `ensure_dataset` makes it again."""
+    """A complete synthetic copy by an older generator or with other settings than fmae.toml's: there, but
+    `ensure_dataset` makes it again."""
     old = synth_generator(loc.root) if loc.root is not None else None
-    return old is not None and old < GENERATOR_VERSION
+    return old is not None and (old < GENERATOR_VERSION or bool(synthetic_changes(loc)))
+
+
+def outdated_note(loc: DatasetLocation) -> str:
+    changes = synthetic_changes(loc)
+    return f"outdated (settings changed: {', '.join(changes)}): regenerated on first use" if changes else OUTDATED_NOTE
 
 
 def show_path(path: Path | None, base: Path) -> str:
@@ -207,7 +213,7 @@ class DatasetsScreen(FmaeScreen):
         root = str(loc.root) if loc.root else f"not configured: add [datasets.{spec.name}] root to {config}"
         rows = [(f"{spec.name} root", root)]
         if loc.synthetic is not None and synthetic_outdated(loc):
-            rows.append(("synthetic", OUTDATED_NOTE))
+            rows.append(("synthetic", outdated_note(loc)))
         self.query_one("#selected-root", Static).update(_key_values(rows))
         if self.query_one("#detail").has_class("-shown"):
             self.query_one("#detail-body", Static).update(self._details(spec, loc))
@@ -239,8 +245,8 @@ class DatasetsScreen(FmaeScreen):
             unit = ("subjects", "frames each") if spec.task == "au" else ("identities", "images each")
             who = f"{s.subjects} {unit[0]}" if s.subjects is not None else f"all {unit[0]}"
             grid.add_row("synthetic", Text(f"{who}, {s.frames} {unit[1]}, {s.size} px, seed {s.seed}, "
-                                           f"identity strength {s.identity_strength:g}"
-                                           + (f"; {OUTDATED_NOTE}" if synthetic_outdated(loc) else "")))
+                                           f"identity {s.identity_strength:g}, nuisance {s.nuisance:g}"
+                                           + (f"; {outdated_note(loc)}" if synthetic_outdated(loc) else "")))
         if loc.root is not None:  # the config's path is in the header: name the file, not the path
             path = self.project.path
             grid.add_row("configured", Text(loc.origin.replace(str(path), path.name) if path else loc.origin))

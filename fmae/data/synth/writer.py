@@ -77,6 +77,8 @@ def synthesize(spec: DatasetSpec, out: Path, options: SynthOptions,
         raise FmaeError(f"--size {options.size}: images must be at least 32 px")
     if options.frames < 1:
         raise FmaeError(f"--frames {options.frames}: need at least one frame per subject")
+    if options.nuisance < 0:
+        raise FmaeError(f"--nuisance {options.nuisance:g}: must be 0 or more (0 = no pose, lighting or noise jitter)")
     if options.raw and spec.name not in RAW_FORMATS:
         raise FmaeError(f"--raw: {spec.name} has no raw annotation format (only {', '.join(RAW_FORMATS)})")
     scheme = spec.subject_scheme
