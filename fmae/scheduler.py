@@ -282,15 +282,15 @@ class Scheduler:
         in_use = {s for h in self.handles.values() for s in h.slots}
         claimed: list[Claimed] = []
         for job in pending:
-            run = self._launchable(job)
-            if run is None:
-                continue
             try:
                 placement = ex.place(job, in_use)
             except FmaeError as e:  # e.g. fmae.toml names a GPU that is gone: say so, keep the runs
                 log.error("cannot place job %d: %s", job.id, e)
                 break
             if placement is None:
+                continue
+            run = self._launchable(job)  # only now: a long queue waiting for slots costs no folder reads
+            if run is None:
                 continue
             # Claimed BEFORE the start: killed between the two, this scheduler leaves a launching row that
             # the next one resolves through the run folder, never a queued row that it would start again.

@@ -375,7 +375,7 @@ def test_the_notify_command_gets_each_end_and_a_failing_or_hanging_one_stalls_no
                       "if sys.argv[1] == 'nonfinite_loss': time.sleep(120)\n")
     script.chmod(0o755)
     (tmp_path / "fmae.toml").write_text(f'runs_dir = "runs"\n[scheduler]\nnotify = [{json.dumps(str(script))}, '
-                                        '"{event}", "{run}", "{message}"]\nnotify_timeout_s = 3\n')
+                                        '"{event}", "{run}", "{message}"]\nnotify_timeout_s = 1\n')
     runs = tmp_path / "runs"
     q = Queue(runs)
     nan = "loss is nan at epoch 1, step 2 — lower blr (--set blr=…) or check the data"
@@ -403,7 +403,7 @@ def test_the_notify_command_gets_each_end_and_a_failing_or_hanging_one_stalls_no
     assert calls == sorted([["done", ids[0], "done"], ["nonfinite_loss", ids[1], nan], ["failed", ids[2], "boom"]])
     text = log.read_text()
     assert f"notify (failed {ids[2]}): {script} exited with code 3" in text
-    assert f"notify (nonfinite_loss {ids[1]}): {script} still ran after 3 s (notify_timeout_s): killed" in text
+    assert f"notify (nonfinite_loss {ids[1]}): {script} still ran after 1 s (notify_timeout_s): killed" in text
     assert not [p for p in os.listdir("/proc") if p.isdigit() and _runs(p, script)]  # the hanging one is gone
 
 
@@ -415,6 +415,14 @@ def _runs(pid: str, script: Path) -> bool:
 
 
 def test_a_notify_command_must_be_an_argument_list(tmp_path):
-    (tmp_path / "fmae.toml").write_text('[scheduler]\nnotify = "notify-send done"\n')
-    result = run_fmae("scheduler", "status", "--config", tmp_path / "fmae.toml", cwd=tmp_path)
-    assert result.returncode == 2 and "scheduler.notify" in result.stderr and "Traceback" not in result.stderr
+    from fmae.config import parse_project
+    from fmae.errors import FmaeError
+
+    for text, needle in (('notify = "notify-send done"', "scheduler.notify"),
+                         ('notify = ["", "x"]', "list of non-empty strings"),
+                         ("notify_timeout_s = 0", "more than 0")):
+        with pytest.raises(FmaeError, match=needle) as e:
+            parse_project(f"[scheduler]\n{text}\n", "fmae.toml", tmp_path)
+        assert str(e.value).startswith("fmae.toml:2")  # the line to fix
+    ok = parse_project('[scheduler]\nnotify = ["notify-send", "{event}"]\n', "fmae.toml", tmp_path)
+    assert ok.notify == ("notify-send", "{event}") and ok.notify_timeout_s == 30

@@ -28,11 +28,11 @@ def project(tmp_path: Path, **slurm) -> ProjectConfig:
     return ProjectConfig(path=None, base_dir=tmp_path, runs_dir=tmp_path / "runs", slurm={**SLURM, **slurm})
 
 
-def make_run(tmp_path: Path, root: Path) -> Path:
+def make_run(tmp_path: Path, root: Path, **cli) -> Path:
     from fmae.run_config import create_run, resolve_run_config
 
     p = project(tmp_path)
-    resolved = resolve_run_config(p, "bp4d", fold=1, cli=TINY, root=root, labels=root / "labels.jsonl")
+    resolved = resolve_run_config(p, "bp4d", fold=1, cli={**TINY, **cli}, root=root, labels=root / "labels.jsonl")
     return create_run(p.runs_dir, resolved).path
 
 
@@ -96,7 +96,8 @@ def fake_slurm(tmp_path, monkeypatch):
     _script(bin_dir, "srun", "exit 0\n")
     _script(bin_dir, "sbatch", 'echo "Submitted batch job $$"\n')
     _script(bin_dir, "scancel", f'echo "$@" >> {tmp_path / "scancelled"}\n')
-    _script(bin_dir, "sacct", 'echo "JobID|State|NodeList"\n'
+    _script(bin_dir, "sacct", f'echo "$@" >> {tmp_path / "sacct_calls"}\n'
+                              'echo "JobID|State|NodeList"\n'
                               'while [ $# -gt 0 ]; do\n'
                               f'  if [ "$1" = "-j" ]; then echo "$2|$(cat {state_file})|node7"; shift; fi\n'
                               '  shift\n'
@@ -250,3 +251,91 @@ def test_import_is_cheap():
             "print(sorted(m for m in ('torch', 'submitit') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+# --- issue 21: several nodes, job arrays, one sacct for all, preemption -------------------------------
+
+def test_a_run_on_two_nodes_asks_slurm_for_both(tmp_path):
+    two = S.slurm_parameters(project(tmp_path), 4, "r", nodes=2)
+    assert (two["nodes"], two["tasks_per_node"], two["gpus_per_node"]) == (2, 4, 4)
+    with pytest.raises(FmaeError, match="--nodes 0"):
+        S.slurm_parameters(project(tmp_path), 1, "r", nodes=0)
+
+
+def test_fmae_train_with_nodes_submits_one_multi_node_job(tmp_path, make_synth, fake_slurm):
+    from conftest import run_fmae
+
+    root = make_synth("bp4d")
+    result = run_fmae("train", "bp4d", "--fold", "1", "--root", root, "--labels", root / "labels.jsonl",
+                      "--model", "vit_tiny", "--epochs", "1", "--nodes", "2", "--gpus-per-node", "4",
+                      "--runs-dir", tmp_path / "runs", cwd=tmp_path, env={"PATH": os.environ["PATH"]})
+    assert result.returncode == 0, result.stderr
+    assert "as job" in result.stdout and "2 node(s) × 4 GPU(s)" in result.stdout
+    (run,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    st = status(run)
+    assert st["state"] == "queued" and st["slurm_cluster"] == "slurm" and st["slurm_job_id"]
+    sbatch = (run / "slurm" / f"{st['slurm_job_id']}_submission.sh").read_text().splitlines()
+    assert {"#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4"} <= set(sbatch)
+
+
+def test_a_matrix_is_one_job_array_and_sacct_is_asked_about_all_jobs_at_once(tmp_path, make_synth, fake_slurm):
+    """Three queued runs, two of them on 1 GPU and one on 2: one array of two (array_parallelism from
+    fmae.toml) and one job. Polling every job many times asks sacct once, about both; 30 s later, again."""
+    from fmae.executors import Claimed
+    from fmae.executors.cluster import SlurmExecutor
+    from fmae.queue import Queue
+
+    root = make_synth("bp4d")
+    p = project(tmp_path, array_parallelism=1)
+    q = Queue(p.runs_dir)
+    runs = [make_run(tmp_path, root) for _ in range(3)]
+    jobs = [q.add(RunDir(r), gpus=g) for r, g in zip(runs, (1, 1, 2))]
+    ex = SlurmExecutor(p, q, grace=30)
+    claimed = []
+    for job in jobs:
+        placement = ex.place(job, set())
+        assert q.claim_launch(job.id, "+".join(placement.slots), "test")
+        claimed.append(Claimed(job, RunDir(job.path), placement))
+    handles = ex.launch(claimed)
+    ids = [status(r)["slurm_job_id"] for r in runs]
+    base = ids[0].split("_")[0]
+    assert ids[:2] == [f"{base}_0", f"{base}_1"] and "_" not in ids[2]
+    array = [f.read_text() for f in (p.runs_dir / ".slurm").glob("*_submission.sh")]
+    assert len(array) == 1 and "#SBATCH --array=0-1%1" in array[0].splitlines()
+    assert all(status(r)["state"] == "queued" for r in runs)  # only the trainer writes running
+    for _ in range(5):
+        assert [ex.poll(h) for h in handles] == [None, None, None]
+    calls = (tmp_path / "sacct_calls").read_text().splitlines()
+    assert len(calls) == 1 and f"-j {base}" in calls[0] and f"-j {ids[2]}" in calls[0]
+    ex.asked -= S.SACCT_EVERY_S
+    ex.poll(handles[0])
+    assert len((tmp_path / "sacct_calls").read_text().splitlines()) == 2
+
+
+def test_a_timed_out_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, make_synth):
+    """The time-out signal (USR2, what submitit's local controller and Slurm send before the limit)
+    reaches the job's task mid-training: the trainer stops at its step's end with last.pt, submitit's
+    checkpoint hook requeues the job, and the requeued task resumes there and finishes — every step once."""
+    from fmae.executors.slurm import _train
+
+    assert hasattr(_train, "checkpoint")  # submitit requeues checkpointable functions only
+    run = make_run(tmp_path, make_synth("bp4d"), epochs=2, log_every=1)
+    S.submit_run(run, project(tmp_path, cpus_per_task=1, mem_gib=4), gpus=0, local=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # a few steps in
+        lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
+        if sum('"split": "train"' in line for line in lines) >= 2 or status(run)["state"] in ("done", "failed"):
+            break
+        time.sleep(0.2)
+    assert status(run)["state"] == "running", status(run)
+    task = status(run)["pid"]  # the task process, which runs _train
+    os.kill(task, __import__("signal").SIGUSR2)
+    assert wait_for_job(run, timeout=400) == "COMPLETED", list((run / "slurm").iterdir())
+    st = status(run)
+    assert st["state"] == "done" and st["requeues"] == 1 and st["pid"] != task, st
+    log = (run / "train.log").read_text()
+    assert "resumed from" in log and log.count(" done: ") == 1
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in recs if r["split"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == st["total_steps"]  # no step twice, none missing at the end
+    assert [r["epoch"] for r in recs if r["split"] == "test"] == [1, 2]

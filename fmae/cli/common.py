@@ -33,6 +33,11 @@ LabelsOpt = Annotated[Optional[Path], typer.Option("--labels", help="AU label fi
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="key=value over recipe and fmae.toml (repeatable).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on the terminal.")]
 NprocOpt = Annotated[int, typer.Option("--nproc", help="Processes (DDP via torchrun): GPUs to use, or CPU processes (gloo).")]
+NodesOpt = Annotated[int, typer.Option("--nodes", help="Slurm nodes: submit the run through submitit ([executor.slurm]) instead of training here.")]
+GpusPerNodeOpt = Annotated[Optional[int], typer.Option("--gpus-per-node", help="GPUs (DDP processes) per Slurm node; submits through submitit.")]
+NnodesOpt = Annotated[int, typer.Option("--nnodes", help="Hosts training this run together (torchrun); run the same command on each.")]
+NodeRankOpt = Annotated[int, typer.Option("--node-rank", help="This host's number, 0 to N-1 (node 0 writes the run folder).")]
+MasterOpt = Annotated[Optional[str], typer.Option("--master", help="HOST:PORT of node 0, where the hosts meet (the same on every host).")]
 
 
 def cli_layer(**options: Any) -> dict[str, Any]:

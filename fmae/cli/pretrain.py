@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmae.cli.common import ConfigOpt, NprocOpt, QuietOpt, RunsDirOpt, SetOpt, cli_layer, err, out, show_config
-from fmae.cli.training import train_here
+from fmae.cli.common import (ConfigOpt, GpusPerNodeOpt, NodesOpt, NprocOpt, QuietOpt, RunsDirOpt, SetOpt, cli_layer, err,
+                              out, show_config)
+from fmae.cli.training import submit_to_slurm, train_here
 from fmae.errors import FmaeError
 
 app = typer.Typer()
@@ -30,6 +31,8 @@ def pretrain_cmd(
     set_: SetOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the resolved config; create nothing.")] = False,
     nproc: NprocOpt = 1,
+    nodes: NodesOpt = 1,
+    gpus_per_node: GpusPerNodeOpt = None,
     config: ConfigOpt = None,
     runs_dir: RunsDirOpt = None,
     quiet: QuietOpt = False,
@@ -52,6 +55,8 @@ def pretrain_cmd(
         return
     run = create_run(project.runs_dir, resolved, name=name)
     out.print(f"run {run.id}")
+    if submit_to_slurm(run.path, project, nodes, gpus_per_node, nproc):
+        return
     train_here(run.path, False, quiet, nproc)
     out.print(f"pretrained encoder: {run.checkpoints / 'pretrained.pth'} (fine-tune with --init)")
 

@@ -14,9 +14,9 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 from rich.text import Text
 
-from fmae.cli.common import (ConfigOpt, LabelsOpt, NprocOpt, QuietOpt, RootOpt, RunsDirOpt, SetOpt, cli_layer, err,
-                              out, show_config)
-from fmae.cli.training import train_here
+from fmae.cli.common import (ConfigOpt, GpusPerNodeOpt, LabelsOpt, MasterOpt, NnodesOpt, NodeRankOpt, NodesOpt, NprocOpt,
+                              QuietOpt, RootOpt, RunsDirOpt, SetOpt, cli_layer, err, out, show_config)
+from fmae.cli.training import rendezvous, submit_to_slurm, train_here
 from fmae.errors import FmaeError
 from fmae.metric_catalogue import AUC, F1_05, F1_BEST, TUNED_TAG
 from fmae.summary import Summary
@@ -42,6 +42,11 @@ def train_cmd(
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue a stopped run folder from its last checkpoint.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the resolved config; create nothing.")] = False,
     nproc: NprocOpt = 1,
+    nodes: NodesOpt = 1,
+    gpus_per_node: GpusPerNodeOpt = None,
+    nnodes: NnodesOpt = 1,
+    node_rank: NodeRankOpt = 0,
+    master: MasterOpt = None,
     config: ConfigOpt = None,
     runs_dir: RunsDirOpt = None,
     root: RootOpt = None,
@@ -52,10 +57,14 @@ def train_cmd(
     from fmae.config import Resolved, load_project
     from fmae.run_config import create_run, resolve_run_config
 
+    hosts = rendezvous(nnodes, node_rank, master)
+    if hosts is not None and hosts.node_rank:
+        raise FmaeError(f"--node-rank {node_rank}: the other hosts join the run node 0 created — "
+                        f"`fmae exec RUN --nnodes {nnodes} --node-rank {node_rank} --master {master}`")
     if resume is not None:
         if dataset or from_:
             raise FmaeError("--resume RUN continues that run as it was configured: give no dataset or --from with it")
-        train_here(_run_folder(resume), True, quiet, nproc)
+        train_here(_run_folder(resume), True, quiet, nproc, hosts)
         return
     project = load_project(config, runs_dir)
     if from_ is not None:
@@ -81,7 +90,9 @@ def train_cmd(
     run = create_run(project.runs_dir, resolved, name=name)
     out.print(f"run {run.id}")
     with _no_folder_if_refused(run):
-        train_here(run.path, False, quiet, nproc)
+        if submit_to_slurm(run.path, project, nodes, gpus_per_node, nproc):
+            return
+        train_here(run.path, False, quiet, nproc, hosts)
     _print_outcome(Summary.read(run) or Summary())
 
 
@@ -133,10 +144,14 @@ def _has_records(path: Path) -> bool:
 def exec_cmd(
     run: Annotated[Path, typer.Argument(help="A run folder (queued, failed or cancelled).")],
     nproc: NprocOpt = 1,
+    nnodes: NnodesOpt = 1,
+    node_rank: NodeRankOpt = 0,
+    master: MasterOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a prepared run folder from its run.toml, resuming from its last checkpoint if it has one."""
-    train_here(_run_folder(run), True, quiet, nproc)
+    nodes = rendezvous(nnodes, node_rank, master)
+    train_here(_run_folder(run), True, quiet, nproc, nodes)
 
 
 def _run_folder(path: Path) -> Path:

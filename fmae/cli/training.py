@@ -1,12 +1,15 @@
-"""Training a prepared run folder from the command line: here, or under torchrun with N processes,
-then one line (or an error) as the run's status says. `fmae train`, `exec`, `probe-id`, `eval` and
-`pretrain` all end here; the queue launches `fmae exec`, so it ends here too."""
+"""Training a prepared run folder from the command line: here, under torchrun with N processes (on
+this machine, or on several hosts the user names), or submitted to Slurm over several nodes; then one
+line (or an error) as the run's status says. `fmae train`, `exec`, `probe-id`, `eval` and `pretrain`
+all end here; the queue launches `fmae exec`, so it ends here too."""
 
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -14,17 +17,44 @@ from fmae.cli.common import err, out
 from fmae.errors import FmaeError
 
 
-def train_here(path: Path, resume: bool, quiet: bool, nproc: int = 1) -> None:
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the nodes of a multi-node torchrun meet: `--nnodes N --node-rank K --master HOST:PORT`.
+    The same command runs on every host, with its own K; node 0 hosts the rendezvous at HOST:PORT."""
+    nnodes: int
+    node_rank: int
+    host: str
+    port: int
+
+
+def rendezvous(nnodes: int, node_rank: int, master: str | None) -> Rendezvous | None:
+    """The checked `--nnodes/--node-rank/--master` of `fmae exec` (None: one machine)."""
+    if nnodes < 1:
+        raise FmaeError(f"--nnodes {nnodes}: must be at least 1")
+    if nnodes == 1:
+        if node_rank or master:
+            raise FmaeError("--node-rank and --master are for several hosts: give them with --nnodes N (N > 1)")
+        return None
+    if not 0 <= node_rank < nnodes:
+        raise FmaeError(f"--node-rank {node_rank}: must be 0 to {nnodes - 1} for --nnodes {nnodes}")
+    host, sep, port = (master or "").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise FmaeError(f"--master {master or '(missing)'}: give node 0's address and a free port as HOST:PORT, "
+                        "e.g. --master node0.example.org:29500 (the same on every node)")
+    return Rendezvous(nnodes, node_rank, host, int(port))
+
+
+def train_here(path: Path, resume: bool, quiet: bool, nproc: int = 1, nodes: Rendezvous | None = None) -> None:
     """Train the run folder here, or under torchrun with `nproc` processes (DDP: one per GPU, or gloo
-    processes on the CPU), then report as the run's status says."""
+    processes on the CPU) on this host — one of `nodes.nnodes` hosts — then report as the run's status says."""
     if nproc < 1:
         raise FmaeError(f"--nproc {nproc}: must be at least 1")
-    if nproc == 1:
+    if nproc == 1 and nodes is None:
         from fmae.train.trainer import execute
 
         code = execute(path, resume=resume, quiet=quiet)
     else:
-        code = _torchrun(path, nproc, quiet)
+        code = _torchrun(path, nproc, quiet, nodes)
     if code in (0, 143):  # the trainer ran to its end, its files closed: the exit may skip the teardown
         from fmae.process_exit import trained
 
@@ -42,15 +72,41 @@ def train_here(path: Path, resume: bool, quiet: bool, nproc: int = 1) -> None:
             raise FmaeError(reason)
         raise WorkFailed(f"run {path.name} failed: {reason} (see {path}/train.log)")
     if "LOCAL_RANK" not in os.environ:  # under torchrun the launching command reports, once
-        out.print(f"run folder: {path}")
+        out.print(f"run folder: {path}" + (f" (node {nodes.node_rank} of {nodes.nnodes})" if nodes else ""))
 
 
-def _torchrun(path: Path, nproc: int, quiet: bool) -> int:
+def _torchrun(path: Path, nproc: int, quiet: bool, nodes: Rendezvous | None) -> int:
     import subprocess
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+    if nodes is None:
+        where = ["--standalone"]
+    else:  # static rendezvous: node 0's agent serves the store at HOST:PORT; ranks = node × nproc + local
+        where = [f"--nnodes={nodes.nnodes}", f"--node-rank={nodes.node_rank}", f"--master-addr={nodes.host}",
+                 f"--master-port={nodes.port}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc-per-node={nproc}",
            "-m", "fmae", "exec", str(path)] + (["--quiet"] if quiet else [])
     env = dict(os.environ)
     # One process per GPU on a GPU machine; on the CPU share the cores out instead of oversubscribing.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     return subprocess.run(cmd, env=env).returncode
+
+
+def submit_to_slurm(path: Path, project: Any, nodes: int, gpus_per_node: int | None, nproc: int) -> bool:
+    """`--nodes N --gpus-per-node G`: submit the run through submitit (DDP over N nodes × G GPUs, the
+    rendezvous from the job's environment) instead of training here; True when it was submitted.
+    [executor.slurm] in fmae.toml says where (its `cluster = "local"` tries the same path here)."""
+    if nodes == 1 and gpus_per_node is None:
+        return False
+    if nodes < 1 or (gpus_per_node is not None and gpus_per_node < 0):
+        raise FmaeError(f"--nodes {nodes} --gpus-per-node {gpus_per_node}: need at least 1 node and 0 or more GPUs")
+    if nproc != 1:
+        raise FmaeError("--nproc is for this machine; on Slurm give --nodes N --gpus-per-node G")
+    from fmae.executors.slurm import submit_run
+
+    gpus = 1 if gpus_per_node is None else gpus_per_node
+    cluster = (project.slurm or {}).get("cluster", "slurm")
+    job_id = submit_run(path, project, gpus=gpus, nodes=nodes, local=cluster == "local")
+    shape = f"{nodes} node(s) × {gpus} GPU(s)" if gpus else f"{nodes} node(s), CPU"
+    out.print(f"submitted {path.name} to {cluster} as job {job_id} ({shape}); it writes {path} as it trains "
+              f"(`fmae ls`, or the app)", soft_wrap=True)
+    return True
