@@ -163,6 +163,23 @@ async def test_three_runs_side_by_side_scroll_and_say_what_is_missing(pair, tmp_
         await pilot.press("right", "right", "right", "right")
         assert grid.scroll_x > before
 
+        # FER runs: accuracy plotted without pressing m, per-class recall side by side
+        fer = []
+        for seed, acc in ((0, 0.61), (1, 0.66)):
+            run = RunDir.create(tmp_path / "runs", f"fer-{seed}", {"task": "fer", "dataset": "rafdb", "seed": seed}, {})
+            record = {"split": "test", "epoch": 1, "accuracy": acc, "mean_class_recall": acc - 0.1,
+                      "per_class_recall": {"Happiness": acc + 0.2, "Fear": acc - 0.3}}
+            run.append_metrics(record)
+            run.write_summary({"metric": "accuracy", "best_value": acc, "best_epoch": 1, "best": record})
+            fer.append(run.path)
+        app.push_screen(CompareScreen(fer, tab="scores"))
+        screen = app.screen
+        await wait_until(pilot, lambda: screen.polls > 0 and screen.query_one(CompareTable).row_count, what="FER")
+        assert screen.score.key == "accuracy" and screen.query_one("#cmp-score", CurvePlot).title == "test accuracy"
+        grid = screen.query_one(CompareTable)
+        assert str(grid.get_cell("Fear", "1:per_class_recall")) == "0.360"
+        assert str(grid.get_cell("accuracy", "0:per_class_recall")) == "0.610"
+
 
 async def test_runs_that_end_are_told_with_the_bell_if_configured(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:

@@ -115,6 +115,7 @@ class CompareScreen(PolledScreen):
         self.tracks = [Track(Path(p), RunPoller(Path(p))) for p in paths]
         self.first_tab = tab
         self.score = F1_05
+        self._score_chosen = False  # m pressed: keep the user's choice (else the first score the runs have)
         self.names: list[str] = [t.path.name for t in self.tracks]
         self.polls = 0  # looks applied (tests wait on it)
         self._polling = False
@@ -223,6 +224,9 @@ class CompareScreen(PolledScreen):
         score = self.query_one("#cmp-score", CurvePlot)
         loss.clear_series()
         score.clear_series()
+        held = [m for m in SCORES if any(m.key in t.scores for t in self.tracks)]
+        if not self._score_chosen and held and self.score not in held:
+            self.score = held[0]  # FER runs: accuracy, not an empty F1 plot
         for i, (letter, track) in enumerate(zip(self.letters, self.tracks)):
             loss.set_series(letter, *track.loss, slot=i)
             score.set_series(letter, *track.scores.get(self.score.key, ([], [])), slot=i)
@@ -279,6 +283,7 @@ class CompareScreen(PolledScreen):
     def action_next_score(self) -> None:
         held = [m for m in SCORES if any(m.key in t.scores for t in self.tracks)] or [self.score]
         self.score = held[(held.index(self.score) + 1) % len(held)] if self.score in held else held[0]
+        self._score_chosen = True
         self.query_one(TabbedContent).active = "curves"
         self._replot()
         self.notify(f"plotting test {self.score.long}", markup=False)
