@@ -5,6 +5,7 @@ the report's rows; the bootstrap resamples subjects; too few cells can never be 
 from __future__ import annotations
 
 import itertools
+import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -218,3 +219,24 @@ async def test_launch_plans_the_ablations_identity_head(tmp_path):
         await wait_until(pilot, lambda: launch.previews > previews and launch.plan is not None, what="MLP plan")
         assert {p.values["id_head_depth"] for p in launch.plan.to_add} == {3}
         assert launch.matrix()["cli"]["id_head_depth"] == 3
+
+
+def test_counts_are_kept_while_the_predictions_file_is_unchanged(study, monkeypatch):
+    """The app compares every row with one pinned baseline every few seconds: a run's counts are made
+    once, and made again only when its predictions file changes."""
+    import fmae.report.compare as compare
+
+    made = []
+    real = compare.subject_counts
+    monkeypatch.setattr(compare, "subject_counts", lambda *a: made.append(1) or real(*a))
+    compare._CACHE.clear()
+    first = compare_groups(study, IAT, BASE, draws=200, metrics=["f1"])
+    assert len(made) == 12  # 6 cells × 2 groups
+    again = compare_groups(study, IAT, BASE, draws=200, metrics=["f1"])
+    assert len(made) == 12 and again.metrics[0].delta == first.metrics[0].delta
+    twin = compare_groups(study, TWIN, BASE, draws=200, metrics=["f1"])  # the baseline's counts are reused
+    assert len(made) == 18 and twin.metrics[0].verdict["avg"] == "within noise"
+    touched = sorted(study.glob("*-l0-*/predictions/best.npz"))[0]
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    compare_groups(study, TWIN, BASE, draws=200, metrics=["f1"])
+    assert len(made) == 19  # only the rewritten file's counts are made again

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import zipfile
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -33,8 +33,8 @@ import numpy as np
 from fmae.errors import FmaeError
 from fmae.metric_catalogue import AUC, F1_05, F1_BEST
 from fmae.registry import get_dataset
-from fmae.report.paired_stats import (METRIC_KEYS, draws_of, nanmean_cells, scores, sign_flip_p, subject_counts,
-                                      with_mean)
+from fmae.report.paired_stats import (METRIC_KEYS, SubjectCounts, draws_of, nanmean_cells, scores, sign_flip_p,
+                                      subject_counts, with_mean)
 from fmae.report.scoring import RunRef, group_label
 from fmae.runs import RunDir, RunInfo, list_runs
 
@@ -188,10 +188,9 @@ def _compare_cells(pairs: list[CellPair], dataset: str, metrics: list[str], draw
             raise FmaeError(f"run {ids[0]} scored AUs {a.codes}, other cells {codes}")
         cols = [a.codes.index(c) for c in codes]
         people, subject = np.unique(a.subjects, return_inverse=True)
-        s = len(people)
         # The seeds of a fold (and both groups) were tested on the same people: one draw for all of them
-        units[tuple(people)].append((i, subject_counts(a.probs[:, cols], a.labels[:, cols], subject, s),
-                                     subject_counts(b.probs[:, cols], b.labels[:, cols], subject, s)))
+        units[tuple(people)].append((i, _counts(cell.run_a, a, cols, people, subject),
+                                     _counts(cell.run_b, b, cols, people, subject)))
     assert codes is not None
     c, k = len(pairs), len(codes)
     observed = {m: np.full((2, c, k + 1), np.nan) for m in metrics}  # [A/B, cell, AU + avg]
@@ -221,6 +220,25 @@ def _compare_cells(pairs: list[CellPair], dataset: str, metrics: list[str], draw
     return Comparison(names[0], names[1], dataset, [(x.fold, x.seed) for x in pairs],
                       [(x.run_a.name, x.run_b.name) for x in pairs], subjects, draws, permutations, exact, results,
                       notes)
+
+
+_CACHE: OrderedDict[tuple, SubjectCounts] = OrderedDict()
+_CACHE_SIZE = 512  # runs' counts kept (a few KB each): the app compares every row with one pinned baseline
+
+
+def _counts(run: Path, pred: Predictions, cols: list[int], people: np.ndarray, subject: np.ndarray) -> SubjectCounts:
+    """A run's per-subject counts, kept while its predictions file is unchanged (the counts do not depend
+    on the frames' order, so B's realigned frames share B's file's entry)."""
+    path = RunDir(run).predictions / "best.npz"
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size, tuple(pred.codes[c] for c in cols), tuple(people))
+    found = _CACHE.get(key)
+    if found is None:
+        found = subject_counts(pred.probs[:, cols], pred.labels[:, cols], subject, len(people))
+        _CACHE[key] = found
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return found
 
 
 def _metric_delta(metric: str, columns: list[str], observed: np.ndarray, delta: np.ndarray, boot: np.ndarray,
