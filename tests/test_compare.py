@@ -219,6 +219,7 @@ async def test_launch_plans_the_ablations_identity_head(tmp_path):
         await wait_until(pilot, lambda: launch.previews > previews and launch.plan is not None, what="MLP plan")
         assert {p.values["id_head_depth"] for p in launch.plan.to_add} == {3}
         assert launch.matrix()["cli"]["id_head_depth"] == 3
+        assert "ID head 3-layer MLP" in str(launch.query_one("#launch-preview").render())  # the plan's "each:" line
 
 
 def test_counts_are_kept_while_the_predictions_file_is_unchanged(study, monkeypatch):

@@ -342,8 +342,11 @@ class LaunchScreen(FmaeScreen):
             text.append(f"… and {len(plan.to_add) - MAX_LISTED} more\n")
         if plan.to_add:
             values = plan.to_add[0].values
+            depth = values.get("id_head_depth", 1)
+            head = f", ID head {dict((v, k) for k, v in ID_HEADS)[str(depth)]}" if depth != 1 else ""
             text.append(f"each: {values['model']}, {values['epochs']} epochs, batch {values['batch_size']}, "
-                        f"blr {values['blr']:g}, recipe {values['recipe']}; data {values.get('data_root')}\n", "dim")
+                        f"blr {values['blr']:g}, recipe {values['recipe']}{head}; data {values.get('data_root')}\n",
+                        "dim")
         self.query_one("#launch-preview", Static).update(text)
         n = len(plan.to_add)
         self._go(f"ctrl+s: queue {n} run{'' if n == 1 else 's'}" if n else "nothing to add")
