@@ -1,4 +1,5 @@
-"""The persistent job queue (`runs/queue.sqlite`); the experiment identity and matrix are in experiments.py.
+"""The persistent job queue (`runs/queue.sqlite`), storage only: studies (matrices, dedupe, adding) are
+fmae/study.py's, the experiment key fmae/run_spec.py's.
 
 A job is a run folder plus what it needs to run (GPUs, processes) and where it runs (slot, pid). The
 database lives beside the runs, in WAL mode, so the scheduler, the CLI and the app use it at once:
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from fmae.errors import FmaeError
-from fmae.experiments import config_key, expand_matrix  # noqa: F401 (importers take them from here)
+from fmae.run_spec import config_key
 from fmae.runs import FINAL_STATES, STATES, RunDir, parse_utc
 
 DB_NAME = "queue.sqlite"
@@ -254,6 +255,10 @@ class Queue:
         marks = ", ".join("?" * len(wanted))
         return [self._job(r) for r in self._query(f"{_SELECT} WHERE state IN ({marks}) ORDER BY id", wanted)]
 
+    def keys(self) -> list[tuple[str, str]]:
+        """(run_id, experiment key) of every job, oldest first: what the study dedupes against."""
+        return [(str(r), str(k)) for r, k in self._query("SELECT run_id, key FROM jobs ORDER BY id")]
+
     def pending(self) -> list[Job]:
         """Queued jobs in dispatch order: highest priority first, then oldest."""
         rows = self._query(f"{_SELECT} WHERE state = 'queued' ORDER BY priority DESC, id ASC")
@@ -386,41 +391,6 @@ class Queue:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
                 added_n += cur.rowcount
         return added_n
-
-
-def existing_runs(runs_dir: Path, keys: Iterable[str], *, queue: Queue | None = None,
-                  states: Iterable[str] = ACTIVE_STATES) -> dict[str, list[tuple[str, str]]]:
-    """For each key, the runs with that config whose status.json state is in `states`, as (run_id, state)
-    pairs: the queue's jobs (matched by their stored key) and the run folders the queue does not hold
-    (e.g. made by `fmae train`; their run.toml is read). Without a queue every folder is read."""
-    runs_dir = Path(runs_dir)
-    wanted, states = set(keys), set(states)
-    found: dict[str, list[tuple[str, str]]] = {}
-    known: set[str] = set()
-    if queue is not None:
-        for run_id, key in queue._query("SELECT run_id, key FROM jobs ORDER BY id"):
-            known.add(run_id)
-            if key in wanted:
-                status = read_status_fast(runs_dir / run_id)
-                if status is not None and status["state"] in states:
-                    found.setdefault(key, []).append((run_id, status["state"]))
-    try:
-        names = sorted(e.name for e in os.scandir(runs_dir)
-                       if not e.name.startswith(".") and e.name not in known and e.is_dir())
-    except OSError:
-        names = []
-    for name in names:
-        run = RunDir(runs_dir / name)
-        status = read_status_fast(run.path)
-        if status is None or status["state"] not in states:
-            continue
-        try:
-            key = config_key(run.read_config())
-        except (FmaeError, OSError):
-            continue
-        if key in wanted:
-            found.setdefault(key, []).append((name, status["state"]))
-    return found
 
 
 def _rekey(db: sqlite3.Connection, runs_dir: Path) -> None:

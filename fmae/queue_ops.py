@@ -1,5 +1,5 @@
-"""What a user does to the queue — plan and add a matrix, list, cancel, retry, reprioritise — as functions
-that return what happened in words. `fmae queue …` prints those words; the app shows them. One code path
+"""What a user does to the queue — plan and add a matrix (fmae/study.py), list, cancel, retry, reprioritise —
+as functions that return what happened in words. `fmae queue …` prints those words; the app shows them. One code path
 for both, so a matrix queued from the Launch screen is exactly the one `fmae queue add` would queue.
 
 No torch here: the app imports this module.
@@ -11,16 +11,17 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from fmae.errors import FmaeError
-from fmae.queue import DB_NAME, Job, Queue, config_key, existing_runs, expand_matrix, read_status_fast
+from fmae.queue import Job, Queue, read_status_fast
 from fmae.runs import FINAL_STATES, STATES, RunDir, parse_utc, pid_alive
+# Planning and adding a matrix are the study layer's; the CLI and the app read them here beside the rest.
+from fmae.study import MatrixPlan, add_matrix, cell_label, default_gpus_per_run, num, plan_matrix  # noqa: F401
 
 if TYPE_CHECKING:
-    from fmae.config import ProjectConfig, Resolved
+    from fmae.config import ProjectConfig
 
 RECENT_FINISHED = 20  # finished jobs a plain listing keeps
 
@@ -46,114 +47,6 @@ def _parse_list(text: Optional[str], flag: str, kind: Any, expected: str) -> Opt
     if not values:
         raise FmaeError(f"{flag} {text!r}: give at least one value")
     return values
-
-
-def num(x: float) -> str:
-    return f"{x:g}"
-
-
-def cell_label(cfg: dict[str, Any]) -> str:
-    if cfg.get("task") == "au":
-        return f"fold {cfg['fold']} seed {cfg['seed']} λ {num(float(cfg['lambda_id']))}"
-    return f"seed {cfg['seed']}"
-
-
-# --- the matrix --------------------------------------------------------------------------------------
-
-def default_gpus_per_run(project: "ProjectConfig") -> int:
-    """1 when the scheduler's plan for this machine has GPU slots (fmae.toml's compute settings and what
-    NVML reports), else 0 (a CPU slot)."""
-    from fmae.gpus import plan_slots
-
-    slots = plan_slots(project)
-    return 1 if slots and slots[0].kind == "gpu" else 0
-
-
-@dataclass
-class MatrixPlan:
-    """A matrix expanded and checked against the runs folder: what would be added and what skipped."""
-
-    dataset: str
-    task: str
-    cells: list["Resolved"]
-    to_add: list["Resolved"]
-    skipped: list[tuple["Resolved", str]]  # (cell, why)
-    gpus_per_run: int
-    dims: str                  # "folds 1,2,3 × seeds 0 × λ 0,2"
-    plan: str                  # the GPU plan in one line
-    ignored: list[str] = field(default_factory=list)  # options that mean nothing for this dataset
-
-    def summary(self) -> list[str]:
-        lines = [f"{self.dataset} matrix: {self.dims} = {len(self.cells)} cell(s): {len(self.to_add)} to add, "
-                 f"{len(self.skipped)} skipped"]
-        if self.ignored:
-            lines.append(f"({' and '.join(self.ignored)} ignored: {self.dataset} is a FER benchmark with one "
-                         "split and no λ)")
-        lines.append(self.plan)
-        lines += [f"skip {cell_label(cell.values)}: {why}" for cell, why in self.skipped]
-        return lines
-
-
-def plan_matrix(project: "ProjectConfig", dataset: str, *, folds: Optional[list[int]] = None,
-                seeds: Optional[list[int]] = None, lambdas: Optional[list[float]] = None,
-                recipe: Optional[str] = None, cli: Optional[dict[str, Any]] = None,
-                gpus_per_run: Optional[int] = None, force: bool = False, root: Optional[Path] = None,
-                labels: Optional[Path] = None, generate: bool = False, queue: Optional[Queue] = None) -> MatrixPlan:
-    """Expand folds × seeds × λ (FER: seeds) and sort the cells into those to add and those skipped
-    because their experiment already has a queued, running or done run (or repeats a cell of this
-    matrix). `cli` is the options layer over recipe and fmae.toml ({"model": …, "epochs": …, …})."""
-    from fmae.gpus import plan_text
-    from fmae.registry import get_dataset
-
-    spec = get_dataset(dataset)
-    if gpus_per_run is not None and gpus_per_run < 0:
-        raise FmaeError(f"GPUs per run {gpus_per_run}: must be 0 (CPU) or more")
-    cells = expand_matrix(project, spec.name, folds=folds, seeds=seeds, lambdas=lambdas, recipe=recipe,
-                          cli=dict(cli or {}), root=root, labels=labels, generate=generate)
-    gpus = default_gpus_per_run(project) if gpus_per_run is None else gpus_per_run
-    au = spec.task == "au"
-    ignored = [flag for flag, given in (("folds", folds), ("λ", lambdas)) if given and not au]
-    dims = []
-    if au:
-        dims.append("folds " + ",".join(str(f) for f in dict.fromkeys(c.values["fold"] for c in cells)))
-    dims.append("seeds " + ",".join(str(s) for s in dict.fromkeys(c.values["seed"] for c in cells)))
-    if au:
-        dims.append("λ " + ",".join(num(float(x)) for x in dict.fromkeys(c.values["lambda_id"] for c in cells)))
-    if queue is None and (project.runs_dir / DB_NAME).exists():
-        queue = Queue(project.runs_dir)
-    keys = [config_key(c.values) for c in cells]
-    existing = {} if force else existing_runs(project.runs_dir, keys, queue=queue)
-    to_add, skipped, seen = [], [], set()
-    for cell, key in zip(cells, keys):
-        if key in seen:
-            skipped.append((cell, "a duplicate cell of this matrix"))
-        elif key in existing:
-            skipped.append((cell, ", ".join(f"{rid} ({state})" for rid, state in existing[key])))
-        else:
-            to_add.append(cell)
-        seen.add(key)
-    return MatrixPlan(spec.name, spec.task, cells, to_add, skipped, gpus, " × ".join(dims),
-                      plan_text(project, gpus), ignored)
-
-
-def add_matrix(project: "ProjectConfig", dataset: str, *, priority: int = 0,
-               progress: Optional[Any] = None, **matrix: Any) -> tuple[MatrixPlan, list[Job]]:
-    """Plan the matrix again under the queue's lock (so two adds of the same cells cannot both add
-    them), create a queued run folder per cell to add, and queue it. `progress(line)` hears each one.
-    Makes configured synthetic data on first use, as `fmae train` does. Does not start the scheduler."""
-    queue = Queue(project.runs_dir)
-    added: list[Job] = []
-    with queue.exclusive():
-        plan = plan_matrix(project, dataset, generate=True, queue=queue, **matrix)
-        from fmae.run_config import create_run
-
-        for cell in plan.to_add:
-            run = create_run(project.runs_dir, cell)
-            job = queue.add(run, priority=priority, gpus=plan.gpus_per_run, nproc=max(1, plan.gpus_per_run))
-            added.append(job)
-            if progress is not None:
-                progress(f"added job {job.id}: {run.id}")
-    return plan, added
 
 
 def start_scheduler(project: "ProjectConfig") -> str:

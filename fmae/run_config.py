@@ -153,10 +153,10 @@ def resolve_run_config(
         raise missing_labels(spec, loc)  # before any run folder exists, dry run included
     if generate:
         loc = ensure_dataset(spec, loc)
-    return _with_locations(project, Resolved(values, sources), loc)
+    return with_locations(project, Resolved(values, sources), loc)
 
 
-def _with_locations(project: ProjectConfig, resolved: Resolved, loc: Any) -> Resolved:
+def with_locations(project: ProjectConfig, resolved: Resolved, loc: Any) -> Resolved:
     """The data section's locations (how the run finds its data, never part of the experiment)."""
     values, sources = resolved.values, resolved.sources
     values.update(

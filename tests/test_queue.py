@@ -18,7 +18,8 @@ import pytest
 
 from conftest import assert_one_line_error, run_fmae
 from fmae.config import load_project
-from fmae.queue import Queue, config_key, expand_matrix
+from fmae.queue import Queue
+from fmae.study import config_key, expand_matrix
 from fmae.runs import RunDir, make_run_id
 
 

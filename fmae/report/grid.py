@@ -1,9 +1,10 @@
 """The completeness grid of a results group: which (fold, seed) cells are done, running, queued, failed,
 cancelled or missing, and the `fmae queue add` matrices that queue exactly the missing cells.
 
-A matrix repeats the group's config (model, recipe, λ, and every other value its runs share that
-`fmae queue add` would not choose by itself, as --epochs / --set), so the queue's dedupe recognises
-the runs it adds as the same experiment. No torch: the app imports this.
+A matrix's command repeats the group's config (model, recipe, λ, and every other value its runs share
+that `fmae queue add` would not choose by itself, as --epochs / --set), so the queue's dedupe recognises
+the runs it adds as the same experiment; the app's "queue missing" clones the group's newest run into
+each cell instead (`fmae.study.queue_missing`). No torch: the app imports this.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import tomlkit
 
-from fmae.errors import FmaeError
-from fmae.run_spec import HOW_KEYS, RETIRED_KEYS, config_key
 from fmae.registry import get_dataset
+from fmae.run_spec import same_value
+from fmae.study import MATRIX_KEYS, command_options
 from fmae.report.scoring import RunRef, group_label, num
 
 if TYPE_CHECKING:
@@ -27,16 +28,6 @@ if TYPE_CHECKING:
 CELL_STATES = ("done", "running", "queued", "failed", "cancelled", "missing")  # a cell shows the first it has
 SYMBOLS = {"done": "✓", "running": "▶", "queued": "…", "failed": "✗", "cancelled": "⊘", "missing": "·"}
 _RANK = {s: i for i, s in enumerate(CELL_STATES)}
-# Set by the matrix itself, or never part of the experiment's identity: not repeated as --set.
-_MATRIX_KEYS = frozenset({"task", "dataset", "fold", "seed", "recipe", "model", "lambda_id", "source_run",
-                          "eval_checkpoint", "run_id"}) | HOW_KEYS | RETIRED_KEYS
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal as the queue compares configs (λ = 2 equals 2.0, tuples equal lists)."""
-    return config_key({"v": a}) == config_key({"v": b})
-
-
 def _set_text(value: Any) -> str:
     """A value as `--set key=VALUE` reads it back (TOML, or bare text when that reads back the same)."""
     if isinstance(value, str):
@@ -58,15 +49,7 @@ class Matrix:
     recipe: str
     lambda_id: float | None
     options: dict[str, Any] = field(default_factory=dict)
-
-    def cli(self) -> dict[str, Any]:
-        """The command-line layer over recipe and fmae.toml, as `fmae.queue_ops.add_matrix` takes it."""
-        return {"model": self.model, **self.options}
-
-    def add_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `fmae.queue_ops.add_matrix(project, dataset, **…)` (the app's queue key)."""
-        return dict(folds=self.folds, seeds=self.seeds, lambdas=None if self.lambda_id is None else [self.lambda_id],
-                    recipe=self.recipe, cli=self.cli())
+    template: str = ""  # the group's newest run: the app's "queue missing" clones it (fmae.study.queue_missing)
 
     def argv(self, extra: Iterable[str] = ()) -> list[str]:
         argv = ["fmae", "queue", "add", self.dataset]
@@ -171,14 +154,19 @@ def completeness(refs: Iterable[RunRef], *, seeds: Iterable[int] = (), project: 
         common, mixed = _common_config([r.info.config for r in members])
         f = dict(fields)
         lam = f.get("lambda_id") if task == "au" else None
-        options, exact = _options(project, task, dataset, common, str(f["model"]), str(f["recipe"]), lam)
+        if project is None:  # no fmae.toml to resolve against: the group's epochs, not exact
+            options, exact = ({"epochs": common["epochs"]} if "epochs" in common else {}), False
+        else:
+            options, exact = command_options(project, common, task=task, dataset=dataset, model=str(f["model"]),
+                                             recipe=str(f["recipe"]), lambda_id=lam)
         by_folds: dict[tuple, list[int]] = defaultdict(list)
         for s in seed_list:
             gone = tuple(fold for fold in folds if cells[(fold, s)] == "missing")
             if gone:
                 by_folds[gone].append(s)
         to_add = [Matrix(dataset, list(fs) if task == "au" else None, ss, str(f["model"]), str(f["recipe"]),
-                         None if lam is None else float(lam), dict(options)) for fs, ss in by_folds.items()]
+                         None if lam is None else float(lam), dict(options), str(members[-1].info.path))
+                  for fs, ss in by_folds.items()]
         grids.append(Grid(task, dataset, fields, folds, seed_list, cells, dict(runs), to_add, retry,
                           exact and not mixed, mixed))
     return grids
@@ -191,12 +179,12 @@ def _all_same(values: list[Any]) -> bool:
     plain = type(first) in (str, int, bool) or (type(first) is float and first == first)
     if plain and all(type(v) is type(first) and v == first for v in values[1:]):
         return True
-    return all(_same(v, first) for v in values[1:])
+    return all(same_value(v, first) for v in values[1:])
 
 
 def _common_config(configs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
     """The values every config shares, and the keys (outside the matrix's own) on which they differ."""
-    keys = set().union(*configs) - _MATRIX_KEYS
+    keys = set().union(*configs) - MATRIX_KEYS
     common, mixed = {}, []
     for key in sorted(keys):
         values = [c.get(key) for c in configs]
@@ -206,43 +194,3 @@ def _common_config(configs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[
         else:
             mixed.append(key)
     return common, mixed
-
-
-def _options(project: ProjectConfig | None, task: str, dataset: str, common: dict[str, Any], model: str,
-             recipe: str, lam: Any) -> tuple[dict[str, Any], bool]:
-    """The --epochs / --set values that make `fmae queue add` resolve to `common`, and whether it does."""
-    if project is None:
-        return ({"epochs": common["epochs"]} if "epochs" in common else {}), False
-    from fmae.run_config import resolve_run_config
-
-    base = {"model": model, **({"lambda_id": float(lam)} if lam is not None else {})}
-
-    def differences(options: dict[str, Any]) -> tuple[dict[str, Any], bool] | None:
-        try:
-            resolved = resolve_run_config(project, dataset, recipe=recipe, fold=1 if task == "au" else None, seed=0,
-                                          cli={**base, **options}, generate=False).values
-        except FmaeError:
-            return None
-        diff = {k: v for k, v in common.items() if not _same(resolved.get(k), v)}
-        extra = [k for k in resolved if k not in _MATRIX_KEYS and k not in common and resolved[k] is not None]
-        return diff, not extra
-
-    options: dict[str, Any] = {}
-    for _ in range(4):  # a value set here can change a derived one (epochs caps warmup): settle
-        found = differences(options)
-        if found is None:
-            return options, False
-        diff, complete = found
-        if not diff:
-            break
-        if all(k in options for k in diff):
-            return options, False
-        options.update(diff)
-    else:
-        return options, False
-    for key in sorted(options, key=lambda k: k == "epochs"):  # drop what follows from the rest (warmup)
-        fewer = {k: v for k, v in options.items() if k != key}
-        again = differences(fewer)
-        if again is not None and not again[0]:
-            options = fewer
-    return options, complete

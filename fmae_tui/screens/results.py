@@ -483,13 +483,13 @@ class ResultsScreen(PolledScreen):
 
 
 def queue_missing(project: Any, grid: Any) -> list[str]:
-    """Queue a completeness grid's missing cells (`fmae queue add` for each of its matrices); what happened."""
-    from fmae.queue_ops import add_matrix, start_scheduler
+    """Queue a completeness grid's missing cells (the study layer clones the group's newest run into
+    each, deduped as `fmae queue add`); what happened."""
+    from fmae.queue_ops import start_scheduler
+    from fmae.study import queue_missing as add_missing
 
-    added = 0
-    for matrix in grid.to_add:
-        _, jobs = add_matrix(project, matrix.dataset, **matrix.add_kwargs())
-        added += len(jobs)
+    _, jobs = add_missing(project, grid)
+    added = len(jobs)
     lines = [f"queued {added} job(s) for {grid.label}"]
     if added:
         lines.append(start_scheduler(project))
