@@ -101,12 +101,20 @@ def submit_to_slurm(path: Path, project: Any, nodes: int, gpus_per_node: int | N
         raise FmaeError(f"--nodes {nodes} --gpus-per-node {gpus_per_node}: need at least 1 node and 0 or more GPUs")
     if nproc != 1:
         raise FmaeError("--nproc is for this machine; on Slurm give --nodes N --gpus-per-node G")
+    import shutil
+
+    from fmae.config import CONFIG_NAME
     from fmae.executors.slurm import submit_run
 
     gpus = 1 if gpus_per_node is None else gpus_per_node
     cluster = (project.slurm or {}).get("cluster", "slurm")
+    if cluster == "slurm" and not shutil.which("sbatch"):
+        where = project.label if project.path else CONFIG_NAME
+        raise FmaeError("--nodes/--gpus-per-node submit the run to Slurm, but this machine has no sbatch — run it on a "
+                        f"cluster login node (or set [executor.slurm] cluster = \"local\" in {where} to try the same path "
+                        "here)")
     job_id = submit_run(path, project, gpus=gpus, nodes=nodes, local=cluster == "local")
     shape = f"{nodes} node(s) × {gpus} GPU(s)" if gpus else f"{nodes} node(s), CPU"
     out.print(f"submitted {path.name} to {cluster} as job {job_id} ({shape}); it writes {path} as it trains "
-              f"(`fmae ls`, or the app)", soft_wrap=True)
+              "(follow it in the app, fmae-tui, or its status.json)", soft_wrap=True)
     return True
