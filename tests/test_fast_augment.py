@@ -138,6 +138,23 @@ def test_a_bicubic_translation_is_the_general_warp_as_a_filter(dx, dy):
     assert d.max() <= 1 and (d == 0).mean() > 0.999
 
 
+@pytest.mark.parametrize("bx, dy", [(0.23, 0.0), (-0.3, 0.0), (0.0, 0.17), (0.0, -0.29)])
+def test_a_bicubic_shear_is_the_general_warp_as_shifted_lines(bx, dy):
+    """Shears move each row (ShearX) or column (ShearY) by its own amount, 4 taps a pixel, instead of
+    warpAffine's 16: the same pixels (±1 from fixed-point)."""
+    from fmae.data.torch import fast_augment
+
+    img = _faces(1, side=96)[0]
+    fill = (124, 116, 104)
+    sheared = fast_augment._shear(img, bx or dy, 1 if bx else 0, fill)
+    assert np.array_equal(fast_augment._affine(img, (1, bx, 0, dy, 1, 0), fillcolor=fill), sheared)  # its path
+    pillow = np.array([[1, bx, 0.5 * bx], [dy, 1, 0.5 * dy]], dtype=np.float64)  # Pillow's half-pixel centres
+    general = cv2.warpAffine(img, pillow, (96, 96), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+    d = np.abs(sheared.astype(int) - general.astype(int))
+    assert d.max() <= 1 and (d == 0).mean() > 0.999
+
+
 def test_the_pipeline_survives_pickling_to_a_spawned_worker():
     import pickle
 
