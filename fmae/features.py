@@ -97,6 +97,8 @@ def _pooled_features(cfg: dict[str, Any], checkpoint: Path, max_frames: int, see
     from fmae.models.heads import pooled_features
     from fmae.train.tasks import make_task
 
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FmaeError("--device cuda, but no CUDA GPU is visible to this process — use --device cpu")
     # the run's own data and model, decoded by the eval transform, weights from the checkpoint (not init)
     task = make_task({**cfg, "init": "", "data_cache": "off", "num_workers": 0})
     data = task.build_data()
@@ -129,6 +131,8 @@ def feature_map(run: Path, *, by: str = "subject", out: Path, max_frames: int = 
         raise FmaeError(f"--max-frames {max_frames}: give at least 5 (t-SNE needs a few frames)")
     if out.suffix.lower() != ".png":
         raise FmaeError(f"--out {out}: name a .png file (the points go to {out.with_suffix('.csv').name} beside it)")
+    if device not in ("cpu", "cuda"):
+        raise FmaeError(f"--device {device}: choose cpu or cuda")
     if checkpoint not in ("best", "last"):
         raise FmaeError(f"--checkpoint {checkpoint}: choose best or last")
     by = parse_by(by, scored_codes(cfg))
