@@ -241,3 +241,25 @@ def test_counts_are_kept_while_the_predictions_file_is_unchanged(study, monkeypa
     os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
     compare_groups(study, TWIN, BASE, draws=200, metrics=["f1"])
     assert len(made) == 19  # only the rewritten file's counts are made again
+
+
+def test_unreadable_or_foreign_predictions_are_named(tmp_path):
+    runs = []
+    for arm in ("a", "b"):
+        run = tmp_path / arm
+        (run / "predictions").mkdir(parents=True)
+        runs.append(run)
+    subjects, paths, labels = cell_frames(1)
+    probs = np.full(labels.shape, 0.5, dtype=np.float32)
+    np.savez(runs[0] / "predictions" / "best.npz", probs=probs, labels=labels, paths=paths, subjects=subjects,
+             au_codes=CODES)
+    probs[0, 0] = np.nan
+    np.savez(runs[1] / "predictions" / "best.npz", probs=probs, labels=labels, paths=paths, subjects=subjects,
+             au_codes=CODES)
+    with pytest.raises(FmaeError, match=r"b/predictions/best.npz: probabilities outside \[0, 1\] or not finite"):
+        compare_cells([CellPair(1, 0, *runs)], "bp4d", draws=100)
+    probs[0, 0] = 0.5
+    np.savez(runs[1] / "predictions" / "best.npz", probs=probs[:10], labels=labels[:10], paths=paths[:10],
+             subjects=subjects[:10], au_codes=CODES)
+    with pytest.raises(FmaeError, match="tested on different frames"):
+        compare_cells([CellPair(1, 0, *runs)], "bp4d", draws=100)

@@ -122,6 +122,8 @@ def load_predictions(run: Path, dataset: str) -> Predictions:
     if probs.ndim != 2 or probs.shape != labels.shape or probs.shape[1] != len(codes) or len(paths) != len(probs):
         raise FmaeError(f"{path}: probs {probs.shape}, labels {labels.shape}, {len(paths)} paths and AUs {codes} "
                         "do not fit together")
+    if not np.isfinite(probs).all() or probs.min(initial=0.0) < 0 or probs.max(initial=0.0) > 1:
+        raise FmaeError(f"{path}: probabilities outside [0, 1] or not finite — not a run's saved sigmoid outputs")
     return Predictions(probs, labels, subjects, paths, codes)
 
 
