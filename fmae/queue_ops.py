@@ -106,18 +106,16 @@ def queue_rows(q: Queue, *, all_: bool = False, states: Optional[set[str]] = Non
     "corrupt"); `queue_state` the table's cache; `elapsed_s` and `eta_s` from `timing`."""
     now = time.time()
     rows = []
-    for job in q.jobs():
-        status = read_status_fast(job.path)
-        row = dict(vars(job))
-        row["path"] = str(job.path)
-        row["queue_state"] = job.state
+    for row in q.job_dicts():
+        status = read_status_fast(row["path"])
+        row["queue_state"] = row["state"]
         row["state"] = status["state"] if status else "corrupt"
         for key in ("epoch", "epochs", "step", "total_steps", "host"):
             row[key] = status.get(key) if status else None
         if status and status.get("error"):
             row["error"] = status["error"]
         row["progress"] = progress_text(status)
-        row["age_s"] = now - job.added
+        row["age_s"] = now - row["added"]
         row["elapsed_s"], row["eta_s"] = timing(status, now)
         rows.append(row)
     if states:
