@@ -60,7 +60,6 @@ class Handle:
     termed: bool = False  # the cancel's first (soft) stop was sent
     killed: bool = False  # the hard one too
     ended_at: float | None = None  # when status.json first said a final state while the work lived
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
