@@ -151,7 +151,8 @@ def test_cli_prints_labelled_tables_and_json(study, tmp_path):
                       "--draws", "300", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for needle in ("A = bp4d vit_tiny fmae_iat λ=2", "6 paired cells", "41 test subjects",
-                   "F1 best-threshold (tuned on test) (%)", "ROC AUC (%)", "better", "all 64 sign patterns"):
+                   "F1 best-threshold (tuned on test) (%)", "ROC AUC (%)", "better", "all 64 sign patterns",
+                   "note: the bootstrap resamples test subjects only"):
         assert needle in result.stdout, needle
     import json
 

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from fmae.cli.common import ConfigOpt, RunsDirOpt, err, out
+from fmae.cli.common import ConfigOpt, RunsDirOpt, out
 from fmae.errors import FmaeError
 
 app = typer.Typer()
@@ -60,7 +60,7 @@ def compare_cmd(
     for m in result.metrics:
         out.print(_table(m, result))
     for note in result.notes:
-        err.print(f"note: {note}", soft_wrap=True)
+        out.print(f"note: {note}", soft_wrap=True)
 
 
 def _table(m, result) -> Table:
