@@ -1,14 +1,17 @@
 """How the app copes with a large runs folder and a long metrics log.
 
 1. First paint and memory: `fmae-tui` (headless, as `App.run_test` runs it, 120×40) over runs folders of
-   1,000 and 10,000 finished AU runs (run.toml, status.json, summary.json, metrics.jsonl each). Each size
-   runs in a fresh process so its peak RSS is its own. Reported: the time from the process's start to
-   the first screen drawn (Runs, before any run is read), to the whole table filled, and the peak RSS.
+   1,000, 10,000 and 100,000 finished AU runs (run.toml, status.json, summary.json, metrics.jsonl each).
+   Each size runs in a fresh process so its peak RSS is its own. Reported: the time from the process's
+   start to the first screen drawn (Runs, before any run is read), to the first rows, to the whole table
+   filled, the peak RSS; then a filter by a word and by fields, a sort and its reverse, PgDn and End, and
+   one changed run (the scanner's look over every folder, and the table's patch).
+   Then the Queue screen with 10,000 jobs (the runs of the 10,000 folder, every one shown).
 2. One live update: what the Run screen's poller costs when one line is appended to a metrics.jsonl
    that already holds 10, 1,000 or 100,000 lines — it must not grow with the file (it reads only the
    new bytes).
 
-    python bench/tui_speed.py [--sizes 1000,10000] [--out bench/results/tui_speed-<machine>.txt]
+    python bench/tui_speed.py [--sizes 1000,10000,100000] [--queue 10000] [--workdir DIR] [--out FILE]
 """
 
 from __future__ import annotations
@@ -34,63 +37,164 @@ sys.path.insert(0, str(HERE.parent))
 AUS = ["AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU14", "AU15", "AU17", "AU23", "AU24"]
 
 
+def _toml(tables: dict[str, dict]) -> str:
+    """run.toml as `RunDir.create` writes it (tomlkit), for the flat str/int/float/list tables used here."""
+    out = []
+    for name, table in tables.items():
+        out.append(f"[{name}]")
+        out += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+        out.append("")
+    return "\n".join(out[:-1]) + "\n"
+
+
 def make_runs(root: Path, n: int) -> None:
-    """n finished BP4D runs with the files a real run has (4 epochs of metrics), through RunDir."""
-    from fmae.runs import RunDir, make_run_id
+    """n finished BP4D runs with the files a real run has (4 epochs of metrics). The first goes through
+    RunDir (the contract); the rest are written as plain files in its format, since RunDir's atomic,
+    fsync'ed writes take ~30 ms a run here and 100,000 runs would take most of an hour. The bench checks
+    that a plain-written run reads back as the RunDir-made one does."""
+    from fmae.runs import RunDir, load_run, make_run_id
 
     rng = random.Random(0)
     start = datetime.now(timezone.utc) - timedelta(days=30)
     provenance = {"fmae_version": "0.1.0", "git_commit": "0000000", "command": ["fmae", "train"], "host": "bench"}
+    root.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         fold, seed, lam = i % 3 + 1, i // 3 % 5, (0.0, 0.5, 2.0)[i // 15 % 3]
         model = ("vit_tiny", "vit_small", "vit_base", "vit_large")[i // 45 % 4]
         config = {"task": "au", "dataset": "bp4d", "fold": fold, "seed": seed, "lambda_id": lam, "model": model,
                   "recipe": "fmae", "epochs": 4, "blr": 5e-4, "batch_size": 64}
-        run_id = make_run_id("bp4d", model, seed, fold=fold, lambda_id=lam, now=start + timedelta(seconds=37 * i))
-        run = RunDir.create(root, run_id, config, provenance)
-        run.mark_running(pid=1, host="bench", gpus="")
-        records = []
+        when = start + timedelta(seconds=37 * i)
+        run_id = make_run_id("bp4d", model, seed, fold=fold, lambda_id=lam, now=when)
+        records, lines = [], []
+        t = when.timestamp()
         for epoch in range(1, 5):
-            run.append_metrics({"split": "train", "epoch": epoch, "step": 100 * epoch, "lr": 1e-4, "loss": 1 / epoch})
+            lines.append({"split": "train", "epoch": epoch, "step": 100 * epoch, "lr": 1e-4, "loss": 1 / epoch,
+                          "t": t + epoch})
             f1 = {au: rng.random() for au in AUS}
             rec = {"split": "test", "epoch": epoch, "step": 100 * epoch, "f1_05": f1,
                    "f1_05_mean": statistics.mean(f1.values()), "f1_best": f1,
                    "f1_best_mean": statistics.mean(f1.values()), "auc": f1, "auc_mean": statistics.mean(f1.values())}
-            run.append_metrics(rec)
+            lines.append({**rec, "t": t + epoch})
             records.append(rec)
         best = max(records, key=lambda r: r["f1_best_mean"])
-        run.write_summary({"run_id": run.id, "task": "au", "dataset": "bp4d", "metric": "f1_best_mean",
-                           "metric_label": "mean F1 at the best threshold (tuned on test)", "epochs": 4,
-                           "epochs_done": 4, "step": 400, "best_epoch": best["epoch"],
-                           "best_value": best["f1_best_mean"], "best": best, "last": records[-1]})
-        run.mark_ended("done", exit_code=0)
+        summary = {"run_id": run_id, "task": "au", "dataset": "bp4d", "metric": "f1_best_mean",
+                   "metric_label": "mean F1 at the best threshold (tuned on test)", "epochs": 4,
+                   "epochs_done": 4, "step": 400, "best_epoch": best["epoch"],
+                   "best_value": best["f1_best_mean"], "best": best, "last": records[-1]}
+        if i == 0:
+            run = RunDir.create(root, run_id, config, provenance)
+            run.mark_running(pid=1, host="bench", gpus="")
+            for line in lines:
+                run.append_metrics(line)
+            run.write_summary(summary)
+            run.mark_ended("done", exit_code=0)
+            first = load_run(run.path)
+            continue
+        stamp = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        status = {"state": "done", "created": stamp, "updated": stamp, "pid": 1, "host": "bench", "gpus": [],
+                  "started": stamp, "heartbeat": stamp, "ended": stamp, "exit_code": 0}
+        folder = root / run_id
+        folder.mkdir()
+        (folder / "run.toml").write_text(_toml({"config": config, "provenance": provenance}))
+        (folder / "status.json").write_text(json.dumps(status, indent=1) + "\n")
+        (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        if i == 1:
+            again = load_run(folder)
+            same = (again.state, set(again.config), set(again.status), set(again.summary or {}))
+            assert same == (first.state, set(first.config), set(first.status), set(first.summary or {})), same
+            assert (folder / "run.toml").read_text() == (first.path / "run.toml").read_text().replace(
+                "fold = 1", f"fold = {fold}"), "run.toml differs from RunDir's"
 
 
-def child(runs: str) -> None:
-    """Runs in its own process: open the app, time the first paint and the filled table, print JSON."""
+def make_queue(runs: Path) -> None:
+    """Every run of the folder as a job of its queue (they are done: the Queue screen lists them with `a`)."""
+    from fmae.queue import DB_NAME, Queue
+    from fmae.runs import RunDir
+
+    if (runs / DB_NAME).exists():
+        return
+    q = Queue(runs)
+    for entry in sorted(os.scandir(runs), key=lambda e: e.name):
+        if entry.is_dir() and not entry.name.startswith("."):
+            q.add(RunDir(entry.path))
+
+
+async def _until(pilot, condition, what: str, timeout: float = 900.0) -> float:
+    """Wait (1 ms steps) for `condition`; the perf_counter when it held."""
+    deadline = time.perf_counter() + timeout
+    while not condition():
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        await pilot.pause(0.001)
+    return time.perf_counter()
+
+
+async def _timed(pilot, action) -> float:
+    """ms from the call to the screen drawn after it."""
+    t = time.perf_counter()
+    action()
+    await pilot.pause()
+    return (time.perf_counter() - t) * 1e3
+
+
+def child(runs: str, what: str) -> None:
+    """Runs in its own process: open the app on the Runs screen (or the Queue's, showing every job), time
+    the first paint, the first rows and the filled table, then filter and sort; print JSON."""
     t0 = time.perf_counter()
     import asyncio
 
+    import fmae.scheduler
     from fmae_tui.app import create_app
+    from fmae_tui.screens.queue import QueueScreen
     from fmae_tui.screens.runs import RunsScreen
 
+    fmae.scheduler.ensure_running = lambda *a, **k: None  # a benchmark launches nothing
     n = sum(1 for e in os.scandir(runs) if e.is_dir() and not e.name.startswith("."))
-    imported = time.perf_counter() - t0
-    out: dict[str, float] = {"import_s": imported}
+    out: dict[str, float] = {"import_s": time.perf_counter() - t0}
 
     async def main() -> None:
         app = create_app(None, Path(runs))
         async with app.run_test(size=(120, 40)) as pilot:
-            while not isinstance(app.screen, RunsScreen):
-                await pilot.pause(0.001)
+            await _until(pilot, lambda: isinstance(app.screen, RunsScreen), "the Runs screen")
             await pilot.pause()  # one refresh: the screen is drawn
             out["first_paint_s"] = time.perf_counter() - t0
             screen = app.screen
-            while screen.scans == 0 or screen.table.row_count < n:
-                await pilot.pause(0.01)
+            table = screen.table
+            if what == "queue":
+                t = time.perf_counter()
+                await pilot.press("j")
+                await _until(pilot, lambda: isinstance(app.screen, QueueScreen) and app.screen.polls > 0, "queue")
+                queue = app.screen
+                out["queue_first_s"] = time.perf_counter() - t
+                queue.show_all = True
+                t = time.perf_counter()
+                queue.poll()
+                out["queue_table_s"] = await _until(pilot, lambda: queue.table.row_count == n, "every job") - t
+                out["rows"] = queue.table.row_count
+                return
+            out["first_rows_s"] = await _until(pilot, lambda: table.row_count > 0, "the first rows") - t0
+            out["table_s"] = await _until(pilot, lambda: screen.scans > 0 and table.row_count == n, "every run") - t0
+            out["rows"] = table.row_count
             await pilot.pause()
-            out["table_s"] = time.perf_counter() - t0
-            out["rows"] = screen.table.row_count
+            out["filter_word_ms"] = await _timed(pilot, lambda: table.set_text_filter("f2"))
+            out["filter_field_ms"] = await _timed(pilot, lambda: table.set_text_filter("λ:2 model:vit_base"))
+            out["filter_clear_ms"] = await _timed(pilot, lambda: table.set_text_filter(""))
+            out["sort_result_ms"] = await _timed(pilot, lambda: table.set_sort("result"))
+            out["sort_reverse_ms"] = await _timed(pilot, table.reverse_sort)
+            out["page_down_ms"] = await _timed(pilot, table.action_page_down)
+            out["end_ms"] = await _timed(pilot, table.action_scroll_bottom)
+            # One run changes on disk: the next look stats every folder, reads that one, patches its row.
+            from fmae.run_watch import RunScanner
+            scanner = RunScanner(Path(runs), slim=True)
+            scanner.scan()
+            one = sorted(table.runs)[n // 2]
+            os.utime(Path(runs) / one)
+            t = time.perf_counter()
+            changed, removed = scanner.scan()
+            out["look_one_changed_ms"] = (time.perf_counter() - t) * 1e3
+            assert [c[0].id for c in changed] == [one], changed
+            out["apply_one_ms"] = await _timed(pilot, lambda: table.apply(changed, removed))
 
     asyncio.run(main())
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -124,37 +228,64 @@ def live_update(lines: int, repeats: int = 200) -> dict[str, float]:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        child(sys.argv[2])
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3])
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="1000,10000")
-    p.add_argument("--workdir", type=Path, default=None, help="where the run folders are made (default: a temp dir)")
+    p.add_argument("--sizes", default="1000,10000,100000")
+    p.add_argument("--queue", type=int, default=10000, help="jobs in the Queue screen's run (0: skip)")
+    p.add_argument("--workdir", type=Path, default=None, help="where the run folders are made and kept "
+                   "(default: a temp dir, removed after)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
-    load0 = os.getloadavg()[0]
+    load0 = os.getloadavg()
     lines = [f"# fmae-tui with many runs and long logs — {platform.machine()}, {os.cpu_count()} CPUs, "
-             f"Python {platform.python_version()}, {datetime.now():%Y-%m-%d}",
-             f"load average at the start {load0:.1f} (other work on the machine slows every number here)", "",
-             "first paint = process start to the Runs screen drawn (before any run is read); table = every run "
-             "in the table; RSS = the process's peak resident memory", "",
-             f"{'runs':>7}  {'import':>7}  {'first paint':>11}  {'table':>8}  {'peak RSS':>9}"]
+             f"Python {platform.python_version()}, {datetime.now():%Y-%m-%d %H:%M}",
+             f"load average at the start {load0[0]:.1f} / {load0[1]:.1f} / {load0[2]:.1f} (1/5/15 min; other "
+             "work on the machine slows every number here)", "",
+             "first paint = process start to the Runs screen drawn (before any run is read); first rows = to "
+             "the first rows drawn; table = every run in the table; RSS = the process's peak resident memory; "
+             "filter/sort = the call and the screen drawn after it", ""]
     work = Path(tempfile.mkdtemp(prefix="fmae-tui-bench-")) if args.workdir is None else args.workdir
+
+    def run_child(runs: Path, what: str) -> dict:
+        proc = subprocess.run([sys.executable, __file__, "--child", str(runs), what], capture_output=True,
+                              text=True, env={**os.environ, "FMAE_CONFIG": ""})
+        if proc.returncode != 0:
+            sys.exit(f"the app failed ({what}, {runs}):\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
     try:
-        for n in [int(x) for x in args.sizes.split(",")]:
+        header = (f"{'runs':>7}  {'import':>7}  {'first paint':>11}  {'first rows':>10}  {'table':>8}  "
+                  f"{'peak RSS':>9}  {'filter word/field/clear':>23}  {'sort/reverse':>12}  {'PgDn/End':>9}  "
+                  f"{'look+apply, 1 changed':>21}  load")
+        lines.append(header)
+        sizes = [int(x) for x in args.sizes.split(",") if x]
+        for n in sizes:
             runs = work / f"runs-{n}"
             if not runs.is_dir():
                 t = time.perf_counter()
                 make_runs(runs, n)
                 print(f"made {n} runs in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-            proc = subprocess.run([sys.executable, __file__, "--child", str(runs)], capture_output=True, text=True,
-                                  env={**os.environ, "FMAE_CONFIG": ""})
-            if proc.returncode != 0:
-                sys.exit(f"the app failed with {n} runs:\n{proc.stderr[-3000:]}")
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r = run_child(runs, "runs")
             assert r["rows"] == n, r
-            lines.append(f"{n:>7}  {r['import_s']:>6.2f}s  {r['first_paint_s']:>10.2f}s  {r['table_s']:>7.2f}s  "
-                         f"{r['peak_rss_mib']:>6.0f} MiB")
+            lines.append(
+                f"{n:>7}  {r['import_s']:>6.2f}s  {r['first_paint_s']:>10.2f}s  {r['first_rows_s']:>9.2f}s  "
+                f"{r['table_s']:>7.2f}s  {r['peak_rss_mib']:>5.0f} MiB  "
+                f"{r['filter_word_ms']:>6.0f}/{r['filter_field_ms']:.0f}/{r['filter_clear_ms']:.0f} ms  "
+                f"{r['sort_result_ms']:>5.0f}/{r['sort_reverse_ms']:.0f} ms  {r['page_down_ms']:>3.0f}/{r['end_ms']:.0f} ms  "
+                f"{r['look_one_changed_ms']:>9.0f}+{r['apply_one_ms']:.0f} ms  {os.getloadavg()[0]:.1f}")
+            print(lines[-1], file=sys.stderr)
+        if args.queue:
+            runs = work / f"runs-{args.queue}"
+            if not runs.is_dir():
+                make_runs(runs, args.queue)
+            make_queue(runs)
+            r = run_child(runs, "queue")
+            assert r["rows"] == args.queue, r
+            lines += ["", f"Queue screen with {args.queue} jobs (all shown, `a`): opened and first listing "
+                      f"{r['queue_first_s']:.2f} s, every job in the table {r['queue_table_s']:.2f} s, peak RSS "
+                      f"{r['peak_rss_mib']:.0f} MiB (load {os.getloadavg()[0]:.1f})"]
             print(lines[-1], file=sys.stderr)
     finally:
         if args.workdir is None:

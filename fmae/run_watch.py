@@ -14,14 +14,15 @@ from __future__ import annotations
 import csv
 import json
 import os
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from fmae.errors import FmaeError
 from fmae.file_tail import FileTail
-from fmae.runs import MetricsTail, RunDir, RunInfo, list_runs
+from fmae.runs import MetricsTail, RunDir, RunInfo
 from fmae.runs import load_run as load_run_info
 
 LOG_START_BYTES = 64 * 1024  # on first sight of a long log, start this far from its end
@@ -29,6 +30,8 @@ LOG_MAX_PENDING = 16 * 1024  # an unfinished log line longer than this is shown 
 WATCHED = ("status.json",)  # also stat'ed: a writer that edits it in place (not by the contract) still shows
 RACY_NS = 2_000_000_000  # a change this recent may share its mtime with the next one: look again
 RATE_TAIL = 8192  # bytes read from the end of metrics.jsonl for the last images/s
+PART_RUNS = 500  # a first scan with `part` hands over this many runs at a time (~0.2 s of reading)
+FIRST_PART = 50  # … after a first part of this many
 
 
 class LogTail(FileTail):
@@ -137,12 +140,19 @@ class RunPoller:
         return update
 
 
+Changed = list[tuple[RunInfo, list[str], Optional[float]]]  # runs read again, with their tags and images/s
+# (run folder, slim) -> (signature, what it gave): what one scanner read, for the process's other scanners
+_SHARED: dict[tuple[str, bool], tuple[tuple, tuple[RunInfo, list[str], Optional[float]]]] = {}
+_FIRST_LOOKS = threading.Lock()
+
+
 class RunScanner:
     """`scan()` returns the runs that appeared or changed (with their tags and last images/s) and the ids
     that went away."""
 
-    def __init__(self, runs_dir: Path) -> None:
+    def __init__(self, runs_dir: Path, slim: bool = False) -> None:
         self.runs_dir = Path(runs_dir)
+        self.slim = slim  # summaries without their per-AU tables (see slim_summary)
         self._seen: dict[str, tuple | None] = {}  # run id -> signature (None: read it again next time)
         self.loads = 0  # run folders read so far, for tests and for the curious
 
@@ -151,6 +161,8 @@ class RunScanner:
             entries = list(os.scandir(self.runs_dir))
         except (FileNotFoundError, NotADirectoryError):
             return {}
+        except OSError as e:  # as list_runs says it
+            raise FmaeError(f"runs folder {self.runs_dir}: cannot list it: {e.strerror or e}") from None
         now = time.time_ns()
         out: dict[str, tuple | None] = {}
         for entry in entries:
@@ -167,30 +179,62 @@ class RunScanner:
             out[entry.name] = None if now - newest < RACY_NS else sig
         return out
 
-    def scan(self, full: bool = False) -> tuple[list[tuple[RunInfo, list[str], float | None]], list[str]]:
+    def scan(self, full: bool = False, part: Callable[[Changed], None] | None = None,
+             part_size: int = PART_RUNS) -> tuple[Changed, list[str]]:
         """(changed runs with their tags and images/s, ids of runs gone). The first scan, or `full`, reads
-        every run."""
+        every run, newest first, one folder at a time (a slim scanner never holds 10,000 whole summaries);
+        with `part`, it hands them to `part` `part_size` at a time as they are read (a screen fills from
+        the top while the rest are read) and returns only the ids gone."""
         first = full or not self._seen
         signatures = self._signatures()  # before reading: a change made while we read shows next time
+        changed, present = [], set()
         if first:
-            infos = list_runs(self.runs_dir)
-            self.loads += len(infos)
-            changed = [(info, _tags(info), last_rate(info.path)) for info in infos]
-            present = {info.id for info in infos}
+            # A second scanner's first look (the app's alerts beside the Runs screen) waits for the
+            # first one's, then takes what it read instead of reading 10,000 folders again; `full` reads.
+            size = FIRST_PART  # the first part small: the screen's top rows show at once
+            with _FIRST_LOOKS:
+                for run_id in sorted(signatures, reverse=True):
+                    got = self._read(run_id, signatures[run_id], shared=not full)
+                    if got is not None:
+                        changed.append(got)
+                        present.add(run_id)
+                    if part is not None and len(changed) >= size:
+                        part(changed)
+                        changed, size = [], part_size
+            if part is not None and changed:
+                part(changed)
+                changed = []
         else:
-            changed, present = [], set()
             for run_id, sig in signatures.items():
                 old = self._seen.get(run_id, ())
                 if sig is not None and sig == old:
                     present.add(run_id)
                     continue
-                info = self._load(self.runs_dir / run_id)
-                if info is not None:
-                    changed.append((info, _tags(info), last_rate(info.path)))
+                got = self._read(run_id, sig, shared=True)
+                if got is not None:
+                    changed.append(got)
                     present.add(run_id)
         removed = [run_id for run_id in self._seen if run_id not in present]
+        for run_id in removed:
+            _SHARED.pop((str(self.runs_dir / run_id), self.slim), None)
         self._seen = {run_id: signatures.get(run_id) for run_id in present}
         return changed, removed
+
+    def _read(self, run_id: str, sig: tuple | None, shared: bool) -> tuple[RunInfo, list[str], float | None] | None:
+        """(info, tags, images/s) of one run folder: what another scanner of this process read under the
+        same signature (`shared`), else read now; None for a folder that is not a run (yet)."""
+        key = (str(self.runs_dir / run_id), self.slim)
+        hit = _SHARED.get(key) if shared and sig is not None else None
+        if hit is not None and hit[0] == sig:
+            return hit[1]
+        info = self._load(self.runs_dir / run_id)
+        if info is None:
+            _SHARED.pop(key, None)
+            return None
+        got = (info, _tags(info), last_rate(info.path))
+        if sig is not None:
+            _SHARED[key] = (sig, got)
+        return got
 
     def _load(self, path: Path) -> RunInfo | None:
         """One folder as list_runs reads it; None for a folder that is not a run (yet)."""
@@ -203,7 +247,21 @@ class RunScanner:
         if not {"run.toml", "status.json"} & names:
             return None  # a name being claimed by RunDir.create, or a stray folder
         self.loads += 1
-        return load_run_info(path)
+        info = load_run_info(path)
+        return replace(info, summary=slim_summary(info.summary)) if self.slim else info
+
+
+def slim_summary(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a listing of runs keeps of a summary.json: its numbers and the best and last records' numbers,
+    without the per-AU and per-class tables (~10 KB a run in memory, 100 MB at 10,000 runs)."""
+    if not isinstance(summary, dict):
+        return summary
+    out = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+    for key in ("best", "last"):
+        record = summary.get(key)
+        if isinstance(record, dict):
+            out[key] = {k: v for k, v in record.items() if not isinstance(v, (dict, list))}
+    return out
 
 
 def _tags(info: RunInfo) -> list[str]:

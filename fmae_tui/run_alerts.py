@@ -55,7 +55,7 @@ def _detail(info: RunInfo) -> str:
 
 class RunAlerts:
     def __init__(self, runs_dir: Path) -> None:
-        self.scanner = RunScanner(runs_dir)
+        self.scanner = RunScanner(runs_dir, slim=True)  # headlines only: 10,000 runs' per-AU tables stay on disk
         self.since = time.time()
         self._states: dict[str, str] = {}  # run id -> the state last seen
 

@@ -11,6 +11,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.events import Resize
+from textual.message import Message
 from textual.widgets import Footer, Header, Static
 
 from fmae.errors import FmaeError
@@ -22,7 +23,7 @@ from fmae_tui import prefs
 from fmae_tui.run_kind import METRIC_LONG, degenerate_text, headline, headline_at, is_degenerate, kind_label
 from fmae_tui.screens.base import FmaeScreen, WorkEnded
 from fmae_tui.widgets.prompt_bar import PromptBar
-from fmae_tui.widgets.runs_table import RunsTable, ago, duration_s
+from fmae_tui.widgets.runs_table import RunsTable, ago, duration_s, run_rows
 
 
 class RunsScreen(FmaeScreen):
@@ -78,7 +79,7 @@ class RunsScreen(FmaeScreen):
         yield Footer(show_command_palette=False)  # ^p still works (help lists it); 80 columns need the room
 
     def on_mount(self) -> None:
-        self._scanner = RunScanner(self.fmae.project.runs_dir)
+        self._scanner = RunScanner(self.fmae.project.runs_dir, slim=True)
         saved = prefs.load("runs")
         self.table.set_sort(str(saved.get("sort", "age")), saved.get("reverse") if isinstance(saved.get("reverse"), bool) else None)
         self.table.set_width(self.app.size.width)
@@ -112,10 +113,30 @@ class RunsScreen(FmaeScreen):
     class Scanned(WorkEnded):
         """A look at the runs folder ended: `result` is (changed runs, ids gone); `context` says if it was full."""
 
+    class ScannedPart(Message):
+        """Part of a first (or full) look: `rows` (RunRows) read so far; the table fills as they come."""
+
+        def __init__(self, rows: list) -> None:
+            super().__init__()
+            self.rows = rows
+
     def _scan(self, scanner: RunScanner, full: bool) -> None:
+        # Rows are made in the worker (summaries parsed and slimmed there); a first look at 10,000 runs
+        # arrives in parts, newest first, so the top of the table shows while the rest are read.
+        def part(changed: list) -> None:
+            self.post_message(self.ScannedPart(run_rows(changed)))
+
+        def look() -> tuple[list, list[str]]:
+            changed, removed = scanner.scan(full=full, part=part)
+            return run_rows(changed), removed
+
         # an unreadable runs folder (FmaeError, OSError) is said as it is, and the looking goes on
-        self.in_thread(lambda: scanner.scan(full=full), self.Scanned, group="runs-scan", context=full,
-                       plain=(FmaeError, OSError))
+        self.in_thread(look, self.Scanned, group="runs-scan", context=full, plain=(FmaeError, OSError))
+
+    def on_runs_screen_scanned_part(self, message: ScannedPart) -> None:
+        self.table.apply(message.rows, [])
+        self._show_bar()
+        self._show_selected()
 
     def on_runs_screen_scanned(self, message: Scanned) -> None:
         changed, removed = message.result or ([], [])

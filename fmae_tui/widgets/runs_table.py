@@ -9,6 +9,7 @@ the run as their line is drawn, never stored.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -17,6 +18,7 @@ from textual.binding import Binding
 from textual.message import Message
 
 from fmae.queue_ops import age, duration
+from fmae.run_watch import slim_summary
 from fmae.runs import STATES, RunInfo, parse_utc
 from fmae.summary import Summary, as_summary
 from fmae_tui.run_kind import cell_fields, headline, is_degenerate, kind_label, number, run_kind
@@ -30,7 +32,6 @@ STATE_FILTERS = (None, *STATES, "corrupt")  # what `f` cycles through; None show
 RESULT_WIDTH = 17  # "0.612 F1 best-thr"
 DEGENERATE = "⚠ degenerate"
 MARK = "●"
-_EMPTY = Text("", end="")  # a live column's place among the stored cells
 
 # (key, header when narrow, header when wide, shown from this width). At 80 columns the essentials;
 # wider terminals add the recipe, duration and speed, then tags and the run id.
@@ -138,21 +139,48 @@ def _some(value: float | None) -> tuple[bool, float]:
     return value is not None, value or 0.0  # runs without the number sort after those with it
 
 
-# column -> (key on (info, now, rate), whether the first press sorts descending). Ties keep newest first.
-SORTS: dict[str, tuple[Callable[[RunInfo, float, float | None], Any], bool]] = {
-    "age": (lambda i, now, r: 0, False),  # creation order: see _order
-    "state": (lambda i, now, r: STATE_RANK.get(i.state, 9), False),
-    "kind": (lambda i, now, r: run_kind(i.config), False),
-    "dataset": (lambda i, now, r: str(i.config.get("dataset", "~")), False),
-    "cell": (lambda i, now, r: _cell_key(i), False),
-    "model": (lambda i, now, r: str(i.config.get("model", "~")), False),
-    "recipe": (lambda i, now, r: str(i.config.get("recipe", "~")), False),
-    "epoch": (lambda i, now, r: (progress(i)[0] or 0) / max(1, progress(i)[1] or 1), True),
-    "result": (lambda i, now, r: _some(headline(i.summary)[0]), True),
-    "duration": (lambda i, now, r: _some(duration_s(i, now)), True),
-    "rate": (lambda i, now, r: _some(r), True),
+# Ties keep newest first.
+# column -> (key on (info, now, images/s, headline value), whether the first press sorts descending).
+SORTS: dict[str, tuple[Callable[[RunInfo, float, float | None, float | None], Any], bool]] = {
+    "age": (lambda i, now, r, h: 0, False),  # creation order: see _order
+    "state": (lambda i, now, r, h: STATE_RANK.get(i.state, 9), False),
+    "kind": (lambda i, now, r, h: run_kind(i.config), False),
+    "dataset": (lambda i, now, r, h: str(i.config.get("dataset", "~")), False),
+    "cell": (lambda i, now, r, h: _cell_key(i), False),
+    "model": (lambda i, now, r, h: str(i.config.get("model", "~")), False),
+    "recipe": (lambda i, now, r, h: str(i.config.get("recipe", "~")), False),
+    "epoch": (lambda i, now, r, h: (progress(i)[0] or 0) / max(1, progress(i)[1] or 1), True),
+    "result": (lambda i, now, r, h: _some(h), True),
+    "duration": (lambda i, now, r, h: _some(duration_s(i, now)), True),
+    "rate": (lambda i, now, r, h: _some(r), True),
 }
 SORT_ORDER = tuple(SORTS)  # what `s` cycles through
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """What the table keeps of one run, made where the run was read (a worker thread): the run with a
+    slim summary, its tags and images/s, its headline (value, label, degenerate), filter text, creation."""
+
+    info: RunInfo
+    tags: list[str]
+    rate: float | None
+    head: tuple[float | None, str, bool]
+    hay: str
+    created: float | None
+
+
+def run_rows(changed: Iterable[tuple]) -> list[RunRow]:
+    """(info, tags[, images/s]) tuples, as `RunScanner.scan` gives them, as RunRows: the summary parsed
+    once, here, not at every draw and sort."""
+    out = []
+    for info, tags, *rate in changed:
+        summary = as_summary(info.summary)
+        out.append(RunRow(replace(info, summary=slim_summary(info.summary)), tags,
+                          float(rate[0]) if rate and rate[0] is not None else None,
+                          (*headline(summary), is_degenerate(summary)), haystack(info, tags),
+                          parse_utc(info.status.get("created"))))
+    return out
 
 
 class RunsTable(VirtualTable):
@@ -194,6 +222,10 @@ class RunsTable(VirtualTable):
         self._marks: dict[str, None] = {}  # marked run ids, in marking order (kept while filtered out)
         self._hay: dict[str, str] = {}  # run id -> what a plain filter word is looked for in
         self._created: dict[str, float | None] = {}
+        self._heads: dict[str, tuple[float | None, str, bool]] = {}  # run id -> headline, its label, degenerate
+        self._newest: list[str] | None = None  # every run id, newest first (None: make it again)
+        self._seen: dict[str, bool] = {}  # run id -> whether it passes the filter
+        self._sort_keys: dict[str, Any] = {}  # run id -> its key for the current sort
         self.live = self._live_cell
 
     # --- what is shown ------------------------------------------------------------------------------
@@ -204,31 +236,52 @@ class RunsTable(VirtualTable):
             return False
         return not self._terms or matches(info, self.tags.get(run_id, []), self._terms, self._hay.get(run_id))
 
-    def _order(self, ids: Iterable[str]) -> list[str]:
+    def _order(self) -> list[str]:
+        """The ids shown, in the sort's order. Visibility and sort keys are kept per run and made again
+        only for the runs that changed (or all, when the filter or the sort changes), so a look that
+        changes one run of 10,000 costs a lookup a run and a sort of an almost sorted list."""
+        if self._newest is None:
+            self._newest = sorted(self.runs, reverse=True)
+        seen = self._seen
+        ids = [r for r in self._newest if (seen[r] if r in seen else seen.setdefault(r, self._visible(r)))]
         key, first = SORTS[self.sort_column]
-        newest_first = sorted(ids, reverse=True)
         if self.sort_column == "age":
-            return newest_first[::-1] if self.sort_reverse != first else newest_first
-        now = self._now
+            return ids[::-1] if self.sort_reverse != first else ids
+        keys, now, heads = self._sort_keys, self._now, self._heads
+        for r in ids:
+            if r not in keys:
+                keys[r] = key(self.runs[r], now, self.rates.get(r), heads[r][0])
         # Python's sort is stable, reverse included: equal keys stay newest first.
-        return sorted(newest_first, key=lambda r: key(self.runs[r], now, self.rates.get(r)), reverse=self.sort_reverse)
+        return sorted(ids, key=keys.__getitem__, reverse=self.sort_reverse)
 
-    def _cells(self, run_id: str) -> list[Text]:
-        """The stored cells (every column but the live ones, which `_live_cell` draws)."""
+    def _forget(self, run_ids: Iterable[str], every: bool = False) -> None:
+        """Visibility and sort keys to make again: of these runs, or (`every`) of all."""
+        if every:
+            self._seen.clear()
+            self._sort_keys.clear()
+            return
+        for r in run_ids:
+            self._seen.pop(r, None)
+            self._sort_keys.pop(r, None)
+
+    def _cells(self, run_id: str) -> list[str | Text]:
+        """The stored cells (every column but the live ones, which `_live_cell` draws); plain strings
+        where a cell has no style of its own."""
         info, tags = self.runs[run_id], self.tags.get(run_id, [])
         c = info.config
 
-        def plain(value: Any) -> Text:
-            return Text("-" if value is None or value == "" else str(value), end="")
+        def plain(value: Any) -> str:
+            return "-" if value is None or value == "" else str(value)
 
         epoch, epochs = progress(info)
+        value, label, degenerate = self._heads[run_id]
         if info.state == "corrupt":
             problem = info.problem or "unreadable"
-            result = Text(problem if len(problem) <= RESULT_WIDTH else problem[:RESULT_WIDTH - 1] + "…", "red")
-        elif is_degenerate(info.summary):
+            result: str | Text = Text(problem if len(problem) <= RESULT_WIDTH else problem[:RESULT_WIDTH - 1] + "…",
+                                      "red")
+        elif degenerate:
             result = Text(DEGENERATE, "bold red")
         else:
-            value, label = headline(info.summary)
             result = plain(None if value is None else f"{value:.3f} {label}")
         model = str(c.get("model") or "")
         rate = self.rates.get(run_id)
@@ -249,14 +302,14 @@ class RunsTable(VirtualTable):
             "tags": plain(" ".join(tags)[:30] or None),
             "run": plain(run_id),
         }
-        return [cells.get(col, _EMPTY) for col in self._columns]
+        return [cells.get(col, "") for col in self._columns]
 
-    def _live_cell(self, run_id: str, column: str) -> Text:
+    def _live_cell(self, run_id: str, column: str) -> str:
         info = self.runs[run_id]
         if column == "age":
             created = self._created.get(run_id)
-            return Text(ago(None if created is None else self._now - created), end="")
-        return Text(duration(duration_s(info, self._now)), end="")
+            return ago(None if created is None else self._now - created)
+        return duration(duration_s(info, self._now))
 
     # --- building and patching ----------------------------------------------------------------------
 
@@ -284,27 +337,30 @@ class RunsTable(VirtualTable):
     def _show(self) -> None:
         """The rows that pass the filter, in the sort's order; the cursor stays on its run."""
         self._now = time.time()
-        self.set_order(self._order(r for r in self.runs if self._visible(r)))
+        self.set_order(self._order())
 
-    def apply(self, changed: Iterable[tuple[RunInfo, list[str]] | tuple[RunInfo, list[str], float | None]],
-              removed: Iterable[str]) -> None:
-        """New facts about some runs (with their tags, and images/s when known): their rows only."""
-        dirty = []
-        for info, tags, *rate in changed:
-            self.runs[info.id], self.tags[info.id] = info, tags
-            if rate and rate[0] is not None:
-                self.rates[info.id] = float(rate[0])
-            self._hay[info.id] = haystack(info, tags)
-            self._created[info.id] = parse_utc(info.status.get("created"))
-            dirty.append(info.id)
+    def apply(self, changed: Iterable[RunRow | tuple], removed: Iterable[str]) -> None:
+        """New facts about some runs (`run_rows`, made in a worker; or (info, tags[, images/s]) tuples):
+        their rows only."""
+        rows = [r if isinstance(r, RunRow) else run_rows([r])[0] for r in changed]
+        came = any(row.info.id not in self.runs for row in rows)
+        for row in rows:
+            run_id = row.info.id
+            self.runs[run_id], self.tags[run_id], self._hay[run_id] = row.info, row.tags, row.hay
+            self._heads[run_id], self._created[run_id] = row.head, row.created
+            if row.rate is not None:
+                self.rates[run_id] = row.rate
         gone = [run_id for run_id in removed if run_id in self.runs]
         for run_id in gone:
-            for held in (self._marks, self.runs, self.tags, self.rates, self._hay, self._created):
+            for held in (self._marks, self.runs, self.tags, self.rates, self._hay, self._created, self._heads):
                 held.pop(run_id, None)
+        if came or gone:
+            self._newest = None
+        self._forget([row.info.id for row in rows] + gone)
         if not self._columns:
             return
         self.drop_rows(gone)
-        self.put_rows((run_id, self._cells(run_id)) for run_id in dirty)
+        self.put_rows((row.info.id, self._cells(row.info.id)) for row in rows)
         self._show()
 
     def set_tags(self, run_id: str, tags: list[str]) -> None:
@@ -335,6 +391,7 @@ class RunsTable(VirtualTable):
             column = "age"
         self.sort_column = column
         self.sort_reverse = SORTS[column][1] if reverse is None else bool(reverse)
+        self._sort_keys.clear()
         if self._columns:
             self._show()
         return self.sort_label
@@ -366,6 +423,7 @@ class RunsTable(VirtualTable):
         self.post_message(self.SortChanged())
 
     def _refilter(self) -> None:
+        self._seen.clear()
         if self._columns:
             self._show()
 

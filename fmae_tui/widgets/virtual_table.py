@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Callable, ClassVar, Iterable
 
+from rich.cells import cell_len
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
@@ -29,10 +30,17 @@ from textual.widgets.data_table import Column, ColumnKey, Row, RowKey
 PAD = 1  # blank cells on each side of a column, as DataTable's cell_padding
 
 
-def as_text(value: Any) -> Text:
-    if isinstance(value, Text):
-        return value
-    return Text("-" if value is None else str(value), end="", no_wrap=True)
+def as_cell(value: Any) -> str | Text:
+    """What a row holds: Text where it is styled, else the plain string (a tenth of a Text's memory)."""
+    return value if isinstance(value, (str, Text)) else "-" if value is None else str(value)
+
+
+def as_text(value: str | Text) -> Text:
+    return value if isinstance(value, Text) else Text(value, end="", no_wrap=True)
+
+
+def width_of(value: str | Text) -> int:
+    return value.cell_len if isinstance(value, Text) else cell_len(value)
 
 
 class VirtualTable(ScrollView, can_focus=True):
@@ -110,7 +118,7 @@ class VirtualTable(ScrollView, can_focus=True):
         self._keys: list[str] = []  # column keys in order
         self._fixed: dict[int, int] = {}  # column index -> width for live columns (drawn, never counted)
         self._padding: list[tuple[int, int]] = []
-        self._rows: dict[str, list[Text]] = {}  # every row held, shown or not
+        self._rows: dict[str, list[str | Text]] = {}  # every row held, shown or not
         self._widths: dict[str, tuple[int, ...]] = {}
         self._counts: list[Counter[int]] = []  # per column: how many held cells have each width
         self._keys_shown: list[str] = []  # keys shown, top to bottom
@@ -118,7 +126,7 @@ class VirtualTable(ScrollView, can_focus=True):
         self._cursor = 0
         self._told: str | None = None  # the key the last RowHighlighted named
         self._lines: dict[tuple, tuple[Strip, Style]] = {}  # full-width lines drawn since the last change
-        self.live: Callable[[str, str], Text] | None = None  # cells of the `fixed` columns, drawn when shown
+        self.live: Callable[[str, str], str | Text] | None = None  # cells of the `fixed` columns, drawn when shown
 
     # --- columns ----------------------------------------------------------------------------------------
 
@@ -163,8 +171,8 @@ class VirtualTable(ScrollView, can_focus=True):
     def put_rows(self, rows: Iterable[tuple[str, Iterable[Any]]]) -> None:
         """Hold (or replace) rows' cells, shown or not: (key, cells) pairs."""
         for key, cells in rows:
-            row = [as_text(c) for c in cells]
-            widths = tuple(c.cell_len for c in row)
+            row = [as_cell(c) for c in cells]
+            widths = tuple(width_of(c) for c in row)
             self._forget_widths(key)
             self._rows[key], self._widths[key] = row, widths
             for counts, w in zip(self._counts, widths):
@@ -229,7 +237,7 @@ class VirtualTable(ScrollView, can_focus=True):
         row[self._keys.index(column)] = value
         self.put_row(key, row)
 
-    def get_cell(self, key: str | RowKey, column: str | ColumnKey) -> Text:
+    def get_cell(self, key: str | RowKey, column: str | ColumnKey) -> str | Text:
         key = key.value if isinstance(key, RowKey) else key
         column = column.value if isinstance(column, ColumnKey) else column
         i = self._keys.index(column)
@@ -237,11 +245,11 @@ class VirtualTable(ScrollView, can_focus=True):
             return self.live(key, column)
         return self._rows[key][i]
 
-    def get_row(self, key: str | RowKey) -> list[Text]:
+    def get_row(self, key: str | RowKey) -> list[str | Text]:
         key = key.value if isinstance(key, RowKey) else key
         return [self.get_cell(key, c) for c in self._keys]
 
-    def get_row_at(self, index: int) -> list[Text]:
+    def get_row_at(self, index: int) -> list[str | Text]:
         return self.get_row(self._keys_shown[index])
 
     def get_row_index(self, key: str | RowKey) -> int:
@@ -378,12 +386,13 @@ class VirtualTable(ScrollView, can_focus=True):
         self._lines.clear()
         super().notify_style_update()
 
-    def _line(self, cells: list[Text], style: Style, key: str | None) -> Strip:
+    def _line(self, cells: list[str | Text], style: Style, key: str | None) -> Strip:
         segments: list[Segment] = []
-        for i, cell in enumerate(cells):
+        for i, value in enumerate(cells):
             width = self._column_width(i)
             if i in self._fixed and key is not None and self.live is not None:
-                cell = self.live(key, self._keys[i])
+                value = self.live(key, self._keys[i])
+            cell = as_text(value)
             if cell.cell_len > width:
                 cell = cell.copy()
                 cell.truncate(width, overflow="ellipsis")
