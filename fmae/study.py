@@ -113,24 +113,27 @@ def _unique(values: Iterable[Any]) -> list[Any]:
     return list(dict.fromkeys(values))
 
 
-def template_of(project: ProjectConfig, run_path: Path) -> Resolved:
-    """A run folder's config as a template: its values and recorded sources, the data located as the
-    project locates them today (where the project names none, where the run found them)."""
+def template_of(project: ProjectConfig, run_path: Path) -> tuple[Resolved, bool]:
+    """A run folder's config as a template — its values and recorded sources — and whether its data
+    were located again: a clone reads the data its template read while they are there, else where the
+    project locates the dataset today (then configured synthetic data may need making)."""
     from fmae.config import Resolved
-    from fmae.data.locate import dataset_location
+    from fmae.data.locate import dataset_location, missing_labels
     from fmae.registry import get_dataset
     from fmae.run_config import with_locations
 
     run = RunDir.open(run_path)
-    values = run.read_config()
+    values = {k: v for k, v in run.read_config().items() if k not in RETIRED_KEYS}
     set_by = run.read_provenance().get("set_by")
     recorded = {str(k).rsplit(".", 1)[-1]: str(v) for k, v in (set_by or {}).items()} if isinstance(set_by, dict) else {}
-    sources = {k: recorded.get(k, f"run {run.id}") for k in values}
+    template = Resolved(values, {k: recorded.get(k, f"run {run.id}") for k in values})
+    if values.get("data_root") and Path(str(values["data_root"])).is_dir():
+        return template, False
     spec = get_dataset(str(values["dataset"]))
     loc = dataset_location(project, spec, None, None)
-    if spec.task != "au" or loc.labels or (loc.train_labels and loc.test_labels):
-        return with_locations(project, Resolved(values, sources), loc)
-    return Resolved(values, sources)
+    if spec.task == "au" and not (loc.labels or (loc.train_labels and loc.test_labels)):
+        raise missing_labels(spec, loc)
+    return with_locations(project, template, loc), True
 
 
 # --- dedupe and the plan ------------------------------------------------------------------------------
@@ -328,8 +331,9 @@ def queue_missing(project: ProjectConfig, grid: Any) -> tuple[list[MatrixPlan], 
     "queue missing"); data made first, dedupe under the lock, as `fmae queue add`."""
     plans, jobs = [], []
     for matrix in grid.to_add:
-        template = template_of(project, matrix.template)
-        prepare_data(project, matrix.dataset)
+        template, located = template_of(project, matrix.template)
+        if located:
+            prepare_data(project, matrix.dataset)
         lam = None if matrix.lambda_id is None else float(matrix.lambda_id)
         cells = [clone(template, fold=fold, seed=seed, lambda_id=lam, source=f"study (like {Path(matrix.template).name})")
                  for seed in matrix.seeds for fold in (matrix.folds or [None])]

@@ -95,3 +95,23 @@ def test_an_old_queued_run_trains_and_evaluates(old_runs):
     (ev,) = [p for p in (old_runs / "eval").iterdir() if p.is_dir()]
     rec = [json.loads(x) for x in (ev / "metrics.jsonl").read_text().splitlines()][-1]
     assert rec["f1_best_mean"] == pytest.approx(summary["best"]["f1_best_mean"], abs=1e-12)
+
+
+def test_queue_missing_clones_the_old_group_into_its_missing_cells(old_runs):
+    from fmae.config import load_project
+    from fmae.report import build
+    from fmae.runs import RunDir
+    from fmae.study import queue_missing
+
+    project = load_project(None, old_runs)
+    (grid,) = [g for r in build(old_runs, project=project).reports for g in r.grids if g.task == "au"]
+    plans, jobs = queue_missing(project, grid)
+    assert [p.summary()[0] for p in plans] == ["bp4d matrix: folds 2,3 × seeds 1 × λ 0 = 2 cell(s): 2 to add, 0 skipped"]
+    template = RunDir(old_runs / AU_QUEUED).read_config()  # the group's newest run
+    for job, fold in zip(jobs, (2, 3)):
+        cfg = RunDir(job.path).read_config()
+        assert (cfg["fold"], cfg["seed"]) == (fold, 1)
+        assert {k: v for k, v in cfg.items() if k not in ("fold", "global_pool")} == \
+            {k: v for k, v in template.items() if k not in ("fold", "global_pool")}
+    again, more = queue_missing(project, grid)  # the same cells again: queued now, so skipped
+    assert more == [] and [len(p.skipped) for p in again] == [2]
