@@ -24,7 +24,6 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
-from fmae.errors import FmaeError
 
 Task = Literal["au", "fer", "id_probe", "pretrain"]
 
@@ -313,11 +312,3 @@ def config_key(cfg: Mapping[str, Any]) -> str:
 def same_value(a: Any, b: Any) -> bool:
     """Equal as the experiment key compares values (λ = 2 equals 2.0, tuples equal lists)."""
     return _canonical(a) == _canonical(b)
-
-
-def require(flat: Mapping[str, Any], *keys: str) -> None:
-    """A training run's config must hold what its recipe set; an edited run.toml may not."""
-    missing = [k for k in keys if k not in flat]
-    if missing:
-        raise FmaeError(f"run.toml: [config] has no {', '.join(dotted(k) for k in missing)} — re-create the run "
-                        "(`fmae train …`) rather than editing run.toml")
