@@ -17,7 +17,7 @@ from fmae.errors import FmaeError
 from fmae.model_specs import encoder_spec
 from fmae.recipes import ID_PROBE, PRETRAIN, finetune_recipe
 from fmae.registry import get_dataset
-from fmae.run_spec import choices, dotted, every_run_defaults, sectioned
+from fmae.run_spec import RETIRED_KEYS, choices, dotted, every_run_defaults, sectioned
 
 TASKS = ("au", "fer", "id_probe", "pretrain")
 
@@ -341,5 +341,7 @@ def create_run(runs_dir: Path, resolved: Resolved, name: str | None = None, comm
 
     run_id = make_run_id(**run_name_parts(resolved.values), name=name)
     prov = provenance(command)
-    prov["set_by"] = {dotted(k): v for k, v in sorted(resolved.sources.items(), key=lambda kv: dotted(kv[0]))}
-    return RunDir.create(runs_dir, run_id, sectioned(resolved.values), prov)
+    values = {k: v for k, v in resolved.values.items() if k not in RETIRED_KEYS}  # e.g. from `--from` an old run
+    prov["set_by"] = {dotted(k): v for k, v in sorted(resolved.sources.items(), key=lambda kv: dotted(kv[0]))
+                      if k not in RETIRED_KEYS}
+    return RunDir.create(runs_dir, run_id, sectioned(values), prov)

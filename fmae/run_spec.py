@@ -257,11 +257,11 @@ class RunSpec:
 
 
 def sectioned(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """run.toml's [config]: each section's keys in its own table (in section order), keys no section
-    owns beside them."""
+    """run.toml's [config]: each section's keys in its own table (sections and keys in their classes'
+    order), keys no section owns beside them."""
     out: dict[str, Any] = {k: v for k, v in flat.items() if k not in SECTION_OF}
-    for name in SECTIONS:
-        table = {k: v for k, v in flat.items() if SECTION_OF.get(k) == name}
+    for name, cls in SECTIONS.items():
+        table = {f.name: flat[f.name] for f in dataclasses.fields(cls) if f.name in flat}  # in field order
         if table:
             out[name] = table
     return out

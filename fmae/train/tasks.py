@@ -131,7 +131,7 @@ class AUTask(Task):
 
     def build_model(self) -> tuple[nn.Module, int]:
         lam = float(self.cfg["lambda_id"])
-        depth = int(self.cfg.get("id_head_depth", 1))  # run.toml files before the key: the paper's linear head
+        depth = int(self.run_spec.model.id_head_depth)  # its default, 1 (the paper's linear head), for older run.toml files
         if depth not in ID_HEAD_DEPTHS:
             raise FmaeError(f"id_head_depth = {depth}: choose 1 (linear, the paper's), 2 or 3 (an MLP of that many "
                             "layers, the paper's ablation)")
