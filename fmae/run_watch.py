@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 
 from fmae.errors import FmaeError
 from fmae.file_tail import FileTail
-from fmae.runs import MetricsTail, RunDir, RunInfo
+from fmae.runs import FINAL_STATES, MetricsTail, RunDir, RunInfo
 from fmae.runs import load_run as load_run_info
 
 LOG_START_BYTES = 64 * 1024  # on first sight of a long log, start this far from its end
@@ -32,6 +32,7 @@ RACY_NS = 2_000_000_000  # a change this recent may share its mtime with the nex
 RATE_TAIL = 8192  # bytes read from the end of metrics.jsonl for the last images/s
 PART_RUNS = 500  # a first scan with `part` hands over this many runs at a time (~0.2 s of reading)
 FIRST_PART = 50  # … after a first part of this many
+FINAL_EVERY = 5  # finished runs' folders are stat'ed every this many looks (others at every look)
 
 
 class LogTail(FileTail):
@@ -155,6 +156,8 @@ class RunScanner:
         self.slim = slim  # summaries without their per-AU tables (see slim_summary)
         self._seen: dict[str, tuple | None] = {}  # run id -> signature (None: read it again next time)
         self.loads = 0  # run folders read so far, for tests and for the curious
+        self.looks = 0
+        self._finished: set[str] = set()  # runs last read in a final state (done, failed, cancelled)
 
     def _signatures(self) -> dict[str, tuple | None]:
         try:
@@ -165,8 +168,15 @@ class RunScanner:
             raise FmaeError(f"runs folder {self.runs_dir}: cannot list it: {e.strerror or e}") from None
         now = time.time_ns()
         out: dict[str, tuple | None] = {}
+        self.looks += 1
+        # A finished run rarely changes (a retry, tags): its folder is stat'ed every FINAL_EVERY-th look,
+        # so a look at 10,000 finished runs and a few running ones costs a listing and a few stats.
+        skip = self._finished if self.looks % FINAL_EVERY else ()
         for entry in entries:
             if entry.name.startswith("."):
+                continue
+            if entry.name in skip and self._seen.get(entry.name) is not None:
+                out[entry.name] = self._seen[entry.name]
                 continue
             try:
                 if not entry.is_dir():
@@ -196,7 +206,7 @@ class RunScanner:
                 for run_id in sorted(signatures, reverse=True):
                     got = self._read(run_id, signatures[run_id], shared=not full)
                     if got is not None:
-                        changed.append(got)
+                        changed.append(self._note(got))
                         present.add(run_id)
                     if part is not None and len(changed) >= size:
                         part(changed)
@@ -212,11 +222,12 @@ class RunScanner:
                     continue
                 got = self._read(run_id, sig, shared=True)
                 if got is not None:
-                    changed.append(got)
+                    changed.append(self._note(got))
                     present.add(run_id)
         removed = [run_id for run_id in self._seen if run_id not in present]
         for run_id in removed:
             _SHARED.pop((str(self.runs_dir / run_id), self.slim), None)
+            self._finished.discard(run_id)
         self._seen = {run_id: signatures.get(run_id) for run_id in present}
         return changed, removed
 
@@ -234,6 +245,10 @@ class RunScanner:
         got = (info, _tags(info), last_rate(info.path))
         if sig is not None:
             _SHARED[key] = (sig, got)
+        return got
+
+    def _note(self, got: tuple[RunInfo, list[str], float | None]) -> tuple[RunInfo, list[str], float | None]:
+        (self._finished.add if got[0].state in FINAL_STATES else self._finished.discard)(got[0].id)
         return got
 
     def _load(self, path: Path) -> RunInfo | None:
