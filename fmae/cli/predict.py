@@ -14,11 +14,22 @@ import typer
 
 from fmae.cli.common import err, out
 from fmae.errors import FmaeError
+from fmae.predict.detect import DETECT_SIZE
 
 app = typer.Typer()
 
+# Typer keeps the line breaks of a help text's later paragraphs, so each paragraph is one string here:
+# the first, a sentence that fits `fmae --help`'s column at 80 columns; the rest rewrapped to the terminal.
+PREDICT_HELP = ("AUs or expressions for each face in images and videos.\n\n"
+                "Finds the faces in each frame (MTCNN, on a copy scaled to --detect-size), crops them as the "
+                "original did, and writes one CSV row per frame and face: OpenFace's leading columns, the box, "
+                "then AU presence/probability or class probabilities (columns: docs/predict.md).")
+EXPORT_HELP = ("A finished run as one file, for `fmae predict --model`.\n\n"
+               "The file is self-contained: weights, encoder, input size, the dataset's AUs or classes, both "
+               "thresholds with their labels, the recipe and fmae's version.")
 
-@app.command("predict")
+
+@app.command("predict", help=PREDICT_HELP)
 def predict_cmd(
     sources: Annotated[list[str], typer.Argument(help="Images, folders of images (recursive), videos "
                                                       "(mp4, mov, avi, mkv), or - for paths on standard input.")],
@@ -29,11 +40,12 @@ def predict_cmd(
                                                                "threshold, tuned on its test fold) or a VALUE.")] = "0.5",
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Frames per detector batch, faces per model batch.")] = 16,
+    detect_size: Annotated[int, typer.Option("--detect-size", help="Faces are detected on a copy of each frame "
+                                             "whose shorter side is this many px (faster; the smallest face found "
+                                             "is 1/9 of that side at 180); 0: full resolution.")] = DETECT_SIZE,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted prediction into the same --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress line.")] = False,
 ) -> None:
-    """Find the faces in each frame (MTCNN), crop them as the original did, and write one CSV row per frame
-    and face: OpenFace's leading columns, the box, then AU presence/probability or class probabilities."""
     from fmae.predict.model_file import load_model, parse_threshold
     from fmae.predict.sources import check_sources, list_sources
 
@@ -53,7 +65,7 @@ def predict_cmd(
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         result = predict(found, bundle, out_csv, threshold=chosen, device=device, batch_size=batch_size,
-                         resume=resume, progress=bar, expected=expected, stop=stop)
+                         resume=resume, progress=bar, expected=expected, stop=stop, detect_size=detect_size)
     except KeyboardInterrupt:
         result = None
     finally:
@@ -110,13 +122,11 @@ class _ProgressLine:
             sys.stderr.flush()
 
 
-@app.command("export")
+@app.command("export", help=EXPORT_HELP)
 def export_cmd(
     run: Annotated[Path, typer.Argument(help="A finished AU or FER run folder.")],
     out_file: Annotated[Path, typer.Option("--out", help="The file to write, NAME.fmae.")],
 ) -> None:
-    """Write a finished run as one self-contained file (weights, encoder, input size, the dataset's AUs or
-    classes, both thresholds with their labels, the recipe, fmae's version) for `fmae predict --model`."""
     from fmae.predict.model_file import export
 
     if out_file.exists():

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fmae.errors import FmaeError
+from fmae.predict.detect import DETECT_SIZE
 
 TASK = "predict"
 CSV_NAME = "predictions.csv"
@@ -45,7 +46,8 @@ def again_hint(run_path: Path, cfg: dict[str, Any]) -> str:
 
 
 def create_predict_run(runs_dir: Path, model_run: Path, sources: list[str], *, threshold: str = "0.5",
-                       device: str = "auto", batch_size: int = 16, name: str | None = None,
+                       device: str = "auto", batch_size: int = 16, detect_size: int = DETECT_SIZE,
+                       name: str | None = None,
                        command: list[str] | None = None):
     """A queued run folder that predicts `sources` with `model_run`'s model (checked here, before queueing)."""
     from fmae.predict.model_file import parse_threshold
@@ -67,7 +69,8 @@ def create_predict_run(runs_dir: Path, model_run: Path, sources: list[str], *, t
         "source_task": cfg["task"], "source_run": str(Path(model_run).resolve()),
         "source_run_id": Path(model_run).resolve().name,
         "sources": [str(Path(s).expanduser().resolve()) for s in sources],
-        "threshold": str(threshold), "device": device, "batch_size": int(batch_size), "out": CSV_NAME,
+        "threshold": str(threshold), "device": device, "batch_size": int(batch_size),
+        "detect_size": int(detect_size), "out": CSV_NAME,
     }
     if cfg.get("fold") is not None:
         config["fold"] = int(cfg["fold"])

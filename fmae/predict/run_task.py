@@ -20,6 +20,7 @@ EXIT_CANCELLED = 143
 
 
 def execute_predict(run: RunDir, cfg: dict, quiet: bool = False) -> int:
+    from fmae.predict.detect import DETECT_SIZE
     from fmae.predict.model_file import from_run
     from fmae.predict.runner import choose_threshold, predict
     from fmae.predict.sources import list_sources
@@ -48,7 +49,7 @@ def execute_predict(run: RunDir, cfg: dict, quiet: bool = False) -> int:
         sources = list_sources([str(s) for s in cfg["sources"]])
         result = predict(sources, bundle, csv, threshold=threshold, device=str(cfg.get("device", "auto")),
                          batch_size=int(cfg.get("batch_size", 16)), resume=csv.exists(), progress=progress,
-                         stop=stop)
+                         stop=stop, detect_size=int(cfg.get("detect_size", DETECT_SIZE)))
         if result.interrupted:
             run.mark_ended("cancelled", exit_code=EXIT_CANCELLED,
                            error=f"cancelled (SIGTERM) after {result.frames} frames; a retry continues the CSV")

@@ -4,18 +4,19 @@ after every batch (so an interruption loses at most the batch in flight, and `--
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from fmae import __version__
 from fmae.errors import FmaeError
-from fmae.predict.detect import FaceDetector, crop_face
+from fmae.predict.detect import DETECT_SIZE, FaceDetector, crop_face, detection_copy
 from fmae.predict.model_file import ModelBundle, parse_threshold
 from fmae.predict.sources import Frame, Prefetch, Source, check_sources, frames_of
 from fmae.predict.table import (CsvTable, au_outputs, columns, empty_row, face_row, fer_outputs, read_sidecar,
@@ -84,14 +85,25 @@ def pick_device(want: str) -> torch.device:
     return torch.device(want)
 
 
+def cpu_threads() -> int:
+    """torch's threads for a prediction on the CPU: every core but one, which is the decode thread's
+    (decoding and the detector's scaled copies). More threads than free cores make torch's workers wait
+    on each other: on 2 busy cores, 2 threads ran MTCNN 2-5x slower than 1 (bench/results/predict_speed*)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
 class Predictor:
     """The detector and the model on one device, ready for frames."""
 
-    def __init__(self, bundle: ModelBundle, device: torch.device) -> None:
+    def __init__(self, bundle: ModelBundle, device: torch.device, detect_size: int = DETECT_SIZE) -> None:
         from fmae.data.torch.transforms import eval_transform
 
         self.bundle, self.device = bundle, device
-        self.detector = FaceDetector(device)
+        self.detector = FaceDetector(device, detect_size)
         self.model = bundle.build(device)
         self.transform = eval_transform({"input_size": bundle.input_size})
 
@@ -110,8 +122,9 @@ class Predictor:
 def predict(sources: list[Source], bundle: ModelBundle, out: Path, *, threshold: Threshold | None,
             device: str = "auto", batch_size: int = 16, resume: bool = False, progress: Progress | None = None,
             stop: threading.Event | None = None, predictor: Predictor | None = None,
-            expected: list[int] | None = None) -> Result:
-    """`expected`: check_sources' frame counts, when the caller has checked the sources already."""
+            expected: list[int] | None = None, detect_size: int = DETECT_SIZE, threads: int | None = None) -> Result:
+    """`expected`: check_sources' frame counts, when the caller has checked the sources already.
+    `threads`: torch's threads on the CPU while this runs (default cpu_threads(); restored after)."""
     if batch_size < 1:
         raise FmaeError(f"--batch-size {batch_size}: must be at least 1")
     if out.suffix.lower() != ".csv":
@@ -133,10 +146,10 @@ def predict(sources: list[Source], bundle: ModelBundle, out: Path, *, threshold:
               "sources": [{**s.stamp(), "frames_expected": n} for s, n in zip(sources, expected)]}
     previous = read_sidecar(side) if resume else None
     if previous is not None:
-        _check_same(previous, record, side)
+        _check_same(previous, record, side, detect_size if predictor is None else predictor.detector.detect_size)
         record["started"] = previous.get("started", record["started"])
         record["sessions"] = int(previous.get("sessions", 1)) + 1
-    pred = predictor or Predictor(bundle, pick_device(device))
+    pred = predictor or Predictor(bundle, pick_device(device), detect_size)
     record["device"] = str(pred.device)
     record["detector"] = pred.detector.describe()
     table = CsvTable(out, header)
@@ -186,8 +199,11 @@ def predict(sources: list[Source], bundle: ModelBundle, out: Path, *, threshold:
     start = time.perf_counter()
     last_save = start
     stop = stop or threading.Event()
-    feed = Prefetch(frames_of(sources, skip, stop), depth=4 * batch_size)
+    feed = Prefetch(_with_copies(frames_of(sources, skip, stop), pred.detector.detect_size), depth=4 * batch_size)
     batch: list[Frame] = []
+    threads_before = torch.get_num_threads()
+    if pred.device.type == "cpu":
+        torch.set_num_threads(threads or cpu_threads())
 
     def flush() -> None:
         rows = _rows(pred, batch, sources, trackers, threshold, batch_size, result, counts, len(header))
@@ -197,10 +213,6 @@ def predict(sources: list[Source], bundle: ModelBundle, out: Path, *, threshold:
 
     try:
         for frame in feed:
-            shape = frame.rgb.shape if frame.rgb is not None else None
-            shapes = {f.rgb.shape for f in batch if f.rgb is not None}
-            if batch and shape is not None and shapes and shape not in shapes:
-                flush()  # MTCNN batches frames of one size only
             batch.append(frame)
             if len(batch) >= batch_size:
                 flush()
@@ -219,6 +231,7 @@ def predict(sources: list[Source], bundle: ModelBundle, out: Path, *, threshold:
         result.interrupted = True
         raise
     finally:
+        torch.set_num_threads(threads_before)
         feed.close()
         table.close()
         result.seconds = time.perf_counter() - start
@@ -231,10 +244,18 @@ def predict(sources: list[Source], bundle: ModelBundle, out: Path, *, threshold:
     return result
 
 
+def _with_copies(frames: Iterator[Frame], detect_size: int) -> Iterator[Frame]:
+    """Each frame with the detector's scaled copy, made where the frames are decoded (the Prefetch thread)."""
+    for f in frames:
+        yield f if f.rgb is None else replace(f, detect_rgb=detection_copy(f.rgb, detect_size))
+
+
 def _rows(pred: Predictor, batch: list[Frame], sources: list[Source], trackers: dict[int, Tracker],
           threshold: Threshold | None, batch_size: int, result: Result, counts: dict, width: int) -> list[list[str]]:
     decoded = [f for f in batch if f.rgb is not None]
-    found = dict(zip((id(f) for f in decoded), pred.detector.detect([f.rgb for f in decoded])))
+    copies = [f.detect_rgb if f.detect_rgb is not None else detection_copy(f.rgb, pred.detector.detect_size)
+              for f in decoded]
+    found = dict(zip((id(f) for f in decoded), pred.detector.detect([f.rgb for f in decoded], copies)))
     size = pred.bundle.input_size
     crops = [crop_face(f.rgb, box, size) for f in decoded for box in found[id(f)].boxes]
     probs = pred.probabilities(crops, batch_size)
@@ -276,8 +297,9 @@ def _model_record(bundle: ModelBundle) -> dict:
             **{k: v for k, v in bundle.origin.items()}}
 
 
-def _check_same(previous: dict, record: dict, side: Path) -> None:
-    """--resume continues the same prediction: same model, threshold and sources, unchanged on disk."""
+def _check_same(previous: dict, record: dict, side: Path, detect_size: int) -> None:
+    """--resume continues the same prediction: same model, threshold, detector scale and sources, unchanged
+    on disk."""
     def what(r: dict) -> tuple:
         m = r.get("model") or {}
         return (m.get("checkpoint") or m.get("model_file"), m.get("outputs"))
@@ -288,6 +310,10 @@ def _check_same(previous: dict, record: dict, side: Path) -> None:
     if (previous.get("threshold") or {}).get("value") != (record.get("threshold") or {}).get("value"):
         raise FmaeError(f"--resume: {side} used threshold {(previous.get('threshold') or {}).get('value')} — "
                         "pass the same --threshold, or write a new --out")
+    was = (previous.get("detector") or {}).get("detect_size", 0)  # a sidecar from before detect_size: full size
+    if was != detect_size:
+        raise FmaeError(f"--resume: {side} detected faces with --detect-size {was} — pass the same --detect-size, "
+                        "or write a new --out")
     before = [(s.get("path"), s.get("size"), s.get("mtime")) for s in previous.get("sources", [])]
     now = [(s["path"], s["size"], s["mtime"]) for s in record["sources"]]
     if [b[0] for b in before] != [n[0] for n in now]:

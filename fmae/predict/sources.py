@@ -45,6 +45,7 @@ class Frame:
     number: int  # 1-based frame number within its source (OpenFace's convention)
     timestamp: float  # seconds from the container (0.0 for an image)
     rgb: np.ndarray | None  # [H, W, 3] uint8; None = this frame could not be decoded
+    detect_rgb: np.ndarray | None = None  # the detector's scaled copy, made in the decode thread
 
 
 def list_sources(args: Iterable[str], stdin: Iterable[str] | None = None) -> list[Source]:

@@ -64,7 +64,7 @@ class PredictScreen(FmaeScreen):
                 yield Label("threshold ")
                 yield Input(value="0.5", placeholder="0.5, tuned or a value", id="predict-threshold")
         yield Static(id="predict-status")
-        yield CurvePlot("probability", xlabel="frame", id="predict-plot")
+        yield CurvePlot("probability", xlabel="frame", id="predict-plot", ylim=(0.0, 1.0))
         yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:

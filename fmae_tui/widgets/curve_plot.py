@@ -45,10 +45,11 @@ def _around(lo: float, hi: float) -> tuple[float, float]:
 
 class CurvePlot(PlotextPlot):
     def __init__(self, title: str, *, xlabel: str = "epoch", id: str | None = None,  # noqa: A002
-                 own_legend: bool = True) -> None:
+                 own_legend: bool = True, ylim: tuple[float, float] | None = None) -> None:
         super().__init__(id=id)
         self.title = title
         self.xlabel = xlabel
+        self.ylim = ylim  # a fixed y range (probabilities: 0-1), else fitted to the data
         self.series: dict[str, tuple[list[float], list[float]]] = {}
         self.slots: dict[str, int] = {}  # a series' fixed style slot (several plots, one legend beside them)
         self.own_legend = own_legend  # False: the screen shows one legend for several plots
@@ -95,8 +96,10 @@ class CurvePlot(PlotextPlot):
             ys_all = [y for _, _, ys in drawn for y in ys]
             if min(xs_all) == max(xs_all):
                 plt.xlim(*_around(min(xs_all), max(xs_all)))
-            if min(ys_all) == max(ys_all):
+            if self.ylim is None and min(ys_all) == max(ys_all):
                 plt.ylim(*_around(min(ys_all), max(ys_all)))
+        if self.ylim is not None:
+            plt.ylim(*self.ylim)
         self.legend = "   ".join(marks) if len(drawn) > 1 and self.own_legend else ""
         # plotext leaves the x label out of a short plot: there the legend goes with the title
         short = 0 < self.size.height < SHORT
