@@ -28,6 +28,7 @@ from textual.strip import Strip
 from textual.widgets.data_table import Column, ColumnKey, Row, RowKey
 
 PAD = 1  # blank cells on each side of a column, as DataTable's cell_padding
+_KINDS = ("vtable--cursor", "vtable--even-row", "vtable--odd-row")  # how a row's line can be drawn
 
 
 def as_cell(value: Any) -> str | Text:
@@ -40,7 +41,9 @@ def as_text(value: str | Text) -> Text:
 
 
 def width_of(value: str | Text) -> int:
-    return value.cell_len if isinstance(value, Text) else cell_len(value)
+    if isinstance(value, Text):
+        return value.cell_len
+    return len(value) if value.isascii() else cell_len(value)  # most cells are ASCII: no table lookups
 
 
 class VirtualTable(ScrollView, can_focus=True):
@@ -126,6 +129,7 @@ class VirtualTable(ScrollView, can_focus=True):
         self._cursor = 0
         self._told: str | None = None  # the key the last RowHighlighted named
         self._lines: dict[tuple, tuple[Strip, Style]] = {}  # full-width lines drawn since the last change
+        self._drawn_widths: tuple[int, ...] = ()  # the column widths the kept lines were drawn with
         self.live: Callable[[str, str], str | Text] | None = None  # cells of the `fixed` columns, drawn when shown
 
     # --- columns ----------------------------------------------------------------------------------------
@@ -170,14 +174,16 @@ class VirtualTable(ScrollView, can_focus=True):
 
     def put_rows(self, rows: Iterable[tuple[str, Iterable[Any]]]) -> None:
         """Hold (or replace) rows' cells, shown or not: (key, cells) pairs."""
+        keys = []
         for key, cells in rows:
+            keys.append(key)
             row = [as_cell(c) for c in cells]
             widths = tuple(width_of(c) for c in row)
             self._forget_widths(key)
             self._rows[key], self._widths[key] = row, widths
             for counts, w in zip(self._counts, widths):
                 counts[w] += 1
-        self._changed()
+        self._changed(rows=keys)
 
     def put_row(self, key: str, cells: Iterable[Any]) -> None:
         self.put_rows([(key, cells)])
@@ -207,7 +213,7 @@ class VirtualTable(ScrollView, can_focus=True):
         if before is not None and before in self.index_of:
             self._cursor = self.index_of[before]
         self._cursor = max(0, min(self._cursor, len(self._keys_shown) - 1))
-        self._changed()
+        self._changed(rows=())  # a line is drawn per (row, stripe or cursor): moving rows keeps them
         self._scroll_to_cursor()
 
     @property
@@ -285,8 +291,10 @@ class VirtualTable(ScrollView, can_focus=True):
                     scroll: bool = True) -> None:
         if row is None or not self._keys_shown:
             return
+        before = self.cursor_key
         self._cursor = max(0, min(row, len(self._keys_shown) - 1))
-        self._lines.clear()
+        for key in (before, self.cursor_key):
+            self._lines.pop((key, "vtable--cursor"), None)
         self.refresh()
         if scroll:
             self._scroll_to_cursor()
@@ -355,9 +363,18 @@ class VirtualTable(ScrollView, can_focus=True):
 
     # --- drawing ----------------------------------------------------------------------------------------
 
-    def _changed(self, layout: bool = False) -> None:
-        self._lines.clear()
-        width = sum(p[0] + self._column_width(i) + p[1] for i, p in enumerate(self._padding))
+    def _changed(self, layout: bool = False, rows: Iterable[str] | None = None) -> None:
+        """After any change: the size, the cursor, and the drawn lines to forget — those of `rows` when
+        the columns kept their widths (a part of 500 new runs redraws nothing already drawn), else all."""
+        widths = tuple(self._column_width(i) for i in range(len(self._keys)))
+        if rows is None or layout or widths != self._drawn_widths:
+            self._lines.clear()
+            self._drawn_widths = widths
+        else:
+            for key in rows:
+                for kind in _KINDS:
+                    self._lines.pop((key, kind), None)
+        width = sum(p[0] + w + p[1] for w, p in zip(widths, self._padding))
         size = Size(width, len(self._keys_shown) + 1)  # + the header
         if size != self.virtual_size:
             self.virtual_size = size
