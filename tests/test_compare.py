@@ -231,7 +231,7 @@ def test_counts_are_kept_while_the_predictions_file_is_unchanged(study, monkeypa
     made = []
     real = compare.subject_counts
     monkeypatch.setattr(compare, "subject_counts", lambda *a: made.append(1) or real(*a))
-    compare._CACHE.clear()
+    compare.clear_cache()
     first = compare_groups(study, IAT, BASE, draws=200, metrics=["f1"])
     assert len(made) == 12  # 6 cells × 2 groups
     again = compare_groups(study, IAT, BASE, draws=200, metrics=["f1"])

@@ -191,8 +191,9 @@ def _compare_cells(pairs: list[CellPair], dataset: str, metrics: list[str], draw
         cols = [a.codes.index(c) for c in codes]
         people, subject = np.unique(a.subjects, return_inverse=True)
         # The seeds of a fold (and both groups) were tested on the same people: one draw for all of them
-        units[tuple(people)].append((i, _counts(cell.run_a, a, cols, people, subject),
-                                     _counts(cell.run_b, b, cols, people, subject)))
+        auc = "auc" in metrics
+        units[tuple(people)].append((i, _counts(cell.run_a, a, cols, people, subject, auc),
+                                     _counts(cell.run_b, b, cols, people, subject, auc)))
     assert codes is not None
     c, k = len(pairs), len(codes)
     observed = {m: np.full((2, c, k + 1), np.nan) for m in metrics}  # [A/B, cell, AU + avg]
@@ -228,15 +229,21 @@ _CACHE: OrderedDict[tuple, SubjectCounts] = OrderedDict()
 _CACHE_SIZE = 512  # runs' counts kept (a few KB each): the app compares every row with one pinned baseline
 
 
-def _counts(run: Path, pred: Predictions, cols: list[int], people: np.ndarray, subject: np.ndarray) -> SubjectCounts:
+def clear_cache() -> None:
+    """Forget every run's counts (a benchmark's cold start)."""
+    _CACHE.clear()
+
+
+def _counts(run: Path, pred: Predictions, cols: list[int], people: np.ndarray, subject: np.ndarray,
+            auc: bool) -> SubjectCounts:
     """A run's per-subject counts, kept while its predictions file is unchanged (the counts do not depend
     on the frames' order, so B's realigned frames share B's file's entry)."""
     path = RunDir(run).predictions / "best.npz"
     st = path.stat()
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size, tuple(pred.codes[c] for c in cols), tuple(people))
     found = _CACHE.get(key)
-    if found is None:
-        found = subject_counts(pred.probs[:, cols], pred.labels[:, cols], subject, len(people))
+    if found is None or (auc and found.concord2 is None):
+        found = subject_counts(pred.probs[:, cols], pred.labels[:, cols], subject, len(people), auc)
         _CACHE[key] = found
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)

@@ -35,15 +35,17 @@ class SubjectCounts:
     ge_neg: np.ndarray  # [S, T*K] negatives with prob >= t
     pos: np.ndarray  # [S, K] positives
     neg: np.ndarray  # [S, K] negatives
-    concord2: np.ndarray  # [K, S, S] 2 × (pairs positive-of-i above negative-of-j) + ties (once)
+    concord2: np.ndarray | None  # [K, S, S] 2 × (pairs positive-of-i above negative-of-j) + ties; None: no AUC
 
     @property
     def num_aus(self) -> int:
         return self.pos.shape[1]
 
 
-def subject_counts(probs: np.ndarray, labels: np.ndarray, subject: np.ndarray, num_subjects: int) -> SubjectCounts:
-    """`probs` [N, K] in [0, 1], `labels` [N, K] 0/1, `subject` [N] in 0..S-1."""
+def subject_counts(probs: np.ndarray, labels: np.ndarray, subject: np.ndarray, num_subjects: int,
+                   with_auc: bool = True) -> SubjectCounts:
+    """`probs` [N, K] in [0, 1], `labels` [N, K] 0/1, `subject` [N] in 0..S-1. The AUC's pair counts (most
+    of the work: a sort per AU) only `with_auc`."""
     given = np.asarray(probs)
     labels = np.asarray(labels).astype(bool)
     n, k = given.shape
@@ -55,7 +57,7 @@ def subject_counts(probs: np.ndarray, labels: np.ndarray, subject: np.ndarray, n
     ge = at_least.transpose(0, 2, 3, 1).astype(np.float64)  # [S, 2, T, K]
     return SubjectCounts(ge[:, 1].reshape(s, t * k), ge[:, 0].reshape(s, t * k),
                          hist[:, :, 1].sum(-1).astype(np.float64), hist[:, :, 0].sum(-1).astype(np.float64),
-                         _concordance(given, labels, subject, s))
+                         _concordance(given, labels, subject, s) if with_auc else None)
 
 
 def grid_index(probs: np.ndarray) -> np.ndarray:
@@ -113,10 +115,14 @@ def scores(c: SubjectCounts, w: np.ndarray) -> dict[str, np.ndarray]:
     tp /= denom
     f1 = tp.reshape(d, t, k)  # [D, T, K]
     best = np.argmax(f1.mean(axis=2), axis=1)  # [D]: the first threshold of the highest mean F1
+    out = {"f1": f1[:, I05, :], "f1_best": f1[np.arange(d), best, :]}
+    if c.concord2 is None:
+        return out
     pairs = pos * (w @ c.neg)  # [D, K]
     u2 = ((w @ c.concord2) * w).sum(axis=2).T  # [D, K]: wᵀ C w of each draw
     auc = np.divide(u2, 2.0 * pairs, out=np.full_like(u2, np.nan), where=pairs > 0)
-    return {"f1": f1[:, I05, :], "f1_best": f1[np.arange(d), best, :], "auc": auc}
+    out["auc"] = auc
+    return out
 
 
 def with_mean(per_au: np.ndarray, metric: str) -> np.ndarray:
