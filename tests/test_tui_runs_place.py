@@ -59,21 +59,30 @@ async def test_cursor_follows_its_run_through_resorts_and_refreshes(runs: dict[s
         assert app.screen.path == done.path
 
 
-async def test_home_end_and_page_keys_move_the_cursor(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [(80, 24), (200, 30)])
+async def test_home_end_and_page_keys_move_the_cursor(tmp_path: Path, size: tuple[int, int]) -> None:
     root = tmp_path / "runs"
     made = [_make(root, "bp4d", "vit_tiny", seed, 100 - seed, fold=1, lam=0.0) for seed in range(40)]
     app = create_app(runs_dir=root)
-    async with app.run_test(size=(80, 24)) as pilot:
+    async with app.run_test(size=size) as pilot:
         table = await open_runs(app, pilot)
         assert table.selected_id == made[-1].id  # newest first
+        assert " s0 " not in screen_text(app)  # the oldest run is below the screen
         await pilot.press("end")
         assert table.selected_id == made[0].id and table.cursor_row == 39
+        await pilot.pause()
+        shown = screen_text(app)
+        assert " s0 " in shown and made[0].id in shown.split("─" * 20)[-1]  # drawn, and named below
         await pilot.press("home")
         assert table.cursor_row == 0
         await pilot.press("pagedown")
         page = table.cursor_row
         assert page >= 8, page  # a screenful, not one row
-        await pilot.press("pageup")
+        await pilot.press("pagedown")
+        assert table.cursor_row == min(2 * page, 39)
+        await pilot.pause()
+        assert f" s{39 - table.cursor_row} " in screen_text(app)  # the page under the cursor is the one drawn
+        await pilot.press("pageup", "pageup")
         assert table.cursor_row == 0
 
 
@@ -167,6 +176,13 @@ async def test_wide_terminal_shows_recipe_duration_and_speed(tmp_path: Path) -> 
         assert cell(table, fer, "duration") == "2m00s" and cell(table, fer, "rate") == "412"
         assert cell(table, fer, "tags") == "paper" and cell(table, fer, "run") == fer.id
         assert cell(table, made["pretrain"], "kind") == "MAE pretrain"
+        # "fold seed λ" heads three parts of one cell: each part starts under its word
+        lines = screen_text(app).splitlines()
+        header = next(line for line in lines if "fold seed λ" in line)
+        au = next(line for line in lines if made["au"].id in line)
+        assert [au.index(p) for p in ("f2 ", "s0 ", "λ2 ")] == [header.index(w) for w in ("fold", "seed", "λ")]
+        pre = next(line for line in lines if made["pretrain"].id in line)
+        assert pre.index("s0 ") == header.index("seed")  # no fold, no λ: the seed still under its word
         table.set_sort("duration")
         await pilot.pause()
         assert table.shown_ids[-1] == made["au"].id  # never started: no duration, last
