@@ -77,6 +77,8 @@ def _train(path: str) -> int:
         if rank == 0:
             _record_failure(run, e)
         raise
+    finally:
+        preemption.over = True
     return preemption.requeue_if_caught(run, code, rank)
 
 
@@ -88,6 +90,7 @@ class _Preemption:
 
     def __init__(self) -> None:
         self.caught: int | None = None
+        self.over = False  # the trainer has returned: a late signal has nothing left to save or requeue
         self.submitit_handler: Any = None
         try:
             from submitit import JobEnvironment
@@ -101,9 +104,11 @@ class _Preemption:
             signal.signal(sig, self._caught)
 
     def _caught(self, signum: int, frame: Any) -> None:
+        if self.over:
+            return
         self.caught = signum
         stop = signal.getsignal(signal.SIGTERM)
-        if not callable(stop) or stop == self.idle:  # the trainer has not started (or has ended): nothing to save
+        if not callable(stop) or stop == self.idle:  # the trainer has not started: nothing to save
             self.submitit_handler(signum, frame)
             return
         stop(signal.SIGTERM, frame)  # the trainer's own cancel: finish the step, write last.pt
