@@ -307,6 +307,8 @@ def test_an_interrupted_prediction_leaves_a_valid_csv_and_resume_finishes_it_exa
 
     with pytest.raises(FmaeError, match="used threshold 0.5"):
         predict(sources, bundle, out, threshold=choose_threshold(bundle, "0.3"), resume=True, predictor=pred)
+    with pytest.raises(FmaeError, match="detected faces with --detect-size 180"):
+        predict(sources, bundle, out, threshold=half, resume=True, predictor=Predictor(bundle, torch.device("cpu"), 0))
     assert out.read_text() == reference.read_text()
 
 
@@ -445,7 +447,9 @@ def test_an_expression_model_writes_class_probabilities_and_the_most_probable_cl
     with pytest.raises(FmaeError, match="--threshold is for AU models"):
         choose_threshold(bundle, "tuned")
     out = tmp_path / "fer.csv"
+    threads = torch.get_num_threads()
     predict(list_sources([str(p) for p in FACES]), bundle, out, threshold=choose_threshold(bundle, "0.5"))
+    assert torch.get_num_threads() == threads  # cores - 1 while predicting, then as it was
     rows = _rows(out)
     assert list(rows[0])[9:] == [f"{c}_p" for c in classes] + ["expression", "source"]
     assert len(rows) == 2 and {r["success"] for r in rows} == {"1"}
