@@ -1,11 +1,12 @@
 """One tiny BP4D run, then what a reviewer asks of it: scored on DISFA's frames over the AUs the two share
-(`fmae eval --dataset`, its own rows in `fmae report`), and the t-SNE picture of its features with the
-silhouette score of each colouring (`fmae features`)."""
+(`fmae eval --dataset`, its own rows in `fmae report` and its own table on the Results screen), and the
+t-SNE picture of its features with the silhouette score of each colouring (`fmae features`)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,13 @@ import pytest
 
 from conftest import assert_one_line_error, run_fmae
 from fmae.metrics import au_scores
-from fmae.registry import shared_au_codes
+from fmae.registry import get_dataset, shared_au_codes
 from fmae.report import Scoring, build
+from fmae_tui import prefs
+from fmae_tui.app import create_app
+from fmae_tui.screens.results import ResultsScreen
+from test_report import au_config, au_record, new_run, rand_values
+from tui_support import screen_text, wait_until
 
 TINY = ["--model", "vit_tiny", "--batch-size", "8", "--set", "input_size=32", "--set", "num_workers=0",
         "--set", "warmup_epochs=1", "--epochs", "1"]
@@ -88,3 +94,53 @@ def test_features_draw_the_test_frames_and_score_each_colouring(trained, tmp_pat
     bad = run_fmae("features", run, "--by", "au:99", "--out", tmp_path / "x.png", cwd=tmp_path)
     assert_one_line_error(bad, "--by au:99", "1, 2, 4")
     assert not (tmp_path / "x.png").exists()
+
+
+async def test_results_remembers_the_cross_dataset_table_and_its_pinned_row_apart_from_the_benchmarks(tmp_path):
+    """BP4D's own table and BP4D → DISFA are both (bp4d, au): each keeps its own pinned row, and the one
+    shown last is the one shown again."""
+    runs, rng = tmp_path / "runs", random.Random(5)
+    for on, aus in ((None, get_dataset("bp4d").au_names()), ("disfa", [f"AU{c}" for c in shared_au_codes("bp4d", "disfa")])):
+        for lam, recipe in ((0.0, "fmae"), (2.0, "fmae_iat")):
+            for fold in (1, 2, 3):
+                values = rand_values(rng, aus)
+                extra = {"eval_dataset": on} if on else {}
+                new_run(runs, au_config(fold, 0, lam, recipe, **extra), "done",
+                        {"task": "au", "best_epoch": 1, "best": au_record(1, values, values, values)})
+
+    async def results(app, pilot) -> ResultsScreen:
+        app.action_open("results")
+        await wait_until(pilot, lambda: isinstance(app.screen, ResultsScreen) and app.screen.report is not None,
+                         what="the tables")
+        await pilot.pause()
+        return app.screen
+
+    async def pin(pilot, screen: ResultsScreen, label: str) -> None:
+        (key,) = [k for k, row in screen._rows.items() if getattr(row, "label", None) == label]
+        screen.table.move_cursor(row=screen.table.get_row_index(key))
+        await pilot.press("b")
+        await pilot.pause()
+
+    app = create_app(runs_dir=runs)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await results(app, pilot)
+        assert screen.report.title == "BP4D — AU detection"
+        await pin(pilot, screen, "vit_tiny fmae λ=0")
+        await pilot.press("tab")
+        await pilot.pause()
+        assert screen.report.title == "BP4D → DISFA — AU detection, cross-dataset"
+        assert screen._baseline_row() is None  # BP4D's pin is not this table's
+        await pin(pilot, screen, "vit_tiny fmae_iat λ=2 tested on disfa")
+    assert prefs.load("results")["table"] == "bp4d→disfa/au"
+
+    app = create_app(runs_dir=runs)  # reopened: the cross-dataset table, shown last, with its own pin
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await results(app, pilot)
+        assert screen.report.title == "BP4D → DISFA — AU detection, cross-dataset"
+        assert "the pinned ★ vit_tiny fmae_iat λ=2 tested on disfa" in " ".join(screen_text(app).split())
+        await pilot.press("shift+tab")
+        await pilot.pause()
+        assert screen.report.title == "BP4D — AU detection"
+        assert screen._baseline_row().label == "vit_tiny fmae λ=0"
+        assert "the pinned ★ vit_tiny fmae λ=0" in " ".join(screen_text(app).split())
+    assert prefs.load("results")["table"] == "bp4d/au"

@@ -200,6 +200,11 @@ class Report:
     grids: list[Grid]
     tested_on: str | None = None  # cross-dataset (`fmae eval --dataset`): the benchmark whose frames were scored
 
+    @property
+    def key(self) -> str:
+        """What names the table across visits: "bp4d/au"; a cross-dataset one its own, "bp4d→disfa/au"."""
+        return f"{self.dataset}→{self.tested_on}/{self.task}" if self.tested_on else f"{self.dataset}/{self.task}"
+
     def notes(self) -> list[str]:
         """What a reader must know about the rows: partial rows, seeds left out, degenerate and replaced runs."""
         out = []

@@ -69,10 +69,11 @@ class ResultsScreen(PolledScreen):
         self.complete_only = bool(saved.get("complete_only", False))
         self.widen: tuple[int, ...] = tuple(int(s) for s in saved.get("widen") or () if isinstance(s, int))
         self.show_paper = bool(saved.get("show_paper", True))
-        base = saved.get("baseline")
-        # the pinned group: (task, dataset, row label); a label names one row of one table
-        self.baseline: tuple | None = tuple(base) if isinstance(base, list) and len(base) == 3 else None
-        self._table_wanted = saved.get("table")  # "dataset/task" last shown
+        # each table's pinned group: Report.key -> row label (a label names one row of one table)
+        base = saved.get("baselines")
+        self.baselines: dict[str, str] = ({str(k): v for k, v in base.items() if isinstance(v, str)}
+                                          if isinstance(base, dict) else {})
+        self._table_wanted = saved.get("table")  # Report.key of the table last shown
         self.show_notes = False
         self.results: Results | None = None
         self.index = 0  # which report (benchmark, task) is shown
@@ -109,8 +110,8 @@ class ResultsScreen(PolledScreen):
         report = self.report
         prefs.save(PREFS, {"metric": self.metric, "epoch": self.epoch, "threshold": self.threshold,
                            "by": list(self.by), "complete_only": self.complete_only, "widen": list(self.widen),
-                           "show_paper": self.show_paper, "baseline": list(self.baseline) if self.baseline else None,
-                           "table": f"{report.dataset}/{report.task}" if report else self._table_wanted})
+                           "show_paper": self.show_paper, "baselines": self.baselines,
+                           "table": report.key if report else self._table_wanted})
 
     # --- building (a worker: it reads every run) -------------------------------------------------------
 
@@ -150,7 +151,7 @@ class ResultsScreen(PolledScreen):
         else:
             self.results = results
             if self._table_wanted and results is not None:  # the table shown last time, once
-                names = [f"{r.dataset}/{r.task}" for r in results.reports]
+                names = [r.key for r in results.reports]
                 if self._table_wanted in names:
                     self.index = names.index(self._table_wanted)
                     self._table_wanted = None
@@ -170,9 +171,8 @@ class ResultsScreen(PolledScreen):
         return self.results.reports[self.index]
 
     def _baseline_row(self) -> GroupRow | None:
-        if self.baseline is None or self.report is None:
-            return None
-        return next((r for r in self.report.rows if (r.task, r.dataset, r.label) == self.baseline), None)
+        label = self.baselines.get(self.report.key) if self.report is not None else None
+        return next((r for r in self.report.rows if r.label == label), None) if label is not None else None
 
     def _show(self) -> None:
         from fmae.report.export import default_digits, fmt, mean_std
@@ -378,8 +378,9 @@ class ResultsScreen(PolledScreen):
         if row is None:
             self.notify("select one of your groups to pin it", severity="warning")
             return
-        key = (row.task, row.dataset, row.label)
-        self.baseline = None if self.baseline == key else key
+        key = self.report.key
+        if self.baselines.pop(key, None) != row.label:  # b on the pinned row unpins it
+            self.baselines[key] = row.label
         self._show()
         self._save_prefs()
 
@@ -443,7 +444,7 @@ class ResultsScreen(PolledScreen):
         self._close_prompt()
         if what == "by":
             self.by = tuple(value.replace(",", " ").split())
-            self.baseline = None
+            self.baselines = {}  # rows are named by the group-by keys: no pinned label names a row now
             self._changed()
         elif what == "widen":
             from fmae.queue_ops import parse_ints
