@@ -15,7 +15,7 @@ from fmae.config import ProjectConfig, Resolved, layer
 from fmae.data.locate import dataset_location, ensure_dataset, missing_labels
 from fmae.errors import FmaeError
 from fmae.model_specs import encoder_spec
-from fmae.recipes import ID_PROBE, PRETRAIN, finetune_recipe
+from fmae.recipes import ID_PROBE, PRETRAIN, explicit_keys, finetune_recipe
 from fmae.registry import get_dataset
 from fmae.run_spec import RETIRED_KEYS, choices, dotted, every_run_defaults, sectioned
 
@@ -126,7 +126,10 @@ def resolve_run_config(
     upper = _project_layers(project, spec.name, cli)
     lower: list[Layer] = [("engine default", engine), (f"recipe {spec.name}/{recipe_name}", base)]
     model = str(_chosen("model", [*lower, *upper], ""))
-    resolved = _layered([*lower, _model_layer(model, base, ("input_size",))], upper)
+    # the model's input size, unless the recipe's own row chose one (the demo's 32 px)
+    chosen = task != "id_probe" and "input_size" in explicit_keys(spec.name, recipe_name)
+    owned = () if chosen else ("input_size",)
+    resolved = _layered([*lower, _model_layer(model, base, owned)], upper)
     values, sources = resolved.values, resolved.sources
     _cap_warmup(values, sources, cli)
     _check_values(values)
