@@ -59,12 +59,27 @@ def test_area_crops_are_interpolate_area_of_each_box():
     from fmae.predict.mtcnn import area_crops
 
     frames = torch.randint(0, 256, (2, 3, 50, 70), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    y, ey, x, ex = np.array([1, 5, 10, 3]), np.array([30, 50, 20, 44]), np.array([1, 7, 60, 2]), np.array([25, 70, 70, 13])
+    y, ey = np.array([1, 5, 10, 3]), np.array([30, 50, 20, 44])
+    x, ex = np.array([1, 7, 60, 2]), np.array([25, 70, 70, 13])
     image = np.array([0, 1, 1, 0])
     ours = area_crops(frames, image, y, ey, x, ex, 24)
     for k in range(4):
         box = frames[image[k]:image[k] + 1, :, y[k] - 1:ey[k], x[k] - 1:ex[k]].float()
         assert torch.allclose(ours[k], interpolate(box, size=(24, 24), mode="area")[0], atol=1e-4)
+
+
+
+def test_a_candidate_box_outside_its_frame_is_dropped_not_a_crash():
+    from facenet_pytorch.models.mtcnn import RNet
+
+    from fmae.predict.mtcnn import next_stage
+
+    net = RNet().eval().to(memory_format=torch.channels_last)
+    outside = torch.tensor([[100.0, 100.0, 120.0, 120.0, 0.9]])
+    with torch.inference_mode():
+        boxes, image, (reg, probs) = next_stage(torch.zeros(1, 3, 40, 40), outside, torch.zeros(1, dtype=torch.long),
+                                            40, 40, 24, net)
+    assert boxes.shape == (0, 5) and image.shape == (0,) and reg.shape == (0, 4) and probs.shape == (0, 2)
 
 
 def test_batched_mtcnn_gives_facenet_pytorchs_boxes_at_full_resolution(media):

@@ -9,7 +9,7 @@ full-resolution frame. Most of MTCNN's time is its first stage over an image pyr
 that of the frame, so a smaller copy is that much faster; the cost is the smallest face found, 20 px
 in the copy (1/9 of the frame's shorter side at 180). The boxes move against full-resolution
 detection by no more than MTCNN's own boxes move from one frame of a video to the next
-(tests/test_predict_speed.py).
+(tests/test_predict_detect.py).
 """
 
 from __future__ import annotations

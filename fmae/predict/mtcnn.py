@@ -1,11 +1,12 @@
 """MTCNN's three stages over a batch of equally sized frames: facenet-pytorch's `detect_face` (its P/R/O
 nets and weights, its box arithmetic, imported from it), with the step it takes box by box done for all
 boxes at once. Between the stages every candidate box is cut out of its frame and area-resampled to
-R-net's 24 px or O-net's 48 px; facenet-pytorch makes one `interpolate(mode="area")` call per box
-(hundreds per frame, most of its time on a CPU). Here the same averages come from one integral image per
-frame: area resampling is `adaptive_avg_pool2d`, whose output cell i covers input rows
-floor(i·h/n) … ceil((i+1)·h/n), and each cell's sum is four look-ups. The boxes agree with
-facenet-pytorch's to float rounding (tests/test_predict_speed.py)."""
+R-net's 24 px or O-net's 48 px; facenet-pytorch makes one `interpolate(mode="area")` call per box (tens
+per frame; a third of its detector's time in one profile). Here the same averages come from one integral
+image per frame: area resampling is `adaptive_avg_pool2d`, whose output cell i covers input rows
+floor(i·h/n) … ceil((i+1)·h/n), and each cell's sum is four look-ups. The nets' inputs are
+channels-last (FaceDetector makes the nets so). The boxes agree with facenet-pytorch's to float
+rounding (tests/test_predict_detect.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from torchvision.ops.boxes import batched_nms
 
 def area_crops(frames: torch.Tensor, image: np.ndarray, y: np.ndarray, ey: np.ndarray, x: np.ndarray,
                ex: np.ndarray, size: int) -> torch.Tensor:
-    """frames: [B, 3, H, W] uint8; box k is frames[image[k], :, y[k]-1:ey[k], x[k]-1:ex[k]]
+    """frames: [B, 3, H, W] pixel values 0…255 (any dtype); box k is frames[image[k], :, y[k]-1:ey[k], x[k]-1:ex[k]]
     (facenet's `pad` convention) -> [K, 3, size, size], each box area-resampled as `interpolate` would."""
     top, left = torch.as_tensor(y - 1, dtype=torch.long), torch.as_tensor(x - 1, dtype=torch.long)
     h = torch.as_tensor(ey, dtype=torch.long) - top
@@ -52,7 +53,7 @@ def area_crops(frames: torch.Tensor, image: np.ndarray, y: np.ndarray, ey: np.nd
     return out
 
 
-def _stage(frames: torch.Tensor, boxes: torch.Tensor, image: torch.Tensor, w: int, h: int, size: int,
+def next_stage(frames: torch.Tensor, boxes: torch.Tensor, image: torch.Tensor, w: int, h: int, size: int,
            net: nn.Module) -> tuple[torch.Tensor, torch.Tensor, tuple]:
     """Cut each box out (clipped to the frame), resample to `size`, run `net`. Boxes entirely outside
     their frame are dropped (facenet-pytorch skips their crops too, but keeps the boxes)."""
@@ -64,6 +65,9 @@ def _stage(frames: torch.Tensor, boxes: torch.Tensor, image: torch.Tensor, w: in
         y, ey, x, ex = y[keep], ey[keep], x[keep], ex[keep]
     crops = area_crops(frames, image.cpu().numpy(), y, ey, x, ex, size)
     crops = ((crops - 127.5) * 0.0078125).contiguous(memory_format=torch.channels_last)
+    if not len(crops):  # every box outside its frame: the nets' outputs, empty (they refuse an empty batch)
+        blank = torch.zeros(1, 3, size, size, device=crops.device).contiguous(memory_format=torch.channels_last)
+        return boxes, image, tuple(o[:0] for o in net(blank))
     return boxes, image, fixed_batch_process(crops, net)
 
 
@@ -96,7 +100,7 @@ def detect_faces(frames: np.ndarray, min_face: float, pnet: nn.Module, rnet: nn.
                          boxes[:, 2] + boxes[:, 7] * rw, boxes[:, 3] + boxes[:, 8] * rh, boxes[:, 4]], 1)
     boxes = rerec(boxes)
     if len(boxes):  # stage 2: R-net on 24 px crops
-        boxes, image, (reg, probs) = _stage(imgs, boxes, image, w, h, 24, rnet)
+        boxes, image, (reg, probs) = next_stage(imgs, boxes, image, w, h, 24, rnet)
         score = probs[:, 1]
         ok = score > thresholds[1]
         boxes, image, reg = torch.cat([boxes[ok, :4], score[ok, None]], 1), image[ok], reg[ok]
@@ -104,7 +108,7 @@ def detect_faces(frames: np.ndarray, min_face: float, pnet: nn.Module, rnet: nn.
         boxes = rerec(bbreg(boxes[pick], reg[pick]))
         image = image[pick]
     if len(boxes):  # stage 3: O-net on 48 px crops
-        boxes, image, (reg, _points, probs) = _stage(imgs, boxes, image, w, h, 48, onet)
+        boxes, image, (reg, _points, probs) = next_stage(imgs, boxes, image, w, h, 48, onet)
         score = probs[:, 1]
         ok = score > thresholds[2]
         boxes, image, reg = torch.cat([boxes[ok, :4], score[ok, None]], 1), image[ok], reg[ok]
