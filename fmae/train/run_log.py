@@ -54,6 +54,15 @@ def _stdout_is(path: Path) -> bool:
         return False
 
 
+def finish_records(run: RunDir, tb) -> None:
+    """Before a run says done: the TensorBoard writer closed (it buffers for 120 s) and the records
+    (metrics.jsonl, the events) fsynced, so `done` means they are whole on disk and the process has
+    only its log to close after it."""
+    if tb is not None:
+        tb.close()
+    _fsync([run.metrics_path, *run.path.glob("events.out.tfevents.*")])
+
+
 def close_logging(run: RunDir, handlers: list[logging.Handler]) -> None:
     """Close the handlers, then fsync what the run appended to (train.log, metrics.jsonl, the
     TensorBoard events): nothing of a finished run waits in a buffer when its process leaves."""
@@ -61,7 +70,11 @@ def close_logging(run: RunDir, handlers: list[logging.Handler]) -> None:
     for h in handlers:
         logger.removeHandler(h)
         h.close()
-    for path in [run.log_path, run.metrics_path, *run.path.glob("events.out.tfevents.*")]:
+    _fsync([run.log_path, run.metrics_path, *run.path.glob("events.out.tfevents.*")])
+
+
+def _fsync(paths: list[Path]) -> None:
+    for path in paths:
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError:

@@ -35,7 +35,7 @@ from fmae.run_lock import exec_lock
 from fmae.runs import RunDir, one_line
 from fmae.summary import AU_FLAGS, Summary
 from fmae.train.loader import make_loader
-from fmae.train.run_log import au_epoch_line, close_logging, setup_logging
+from fmae.train.run_log import au_epoch_line, close_logging, finish_records, setup_logging
 from fmae.train.resume import restore, save_last
 from fmae.train.dist import DistInfo, all_reduce_mean, gather_by_index, init_distributed, shutdown
 from fmae.train.optim import Schedule, effective_lr, make_optimizer
@@ -132,8 +132,7 @@ class Trainer:
             else:
                 self._setup(resume)
                 self._fit()
-            if self.tb is not None:  # the events file whole before the status says done
-                self.tb.close()
+            finish_records(self.run, self.tb)  # events and metrics whole on disk before the status says done
             if main:
                 self._final_progress()
                 self.run.mark_ended("done", exit_code=0)
