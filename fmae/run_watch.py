@@ -31,7 +31,8 @@ WATCHED = ("status.json",)  # also stat'ed: a writer that edits it in place (not
 RACY_NS = 2_000_000_000  # a change this recent may share its mtime with the next one: look again
 RATE_TAIL = 8192  # bytes read from the end of metrics.jsonl for the last images/s
 PART_RUNS = 500  # a first scan with `part` hands over this many runs at a time (~0.2 s of reading)
-FIRST_PART = 50  # … after a first part of this many
+FIRST_PART = 50  # … after a first part of this many, and doubling up to LAST_PART
+LAST_PART = 8000
 FINAL_EVERY = 5  # finished runs' folders are stat'ed every this many looks (others at every look)
 
 
@@ -210,7 +211,8 @@ class RunScanner:
                         present.add(run_id)
                     if part is not None and len(changed) >= size:
                         part(changed)
-                        changed, size = [], part_size
+                        # then part_size, doubling: each part costs the screen a pass over what it holds
+                        changed, size = [], part_size if size < part_size else min(2 * size, LAST_PART)
             if part is not None and changed:
                 part(changed)
                 changed = []
@@ -266,12 +268,16 @@ class RunScanner:
         return replace(info, summary=slim_summary(info.summary)) if self.slim else info
 
 
+_SLIM = "_fmae_slim"
+
+
 def slim_summary(summary: dict[str, Any] | None) -> dict[str, Any] | None:
     """What a listing of runs keeps of a summary.json: its numbers and the best and last records' numbers,
     without the per-AU and per-class tables (~10 KB a run in memory, 100 MB at 10,000 runs)."""
-    if not isinstance(summary, dict):
+    if not isinstance(summary, dict) or summary.get(_SLIM):
         return summary
     out = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+    out[_SLIM] = True  # slimmed already: a second slim_summary hands it back as it is
     for key in ("best", "last"):
         record = summary.get(key)
         if isinstance(record, dict):

@@ -175,8 +175,8 @@ def run_rows(changed: Iterable[tuple]) -> list[RunRow]:
     once, here, not at every draw and sort."""
     out = []
     for info, tags, *rate in changed:
-        summary = as_summary(info.summary)
-        out.append(RunRow(replace(info, summary=slim_summary(info.summary)), tags,
+        summary, slim = as_summary(info.summary), slim_summary(info.summary)
+        out.append(RunRow(info if slim is info.summary else replace(info, summary=slim), tags,
                           float(rate[0]) if rate and rate[0] is not None else None,
                           (*headline(summary), is_degenerate(summary)), haystack(info, tags),
                           parse_utc(info.status.get("created"))))
