@@ -25,7 +25,7 @@ from pathlib import Path
 from fmae.atomic_write import write_text_atomic
 from fmae.config import ProjectConfig
 from fmae.errors import FmaeError
-from fmae.executors import KINDS, Claimed, Executor, Handle, Refused, make_executor, says_ended
+from fmae.executors import FALLBACK, KINDS, Claimed, Executor, Handle, Refused, make_executor, says_ended
 from fmae.notify import Notifier
 from fmae.queue import Job, Queue, read_status_fast
 from fmae.runs import FINAL_STATES, RunDir, pid_alive
@@ -191,12 +191,12 @@ class Scheduler:
         return self.executors[kind]
 
     def executor_of(self, job: Job) -> Executor:
-        """The executor that follows a claimed job: the first (the configured one, then the others) that
-        owns its slot — a run submitted to Slurm stays Slurm's after fmae.toml says local again."""
-        kinds = [self.project.executor, *(k for k in KINDS if k != self.project.executor)]
-        owners = [self.executor(k) for k in kinds if self.executor(k).owns(job)]
-        specific = [e for e in owners if e.name != "local"]  # local owns whatever nobody else does
-        return (specific or owners)[0]
+        """The executor that follows a claimed job: the one whose slot names it carries — a run submitted
+        to Slurm stays Slurm's after fmae.toml says local again —, else this machine's."""
+        for kind in KINDS:
+            if kind != FALLBACK and self.executor(kind).owns(job):
+                return self.executor(kind)
+        return self.executor(FALLBACK)
 
     def run(self) -> None:
         self.runs.mkdir(parents=True, exist_ok=True)

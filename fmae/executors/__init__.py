@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 # executor.kind in fmae.toml -> the module:class that does it (imported when first used)
 KINDS = {"local": "fmae.executors.local:LocalExecutor", "slurm": "fmae.executors.cluster:SlurmExecutor"}
+FALLBACK = "local"  # follows every claimed job no other executor's slot names (a process on this machine)
 
 
 @dataclass(frozen=True)
