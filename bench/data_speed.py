@@ -113,6 +113,40 @@ def stage_costs(plain, fast, n: int = 48) -> dict[str, float]:
     return out
 
 
+def against_commit(rev: str, fast, n: int = 128, rounds: int = 6) -> list[str]:
+    """The OpenCV augmentation (crop + flip + RandAugment) of this tree against fast_augment.py as it was
+    at git revision `rev`, on the same cached pixels and item seeds, the two timed in turn `rounds` times
+    (so both see the same load): the speed-up of the fast path itself."""
+    import importlib.util
+    import subprocess
+    import statistics
+
+    from fmae.data.torch.datasets import item_seed, seeded_transform
+
+    source = subprocess.run(["git", "show", f"{rev}:fmae/data/torch/fast_augment.py"], cwd=HERE.parent,
+                            capture_output=True, text=True, check=True).stdout
+    path = Path(tempfile.mkdtemp()) / "fast_augment_then.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("fast_augment_then", path)
+    then = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(then)
+    pipelines = {"then": then.fast_pipeline(fast.transform), "now": fast.fast}
+    cached = [fast.cache.read(fast.keys[i % len(fast)]) for i in range(n)]
+    times: dict[str, list[float]] = {"then": [], "now": []}
+    for _ in range(rounds):
+        for name, pipeline in pipelines.items():
+            start = time.perf_counter()
+            for i, img in enumerate(cached):
+                seeded_transform(pipeline, img, item_seed(0, 0, i))
+            times[name].append((time.perf_counter() - start) / n * 1e3)
+    best = {k: min(v) for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return [f"crop + flip + RandAugment per item, this tree against fast_augment.py at {rev} ({rounds} rounds in turn, "
+            f"{n} items): then {best['then']:.3f} ms (median {med['then']:.3f}), now {best['now']:.3f} ms "
+            f"(median {med['now']:.3f}): {best['then'] / best['now']:.2f}× (median {med['then'] / med['now']:.2f}×); "
+            f"target ≥ 1.5×: {'met' if best['then'] / best['now'] >= 1.5 else 'NOT met'}"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=1024)
@@ -123,6 +157,8 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=12, help="timed batches per measurement")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads of the main process (workers have one each); 0 = torch's default")
+    p.add_argument("--against", default=None, metavar="REV",
+                   help="also time the OpenCV augmentation against fast_augment.py at this git revision")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
 
@@ -164,6 +200,8 @@ def main() -> None:
             lines.append(f"| {name} | {a:.0f} | {b:.0f} | {b / a:.2f}× |")
             if fast_augment:
                 stages[name] = stage_costs(plain, fast)
+            if train and fast_augment and args.against:
+                compared = against_commit(args.against, fast)
         lines.append("")
         lines.append(f"load average at end: {load()}")
         lines.append("")
@@ -172,6 +210,8 @@ def main() -> None:
             lines.append(f"  {name}:")
             lines += [f"    {stage}: {ms:.2f} ms" for stage, ms in costs.items()]
         train_ratio = next(iter(ratios.values()))
+        if args.against:
+            lines += ["", *compared]
         lines.append("")
         lines.append(f"target ≥ {TARGET:.0f}× images/s (train): {'met' if train_ratio >= TARGET else 'NOT met'} "
                      f"({train_ratio:.2f}×)")
