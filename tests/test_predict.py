@@ -239,6 +239,8 @@ def test_bad_inputs_are_one_line_errors_naming_the_file_and_nothing_is_overwritt
     assert out.read_text() == "precious\n"
     assert_one_line_error(run_fmae("predict", PHOTO, "--run", au_run, "--out", tmp_path / "x.csv",
                                    "--threshold", "1.5"), "--threshold")
+    assert_one_line_error(run_fmae("predict", PHOTO, "--run", au_run, "--out", tmp_path / "x.csv",
+                                   "--detect-size", "10"), "--detect-size 10", "at least 40 px")
     not_fmae = tmp_path / "weights.fmae"
     torch.save({"model": {"w": torch.zeros(1)}}, not_fmae)
     assert_one_line_error(run_fmae("predict", PHOTO, "--model", not_fmae, "--out", tmp_path / "y.csv"),

@@ -125,7 +125,11 @@ def test_detecting_on_a_scaled_copy_keeps_the_crops(media):
 
 def test_detect_size_is_checked():
     from fmae.errors import FmaeError
-    from fmae.predict.detect import FaceDetector
+    from fmae.predict.detect import FaceDetector, check_detect_size
 
+    assert (check_detect_size(0), check_detect_size(40), check_detect_size(720)) == (0, 40, 720)
+    for bad in (-1, 30):
+        with pytest.raises(FmaeError, match=f"--detect-size {bad}: give 0"):
+            check_detect_size(bad)
     with pytest.raises(FmaeError, match="--detect-size 30: give 0"):
         FaceDetector(CPU, detect_size=30)

@@ -14,7 +14,7 @@ import typer
 
 from fmae.cli.common import err, out
 from fmae.errors import FmaeError
-from fmae.predict.detect import DETECT_SIZE
+from fmae.predict.detect import DETECT_SIZE, check_detect_size
 
 app = typer.Typer()
 
@@ -51,6 +51,7 @@ def predict_cmd(
 
     # Sources and the run are checked before torch loads, so bad input answers at once.
     parse_threshold(threshold)
+    check_detect_size(detect_size)
     found = list_sources(sources, sys.stdin if "-" in sources else None)
     if out_csv.exists() and not resume:
         raise FmaeError(f"--out {out_csv}: exists — continue it with --resume, or choose another --out "

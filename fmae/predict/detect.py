@@ -44,6 +44,13 @@ class Faces:
 NO_FACES = Faces(np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
 
 
+def check_detect_size(detect_size: int) -> int:
+    """--detect-size: 0 (full resolution) or a side that still holds a face MTCNN can find."""
+    if detect_size < 0 or 0 < detect_size < 2 * MIN_FACE:
+        raise FmaeError(f"--detect-size {detect_size}: give 0 (full resolution) or at least {2 * MIN_FACE} px")
+    return int(detect_size)
+
+
 def detection_copy(rgb: np.ndarray, detect_size: int) -> np.ndarray:
     """The frame as the detector sees it: area-scaled down so its shorter side is `detect_size` (never
     up; 0 keeps it). Made in the decode thread (OpenCV resizes without the GIL)."""
@@ -64,9 +71,7 @@ class FaceDetector:
         import torch
         from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
 
-        if detect_size < 0 or 0 < detect_size < 2 * MIN_FACE:
-            raise FmaeError(f"--detect-size {detect_size}: give 0 (full resolution) or at least {2 * MIN_FACE} px")
-        self.device, self.detect_size = device, int(detect_size)
+        self.device, self.detect_size = device, check_detect_size(detect_size)
         # Channels-last, the three nets' convolutions and max-pooling run 2.5-3.5x faster on a CPU (the same
         # numbers to float rounding); mtcnn.py hands them channels-last inputs.
         self.pnet, self.rnet, self.onet = (net().to(device, memory_format=torch.channels_last).eval()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fmae.errors import FmaeError
-from fmae.predict.detect import DETECT_SIZE
+from fmae.predict.detect import DETECT_SIZE, check_detect_size
 
 TASK = "predict"
 CSV_NAME = "predictions.csv"
@@ -57,6 +57,7 @@ def create_predict_run(runs_dir: Path, model_run: Path, sources: list[str], *, t
 
     cfg = check_model_run(model_run)
     parse_threshold(threshold)
+    check_detect_size(int(detect_size))
     listed = list_sources(sources)  # a missing path or unsupported file is refused now, not in the queue
     if not listed:
         raise FmaeError("no sources to predict on")
