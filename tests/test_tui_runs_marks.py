@@ -22,13 +22,12 @@ def _row_line(app, run_id: str) -> str:
     return screen_text(app).splitlines()[y]
 
 
-@pytest.mark.parametrize("size", [(80, 24), (200, 50)])
 async def test_space_marks_runs_that_survive_resort_filter_and_refresh(runs: dict[str, RunDir], tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch,
-                                                                      size: tuple[int, int]) -> None:
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # at 80x24; the wide layout's mark column is checked in test_tui_runs_many.py
     monkeypatch.setattr(RunsScreen, "POLL_S", 0.05)
     app = create_app(runs_dir=tmp_path / "runs")
-    async with app.run_test(size=size) as pilot:
+    async with app.run_test(size=(80, 24)) as pilot:
         table = await open_runs(app, pilot)
         done, failed = runs["done"], runs["failed"]
         for run in (failed, done):  # marking order, not table order
