@@ -14,7 +14,7 @@ import typer
 
 from fmae.cli.common import err, out
 from fmae.errors import FmaeError
-from fmae.predict.detect import DETECT_SIZE, check_detect_size
+from fmae.predict.detect_size import DETECT_SIZE, check_detect_size
 
 app = typer.Typer()
 

@@ -21,18 +21,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from fmae.errors import FmaeError
+from fmae.predict.detect_size import DETECT_SIZE, MIN_FACE, check_detect_size  # noqa: F401  (read from here too)
 
 if TYPE_CHECKING:
     import torch
 
 MARGIN = 0.05  # of the box's width (left and right) and height (top and bottom)
-# MTCNN's own defaults (facenet-pytorch's MTCNN()): smallest face, the three stages' score thresholds,
-# and the image pyramid's scale step.
-MIN_FACE = 20
+# MTCNN's own defaults (facenet-pytorch's MTCNN()): the three stages' score thresholds and the image
+# pyramid's scale step; the smallest face and the copy's size are in detect_size.py.
 THRESHOLDS = (0.6, 0.7, 0.7)
 FACTOR = 0.709
-DETECT_SIZE = 180  # the detector's copy of a frame: its shorter side in pixels (0: full resolution)
 
 
 @dataclass
@@ -42,13 +40,6 @@ class Faces:
 
 
 NO_FACES = Faces(np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
-
-
-def check_detect_size(detect_size: int) -> int:
-    """--detect-size: 0 (full resolution) or a side that still holds a face MTCNN can find."""
-    if detect_size < 0 or 0 < detect_size < 2 * MIN_FACE:
-        raise FmaeError(f"--detect-size {detect_size}: give 0 (full resolution) or at least {2 * MIN_FACE} px")
-    return int(detect_size)
 
 
 def detection_copy(rgb: np.ndarray, detect_size: int) -> np.ndarray:
