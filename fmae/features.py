@@ -1,5 +1,5 @@
-"""`fmae features RUN --by subject|au:N --out tsne.png`: what the encoder's pooled features of the test
-frames separate, as a picture and as numbers.
+"""`fmae features RUN --by subject|au:N`: what the encoder's pooled features of the test frames separate,
+as a picture and as numbers.
 
 At most `max_frames` test frames (a seeded random subset) go through the run's checkpoint (best, or the
 checkpoint an eval run scored); their pooled features (global average pool + fc_norm, what the heads
@@ -7,8 +7,9 @@ see) are reduced by scikit-learn's PCA to 50 dimensions, then embedded in 2-D by
 coloured by subject or by one AU's presence; the silhouette score of every colouring (subject, and each
 AU's presence) is computed on the 50-d PCA features, where distances mean something (t-SNE keeps
 neighbourhoods, not distances; its plane's score is given beside it). IAT should lower the subject
-score. The 2-D points go to a CSV beside the PNG (x, y, subject, path, one 0/1 column per AU), which
-the app's terminal scatter reads.
+score. The picture goes to RUN/features/tsne-<by>.png unless `--out` names another; the 2-D points go
+to a CSV beside it (x, y, subject, path, one 0/1 column per AU), which the Run screen's Features tab
+reads from the run folder.
 """
 
 from __future__ import annotations
@@ -120,22 +121,29 @@ def _pooled_features(cfg: dict[str, Any], checkpoint: Path, max_frames: int, see
     return np.concatenate(out), task.test_labels, chosen, total, codes
 
 
-def feature_map(run: Path, *, by: str = "subject", out: Path, max_frames: int = 2000, checkpoint: str = "best",
-                seed: int = 0, device: str = "cpu", batch_size: int = 64) -> FeatureMap:
-    """The picture (PNG at `out`), its points (CSV beside it) and the silhouette scores of one AU run."""
+def default_out(run: Path, by: str) -> Path:
+    """Where a picture goes without --out: in the run folder, where the app looks, one file per colouring."""
+    return run / "features" / f"tsne-{by.replace(':', '')}.png"
+
+
+def feature_map(run: Path, *, by: str = "subject", out: Path | None = None, max_frames: int = 2000,
+                checkpoint: str = "best", seed: int = 0, device: str = "cpu", batch_size: int = 64) -> FeatureMap:
+    """The picture (PNG at `out`, default `default_out`), its points (CSV beside it) and the silhouette
+    scores of one AU run."""
     rd = RunDir.open(run)
     cfg = dict(rd.read_config())
     if cfg.get("task") != "au":
         raise FmaeError(f"{run}: a {cfg.get('task')} run — feature pictures colour AU runs' test frames by subject or AU")
     if max_frames < 5:
         raise FmaeError(f"--max-frames {max_frames}: give at least 5 (t-SNE needs a few frames)")
-    if out.suffix.lower() != ".png":
+    if out is not None and out.suffix.lower() != ".png":
         raise FmaeError(f"--out {out}: name a .png file (the points go to {out.with_suffix('.csv').name} beside it)")
     if device not in ("cpu", "cuda"):
         raise FmaeError(f"--device {device}: choose cpu or cuda")
     if checkpoint not in ("best", "last"):
         raise FmaeError(f"--checkpoint {checkpoint}: choose best or last")
     by = parse_by(by, scored_codes(cfg))
+    out = out if out is not None else default_out(rd.path, by)
     ckpt = Path(cfg["eval_checkpoint"]) if cfg.get("eval_checkpoint") else rd.checkpoints / f"{checkpoint}.pt"
     if not ckpt.is_file():
         raise FmaeError(f"{ckpt}: no {checkpoint} checkpoint (state: {rd.read_status().get('state')})")

@@ -19,6 +19,7 @@ from fmae.report import Scoring, build
 from fmae_tui import prefs
 from fmae_tui.app import create_app
 from fmae_tui.screens.results import ResultsScreen
+from fmae_tui.widgets.feature_scatter import find_points
 from test_report import au_config, au_record, new_run, rand_values
 from tui_support import screen_text, wait_until
 
@@ -77,11 +78,13 @@ def test_cross_dataset_eval_scores_the_shared_aus_on_every_frame_and_reports_its
 
 def test_features_draw_the_test_frames_and_score_each_colouring(trained, tmp_path):
     _, run = trained
-    out = tmp_path / "pics" / "tsne.png"
-    result = run_fmae("features", run, "--by", "au:12", "--out", out, "--max-frames", "12", cwd=tmp_path)
+    # without --out: into the run folder, where the Run screen's Features tab looks, named by the colouring
+    result = run_fmae("features", run, "--by", "au:12", "--max-frames", "12", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    rows = list(csv.DictReader((tmp_path / "pics" / "tsne.csv").open()))
+    out = run / "features" / "tsne-au12.png"
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {out} " in result.stdout
+    assert find_points(run) == out.with_suffix(".csv") and list(tmp_path.iterdir()) == []
+    rows = list(csv.DictReader(out.with_suffix(".csv").open()))
     assert len(rows) == 12 and list(rows[0])[:4] == ["x", "y", "subject", "path"] and "AU12" in rows[0]
     assert all(np.isfinite(float(r["x"])) and r["AU12"] in ("0", "1") for r in rows)
     assert "12 of 16 test frames of 2 subjects" in result.stdout

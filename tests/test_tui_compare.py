@@ -29,7 +29,7 @@ from fmae_tui.widgets.curve_plot import CurvePlot
 from fmae_tui.widgets.feature_scatter import FeatureScatter
 from test_compare import BASE, IAT, new_run
 from test_tui_runs import _au_summary, _test_record, _train_records, open_runs
-from tui_support import screen_text, wait_until
+from tui_support import screen_text, squash, wait_until
 
 
 def make_run(root: Path, lam: float, state: str = "done", epochs: int = 4, shift: float = 0.0, **cli) -> RunDir:
@@ -259,17 +259,18 @@ async def test_run_screen_shows_the_feature_points_as_a_scatter(pair, tmp_path: 
         scatter = app.screen.query_one(FeatureScatter)
         await wait_until(pilot, lambda: scatter.looked, what="the look for points")
         await pilot.pause()
-        assert f"no t-SNE points for this run yet: fmae features {low.id}" in " ".join(screen_text(app).split())
-        # what `fmae features --out RUN/features/tsne.png` writes beside the picture
+        assert squash(f"no t-SNE points for this run yet: fmae features {low.path} writes them") in \
+            squash(screen_text(app))  # the command to copy: the run's folder, wherever the app was started
+        # what `fmae features RUN` writes beside its picture, RUN/features/tsne-subject.png
         (low.path / "features").mkdir()
         rows = ["x,y,subject,path,AU1,AU2"] + [f"{i % 5}.5,{i // 5}.25,F00{i % 3},F00{i % 3}/{i}.jpg,{i % 2},0"
                                                for i in range(12)]
-        (low.path / "features" / "tsne.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+        (low.path / "features" / "tsne-subject.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
         await pilot.press("1", "7")  # back on the tab: it reads the newest points again
         await wait_until(pilot, lambda: scatter.points is not None, what="the points")
         assert len(scatter.points.xy) == 12 and scatter.points.aus["AU1"][:3] == [0, 1, 0]
         await pilot.pause()
-        assert "t-SNE of 12 test frames' encoder features (tsne.csv), coloured by subject (3)" in \
+        assert "t-SNE of 12 test frames' encoder features (tsne-subject.csv), coloured by subject (3)" in \
             " ".join(screen_text(app).split())
         await pilot.press("b")
         await pilot.pause()

@@ -4,7 +4,7 @@ by subject or by one AU's presence, with the silhouette score of every colouring
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -17,7 +17,7 @@ app = typer.Typer()
 def features_cmd(
     run: Annotated[Path, typer.Argument(help="An AU run folder (its best checkpoint), or an `fmae eval` run.")],
     by: Annotated[str, typer.Option("--by", help="Colour by subject, or au:N (AU N's presence, e.g. au:12).")] = "subject",
-    out_file: Annotated[Path, typer.Option("--out", "-o", help="The PNG to write; the 2-D points go to the same name .csv beside it.")] = Path("tsne.png"),
+    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="The PNG to write (default: RUN/features/tsne-<by>.png, where the app's Run screen looks); the 2-D points go to the same name .csv beside it.", show_default=False)] = None,
     max_frames: Annotated[int, typer.Option("--max-frames", help="At most this many test frames (a seeded random subset).")] = 2000,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
     seed: Annotated[int, typer.Option("--seed", help="Seeds the frame subset, PCA and t-SNE.")] = 0,

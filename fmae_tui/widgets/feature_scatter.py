@@ -120,8 +120,8 @@ class FeatureScatter(Vertical):
         p = self.points
         if p is None or not p.xy:
             if self.looked:
-                caption.update(Text(self.error or f"no t-SNE points for this run yet: fmae features {self.run.name} "
-                                    "--out <the run folder>/features/tsne.png writes them", "dim"))
+                caption.update(Text(self.error or f"no t-SNE points for this run yet: fmae features {self.run} "
+                                    "writes them", "dim"))
             plot.refresh()
             return
         if self.colouring == "subject":
