@@ -7,8 +7,6 @@ No torch here: the app imports this module.
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import time
 from pathlib import Path
@@ -24,6 +22,8 @@ if TYPE_CHECKING:
     from fmae.config import ProjectConfig
 
 RECENT_FINISHED = 20  # finished jobs a plain listing keeps
+STARTING = "starting"  # a row's state between queued and running (see queue_rows)
+ROW_STATES = (STATES[0], STARTING, *STATES[1:], "corrupt")  # what a row's state can be, in the counts' order
 
 
 # --- parsing the matrix's lists ----------------------------------------------------------------------
@@ -103,13 +103,18 @@ def queue_rows(q: Queue, *, all_: bool = False, states: Optional[set[str]] = Non
                recent: int = RECENT_FINISHED) -> tuple[list[dict[str, Any]], int]:
     """The jobs as rows, each a job's fields plus its status.json facts, and how many finished jobs were
     hidden (all but the `recent` latest, unless `all_` or `states`). `state` is status.json's (or
-    "corrupt"); `queue_state` the table's cache; `elapsed_s` and `eta_s` from `timing`."""
+    "corrupt"), or "starting" while status.json still says queued but the scheduler has launched the job
+    (only the trainer writes running, once torch has loaded: seconds); `queue_state` the table's cache;
+    `elapsed_s` and `eta_s` from `timing` (a starting job's elapsed from its launch)."""
     now = time.time()
     rows = []
     for row in q.job_dicts():
         status = read_status_fast(row["path"])
         row["queue_state"] = row["state"]
         row["state"] = status["state"] if status else "corrupt"
+        starting = row["state"] == "queued" and row["queue_state"] in ("launching", "running")
+        if starting:  # handed to an executor, its trainer still loading torch: not waiting in line any more
+            row["state"] = STARTING
         for key in ("epoch", "epochs", "step", "total_steps", "host"):
             row[key] = status.get(key) if status else None
         if status and status.get("error"):
@@ -117,6 +122,8 @@ def queue_rows(q: Queue, *, all_: bool = False, states: Optional[set[str]] = Non
         row["progress"] = progress_text(status)
         row["age_s"] = now - row["added"]
         row["elapsed_s"], row["eta_s"] = timing(status, now)
+        if starting and row["started"] is not None:  # the claim's time: elapsed counts from the launch
+            row["elapsed_s"] = max(0.0, now - row["started"])
         rows.append(row)
     if states:
         rows = [r for r in rows if r["state"] in states]
@@ -134,7 +141,7 @@ def work_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     (priority, then age), then the rest, the latest to finish first."""
     def key(r: dict[str, Any]) -> tuple:
         state = row_state(r).split()[0]
-        if state in ("running", "cancelling", "launching"):
+        if state in ("running", "cancelling", STARTING):
             return (0, 0, r["id"])
         if r["state"] == "queued":
             return (1, -int(r["priority"] or 0), r["id"])
@@ -160,9 +167,7 @@ def duration(seconds: Optional[float]) -> str:
 
 def row_state(r: dict[str, Any]) -> str:
     state = r["state"] + (f" p{r['priority']}" if r["priority"] and r["state"] == "queued" else "")
-    if r["state"] == "queued" and r.get("queue_state") == "launching":
-        state = "launching"
-    if r["state"] == "running" and r["cancel_requested"]:
+    if r["state"] in ("running", STARTING) and r["cancel_requested"]:
         state = "cancelling"
     return state
 
@@ -177,7 +182,7 @@ def table_cells(r: dict[str, Any]) -> list[str]:
 
 
 def counts_line(rows: list[dict[str, Any]], hidden: int = 0) -> str:
-    counts = {s: sum(r["state"] == s for r in rows) for s in (*STATES, "corrupt")}
+    counts = {s: sum(r["state"] == s for r in rows) for s in ROW_STATES}
     text = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     if hidden:
         text += f"; {hidden} older finished job(s) hidden"
@@ -218,8 +223,9 @@ def check_cancellable(jobs: Iterable[Job]) -> None:
 
 
 def cancel_job(q: Queue, job: Job) -> str:
-    """A queued job is cancelled at once; a running one gets SIGTERM to its process group (it saves a
-    checkpoint and ends `cancelled`; the scheduler sends SIGKILL after a grace period)."""
+    """A queued job is cancelled at once; a started one is stopped by the executor that runs it
+    (`fmae.executors.stop_job`: SIGTERM to a local trainer's process group, scancel for a Slurm job); it
+    saves a checkpoint and ends `cancelled`, and the scheduler stops it hard after a grace period."""
     now = q.cancel(job.id)
     if now.state == "cancelled":
         try:
@@ -230,7 +236,9 @@ def cancel_job(q: Queue, job: Job) -> str:
     ended = cancel_outcome(now)
     if ended is not None:  # the run ended between the look that offered the cancel and this one
         return ended
-    return f"job {now.id} {_signal_running(now)}: {now.run_id}"
+    from fmae.executors import stop_job
+
+    return f"job {now.id} {stop_job(now, q)}: {now.run_id}"
 
 
 def cancel_outcome(job: Job) -> Optional[str]:
@@ -247,23 +255,6 @@ def cancel_outcome(job: Job) -> Optional[str]:
     if state == "failed":
         return f"job {job.id} failed while stopping: {status.get('error') or 'no reason given'}"
     return None
-
-
-def _signal_running(job: Job) -> str:
-    status = read_status_fast(job.path) or {}
-    host = status.get("host")
-    pgid = job.pgid or status.get("pgid")
-    if not pgid or int(pgid) <= 1 or int(pgid) == os.getpgrp():
-        return "cancel requested (no process group to signal yet; the scheduler stops it)"
-    if host and host != socket.gethostname():
-        return f"cancel requested (it runs on {host}; the scheduler there stops it)"
-    try:
-        os.killpg(int(pgid), signal.SIGTERM)
-    except ProcessLookupError:
-        return "cancel requested (its process is gone; the scheduler records the end)"
-    except PermissionError:
-        return f"cancel requested (no permission to signal process group {pgid})"
-    return f"cancelling: SIGTERM sent to process group {pgid} (it saves a checkpoint; SIGKILL after a grace period)"
 
 
 def check_retryable(jobs: Iterable[Job]) -> None:

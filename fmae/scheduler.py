@@ -25,7 +25,7 @@ from pathlib import Path
 from fmae.atomic_write import write_text_atomic
 from fmae.config import ProjectConfig
 from fmae.errors import FmaeError
-from fmae.executors import FALLBACK, KINDS, Claimed, Executor, Handle, Refused, make_executor, says_ended
+from fmae.executors import Claimed, Executor, Handle, Refused, make_executor, owner, says_ended
 from fmae.notify import Notifier
 from fmae.queue import Job, Queue, read_status_fast
 from fmae.runs import FINAL_STATES, RunDir, pid_alive
@@ -191,12 +191,8 @@ class Scheduler:
         return self.executors[kind]
 
     def executor_of(self, job: Job) -> Executor:
-        """The executor that follows a claimed job: the one whose slot names it carries — a run submitted
-        to Slurm stays Slurm's after fmae.toml says local again —, else this machine's."""
-        for kind in KINDS:
-            if kind != FALLBACK and self.executor(kind).owns(job):
-                return self.executor(kind)
-        return self.executor(FALLBACK)
+        """The executor that follows a claimed job (`fmae.executors.owner`)."""
+        return owner(job, self.executor)
 
     def run(self) -> None:
         self.runs.mkdir(parents=True, exist_ok=True)
@@ -264,7 +260,8 @@ class Scheduler:
             fresh = self.queue.get(job_id)
             if fresh and fresh.cancel_requested and not h.termed:
                 h.termed = True
-                ex.cancel(h, hard=False)  # idempotent for the trainer: `queue cancel` may have sent one
+                # idempotent for the trainer: `queue cancel` may have sent one
+                log.info("job %d (%s) cancel: %s", job_id, h.job.run_id, ex.cancel(h, hard=False))
             if fresh and fresh.cancel_requested and not h.killed:
                 if time.time() - fresh.cancel_requested > self.grace:
                     log.warning("job %d did not stop %.0f s after the cancel: stopping it hard (SIGKILL)",

@@ -339,3 +339,47 @@ def test_a_timed_out_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, m
     steps = [r["step"] for r in recs if r["split"] == "train"]
     assert steps == sorted(set(steps)) and steps[-1] == st["total_steps"]  # no step twice, none missing at the end
     assert [r["epoch"] for r in recs if r["split"] == "test"] == [1, 2]
+
+
+# --- a cancel goes through the executor, never to a group read from status.json ----------------------
+
+def test_cancelling_a_job_on_the_local_slurm_cluster_leaves_the_scheduler_running(tmp_path, make_synth):
+    """submitit's local controller is the scheduler's child in the scheduler's process group, so the
+    trainer's status.json names that group: `fmae queue cancel` must stop the job through the executor
+    (SIGTERM to the controller, forwarded to the task), and the scheduler lives on to record the end."""
+    from conftest import run_fmae
+
+    assert run_fmae("init", tmp_path).returncode == 0
+    for key, value in (("executor.kind", "slurm"), ("executor.slurm.cluster", "local"), ("compute.cpu_slots", 1)):
+        assert run_fmae("config", "set", key, value, cwd=tmp_path).returncode == 0
+    root = make_synth("bp4d")
+    try:
+        added = run_fmae("queue", "add", "bp4d", "--root", root, "--labels", root / "labels.jsonl", "--model",
+                         "vit_tiny", "--folds", "1", "--seeds", "0", "--epochs", "12", "--set", "input_size=32",
+                         "--set", "num_workers=0", "--set", "batch_size=8", "--set", "log_every=1", cwd=tmp_path)
+        assert added.returncode == 0, added.stderr
+        runs = tmp_path / "runs"
+        (run,) = [p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        deadline = time.time() + 240
+        while time.time() < deadline and not (status(run)["state"] == "running" and (run / "metrics.jsonl").exists()):
+            time.sleep(0.1)
+        st = status(run)
+        assert st["state"] == "running" and st["slurm_cluster"] == "local", st
+        scheduler = int(json.loads((runs / "scheduler.json").read_text())["pid"])
+        assert st["pgid"] == os.getpgid(scheduler)  # the hazard: the run's recorded group is the scheduler's
+
+        cancelled = run_fmae("queue", "cancel", "1", cwd=tmp_path)
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert f"SIGTERM to local job {st['slurm_job_id']}" in cancelled.stdout, cancelled.stdout
+        while time.time() < deadline and status(run)["state"] == "running":
+            time.sleep(0.1)
+        assert status(run)["state"] == "cancelled" and (run / "checkpoints" / "last.pt").is_file(), status(run)
+        os.kill(scheduler, 0)  # still alive …
+        listed = run_fmae("queue", "ls", "--json", cwd=tmp_path)
+        while time.time() < deadline and json.loads(listed.stdout)[0]["queue_state"] != "cancelled":
+            time.sleep(0.2)  # … and it records the job's end in the queue
+            listed = run_fmae("queue", "ls", "--json", cwd=tmp_path)
+        assert json.loads(listed.stdout)[0]["queue_state"] == "cancelled"
+        assert int(json.loads((runs / "scheduler.json").read_text())["pid"]) == scheduler
+    finally:
+        run_fmae("scheduler", "stop", cwd=tmp_path)

@@ -136,15 +136,14 @@ def ls_cmd(
     runs_dir: RunsDirOpt = None,
 ) -> None:
     """The queue's jobs with their run's live state and progress."""
-    from fmae.queue_ops import counts_line, queue_rows
-    from fmae.runs import STATES
+    from fmae.queue_ops import ROW_STATES, counts_line, queue_rows
 
     states = None
     if state is not None:
         states = {s.strip() for s in state.split(",") if s.strip()}
-        bad = sorted(states - set(STATES) - {"corrupt"})
+        bad = sorted(states - set(ROW_STATES))
         if bad or not states:
-            raise FmaeError(f"--state {state}: choose from {', '.join(STATES)}, corrupt")
+            raise FmaeError(f"--state {state}: choose from {', '.join(ROW_STATES)}")
     project, q = _open_queue(config, runs_dir)
     _revive(project)
     rows, hidden = queue_rows(q, all_=all_, states=states)

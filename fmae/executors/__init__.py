@@ -11,9 +11,12 @@ per job:
   place(job, in_use)  the slots the job would take now (None: not now); claims nothing
   launch(claimed)     start the jobs the scheduler has already claimed (`queued → launching`)
   poll(handle)        `Ended(code)` once the work is over, else None
-  cancel(handle, hard)  ask the work to stop (hard: make it)
+  cancel(handle, hard)  ask the work to stop (hard: make it); says what it did
 and `find(job)` after a restart: the live work of a launching/running row, or None. Only the trainer
 writes "running" into status.json; an executor records where the work is (pid, Slurm job id).
+`fmae queue cancel` and the app stop a job through the same seam (`stop_job`): the executor that owns
+the job finds its work and cancels it its own way — never a process group read from status.json, which
+for a Slurm job is another machine's, or (submitit's local cluster) the scheduler's own.
 
 Nothing here is imported eagerly: this package must stay cheap to import (no torch, no submitit).
 """
@@ -23,7 +26,7 @@ from __future__ import annotations
 import importlib
 import subprocess
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:
     from fmae.queue import Job, Queue
@@ -82,9 +85,9 @@ class Executor(Protocol):
     def owns(self, job: Job) -> bool: ...
     def place(self, job: Job, in_use: set[str]) -> Placement | None: ...
     def launch(self, claimed: list[Claimed]) -> list[Handle | Refused]: ...
-    def find(self, job: Job) -> Handle | None: ...
+    def find(self, job: Job, record: bool = True) -> Handle | None: ...
     def poll(self, handle: Handle) -> Ended | None: ...
-    def cancel(self, handle: Handle, hard: bool) -> None: ...
+    def cancel(self, handle: Handle, hard: bool) -> str: ...
 
 
 def make_executor(kind: str, project: Any, queue: Queue, grace: float) -> Executor:
@@ -95,6 +98,32 @@ def make_executor(kind: str, project: Any, queue: Queue, grace: float) -> Execut
         raise FmaeError(f"executor.kind = {kind!r}: choose one of {', '.join(KINDS)}")
     module, _, cls = KINDS[kind].partition(":")
     return getattr(importlib.import_module(module), cls)(project, queue, grace)
+
+
+def owner(job: Job, executor: Callable[[str], Executor]) -> Executor:
+    """The executor that follows a claimed job: the one whose slot names it carries — a run submitted to
+    Slurm stays Slurm's after fmae.toml says local again —, else this machine's. `executor(kind)` makes
+    (or returns the cached) executor of a kind."""
+    for kind in KINDS:
+        if kind != FALLBACK and executor(kind).owns(job):
+            return executor(kind)
+    return executor(FALLBACK)
+
+
+def stop_job(job: Job, queue: Queue) -> str:
+    """A cancel from outside the scheduler (`fmae queue cancel`, the app): the job's owner finds its live
+    work, without recording anything in the queue, and asks it to stop (the scheduler sends the hard stop
+    after its grace period). Says what was done, in words."""
+    found: dict[str, Executor] = {}
+
+    def executor(kind: str) -> Executor:  # a cancel reads no project setting: the job and its folder say all
+        return found.setdefault(kind, make_executor(kind, None, queue, grace=0.0))
+
+    ex = owner(job, executor)
+    handle = ex.find(job, record=False)
+    if handle is None:
+        return "cancel requested (no live work found for it here; the scheduler records the end)"
+    return ex.cancel(handle, hard=False)
 
 
 def says_ended(path: Any) -> bool:

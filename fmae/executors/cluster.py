@@ -54,7 +54,8 @@ class SlurmExecutor:
             done += [Handle(c.job, c.placement.slots, self.name, where=f"slurm job {i}") for c, i in zip(group, ids)]
         return done
 
-    def find(self, job: Job) -> Handle | None:
+    def find(self, job: Job, record: bool = True) -> Handle | None:
+        # nothing of a Slurm job is recorded in the queue row: `record` changes nothing here
         job_id = (read_status_fast(job.path) or {}).get("slurm_job_id")
         if not job_id:
             return None  # claimed, but its scheduler died before the submission was recorded
@@ -90,11 +91,15 @@ class SlurmExecutor:
 
         submitit.SlurmJob.watcher.update()
 
-    def cancel(self, h: Handle, hard: bool) -> None:
+    def cancel(self, h: Handle, hard: bool) -> str:
+        """scancel (a local job: SIGTERM to its controller, which forwards it to the tasks) — never a
+        process group from status.json: on Slurm it is a compute node's, and submitit's local controller
+        shares the group of the scheduler that started it."""
         if hard:  # Slurm escalates itself (SIGKILL after KillWait); nothing harder to send from here
             h.killed = True
-            return
+            return "left to Slurm (it kills what outlives scancel)"
         try:
-            log.info("job %d (%s): %s", h.job.id, h.job.run_id, cancel_slurm(h.job.path))
+            said = cancel_slurm(h.job.path)
         except FmaeError as e:
-            log.warning("job %d (%s): %s", h.job.id, h.job.run_id, e)
+            return f"cancel requested, but {e}"
+        return f"cancelling: {said} (it saves a checkpoint and stops)"

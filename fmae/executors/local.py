@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from typing import Any
 
 from fmae.errors import FmaeError
 from fmae.executors import Claimed, Ended, Handle, Placement, Refused, says_ended, slots_of
-from fmae.queue import Job, Queue
+from fmae.queue import Job, Queue, read_status_fast
 from fmae.run_lock import exec_lock_holder, trainer_alive
 
 log = logging.getLogger("fmae.scheduler")
@@ -69,9 +70,13 @@ class LocalExecutor:
         return Handle(job, c.placement.slots, self.name, pid=proc.pid, pgid=proc.pid, proc=proc,
                       where=f"pid {proc.pid}")
 
-    def find(self, job: Job) -> Handle | None:
+    def find(self, job: Job, record: bool = True) -> Handle | None:
         """The live trainer of a launching/running row: the run folder's lock holder, or the process
-        launched for it (still importing torch); None when the folder says it ended, or nobody lives."""
+        launched for it (still importing torch); None when the folder says it ended, or nobody lives.
+        `record`: the scheduler adopting it writes the pid into the queue row; a cancel only looks (and
+        finds nothing for a run that another machine says it runs)."""
+        if not record and (read_status_fast(job.path) or {}).get("host") not in (None, socket.gethostname()):
+            return None
         live = exec_lock_holder(job.path)
         if live is None and says_ended(job.path):
             return None
@@ -79,13 +84,14 @@ class LocalExecutor:
             live = job.pid
         if live is None:
             return None
-        return self._follow(job, live or job.pid or 0)
+        return self._follow(job, live or job.pid or 0, record)
 
-    def _follow(self, job: Job, pid: int) -> Handle:
+    def _follow(self, job: Job, pid: int, record: bool = True) -> Handle:
         pgid = 0
         if pid:
             pgid = _pgid(pid) or pid
-            job = self.queue.launched(job.id, pid, pgid)
+            if record:
+                job = self.queue.launched(job.id, pid, pgid)
         return Handle(job, slots_of(job), self.name, pid=pid, pgid=pgid, where=f"pid {pid or '?'}")
 
     def poll(self, h: Handle) -> Ended | None:
@@ -112,19 +118,39 @@ class LocalExecutor:
             return Ended(None)
         return None
 
-    def cancel(self, h: Handle, hard: bool) -> None:
-        _killpg(h.pgid or h.pid, signal.SIGKILL if hard else signal.SIGTERM)
+    def cancel(self, h: Handle, hard: bool) -> str:
+        """SIGTERM (hard: SIGKILL) to the trainer's process group — never to one that holds this process
+        or the runs folder's scheduler (a group recorded wrongly must not take the scheduler down)."""
+        group = h.pgid or h.pid
         if hard:
             h.killed = True
+        why = self._unsafe(group)
+        if why:
+            return f"cancel requested (process group {group} not signalled: {why}; the scheduler stops it)"
+        sig = signal.SIGKILL if hard else signal.SIGTERM
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            return "cancel requested (its process is gone; the scheduler records the end)"
+        except PermissionError:
+            return f"cancel requested (no permission to signal process group {group})"
+        if hard:
+            return f"SIGKILL sent to process group {group}"
+        return f"cancelling: SIGTERM sent to process group {group} (it saves a checkpoint; SIGKILL after a grace period)"
 
+    def _unsafe(self, group: int) -> str | None:
+        """Why signalling `group` would hit what must live on, or None when it is the trainer's alone."""
+        if group <= 1:
+            return "no process group yet"
+        if group == os.getpgrp():
+            return "it is this process's own group"
+        from fmae.scheduler import holder
 
-def _killpg(pgid: int, sig: int) -> None:
-    if pgid <= 1 or pgid == os.getpgrp():  # never our own group (or everyone's)
-        return
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+        info = holder(self.queue.runs_dir) or {}
+        pid = info.get("pid")
+        if isinstance(pid, int) and info.get("host") == socket.gethostname() and _pgid(pid) == group:
+            return "it holds the scheduler"
+        return None
 
 
 def _pgid(pid: int) -> int | None:
