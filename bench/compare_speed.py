@@ -5,7 +5,7 @@
 The predictions are constructed (a fair model, AUC ≈ 0.8; group A a little better than B) and written as
 each run's predictions/best.npz; `fmae.report.compare.compare_cells` reads and compares them, exactly as
 `fmae compare` does after finding the runs. Usage: python bench/compare_speed.py [--draws 2000] [--repeat 3]
-Writes bench/results/compare_speed-<machine>.txt.
+Writes bench/results/compare_speed-<machine>.txt, with TRIED (what was measured to bring the wall time down).
 """
 
 from __future__ import annotations
@@ -24,6 +24,20 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 TARGET_S = 2.0
+# What was tried for the wall time on the shared 2-core machine (load 11-14, best of 3-7, CPU seconds
+# per run unless said), so that the next attempt starts from here:
+TRIED = [
+    "kept: scores() sums 2TP and 2TP + FP + FN per subject first ([S, T*K]) and divides in place: 2 products "
+    "and 2 passes over [D, T*K] instead of 7; F1 equal to the bit; 17.8 -> 13.7 ms a run",
+    "dropped: a thread per cell (numpy releases the GIL): the same wall in 6 interleaved pairs at load 11 "
+    "(5.9 vs 5.9 s); the 2 cores are already full",
+    "dropped: the AUC's pair counts from one sort of (value bits << 1 | label) keys, counts per positive "
+    "instead of per frame: equal to the bit, but 49-58 ms vs 35-37 ms a run (the sort costs the same; the extra "
+    "passes do not pay)",
+    "dropped: float32 draws: ~5 ms a run less, but 1 draw in 2,000 took another best threshold (0.1 pp off)",
+    "a draw matrix shared across folds: the folds hold 14, 14 and 13 subjects; drawing costs ~1 ms in all",
+    "where the time goes (cProfile, CPU): the AUC's pair counts ~0.8 s of ~1.6 s, scores ~0.4 s, reading ~0.1 s",
+]
 
 
 def write_cell(run: Path, subjects: list[str], frames: int, codes: list[int], edge: float, seed: int) -> None:
@@ -101,6 +115,7 @@ def main() -> None:
         f"{'met' if min(cpu) < TARGET_S else 'NOT met'} in CPU time",
         f"sanity: mean F1@0.5 Δ (A − B) {avg.delta['avg']:+.2f} pp, 95% interval [{avg.low['avg']:+.2f}, "
         f"{avg.high['avg']:+.2f}], sign-flip p {avg.p['avg']:.3f}, verdict {avg.verdict['avg']}",
+        "tried for the wall time:", *(f"  - {t}" for t in TRIED),
     ]
     text = "\n".join(lines) + "\n"
     print(text, end="")

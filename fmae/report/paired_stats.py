@@ -105,20 +105,17 @@ def _concordance(probs: np.ndarray, labels: np.ndarray, subject: np.ndarray, s: 
 def scores(c: SubjectCounts, w: np.ndarray) -> dict[str, np.ndarray]:
     """Per-AU F1@0.5, best-threshold F1 and AUC of each draw: w [D, S] multiplicities → each [D, K]."""
     d, k, t = w.shape[0], c.num_aus, len(THRESHOLDS)
-    pos = w @ c.pos  # [D, K]
-    tp = w @ c.ge_pos  # [D, T*K]
-    denom = w @ c.ge_neg  # FP, then 2TP + FP + FN = TP + FP + P
-    denom += tp
-    denom.reshape(d, t, k)[...] += pos[:, None, :]
+    # 2TP and 2TP + FP + FN = TP + FP + P summed per subject first ([S, T*K], small), so each draw costs
+    # two products and two passes over [D, T*K]; integer sums either way, the same F1 to the bit
+    two_tp = w @ (2.0 * c.ge_pos)  # [D, T*K]
+    denom = w @ (c.ge_pos + c.ge_neg + np.tile(c.pos, (1, t)))
     np.maximum(denom, 1.0, out=denom)  # 0/0 (no positive, none predicted) is F1 0: TP is 0 there
-    tp *= 2.0
-    tp /= denom
-    f1 = tp.reshape(d, t, k)  # [D, T, K]
+    f1 = np.divide(two_tp, denom, out=two_tp).reshape(d, t, k)  # [D, T, K]
     best = np.argmax(f1.mean(axis=2), axis=1)  # [D]: the first threshold of the highest mean F1
     out = {"f1": f1[:, I05, :], "f1_best": f1[np.arange(d), best, :]}
     if c.concord2 is None:
         return out
-    pairs = pos * (w @ c.neg)  # [D, K]
+    pairs = (w @ c.pos) * (w @ c.neg)  # [D, K]
     u2 = ((w @ c.concord2) * w).sum(axis=2).T  # [D, K]: wᵀ C w of each draw
     auc = np.divide(u2, 2.0 * pairs, out=np.full_like(u2, np.nan), where=pairs > 0)
     out["auc"] = auc
