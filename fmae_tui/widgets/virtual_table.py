@@ -277,6 +277,11 @@ class VirtualTable(ScrollView, can_focus=True):
     def ordered_rows(self) -> list[Row]:
         return [Row(RowKey(k), 1) for k in self._keys_shown]
 
+    @property
+    def rows(self) -> dict[RowKey, Row]:
+        """The rows shown, by key (DataTable's `rows`)."""
+        return {row.key: row for row in self.ordered_rows}
+
     # --- the cursor -------------------------------------------------------------------------------------
 
     @property
