@@ -33,6 +33,20 @@ def run_fmae(*args: str | os.PathLike, cwd: Path | None = None, env: dict | None
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+def stand_in_trainer(run: Path) -> subprocess.Popen:
+    """A process in its own session holding the run folder's trainer lock with its pid written, as
+    `fmae exec` does (a cancel signals only a live trainer), then sleeping for a minute."""
+    import time
+
+    lock = Path(run) / ".exec.lock"
+    code = ("import fcntl, os, sys, time; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "f.write(str(os.getpid())); f.flush(); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(lock)], start_new_session=True)
+    while proc.poll() is None and not (lock.exists() and lock.read_text()):
+        time.sleep(0.01)
+    return proc
+
+
 def read_csv(text: str) -> list[dict]:
     """`fmae report`'s CSV lines back, with mean / std / lambda_id as floats (None when empty), n and seed
     as ints: what the export tests compare with the report they came from."""

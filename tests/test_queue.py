@@ -1,6 +1,7 @@
 """The job queue: matrix expansion, dedupe, dispatch order, atomic claims across processes, the
 `fmae queue` commands, rebuilding from run folders. Real SQLite, real run folders, the real CLI; no
-training (every command runs with --no-scheduler)."""
+training (every command runs with --no-scheduler) but in one test, where the real scheduler launches a
+trainer to show a job starting, then running, then cancelled."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_one_line_error, run_fmae
+from conftest import assert_one_line_error, run_fmae, stand_in_trainer
 from fmae.config import load_project
 from fmae.queue import Queue
 from fmae.study import config_key, expand_matrix
@@ -351,7 +352,7 @@ def test_cancel_running_job_signals_its_process_group(tmp_path):
     runs = tmp_path / "runs"
     q = Queue(runs)
     job = q.add(minimal_run(runs, 0))
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    proc = stand_in_trainer(job.path)
     try:
         assert q.claim(job.id, "cpu0", proc.pid, proc.pid)
         RunDir(job.path).mark_running(pid=proc.pid, pgid=proc.pid, host=os.uname().nodename, gpus="")
@@ -514,3 +515,44 @@ def test_a_queue_made_before_the_launching_state_is_upgraded_in_place(tmp_path):
     assert [j.run_id for j in again.jobs()] == [job.run_id]
     assert again.claim_launch(job.id, "cpu0", "1@h") and again.get(job.id).launcher == "1@h"
     assert sqlite3.connect(runs / "queue.sqlite").execute("PRAGMA user_version").fetchone()[0] == 3  # (issue 16: re-keyed)
+
+
+def test_a_launched_job_is_starting_until_its_trainer_runs_then_a_cancel_stops_it(make_synth, tmp_path, monkeypatch):
+    """The real scheduler and trainer: held with SIGSTOP right after the spawn (torch not loaded, status.json
+    still queued), `queue ls` says starting with elapsed counted from the launch; let go, running; then
+    `queue cancel` stops it through the local executor (SIGTERM to its group) and it ends cancelled."""
+    monkeypatch.delenv("FMAE_NO_AUTOSTART")
+    runs = tmp_path / "runs"
+    root = make_synth("bp4d")
+    added = run_fmae("queue", "add", "bp4d", *data_args(root), "--model", "vit_tiny", "--folds", "1", "--seeds", "0",
+                     "--epochs", "12", "--set", "input_size=32", "--set", "num_workers=0", "--set", "batch_size=8",
+                     "--set", "log_every=1", "--runs-dir", runs, cwd=tmp_path)
+    assert added.returncode == 0, added.stderr
+    q = Queue(runs)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (q.get(1).state == "running" and q.get(1).pgid):
+        time.sleep(0.005)
+    pgid = q.get(1).pgid
+    os.killpg(pgid, signal.SIGSTOP)
+    try:
+        assert json.loads((q.get(1).path / "status.json").read_text())["state"] == "queued"
+        time.sleep(1.1)
+        lines = run_fmae("queue", "ls", "--runs-dir", runs, cwd=tmp_path).stdout.splitlines()
+        (cells,) = [cells for cells in map(str.split, lines) if cells[:1] == ["1"] and len(cells) > 9]
+        assert cells[1] == "starting" and cells[-3] != "-" and int(cells[-3].rstrip("s")) >= 1, lines  # elapsed
+        assert "1 starting" in lines[-1]
+    finally:
+        os.killpg(pgid, signal.SIGCONT)
+    run = RunDir(q.get(1).path)
+    while time.time() < deadline and run.read_status()["state"] != "running":
+        time.sleep(0.05)
+    listed = run_fmae("queue", "ls", "--runs-dir", runs, cwd=tmp_path).stdout.splitlines()
+    assert any(cells[:2] == ["1", "running"] for cells in map(str.split, listed)), listed
+    try:
+        cancelled = run_fmae("queue", "cancel", "1", "--runs-dir", runs, cwd=tmp_path)
+        assert f"SIGTERM sent to process group {pgid}" in cancelled.stdout, cancelled.stdout
+        while time.time() < deadline and run.read_status()["state"] == "running":
+            time.sleep(0.05)
+        assert run.read_status()["state"] == "cancelled"
+    finally:
+        run_fmae("scheduler", "stop", "--runs-dir", runs, cwd=tmp_path)

@@ -348,10 +348,11 @@ def test_cancelling_a_job_on_the_local_slurm_cluster_leaves_the_scheduler_runnin
     trainer's status.json names that group: `fmae queue cancel` must stop the job through the executor
     (SIGTERM to the controller, forwarded to the task), and the scheduler lives on to record the end."""
     from conftest import run_fmae
+    from fmae.config import default_config_text
+    from fmae.queue import Queue
 
-    assert run_fmae("init", tmp_path).returncode == 0
-    for key, value in (("executor.kind", "slurm"), ("executor.slurm.cluster", "local"), ("compute.cpu_slots", 1)):
-        assert run_fmae("config", "set", key, value, cwd=tmp_path).returncode == 0
+    text = default_config_text().replace('kind = "local"', 'kind = "slurm"').replace('cluster = "slurm"', 'cluster = "local"')
+    (tmp_path / "fmae.toml").write_text(text, encoding="utf-8")
     root = make_synth("bp4d")
     try:
         added = run_fmae("queue", "add", "bp4d", "--root", root, "--labels", root / "labels.jsonl", "--model",
@@ -375,11 +376,10 @@ def test_cancelling_a_job_on_the_local_slurm_cluster_leaves_the_scheduler_runnin
             time.sleep(0.1)
         assert status(run)["state"] == "cancelled" and (run / "checkpoints" / "last.pt").is_file(), status(run)
         os.kill(scheduler, 0)  # still alive …
-        listed = run_fmae("queue", "ls", "--json", cwd=tmp_path)
-        while time.time() < deadline and json.loads(listed.stdout)[0]["queue_state"] != "cancelled":
-            time.sleep(0.2)  # … and it records the job's end in the queue
-            listed = run_fmae("queue", "ls", "--json", cwd=tmp_path)
-        assert json.loads(listed.stdout)[0]["queue_state"] == "cancelled"
+        q = Queue(runs)
+        while time.time() < deadline and q.get(1).state != "cancelled":
+            time.sleep(0.1)  # … and it records the job's end in the queue
+        assert q.get(1).state == "cancelled"
         assert int(json.loads((runs / "scheduler.json").read_text())["pid"]) == scheduler
     finally:
         run_fmae("scheduler", "stop", cwd=tmp_path)

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -146,3 +147,31 @@ async def test_gpus_without_a_gpu_shows_the_cpu_and_each_jobs_process(held: Path
     finally:
         busy.kill()
         busy.wait()
+
+
+def test_a_launched_job_whose_trainer_has_not_said_running_is_starting(tmp_path: Path) -> None:
+    """The scheduler claimed and spawned it (the row says running) while status.json still says queued:
+    the Queue screen and `queue ls` say starting, list it with the running ones, elapsed from the launch."""
+    from fmae.queue_ops import counts_line, table_cells
+    from fmae_tui.screens.queue import screen_cells
+
+    root = tmp_path / "runs"
+    q = Queue(root)
+    waiting, launched = q.add(_run(root, 0)), q.add(_run(root, 1))
+    assert q.claim_launch(launched.id, "cpu0", "1@test")
+    q.launched(launched.id, os.getpid(), os.getpid())
+    with sqlite3.connect(q.db_path) as db:  # launched 30 s ago
+        db.execute("UPDATE jobs SET started = ? WHERE id = ?", (time.time() - 30, launched.id))
+    rows, _ = queue_rows(q)
+    by_id = {r["id"]: r for r in rows}
+    assert by_id[launched.id]["state"] == "starting" and by_id[waiting.id]["state"] == "queued"
+    assert 29 < by_id[launched.id]["elapsed_s"] < 40 and by_id[launched.id]["eta_s"] is None
+    assert [r["id"] for r in work_order(rows)] == [launched.id, waiting.id]
+    assert counts_line(rows) == "1 queued, 1 starting"
+    cells = screen_cells(by_id[launched.id], wide=True)
+    assert (cells["state"], cells["slot"], cells["ETA"]) == ("starting", "cpu0", "-") and cells["elapsed"].startswith("3")
+    assert table_cells(by_id[launched.id])[1] == "starting"
+    q.cancel(launched.id)
+    assert screen_cells(queue_rows(q)[0][1], wide=True)["state"] == "cancelling"
+    RunDir(launched.path).mark_running(pid=os.getpid(), host=socket.gethostname())
+    assert {r["id"]: r["state"] for r in queue_rows(q)[0]}[launched.id] == "running"

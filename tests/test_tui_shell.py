@@ -146,10 +146,8 @@ async def test_cancel_from_the_run_screen_asks_then_signals(tmp_path: Path) -> N
     """A running queue job (a real process group standing in for the trainer): c asks, y sends SIGTERM
     through queue_ops.cancel_job; when the run then ends done, the screen says the cancel came too late."""
     import signal
-    import subprocess
-    import sys
-    import time
 
+    from conftest import stand_in_trainer
     from fmae.runs import RunDir, make_run_id
 
     root = tmp_path / "runs"
@@ -158,15 +156,10 @@ async def test_cancel_from_the_run_screen_asks_then_signals(tmp_path: Path) -> N
                          "model": "vit_tiny", "recipe": "fmae"}, {})
     queue = Queue(root)
     job = queue.add(run)
-    # It holds the run folder's trainer lock, as `fmae exec` does: a cancel signals only a live trainer.
-    holds_lock = ("import fcntl, os, sys, time; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX); "
-                  "f.write(str(os.getpid())); f.flush(); time.sleep(60)")
-    proc = subprocess.Popen([sys.executable, "-c", holds_lock, str(run.path / ".exec.lock")], start_new_session=True)
+    proc = stand_in_trainer(run.path)
     seen: list = []
     try:
         assert queue.claim(job.id, "cpu0", proc.pid, proc.pid)
-        while not (run.path / ".exec.lock").exists() or not (run.path / ".exec.lock").read_text():
-            time.sleep(0.01)
         run.mark_running(pid=proc.pid, pgid=proc.pid, host=os.uname().nodename, gpus="")
         run.heartbeat(epoch=1, epochs=1, step=3, total_steps=4)
         app = create_app(runs_dir=root)
