@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fmae.atomic_write import write_text_atomic
-from fmae.errors import FmaeError
-from fmae.runs import RunInfo, load_run
+from fmae.runs import RunInfo, load_run, run_folder_entries
 
 CACHE_NAME = ".run-cache.json"
 VERSION = 1
@@ -69,12 +68,7 @@ def cached_list_runs(runs_dir: Path) -> list[RunInfo]:
     """What `runs.list_runs(runs_dir)` returns, reading only the run folders that changed since the last
     call (of any process); the cache file is rewritten when anything changed."""
     runs_dir = Path(runs_dir)
-    try:
-        entries = list(os.scandir(runs_dir))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    except OSError as e:
-        raise FmaeError(f"runs folder {runs_dir}: cannot list it: {e.strerror or e}") from None
+    entries = run_folder_entries(runs_dir)
     cache_path = runs_dir / CACHE_NAME
     old = _read_cache(cache_path)
     new: dict[str, Any] = {}
@@ -82,8 +76,6 @@ def cached_list_runs(runs_dir: Path) -> list[RunInfo]:
     changed = False
     recent = (time.time() - RECENT_S) * 1e9
     for entry in entries:
-        if entry.name.startswith(".") or not entry.is_dir():
-            continue
         stamps = _stamps(entry.path)
         path = Path(entry.path)
         cached = old.get(entry.name)

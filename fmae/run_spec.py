@@ -281,9 +281,10 @@ def flatten(config: Mapping[str, Any]) -> dict[str, Any]:
 
 # --- the experiment's identity --------------------------------------------------------------------
 
-def _canonical(value: Any) -> Any:
-    # What run.toml gives back for what was written: no None (TOML has no null), tuples as lists, paths
-    # as text; an integral float equals its int (λ = 2 and λ = 2.0 are one experiment).
+def canonical_json(value: Any) -> Any:
+    """A config value as the experiment key compares it: what run.toml gives back for what was written
+    (no None: TOML has no null; tuples as lists, paths as text); an integral float equals its int
+    (λ = 2 and λ = 2.0 are one experiment)."""
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return value
     if isinstance(value, float):
@@ -293,9 +294,9 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if isinstance(value, Mapping):
-        return {str(k): _canonical(v) for k, v in value.items() if v is not None}
+        return {str(k): canonical_json(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
+        return [canonical_json(v) for v in value]
     return str(value)
 
 
@@ -304,11 +305,11 @@ def config_key(cfg: Mapping[str, Any]) -> str:
     two runs are the same experiment when their keys are equal. The same flat content as earlier
     releases hashed, so their run folders keep their keys (the queue re-keyed rows once: schema 3)."""
     body = {k: v for k, v in flatten(cfg).items() if k not in HOW_KEYS and k not in RETIRED_KEYS and v is not None
-            and not (k in QUIET_DEFAULTS and _canonical(v) == QUIET_DEFAULTS[k])}
-    text = json.dumps(_canonical(body), sort_keys=True, separators=(",", ":"), allow_nan=True)
+            and not (k in QUIET_DEFAULTS and canonical_json(v) == QUIET_DEFAULTS[k])}
+    text = json.dumps(canonical_json(body), sort_keys=True, separators=(",", ":"), allow_nan=True)
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
 def same_value(a: Any, b: Any) -> bool:
     """Equal as the experiment key compares values (λ = 2 equals 2.0, tuples equal lists)."""
-    return _canonical(a) == _canonical(b)
+    return canonical_json(a) == canonical_json(b)

@@ -466,20 +466,23 @@ def load_run(path: Path) -> RunInfo:
     return RunInfo(run.id, path, state, config, status, summary, one_line("; ".join(problems)) if problems else None)
 
 
-def list_runs(runs_dir: Path) -> list[RunInfo]:
-    """Every run folder under runs_dir, sorted by id (= creation time). Never raises for one bad folder."""
-    runs_dir = Path(runs_dir)
+def run_folder_entries(runs_dir: Path) -> list[os.DirEntry]:
+    """The folders under runs_dir that may be runs; none where runs_dir does not exist (yet)."""
     try:
         entries = list(os.scandir(runs_dir))
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as e:
         raise FmaeError(f"runs folder {runs_dir}: cannot list it: {e.strerror or e}") from None
+    # Hidden names are ours (half-created runs, the run cache) or the user's; files are the queue's
+    # database etc.
+    return [entry for entry in entries if not entry.name.startswith(".") and entry.is_dir()]
+
+
+def list_runs(runs_dir: Path) -> list[RunInfo]:
+    """Every run folder under runs_dir, sorted by id (= creation time). Never raises for one bad folder."""
     out = []
-    for entry in entries:
-        # Hidden names are ours (half-created runs) or the user's; files are the queue's database etc.
-        if entry.name.startswith(".") or not entry.is_dir():
-            continue
+    for entry in run_folder_entries(Path(runs_dir)):
         try:
             names = set(os.listdir(entry.path))
         except OSError as e:  # e.g. a folder without read permission: shown, not fatal

@@ -12,6 +12,7 @@ from typing import Any, Iterable
 from fmae.errors import FmaeError
 from fmae.metric_catalogue import F1_BEST, REPORT_METRICS
 from fmae.registry import get_dataset, shared_au_codes
+from fmae.run_spec import canonical_json
 from fmae.runs import RunDir, RunInfo
 from fmae.summary import Summary
 
@@ -105,13 +106,16 @@ def parse_threshold(text: str) -> str:
 # --- one run ---------------------------------------------------------------------------------------------
 
 def canonical_value(value: Any) -> Any:
-    """A config value as a hashable group key: λ = 2.0 and 2 are one group; lists become tuples."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value) if not isinstance(value, bool) else value
+    """A config value as a hashable group key, equal where the experiment key's values are equal
+    (`run_spec.canonical_json`: λ = 2.0 and 2 are one group); lists become tuples, tables sorted pairs."""
+    return _hashable(canonical_json(value))
+
+
+def _hashable(value: Any) -> Any:
     if isinstance(value, list):
-        return tuple(canonical_value(v) for v in value)
+        return tuple(_hashable(v) for v in value)
     if isinstance(value, dict):
-        return tuple(sorted((str(k), canonical_value(v)) for k, v in value.items()))
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
     return value
 
 
