@@ -2,9 +2,10 @@
 `fmae train` line and the app's ctrl+t in Launch both take it from there.
 
 The demo fine-tunes from an MAE-pretrained vit_tiny shipped in the package (`init = "fmae:vit_tiny_mae_synth"`,
-made by bench/demo_init.py). The learning target (AUC >= 0.70 on the unseen subjects within 3 minutes on 2 CPU
-cores) is not met yet: see bench/results/demo_calibration-x86_64-2cpu.md. What is checked here is what the demo
-does hold."""
+made by bench/demo_init.py) at 32 px on the built-in fmae.toml's bp4d copy (nuisance below the benchmarks' 1).
+Whether it learns (AUC >= 0.70 on the unseen subjects, F1@0.5 above the all-positive F1, within 3 minutes on 2
+CPU cores) is measured by bench/demo_calibration.py, not here: that takes minutes. What is checked here is the
+demo's shape, and that the calibration record is of the settings fmae ships."""
 
 from __future__ import annotations
 
@@ -46,7 +47,9 @@ def test_the_readmes_demo_line_resolves_to_the_demo_recipe(tmp_path):
     assert "warning" not in result.stderr
     rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") >= 3}
     assert "recipe bp4d/demo" in rows["warmup_epochs"] and " 0 " in rows["warmup_epochs"]
-    assert "vit_tiny" in rows["model"] and "64" in rows["input_size"]
+    # the recipe's own 32 px, above vit_tiny's 64 (a third of the time a step: bench/results/demo_calibration-*)
+    size = str(finetune_recipe("bp4d", "demo")["input_size"])
+    assert "vit_tiny" in rows["model"] and f" {size} " in rows["input_size"] and "recipe bp4d/demo" in rows["input_size"]
 
 
 async def test_ctrl_t_in_launch_fills_the_demo_plan(tmp_path):
@@ -89,7 +92,7 @@ def test_the_demo_fine_tunes_from_the_packaged_mae_encoder(tmp_path):
     assert ckpt["model"] and all(str(t.dtype) == "torch.float16" for t in ckpt["model"].values())
     assert not any(k.startswith("decoder") for k in ckpt["model"])  # the encoder only: ~1 MB in the package
     assert asset.stat().st_size < 3e6
-    model = FineTuneModel(create_encoder("vit_tiny", img_size=64), 12)
+    model = FineTuneModel(create_encoder("vit_tiny", img_size=finetune_recipe("bp4d", "demo")["input_size"]), 12)
     report = load_pretrained(model, asset)
     assert report.loaded > 40 and not [k for k in report.missing if k.startswith("encoder.blocks")]
 
@@ -103,3 +106,20 @@ def test_an_unknown_packaged_init_is_a_one_line_error(tmp_path):
     err = result.stderr.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     assert "fmae:nope" in err and "fmae:vit_tiny_mae_synth" in err
+
+
+def test_the_calibration_record_is_of_the_demo_fmae_ships():
+    """The built-in fmae.toml's demo copy takes less nuisance than the benchmarks' 1, and the calibration result
+    (bench/demo_calibration.py) names the data and the recipe values the demo resolves to now, so the record
+    cannot silently describe another demo."""
+    from fmae.config import default_config_text, parse_project
+
+    data = parse_project(default_config_text(), "fmae.toml", REPO).dataset(DEMO_RUN["dataset"]).synthetic
+    assert data is not None and 0 <= data.nuisance < 1 and data.size >= finetune_recipe("bp4d", "demo")["input_size"]
+    record = (REPO / "bench" / "results" / "demo_calibration-x86_64-2cpu.md").read_text()
+    assert (f"{data.subjects} subjects × {data.frames} frames, {data.size} px, identity strength "
+            f"{data.identity_strength:g}, nuisance {data.nuisance:g}, seed {data.seed}") in record
+    recipe = finetune_recipe(DEMO_RUN["dataset"], DEMO_RUN["recipe"])
+    for key in ("blr", "batch_size", "epochs", "input_size", "init"):
+        assert f"{key} {recipe[key]!r}" in record, key
+    assert "| the demo |" in record and "quiet-machine bound" in record
