@@ -5,7 +5,9 @@ imported or run), holds to the layering of docs/architecture.md.
 module level from the app or from the torch-free layer (`TORCH_FREE`: queue, report, runs, config and
 the rest the app reads, the CLI, the data tools); (c) no module imports another's private name (a
 leading underscore, dunders aside; a private submodule is a module, not a name); (d) no source file of
-`fmae` or `fmae_tui` over 500 lines. Each check lists every violation at once.
+`fmae` or `fmae_tui` over 500 lines; (e) imports (in functions too) go only down `LAYERS`, the diagram
+of docs/architecture.md: nothing in `fmae` imports `fmae_tui`, the torch side sits above the run folder.
+Each check lists every violation at once.
 
 What counts as an edge A → B (A imports B):
 - `import a.b` and `from a.b import n`: the module named, or `a.b.n` itself when `n` is a submodule.
@@ -37,9 +39,34 @@ MAX_LINES = 500
 # of these (`fmae.report` covers the report package and the older `fmae.report_*` modules): what the app
 # reads (DESIGN.md's layering), the CLI (whose fast start is its lazy imports) and the data tools
 # (docs/architecture.md: all of fmae/data/ outside fmae/data/torch/).
+# `fmae.run` covers the run_* modules (run_spec, run_watch, run_cache, run_speed, run_diff, run_lock).
 TORCH_FREE = ("fmae.queue", "fmae.queue_ops", "fmae.report", "fmae.runs", "fmae.config", "fmae.run_config",
-              "fmae.registry", "fmae.gpus", "fmae.scheduler", "fmae.experiments", "fmae.cli", "fmae.data")
+              "fmae.registry", "fmae.gpus", "fmae.scheduler", "fmae.experiments", "fmae.cli", "fmae.data",
+              "fmae.run", "fmae.study", "fmae.executors", "fmae.summary", "fmae.metric_catalogue", "fmae.metrics",
+              "fmae.recipes", "fmae.folds", "fmae.model_specs", "fmae.notify", "fmae.file_tail", "fmae.errors",
+              "fmae.atomic_write", "fmae.process_exit", "fmae.features")
 TORCH_SIDE = ("fmae.data.torch",)
+# The layers of docs/architecture.md's diagram, top to bottom: a module imports (in a function too) only
+# its own layer or one below. A module belongs to the layer of its longest matching name (`fmae.data.torch`
+# before `fmae.data`; the name `fmae` stands for the package's __init__ alone, in the base).
+LAYERS = (
+    ("app", ("fmae_tui",)),
+    ("cli", ("fmae.cli", "fmae.__main__")),
+    ("dispatch", ("fmae.queue_ops", "fmae.scheduler", "fmae.executors")),
+    ("features", ("fmae.features",)),
+    ("train", ("fmae.train",)),
+    ("predict", ("fmae.predict", "fmae.visualize")),
+    ("models", ("fmae.models",)),
+    ("data.torch", ("fmae.data.torch",)),
+    ("readers", ("fmae.report", "fmae.run_watch", "fmae.run_cache", "fmae.run_diff", "fmae.run_speed",
+                 "fmae.notify")),
+    ("study", ("fmae.study", "fmae.experiments", "fmae.queue")),
+    ("run", ("fmae.runs", "fmae.run_spec", "fmae.run_config", "fmae.summary", "fmae.metric_catalogue",
+             "fmae.metrics", "fmae.run_lock", "fmae.gpus")),
+    ("data", ("fmae.data",)),
+    ("tables", ("fmae.config", "fmae.registry", "fmae.recipes", "fmae.folds", "fmae.model_specs")),
+    ("base", ("fmae.errors", "fmae.atomic_write", "fmae.file_tail", "fmae.process_exit", "fmae")),
+)
 
 
 @dataclass(frozen=True)
@@ -212,6 +239,30 @@ def heavy_violations(graph: Graph) -> list[str]:
     return lines
 
 
+def layer_of(module: str) -> int | None:
+    """The index in LAYERS of a module's layer (its longest matching name), None for one no layer names."""
+    best = None
+    for i, (_, names) in enumerate(LAYERS):
+        for name in names:
+            inside = module.startswith(name + ".") and name != "fmae"  # `fmae`: its __init__ only
+            if (module == name or inside) and (best is None or len(name) > best[1]):
+                best = (i, len(name))
+    return None if best is None else best[0]
+
+
+def upward_violations(graph: Graph) -> list[str]:
+    """Each import (in a function too) of a higher layer than the importer's, and each module in no layer:
+    the layering is one-way, the app at the top."""
+    lines = [f"{graph.files[m].relative_to(graph.root)}: {m} is in no layer of LAYERS (add it to one)"
+             for m in graph.files if layer_of(m) is None]
+    for imp in graph.imports:
+        for target in graph.targets(imp):
+            a, b = layer_of(imp.source), layer_of(target)
+            if a is not None and b is not None and b < a:
+                lines.append(f"{graph.where(imp)}: {imp.source} ({LAYERS[a][0]}) imports {target} ({LAYERS[b][0]})")
+    return lines
+
+
 def private_violations(graph: Graph) -> list[str]:
     lines = []
     for imp in graph.imports:
@@ -252,6 +303,12 @@ def test_no_import_cycles(graph):
 def test_the_torch_free_layer_reaches_no_torch(graph):
     violations = heavy_violations(graph)
     assert not violations, _report(f"module(s) of the torch-free layer reaching {', '.join(sorted(HEAVY))}",
+                                   violations)
+
+
+def test_imports_only_go_down_the_layers(graph):
+    violations = upward_violations(graph)
+    assert not violations, _report("import(s) up the layers of docs/architecture.md (or modules in none)",
                                    violations)
 
 
@@ -308,3 +365,16 @@ def test_each_check_finds_its_violation(tmp_path):
         "fmae.queue reaches torch at module level: fmae.queue → fmae.sub.helpers (fmae/sub/helpers.py:1)"]
     assert private_violations(graph) == ["fmae/sub/helpers.py:2: fmae.sub.helpers imports fmae.sub.lazy._hidden"]
     assert size_violations(graph) == [f"fmae/sub/lazy.py: {MAX_LINES + 7} lines"]
+
+
+def test_the_layer_check_finds_an_engine_module_importing_the_app_and_a_module_in_no_layer(tmp_path):
+    (tmp_path / "fmae").mkdir()
+    (tmp_path / "fmae" / "__init__.py").write_text("")
+    (tmp_path / "fmae" / "runs.py").write_text("def show():\n    from fmae_tui.app import main\n")
+    (tmp_path / "fmae_tui").mkdir()
+    (tmp_path / "fmae_tui" / "__init__.py").write_text("import fmae.runs\n")
+    (tmp_path / "fmae_tui" / "app.py").write_text("def main():\n    pass\n")
+    (tmp_path / "fmae" / "stray.py").write_text("")
+    assert upward_violations(Graph(tmp_path)) == [
+        "fmae/stray.py: fmae.stray is in no layer of LAYERS (add it to one)",
+        "fmae/runs.py:2: fmae.runs (run) imports fmae_tui.app (app)"]
