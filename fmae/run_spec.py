@@ -16,6 +16,7 @@ No torch here: the queue, the report and the app read configs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -212,12 +213,17 @@ def every_run_defaults() -> dict[str, Any]:
             if f.metadata.get("every_run")}
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # resolving the annotations' strings each call cost ~0.4 ms a key
+
+
 def choices(key: str) -> tuple[str, ...] | None:
     """The allowed values of a `Literal` field, else None."""
     cls = SECTIONS.get(SECTION_OF.get(key, ""))
     if cls is None:
         return None
-    hint = typing.get_type_hints(cls)[key]
+    hint = _type_hints(cls)[key]
     return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
 
 

@@ -120,7 +120,7 @@ def is_degenerate(score: RunScore, epoch: str = "best") -> bool:
 
     if score.ref.task != "au":
         return False
-    summary = as_summary(score.ref.info.summary)
+    summary = score.summary if score.summary is not None else as_summary(score.ref.info.summary)
     record = summary.record(epoch) or {}
     if isinstance(record.get("degenerate"), bool):
         return record["degenerate"]

@@ -6,7 +6,7 @@ predictions (predictions/best.npz) through fmae.metrics. No torch: the app impor
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from fmae.errors import FmaeError
@@ -155,6 +155,7 @@ class RunScore:
     epoch: int | None
     threshold: float | dict[str, float] | None  # the threshold(s) the F1s were taken at
     source: str  # where the numbers came from
+    summary: Summary | None = field(default=None, repr=False, compare=False)  # as parsed for these numbers
 
     @property
     def run_id(self) -> str:
@@ -225,13 +226,14 @@ def score_run(ref: RunRef, scoring: Scoring) -> RunScore:
         return _rescore(ref, scoring)
     if not info.summary:
         raise FmaeError("no summary.json yet (no evaluation has finished)")
-    record = Summary.from_json(info.summary).record(scoring.epoch)
+    summary = Summary.from_json(info.summary)  # once: the rows' degenerate check reads it too
+    record = summary.record(scoring.epoch)
     if record is None:
         raise FmaeError(f"summary.json has no '{scoring.epoch}' record")
     epoch = record.get("epoch") if isinstance(record.get("epoch"), int) else None
     if ref.task != "au":
         return RunScore(ref, {"top1": _fraction(record.get("accuracy"), "summary.json accuracy")}, epoch, None,
-                        f"summary.json ({scoring.epoch})")
+                        f"summary.json ({scoring.epoch})", summary)
     key = METRICS[scoring.metric][0]
     per_au = record.get(key)
     if not isinstance(per_au, dict):
@@ -242,7 +244,7 @@ def score_run(ref: RunRef, scoring: Scoring) -> RunScore:
             raise FmaeError(f"summary.json: '{key}' has no {name}")
         values[name] = _fraction(per_au[name], f"summary.json {key}.{name}", allow_nan=scoring.metric == "auc")
     threshold = {"f1": 0.5, "f1_best": record.get("best_threshold")}.get(scoring.metric)
-    return RunScore(ref, values, epoch, threshold, f"summary.json ({scoring.epoch})")
+    return RunScore(ref, values, epoch, threshold, f"summary.json ({scoring.epoch})", summary)
 
 
 def _rescore(ref: RunRef, scoring: Scoring) -> RunScore:
