@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from fmae.errors import FmaeError
+from fmae.run_spec import Schedule, section_of
 from fmae.runs import RunDir, RunInfo, list_runs
 
 RECENT_RUNS = 8  # the newest matching runs whose speed counts: the machine and the code change over time
@@ -107,12 +108,18 @@ def _overhead(info: RunInfo, rate: float) -> float | None:
     st, cfg = info.status, info.config
     try:
         wall = (datetime.fromisoformat(st["ended"]) - datetime.fromisoformat(st["started"])).total_seconds()
-        images = int(st["total_steps"]) * int(cfg["batch_size"]) * int(cfg.get("accum_iter") or 1)
+        images = int(st["total_steps"]) * _step_images(cfg)
     except (KeyError, TypeError, ValueError):
         return None
     if info.state != "done" or wall <= 0:
         return None
     return max(0.0, wall - images / rate)
+
+
+def _step_images(cfg: Mapping[str, Any]) -> int:
+    """Images per optimizer step and process: the batch × its accumulation (the schedule's default, 1,
+    for a run.toml written before accum_iter)."""
+    return int(cfg["batch_size"]) * int(section_of(Schedule, cfg).accum_iter)
 
 
 def _int(value: Any) -> int | None:
@@ -216,7 +223,7 @@ def estimate(runs_dir: Path, cells: list[Mapping[str, Any]], device: str,
         if n is None:
             return Estimate(None, [], speed, f"the {values['dataset']} data is not there yet (made on first use): "
                                              f"no estimate; {speed.describe()}")
-        step = int(values["batch_size"]) * int(values.get("accum_iter") or 1)
+        step = _step_images(values)
         images = (n // step) * step * int(values["epochs"])  # whole steps only, as the trainer drops the rest
         per_run.append(images / speed.images_per_s + (speed.overhead_s or 0.0))
     return Estimate(sum(s for s in per_run if s is not None), per_run, speed, None)

@@ -270,6 +270,29 @@ def test_dry_run_shows_the_resolved_config_and_creates_nothing(tmp_path):
     assert not (tmp_path / "data").exists()  # a dry run generates no synthetic data either
 
 
+def test_dry_run_shows_the_config_by_section_at_80_columns_cutting_nothing(tmp_path):
+    deep = tmp_path / ("a-long-folder-name-" * 3) / "bp4d"
+    result = run_fmae("train", "bp4d", "--fold", "1", "--root", deep, "--labels", deep / "labels.jsonl", "--dry-run",
+                      "--runs-dir", tmp_path / "runs", cwd=tmp_path, env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in lines if line.count("│") == 4]
+    section_of, values, section = {}, {}, None
+    for key, value, _ in cells:
+        if key.startswith("["):
+            section = key
+        elif key:
+            section_of[key], values[key], last = section, value, key
+        else:  # a value too long for its column folds onto the next lines
+            values[last] += value
+    assert list(dict.fromkeys(section_of.values())) == ["[identity]", "[model]", "[optim]", "[schedule]",
+                                                        "[augment]", "[data]", "[execution]"]
+    assert (section_of["fold"], section_of["blr"], section_of["labels"], section_of["device"]) == (
+        "[identity]", "[optim]", "[data]", "[execution]")
+    assert "…" not in result.stdout and values["labels"] == str(deep / "labels.jsonl")
+
+
 def test_dry_run_prints_brackets_in_values_and_sources_as_they_are(tmp_path):
     """The config table's console reads no markup, so nothing is escaped: `[x]` is shown, not `\\[x]`."""
     project = tmp_path / "study[a]"

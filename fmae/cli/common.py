@@ -56,12 +56,25 @@ def cli_layer(**options: Any) -> dict[str, Any]:
 
 
 def show_config(resolved, title: str) -> None:
-    """A resolved config as a table: each key, its value, and the layer that set it."""
+    """A resolved config as a table by section, in run.toml's order (identity, model, optim, schedule,
+    augment, data, execution, then keys no section owns): each key, its value and the layer that set it.
+    A long value or source folds onto more lines rather than being cut, so 80 columns show all of it."""
+    from fmae.run_spec import SECTION_OF, SECTIONS, sectioned
+
+    body = sectioned(resolved.values)
+    groups = [(name, list(body[name])) for name in SECTIONS if name in body]
+    other = sorted(k for k in resolved.values if k not in SECTION_OF)
+    if other:
+        groups.append(("other", other))
     table = Table(title=title)
-    for col in ("key", "value", "from"):
-        table.add_column(col, no_wrap=True)
-    for key in sorted(resolved.values):  # `out` reads no markup: a `[` in a value or a path prints as it is
-        table.add_row(key, str(resolved.values[key]), resolved.sources.get(key, ""))
+    table.add_column("key", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    table.add_column("from", overflow="fold")
+    for name, keys in groups:  # `out` reads no markup: a `[` in a value or a path prints as it is
+        table.add_row(f"[{name}]", "", "", style="bold")
+        for i, key in enumerate(keys):
+            table.add_row(f"  {key}", str(resolved.values[key]), resolved.sources.get(key, ""),
+                          end_section=i == len(keys) - 1)
     out.print(table)
 
 

@@ -52,16 +52,16 @@ class Task:
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         self.cfg = cfg
         self.run_spec = RunSpec.from_flat(cfg)  # the typed sections (defaults in fmae/run_spec.py)
-        self.spec: DatasetSpec = get_dataset(cfg["dataset"])
+        self.spec: DatasetSpec = get_dataset(self.run_spec.identity.dataset)
 
     def location(self) -> DatasetLocation:
-        c = self.cfg
-        root = Path(c["data_root"]) if c["data_root"] else None
+        d = self.run_spec.data
+        root = Path(d.data_root) if d.data_root else None
         if root is None or not root.is_dir():
             raise FmaeError(f"run.toml: data_root {root} is not a folder — the dataset moved; fix data_root "
                             "in this run's run.toml or queue a new run")
-        return DatasetLocation(name=self.spec.name, root=root, labels=Path(c["labels"]) if c["labels"] else None,
-                               train_labels=c["train_labels"] or None, test_labels=c["test_labels"] or None,
+        return DatasetLocation(name=self.spec.name, root=root, labels=Path(d.labels) if d.labels else None,
+                               train_labels=d.train_labels or None, test_labels=d.test_labels or None,
                                origin="run.toml")
 
     def build_data(self) -> Splits:
@@ -107,14 +107,14 @@ class AUTask(Task):
     codes: tuple[int, ...] = ()
 
     def build_data(self) -> Splits:
-        if self.cfg.get("eval_dataset"):
+        if self.run_spec.identity.eval_dataset:
             from fmae.train.cross_dataset import cross_dataset_data
 
             splits, self.test_labels, self.columns, self.codes = cross_dataset_data(self.cfg, self.spec, self.location())
             return splits
         problems = Problems()
         loc = self.location()
-        fold = load_au_fold(self.spec, loc, int(self.cfg["fold"]), problems)
+        fold = load_au_fold(self.spec, loc, int(self.run_spec.identity.fold), problems)
         problems.raise_first()
         parts = {"train": fold.train, "test": fold.test}
         paths = {split: [loc.root / p for p in labels.paths] for split, labels in parts.items()}
@@ -130,7 +130,7 @@ class AUTask(Task):
         return Splits(sets[0], sets[1], describe)
 
     def build_model(self) -> tuple[nn.Module, int]:
-        lam = float(self.cfg["lambda_id"])
+        lam = float(self.run_spec.identity.lambda_id)
         depth = int(self.run_spec.model.id_head_depth)  # its default, 1 (the paper's linear head), for older run.toml files
         if depth not in ID_HEAD_DEPTHS:
             raise FmaeError(f"id_head_depth = {depth}: choose 1 (linear, the paper's), 2 or 3 (an MLP of that many "
@@ -138,7 +138,7 @@ class AUTask(Task):
         model = FineTuneModel(self._encoder(), self.spec.num_outputs,
                               num_subjects=len(self.spec.subjects) if lam > 0 else 0, lambda_id=lam, id_head_depth=depth)
         self._load_init(model)
-        return model, encoder_spec(self.cfg["model"]).depth
+        return model, encoder_spec(self.run_spec.model.model).depth
 
     def loss(self, model, batch):
         logits, id_logits = model(batch.x)
@@ -192,7 +192,7 @@ class FERTask(Task):
     def build_model(self):
         model = FineTuneModel(self._encoder(), self.spec.num_outputs)
         self._load_init(model)
-        return model, encoder_spec(self.cfg["model"]).depth
+        return model, encoder_spec(self.run_spec.model.model).depth
 
     def loss(self, model, batch):
         logits, _ = model(batch.x)
@@ -224,8 +224,9 @@ class IdProbeTask(Task):
         loc = self.location()
         frames = self._all_frames(loc, problems)
         problems.raise_first()
-        per, n_train = int(self.cfg["frames_per_subject"]), int(self.cfg["train_frames_per_subject"])
-        rng = np.random.default_rng(int(self.cfg["seed"]))
+        d = self.run_spec.data
+        per, n_train = int(d.frames_per_subject), int(d.train_frames_per_subject)
+        rng = np.random.default_rng(int(self.run_spec.identity.seed))
         train_idx, test_idx = [], []
         by_subject: dict[str, list[int]] = {}
         for i, s in enumerate(frames.subjects):
@@ -267,11 +268,11 @@ class IdProbeTask(Task):
                         both.lines + fold.test.lines)
 
     def build_model(self):
-        if not self.cfg["init"]:
+        if not self.run_spec.model.init:
             raise FmaeError("identity probing needs an encoder to probe: pass a run folder or a checkpoint")
         model = IdentityProbe(self._encoder(), len(self.spec.subjects))
         self._load_init(model)
-        return model, encoder_spec(self.cfg["model"]).depth
+        return model, encoder_spec(self.run_spec.model.model).depth
 
     def loss(self, model, batch):
         logits = model(batch.x)
@@ -299,7 +300,8 @@ class PretrainTask(Task):
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         self.cfg = cfg
-        self.spec = None
+        self.run_spec = RunSpec.from_flat(cfg)
+        self.spec = None  # no benchmark: the images come from run_spec.data.data
 
     def build_data(self) -> Splits:
         from torchvision import transforms as T
@@ -308,31 +310,32 @@ class PretrainTask(Task):
         from fmae.data.torch.datasets import SourceImageSet
         from fmae.data.image_store import open_image_source
 
-        sources = [open_image_source(Path(p)) for p in self.cfg["data"]]
-        size = int(self.cfg["input_size"])
+        stores = self.run_spec.data.data
+        sources = [open_image_source(Path(p)) for p in stores]
+        size = int(self.run_spec.augment.input_size)
         # The original's pretraining augmentation: resize, flip, normalise (faces are already crops).
         tf = T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC), T.RandomHorizontalFlip(),
                         T.ToTensor(), T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
-        train = SourceImageSet(sources, tf, seed=int(self.cfg["seed"]))
+        train = SourceImageSet(sources, tf, seed=int(self.run_spec.identity.seed))
         if len(train) == 0:
-            raise FmaeError(f"--data {', '.join(self.cfg['data'])}: no images")
+            raise FmaeError(f"--data {', '.join(stores)}: no images")
         plain = T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
                            T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
         self.preview = SourceImageSet(sources, plain)
-        parts = ", ".join(f"{Path(p).name} ({len(s)})" for p, s in zip(self.cfg["data"], sources))
+        parts = ", ".join(f"{Path(p).name} ({len(s)})" for p, s in zip(stores, sources))
         return Splits(train, None, f"MAE pretraining on {len(train)} images: {parts}")
 
     def build_model(self):
         from fmae.models.mae import MaskedAutoencoder
 
-        c = self.cfg
-        model = MaskedAutoencoder(c["model"], img_size=int(c["input_size"]), decoder_dim=int(c["decoder_dim"]),
-                                  decoder_depth=int(c["decoder_depth"]), decoder_heads=int(c["decoder_heads"]),
-                                  norm_pix_loss=bool(c["norm_pix_loss"]))
+        m = self.run_spec.model
+        model = MaskedAutoencoder(m.model, img_size=int(self.run_spec.augment.input_size), decoder_dim=int(m.decoder_dim),
+                                  decoder_depth=int(m.decoder_depth), decoder_heads=int(m.decoder_heads),
+                                  norm_pix_loss=bool(m.norm_pix_loss))
         return model, model.depth
 
     def loss(self, model, batch):
-        loss, _, mask = model(batch.x, mask_ratio=float(self.cfg["mask_ratio"]))
+        loss, _, mask = model(batch.x, mask_ratio=float(self.run_spec.model.mask_ratio))
         return loss, {}
 
     def preview_images(self, count: int = 8) -> torch.Tensor:
