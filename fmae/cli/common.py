@@ -55,10 +55,12 @@ def cli_layer(**options: Any) -> dict[str, Any]:
     return {**given, **sets}
 
 
-def show_config(resolved, title: str) -> None:
-    """A resolved config as a table by section, in run.toml's order (identity, model, optim, schedule,
-    augment, data, execution, then keys no section owns): each key, its value and the layer that set it.
-    A long value or source folds onto more lines rather than being cut, so 80 columns show all of it."""
+def show_dry_run(resolved, what: str) -> None:
+    """`--dry-run`: the resolved config as a table by section, in run.toml's order (identity, model, optim,
+    schedule, augment, data, execution, then keys no section owns): each key, its value and the layer that
+    set it, then the warnings of `config_warnings`. A long value or source folds onto more lines rather
+    than being cut, so 80 columns show all of it."""
+    from fmae.run_config import config_warnings
     from fmae.run_spec import SECTION_OF, SECTIONS, sectioned
 
     body = sectioned(resolved.values)
@@ -66,7 +68,7 @@ def show_config(resolved, title: str) -> None:
     other = sorted(k for k in resolved.values if k not in SECTION_OF)
     if other:
         groups.append(("other", other))
-    table = Table(title=title)
+    table = Table(title=f"{what} — resolved config (dry run: nothing created)")
     table.add_column("key", no_wrap=True)
     table.add_column("value", overflow="fold")
     table.add_column("from", overflow="fold")
@@ -76,6 +78,8 @@ def show_config(resolved, title: str) -> None:
             table.add_row(f"  {key}", str(resolved.values[key]), resolved.sources.get(key, ""),
                           end_section=i == len(keys) - 1)
     out.print(table)
+    for warning in config_warnings(resolved.values):
+        err.print(f"warning: {warning}", soft_wrap=True)
 
 
 def is_benchmark_name(text: str) -> bool:

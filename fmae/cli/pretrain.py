@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmae.cli.common import (ConfigOpt, GpusPerNodeOpt, NodesOpt, NprocOpt, QuietOpt, RunsDirOpt, SetOpt, cli_layer, err,
-                              out, show_config)
+from fmae.cli.common import (ConfigOpt, GpusPerNodeOpt, NodesOpt, NprocOpt, QuietOpt, RunsDirOpt, SetOpt, cli_layer,
+                              out, show_dry_run)
 from fmae.cli.training import submit_to_slurm, train_here
 from fmae.errors import FmaeError
 
@@ -47,11 +47,7 @@ def pretrain_cmd(
                      device=device, set_=set_)
     resolved = resolve_pretrain_config(project, [p.expanduser() for p in data], seed=seed, cli=cli)
     if dry_run:
-        from fmae.run_config import config_warnings
-
-        show_config(resolved, "MAE pretraining — resolved config (dry run: nothing created)")
-        for warning in config_warnings(resolved.values):
-            err.print(f"warning: {warning}", soft_wrap=True, markup=False)
+        show_dry_run(resolved, "MAE pretraining")
         return
     run = create_run(project.runs_dir, resolved, name=name)
     out.print(f"run {run.id}")

@@ -15,7 +15,7 @@ import typer
 from rich.text import Text
 
 from fmae.cli.common import (ConfigOpt, GpusPerNodeOpt, LabelsOpt, MasterOpt, NnodesOpt, NodeRankOpt, NodesOpt, NprocOpt,
-                              QuietOpt, RootOpt, RunsDirOpt, SetOpt, cli_layer, err, out, show_config)
+                              QuietOpt, RootOpt, RunsDirOpt, SetOpt, cli_layer, err, out, show_dry_run)
 from fmae.cli.training import rendezvous, submit_to_slurm, train_here
 from fmae.errors import FmaeError
 from fmae.metric_catalogue import AUC, F1_05, F1_BEST, TUNED_TAG
@@ -81,11 +81,7 @@ def train_cmd(
         resolved = resolve_run_config(project, dataset, recipe=recipe, fold=fold, seed=seed, cli=cli, root=root,
                                       labels=labels, generate=not dry_run)
     if dry_run:
-        from fmae.run_config import config_warnings
-
-        show_config(resolved, f"{resolved.values['dataset']} — resolved config (dry run: nothing created)")
-        for warning in config_warnings(resolved.values):
-            err.print(f"warning: {warning}", soft_wrap=True)
+        show_dry_run(resolved, resolved.values["dataset"])
         return
     run = create_run(project.runs_dir, resolved, name=name)
     out.print(f"run {run.id}")
