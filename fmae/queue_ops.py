@@ -7,6 +7,7 @@ No torch here: the app imports this module.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
@@ -99,17 +100,60 @@ def timing(status: Optional[dict], now: float) -> tuple[Optional[float], Optiona
     return elapsed, max(0.0, (total - step) * measured / step - (now - beat))
 
 
+class StatusCache:
+    """status.json of each job's run folder, read again only when its stamp (inode, mtime, size) moved;
+    a job that finished is not even stat'ed again while its queue row still says it finished (a retry
+    or a requeue changes the row first). For a screen that lists 10,000 jobs every second or two."""
+
+    RACY_NS = 2_000_000_000  # a file written this recently may change again within its mtime's tick
+
+    def __init__(self) -> None:
+        # path -> (stamp or None: not to be trusted, the queue row's state when read, status)
+        self._held: dict[str, tuple[tuple[int, int, int] | None, str, dict[str, Any] | None]] = {}
+        self.reads = 0  # status.json files read so far, for tests and for the curious
+
+    def status(self, path: str, queue_state: str) -> dict[str, Any] | None:
+        held = self._held.get(path)
+        if held is not None and held[1] == queue_state and held[0] is not None and held[2] is not None \
+                and held[2]["state"] in FINAL_STATES and queue_state in FINAL_STATES:
+            return held[2]
+        try:
+            st = os.stat(os.path.join(path, "status.json"))
+            stamp: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        if held is not None and stamp is not None and held[0] == stamp:
+            if held[1] != queue_state:
+                self._held[path] = (stamp, queue_state, held[2])
+            return held[2]
+        self.reads += 1
+        status = read_status_fast(path)
+        if stamp is not None and time.time_ns() - stamp[1] < self.RACY_NS:
+            stamp = None
+        self._held[path] = (stamp, queue_state, status)
+        return status
+
+    def keep_only(self, paths: set[str]) -> None:
+        """Forget the folders of jobs no longer in the queue."""
+        for path in [p for p in self._held if p not in paths]:
+            del self._held[path]
+
+
 def queue_rows(q: Queue, *, all_: bool = False, states: Optional[set[str]] = None,
-               recent: int = RECENT_FINISHED) -> tuple[list[dict[str, Any]], int]:
+               recent: int = RECENT_FINISHED, cache: StatusCache | None = None) -> tuple[list[dict[str, Any]], int]:
     """The jobs as rows, each a job's fields plus its status.json facts, and how many finished jobs were
     hidden (all but the `recent` latest, unless `all_` or `states`). `state` is status.json's (or
     "corrupt"), or "starting" while status.json still says queued but the scheduler has launched the job
     (only the trainer writes running, once torch has loaded: seconds); `queue_state` the table's cache;
-    `elapsed_s` and `eta_s` from `timing` (a starting job's elapsed from its launch)."""
+    `elapsed_s` and `eta_s` from `timing` (a starting job's elapsed from its launch). With `cache`, a
+    status.json is read only when it changed (see StatusCache)."""
     now = time.time()
     rows = []
-    for row in q.job_dicts():
-        status = read_status_fast(row["path"])
+    jobs = q.job_dicts()
+    if cache is not None:
+        cache.keep_only({row["path"] for row in jobs})
+    for row in jobs:
+        status = read_status_fast(row["path"]) if cache is None else cache.status(row["path"], row["state"])
         row["queue_state"] = row["state"]
         row["state"] = status["state"] if status else "corrupt"
         starting = row["state"] == "queued" and row["queue_state"] in ("launching", "running")

@@ -326,6 +326,37 @@ def test_ls_hides_old_finished_jobs_unless_all(tmp_path):
     assert hidden == 0 and len(rows) == 25
 
 
+def test_ls_with_a_status_cache_reads_only_what_changed(tmp_path, monkeypatch):
+    from fmae import queue_ops
+
+    runs = tmp_path / "runs"
+    q = Queue(runs)
+    jobs = [q.add(minimal_run(runs, i)) for i in range(4)]
+    for job, state in zip(jobs, ("failed", "done")):
+        q.finish(job.id, state)
+        RunDir(job.path).mark_ended(state, exit_code=1 if state == "failed" else 0)
+    monkeypatch.setattr(queue_ops.StatusCache, "RACY_NS", 0)  # the files were written just now
+    cache = queue_ops.StatusCache()
+    plain = queue_rows_states(queue_ops.queue_rows(q, all_=True)[0])
+    assert queue_rows_states(queue_ops.queue_rows(q, all_=True, cache=cache)[0]) == plain
+    assert cache.reads == 4
+    queue_ops.queue_rows(q, all_=True, cache=cache)
+    assert cache.reads == 4  # nothing changed: nothing read
+    RunDir(jobs[2].path).update_status(epoch=3, epochs=9)  # an unfinished job's status moves
+    rows = {r["id"]: r for r in queue_ops.queue_rows(q, all_=True, cache=cache)[0]}
+    assert cache.reads == 5 and rows[jobs[2].id]["epoch"] == 3
+    q.requeue(jobs[0].id)  # a finished job back in line: its row changes first, then its status.json
+    RunDir(jobs[0].path).mark_queued()
+    rows = {r["id"]: r for r in queue_ops.queue_rows(q, all_=True, cache=cache)[0]}
+    assert rows[jobs[0].id]["state"] == "queued" and cache.reads == 6
+    assert queue_rows_states(queue_ops.queue_rows(q, all_=True, cache=cache)[0]) == \
+        queue_rows_states(queue_ops.queue_rows(q, all_=True)[0])
+
+
+def queue_rows_states(rows):
+    return [(r["id"], r["state"], r["epoch"], r["progress"]) for r in rows]
+
+
 def test_cancel_queued_job(queued8, tmp_path):
     runs = queued8
     q = Queue(runs)

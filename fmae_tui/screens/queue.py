@@ -98,6 +98,8 @@ class QueueScreen(PolledScreen):
         self._cells: dict[int, list[str]] = {}  # job id -> the text of its cells on screen
         self._cancels: dict[int, Any] = {}  # job id -> the job, for cancels whose outcome is not told yet
         self._revived: str | None = None  # the last "scheduler started" said: not repeated every poll
+        self._statuses: Any = None  # queue_ops.StatusCache, made in the first look (the module loads there)
+        self._statuses_of: Path | None = None  # the runs folder it holds the jobs of
 
     @property
     def table(self) -> VirtualTable:
@@ -150,13 +152,15 @@ class QueueScreen(PolledScreen):
 
     def _list(self, show_all: bool) -> tuple[list[dict[str, Any]], int, str, dict[int, str], str | None]:
         from fmae.queue import DB_NAME, Queue
-        from fmae.queue_ops import cancel_outcome, queue_rows
+        from fmae.queue_ops import StatusCache, cancel_outcome, queue_rows
         from fmae.scheduler import describe, holder
 
         runs_dir = self.fmae.project.runs_dir
         rows, hidden, scheduler, told, revived = [], 0, "no scheduler running", {}, None
+        if self._statuses is None or self._statuses_of != runs_dir:  # a reload may move the runs folder
+            self._statuses, self._statuses_of = StatusCache(), runs_dir
         if (runs_dir / DB_NAME).exists():  # looking must not create the queue
-            rows, hidden = queue_rows(Queue(runs_dir), all_=show_all)
+            rows, hidden = queue_rows(Queue(runs_dir), all_=show_all, cache=self._statuses)
         info = holder(runs_dir)
         if info is None and rows:  # unfinished work and no scheduler (it crashed): bring it back
             from fmae.scheduler import ensure_running
