@@ -299,7 +299,7 @@ def build(runs_dir: Path, selection: Selection = Selection(), scoring: Scoring =
     collected = collect(runs_dir, selection, scoring, infos=infos)
     rows = aggregate(collected.scores, complete_only=complete_only, epoch=scoring.epoch)
     # cross-dataset evaluations are not cells a training matrix could queue: no grid
-    grids = completeness([r for r in collected.refs if not tested_on(r.key[2])], seeds=seeds, project=project)
+    grids = completeness([r for r in collected.refs if not r.tested_on], seeds=seeds, project=project)
     order = list(DATASETS)
     keys = sorted({(r.task, r.dataset, tested_on(r.fields)) for r in rows} | {(g.task, g.dataset, None) for g in grids},
                   key=lambda k: (order.index(k[1]), TASKS.index(k[0]), k[2] is not None, k[2] or ""))

@@ -142,6 +142,11 @@ class RunRef:
         return self.info.id
 
     @property
+    def tested_on(self) -> str | None:
+        """The other benchmark this run was scored on (a cross-dataset eval), else None."""
+        return tested_on(self.key[2]) if len(self.key) > 2 else None
+
+    @property
     def state(self) -> str:
         return self.info.state
 
@@ -239,7 +244,7 @@ def score_run(ref: RunRef, scoring: Scoring) -> RunScore:
     if not isinstance(per_au, dict):
         raise FmaeError(f"summary.json: the {scoring.epoch} record has no per-AU '{key}'")
     values = {}
-    for name in au_columns(ref.dataset, tested_on(ref.key[2])):
+    for name in au_columns(ref.dataset, ref.tested_on):
         if name not in per_au:
             raise FmaeError(f"summary.json: '{key}' has no {name}")
         values[name] = _fraction(per_au[name], f"summary.json {key}.{name}", allow_nan=scoring.metric == "auc")
@@ -255,7 +260,7 @@ def _rescore(ref: RunRef, scoring: Scoring) -> RunScore:
     from fmae.metrics import au_scores, f1_per_threshold
 
     spec = get_dataset(ref.dataset)
-    other = tested_on(ref.key[2])
+    other = ref.tested_on
     wanted = [int(n[2:]) for n in au_columns(ref.dataset, other)]
     path = RunDir(ref.info.path).predictions / "best.npz"
     if not path.is_file():
