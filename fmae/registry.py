@@ -224,6 +224,9 @@ def dataset_key(name: str) -> str:
 
 
 def get_dataset(name: str) -> DatasetSpec:
+    spec = DATASETS.get(name)  # already the key: the report asks twice a run
+    if spec is not None:
+        return spec
     key = dataset_key(name)
     if key not in DATASETS:
         raise FmaeError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS)}")

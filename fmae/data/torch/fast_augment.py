@@ -149,13 +149,14 @@ def _gray(img: np.ndarray) -> np.ndarray:
 
 
 def _blend(degenerate: np.ndarray | float, img: np.ndarray, factor: float) -> np.ndarray:
-    """Pillow's Image.blend(degenerate, img, factor): float32 arithmetic, truncated, clipped."""
+    """Pillow's Image.blend(degenerate, img, factor): float32 arithmetic, truncated, clipped (an array
+    `degenerate` may be float32 already)."""
     a = np.float32(factor)
     if np.isscalar(degenerate):
         lo = np.float32(degenerate)
         values = lo + a * (np.arange(256, dtype=np.float32) - lo)
         return _lut(img, np.clip(values, 0, 255).astype(np.uint8))
-    lo = degenerate.astype(np.float32)
+    lo = degenerate if degenerate.dtype == np.float32 else degenerate.astype(np.float32)
     out = img.astype(np.float32)
     out -= lo
     out *= a
@@ -230,7 +231,9 @@ _SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=np.float32) / 13
 
 def sharpness(img: np.ndarray, factor: float, **_: Any) -> np.ndarray:
     smooth = cv2.filter2D(img, cv2.CV_32F, _SMOOTH, borderType=cv2.BORDER_REPLICATE)
-    degenerate = np.clip(smooth + 0.5, 0, 255).astype(np.uint8)
+    # Pillow's filtered uint8 image, kept in float32 for the blend: floor(x + ½) clipped is its rounding
+    smooth += 0.5
+    degenerate = np.clip(np.floor(smooth, out=smooth), 0, 255, out=smooth)
     degenerate[0], degenerate[-1], degenerate[:, 0], degenerate[:, -1] = img[0], img[-1], img[:, 0], img[:, -1]
     return _blend(degenerate, img, factor)
 
