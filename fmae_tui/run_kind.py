@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from fmae.metric_catalogue import METRICS
+from fmae.metric_catalogue import F1_05, METRICS
 from fmae.summary import Summary, as_summary, degenerate_threshold
 
 # kind -> (short name for an 80-column table, long name)
@@ -90,3 +90,14 @@ def degenerate_text(summary: Summary | dict[str, Any] | None) -> str:
     what = "every AU predicted present" if t is not None and t < 0.5 else "no AU predicted"
     where = f"best threshold {t:g}" if t is not None else "best threshold at the grid's edge"
     return f"⚠ degenerate: {where} = {what}"
+
+
+def beside_all_positive(summary: Summary | dict[str, Any] | None) -> str:
+    """An AU run's best epoch beside predicting every AU present: a best-threshold F1 is never below the
+    all-positive F1, so only F1@0.5 above it shows the run has learned. "" for other kinds."""
+    s = as_summary(summary)
+    best, positive = s.best or {}, number(s.f1_all_positive_mean)
+    f05, auc = number(best.get("f1_05_mean")), number(best.get("auc_mean"))
+    if f05 is None or positive is None:
+        return ""
+    return f"{F1_05.short} {f05:.3f} vs all-positive F1 {positive:.3f}" + (f" · AUC {auc:.3f}" if auc is not None else "")

@@ -23,7 +23,8 @@ from fmae.metric_catalogue import ACCURACY, F1_05, F1_BEST
 from fmae.run_watch import RunPoller, RunUpdate
 from fmae.runs import FINAL_STATES, STATES, parse_utc
 from fmae.summary import as_summary
-from fmae_tui.run_kind import METRIC_LONG, degenerate_text, headline_at, is_degenerate, kind_label, short_metric
+from fmae_tui.run_kind import (METRIC_LONG, beside_all_positive, degenerate_text, headline_at, is_degenerate, kind_label,
+                               short_metric)
 from fmae_tui.screens.base import FmaeScreen, WorkEnded
 from fmae_tui.widgets.curve_plot import CurvePlot
 from fmae_tui.widgets.feature_scatter import FeatureScatter
@@ -304,10 +305,12 @@ class RunScreen(FmaeScreen):
             last = _number(last_record.get(metric))
             if last is not None and last_record.get("epoch") != summary.best_epoch:
                 text.append(f" · last {last:.3f} (epoch {last_record.get('epoch', '?')})")
+            if trivial := beside_all_positive(summary):
+                text.append("\n" + trivial)
         if is_degenerate(summary):
             text.append("\n" + degenerate_text(summary), "bold red")
-        if status.get("error"):
-            text.append(f"\n{state}: {status['error']}", "red")
+        if error := status.get("error"):  # "cancelled (SIGTERM) …" already names its state
+            text.append(f"\n{error}" if str(error).startswith(state) else f"\n{state}: {error}", "red")
         for name, problem in self._errors.items():
             text.append(f"\n{problem}", "red")
         self.query_one("#run-head", Static).update(text)

@@ -1,0 +1,50 @@
+"""What a researcher tripped on walking a whole study through the app at 80×24 (issue 15's walk), each
+asserted as the screen shows it. Run folders are built by hand: no training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fmae.runs import RunDir, make_run_id
+from fmae_tui.app import create_app
+from fmae_tui.screens.run import RunScreen
+from tui_support import screen_text, wait_until
+
+CONFIG = {"task": "au", "dataset": "bp4d", "fold": 1, "seed": 0, "lambda_id": 0.0, "model": "vit_tiny",
+          "recipe": "demo", "epochs": 2}
+
+
+def _run(root: Path, seed: int) -> RunDir:
+    run_id = make_run_id("bp4d", "vit_tiny", seed, fold=1, lambda_id=0.0)
+    run = RunDir.create(root, run_id, {**CONFIG, "seed": seed}, {"command": ["fmae", "train"]})
+    run.mark_running(pid=1, host="here")
+    return run
+
+
+async def _head(app, run: RunDir) -> str:
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        app.push_screen(RunScreen(run.path))
+        await wait_until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.updates > 0)
+        await pilot.pause()
+        return screen_text(app)
+
+
+async def test_run_head_sets_f1_at_half_beside_the_all_positive_f1(tmp_path: Path) -> None:
+    run = _run(tmp_path / "runs", 0)
+    best = {"split": "test", "epoch": 2, "f1_05_mean": 0.551, "f1_best_mean": 0.602, "best_threshold": 0.3,
+            "auc_mean": 0.744}
+    run.write_summary({"task": "au", "metric": "f1_best_mean", "epochs": 2, "epochs_done": 2, "best_epoch": 2,
+                       "best_value": 0.602, "best": best, "last": best, "f1_all_positive_mean": 0.499})
+    run.mark_ended("done", exit_code=0)
+    text = await _head(create_app(runs_dir=tmp_path / "runs"), run)
+    assert "best F1 best-thr (tuned on test) 0.602 at epoch 2" in text
+    assert "F1@0.5 0.551 vs all-positive F1 0.499 · AUC 0.744" in text
+
+
+async def test_a_cancelled_run_says_cancelled_once(tmp_path: Path) -> None:
+    run = _run(tmp_path / "runs", 1)
+    run.mark_ended("cancelled", exit_code=3, error="cancelled (SIGTERM); resume continues from epoch 1, step 13")
+    text = await _head(create_app(runs_dir=tmp_path / "runs"), run)
+    assert "cancelled (SIGTERM); resume continues from epoch 1, step 13" in text
+    assert "cancelled: cancelled" not in text
