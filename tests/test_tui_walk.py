@@ -48,3 +48,32 @@ async def test_a_cancelled_run_says_cancelled_once(tmp_path: Path) -> None:
     text = await _head(create_app(runs_dir=tmp_path / "runs"), run)
     assert "cancelled (SIGTERM); resume continues from epoch 1, step 13" in text
     assert "cancelled: cancelled" not in text
+
+
+async def test_launch_plans_again_on_return_so_a_skipped_run_shows_its_state_now(tmp_path: Path) -> None:
+    """Back on Launch after watching the queue, the plan's skip lines say what the runs are doing now,
+    not what they were when the plan was first drawn."""
+    import re
+
+    from fmae.config import default_config_text, load_project
+    from fmae.queue_ops import plan_matrix
+    from fmae_tui.screens.launch import LaunchScreen
+
+    config = tmp_path / "fmae.toml"
+    config.write_text(re.sub(r"synthetic = \{[^}]*\}", "synthetic = { subjects = 5, frames = 4, size = 32, seed = 0 }",
+                             default_config_text()), encoding="utf-8")
+    app = create_app(config, tmp_path / "runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("l")
+        await wait_until(pilot, lambda: isinstance(app.screen, LaunchScreen) and app.screen.previews > 0, what="launch")
+        launch = app.screen
+        cell = plan_matrix(load_project(config, tmp_path / "runs"), **launch.matrix()).to_add[0]
+        run = RunDir.create(tmp_path / "runs", make_run_id("bp4d", str(cell.values["model"]), 0, fold=1,
+                                                           lambda_id=0.0), cell.values, {})
+        await pilot.press("j")
+        run.mark_running(pid=1, host="here")
+        previews = launch.previews
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: app.screen is launch and launch.previews > previews, what="plan again")
+        await pilot.pause()
+        assert f"{run.id} (running)" in screen_text(app).replace("\n ", "")

@@ -99,6 +99,9 @@ class LaunchScreen(FmaeScreen):
         self._restore()
         self.query_one("#dataset", Select).focus()
 
+    def on_screen_resume(self) -> None:
+        self._schedule_preview()  # the skipped cells' runs moved on (queued → running → done) meanwhile
+
     def _restore(self) -> None:
         """The last plan of this dataset, as the user left it (not the recipe's defaults again)."""
         saved = self._saved
