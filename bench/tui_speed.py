@@ -145,12 +145,13 @@ def child(runs: str, what: str) -> None:
     t0 = time.perf_counter()
     import asyncio
 
-    import fmae.scheduler
     from fmae_tui.app import create_app
-    from fmae_tui.screens.queue import QueueScreen
     from fmae_tui.screens.runs import RunsScreen
 
-    fmae.scheduler.ensure_running = lambda *a, **k: None  # a benchmark launches nothing
+    if os.path.exists(os.path.join(runs, "queue.sqlite")):  # only then does the app load the scheduler
+        import fmae.scheduler
+
+        fmae.scheduler.ensure_running = lambda *a, **k: None  # a benchmark launches nothing
     n = sum(1 for e in os.scandir(runs) if e.is_dir() and not e.name.startswith("."))
     out: dict[str, float] = {"import_s": time.perf_counter() - t0}
 
@@ -165,6 +166,8 @@ def child(runs: str, what: str) -> None:
             screen = app.screen
             table = screen.table
             if what == "queue":
+                from fmae_tui.screens.queue import QueueScreen
+
                 t = time.perf_counter()
                 await pilot.press("j")
                 await _until(pilot, lambda: isinstance(app.screen, QueueScreen) and app.screen.polls > 0, "queue")

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual.app import App
 from textual.binding import Binding
@@ -15,11 +16,13 @@ from textual.binding import Binding
 from fmae import __version__
 from fmae.config import ProjectConfig, load_project
 from fmae.errors import FmaeError
-from fmae_tui.run_alerts import RunAlerts
 from fmae_tui.screens.base import WorkEnded, in_thread
-from fmae_tui.screens.datasets import DatasetsScreen
-from fmae_tui.screens.help import HelpScreen
 from fmae_tui.screens.runs import RunsScreen
+
+# Only the Runs screen is imported here: the first paint waits on every import, so the other screens, the
+# run alerts and the scheduler load where they are first used.
+if TYPE_CHECKING:
+    from fmae_tui.run_alerts import RunAlerts
 
 QUIT_AGAIN_S = 5.0  # a second quit within this many seconds leaves while data is still being generated
 
@@ -54,6 +57,7 @@ class FmaeApp(App[None]):
         self._runs_dir_arg = runs_dir
         self._quit_warned_at = -QUIT_AGAIN_S
         self._alerts: RunAlerts | None = None
+        self._opened = time.time()  # the alerts tell of runs that ended since then
         self._alerts_out = False  # a look is out: the next tick waits for it
         self.compared: dict[Path, Path] = {}  # run folder -> the run it was last compared with (Run's D)
         if self.console.color_system in ("standard", "windows"):
@@ -66,10 +70,12 @@ class FmaeApp(App[None]):
         # on Datasets, with Runs one escape away.
         self.push_screen(RunsScreen())
         if not _has_runs(self.project.runs_dir):
+            from fmae_tui.screens.datasets import DatasetsScreen
+
             self.push_screen(DatasetsScreen())
         self._start_scheduler()
-        # The first look waits a tick: the Runs screen's first scan reads every run folder too.
-        self._alerts = RunAlerts(self.project.runs_dir)
+        # The first look waits a tick: the Runs screen's first scan reads every run folder too (the alerts'
+        # scanner is made there, after the first paint).
         self.set_interval(self.ALERTS_S, self._look_for_alerts)
 
     class SchedulerChecked(WorkEnded):
@@ -93,7 +99,12 @@ class FmaeApp(App[None]):
         if self._alerts_out:
             return
         if self._alerts is None or self._alerts.scanner.runs_dir != self.project.runs_dir:
+            from fmae_tui.run_alerts import RunAlerts
+
+            first = self._alerts is None
             self._alerts = RunAlerts(self.project.runs_dir)  # at start, and after a reload moved the folder
+            if first:
+                self._alerts.since = self._opened
         self._alerts_out = True
         in_thread(self, self._alerts.look, self.RunsEnded, group="run-alerts", plain=(FmaeError, OSError))
 
@@ -108,6 +119,7 @@ class FmaeApp(App[None]):
     def action_open(self, name: str) -> None:
         """Go to a main screen. One already open further down comes back to the top (the screens above it
         close), so `esc` always returns to the screen the user came from and the stack stays short."""
+        from fmae_tui.screens.datasets import DatasetsScreen
         from fmae_tui.screens.gpus import GpusScreen
         from fmae_tui.screens.launch import LaunchScreen
         from fmae_tui.screens.queue import QueueScreen
@@ -150,6 +162,8 @@ class FmaeApp(App[None]):
         self.exit()
 
     def action_help(self) -> None:
+        from fmae_tui.screens.help import HelpScreen
+
         if isinstance(self.screen, HelpScreen):
             return
         self.push_screen(HelpScreen(self.screen.active_bindings, self.get_key_display))
@@ -159,10 +173,13 @@ def _revive_scheduler(project: ProjectConfig) -> str | None:
     """Queued work and no scheduler (the machine rebooted, say): start one, as `fmae queue add` does; what
     that said, or None when nothing was needed."""
     from fmae.queue import DB_NAME, Queue
-    from fmae.scheduler import ensure_running, holder
 
     runs_dir = project.runs_dir
-    if not (runs_dir / DB_NAME).exists() or holder(runs_dir) is not None:
+    if not (runs_dir / DB_NAME).exists():  # no queue: the scheduler's code need not even load
+        return None
+    from fmae.scheduler import ensure_running, holder
+
+    if holder(runs_dir) is not None:
         return None
     if not Queue(runs_dir).jobs(states=("queued",)):
         return None

@@ -160,12 +160,14 @@ def prepare(case: dict, folder: Path) -> Prepared:
 
 def snapshot(folder: Path) -> dict[str, tuple[int, str]]:
     """Every file and folder under `folder`: mode and content hash (folders: their mode only). The run
-    cache `fmae report` keeps in a runs folder (fmae/run_cache.py) is no file of the user's: left out."""
+    cache `fmae report` keeps in a runs folder (fmae/run_cache.py) and the app's index of it
+    (run_watch.INDEX_NAME) are no files of the user's: left out."""
     from fmae.run_cache import CACHE_NAME
+    from fmae.run_watch import INDEX_NAME
 
     out = {}
     for p in sorted(folder.rglob("*")):
-        if p.name == CACHE_NAME:
+        if p.name in (CACHE_NAME, INDEX_NAME):
             continue
         st = p.lstat()
         digest = hashlib.sha1(p.read_bytes()).hexdigest() if p.is_file() else "dir"

@@ -44,3 +44,48 @@ def test_csv_tail_waits_for_whole_rows_and_restarts_when_cut(tmp_path: Path) -> 
     path.write_text("frame,face_id,AU01_p,AU02_p\n0,0,0.3,0.7\n")  # a resume rewrote it shorter
     assert tail.read_new() == 1 and tail.rows == [{"frame": "0", "face_id": "0", "AU01_p": "0.3", "AU02_p": "0.7"}]
     assert tail.resets == 1
+
+
+def test_a_new_scanners_first_look_reads_only_the_folders_that_changed(tmp_path: Path, monkeypatch) -> None:
+    """The app's first look in a new process starts from the runs folder's index (RunIndex): what it shows
+    is what reading every folder shows, and only a changed folder is read again."""
+    import json
+
+    from fmae import run_watch
+    from fmae.runs import RunDir, make_run_id
+
+    monkeypatch.setattr(run_watch, "RACY_NS", 0)  # the folders were written just now
+    runs = tmp_path / "runs"
+    made = []
+    for seed in range(3):
+        run = RunDir.create(runs, make_run_id("bp4d", "vit_tiny", seed, fold=1, lambda_id=0.0),
+                            {"task": "au", "dataset": "bp4d", "seed": seed, "model": "vit_tiny", "epochs": 2}, {})
+        run.mark_running(pid=1, host="h", gpus="")
+        run.append_metrics({"split": "train", "epoch": 1, "step": 4, "images_per_s": 120.0 + seed})
+        run.write_summary({"metric": "f1_best_mean", "best_value": 0.5 + seed / 10, "best_epoch": 1,
+                           "best": {"epoch": 1, "f1_best": {"AU1": 0.5}, "best_threshold": 0.4}})
+        run.mark_ended("done", exit_code=0)
+        made.append(run)
+    made[0].write_tags(["keep"])
+
+    def new_process_look() -> tuple[run_watch.RunScanner, dict]:
+        monkeypatch.setattr(run_watch, "_SHARED", {})  # nothing read by another scanner of this process
+        scanner = run_watch.RunScanner(runs, slim=True)
+        changed, _ = scanner.scan()
+        return scanner, {info.id: (info.state, info.config, info.status, info.summary, tags, rate)
+                         for info, tags, rate in changed}
+
+    first, truth = new_process_look()
+    assert first.loads == 3 and first.index_hits == 0 and (runs / run_watch.INDEX_NAME).is_file()
+    assert truth[made[0].path.name][4] == ["keep"] and truth[made[2].path.name][5] == 122.0
+    second, shown = new_process_look()
+    assert second.loads == 0 and second.index_hits == 3 and shown == truth
+    made[1].write_tags(["new"])  # an atomic write: the folder's mtime moves
+    third, shown = new_process_look()
+    assert third.loads == 1 and shown[made[1].path.name][4] == ["new"]
+    assert {k: v for k, v in shown.items() if k != made[1].path.name} == \
+        {k: v for k, v in truth.items() if k != made[1].path.name}
+    (runs / run_watch.INDEX_NAME).write_text("{not json")  # damaged: every folder is read, and it is made again
+    fourth, again = new_process_look()
+    assert fourth.loads == 3 and again == shown
+    assert json.loads((runs / run_watch.INDEX_NAME).read_text())["fmae_runs_table"] == run_watch.INDEX_VERSION
