@@ -4,6 +4,7 @@ reference). Each line short enough for 80 columns, so nothing is cut off."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from rich.text import Text
@@ -45,3 +46,8 @@ def group_cell(row: GroupRow, pinned: bool, reference: str | None) -> Text:
     if reference:
         cell.append(f"\n{reference}", "dim")
     return cell
+
+
+def note_text(note: str) -> str:
+    """A report note in the screen's words: the key that groups rows (k), not `fmae report`'s flag."""
+    return re.sub(r"\(--by (\S+) separates them\)", r"(k: group by \1 separates them)", note)

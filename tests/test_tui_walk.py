@@ -77,3 +77,25 @@ async def test_launch_plans_again_on_return_so_a_skipped_run_shows_its_state_now
         await wait_until(pilot, lambda: app.screen is launch and launch.previews > previews, what="plan again")
         await pilot.pause()
         assert f"{run.id} (running)" in screen_text(app).replace("\n ", "")
+
+
+
+def test_results_note_names_the_apps_group_by_key(tmp_path: Path) -> None:
+    """A group whose runs differ in epochs: the note the Results screen shows (n) tells the app's key (k),
+    not the CLI's --by flag, which the screen has no place to type. The report and the screen's own
+    wording, without the app: the suite's time is spent elsewhere."""
+    import random
+
+    from fmae.registry import get_dataset
+    from fmae.report import build
+    from fmae_tui.results_text import note_text
+    from test_report import au_config, au_record, new_run, rand_values
+
+    aus, rng, runs = get_dataset("bp4d").au_names(), random.Random(1), tmp_path / "runs"
+    for fold, epochs in ((1, 2), (2, 10)):
+        values = [rand_values(rng, aus) for _ in range(3)]
+        new_run(runs, au_config(fold, 0, recipe="demo", epochs=epochs), "done",
+                {"task": "au", "best_epoch": 2, "best": au_record(2, *values), "last": au_record(2, *values)})
+    notes = [note_text(n) for r in build(runs).reports for n in r.notes()]
+    assert "vit_tiny demo λ=0: its runs differ in epochs; each cell counts its newest run " \
+           "(k: group by epochs separates them)" in notes

@@ -18,7 +18,7 @@ from fmae.errors import FmaeError
 from fmae.metric_catalogue import REPORT_METRICS
 from fmae_tui import prefs
 from fmae_tui.baseline_intervals import INTERVAL_LABEL, BaselineIntervals
-from fmae_tui.results_text import group_cell, head_text
+from fmae_tui.results_text import group_cell, head_text, note_text
 from fmae_tui.screens.base import WorkEnded
 from fmae_tui.screens.confirm import ConfirmScreen
 from fmae_tui.screens.polled import PolledScreen
@@ -292,7 +292,7 @@ class ResultsScreen(PolledScreen):
             import textwrap
 
             width = max(20, self.size.width - 4)
-            lines = [line for note in self.report.notes() for line in textwrap.wrap(f"• {note}", width)]
+            lines = [line for note in self.report.notes() for line in textwrap.wrap(f"• {note_text(note)}", width)]
             room = NOTE_LINES
             if len(lines) > room:  # the panel's height: say what is left rather than cut it
                 lines = lines[:room - 1] + [f"(+{len(lines) - room + 1} more lines: fmae report prints every note)"]
