@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -73,10 +74,23 @@ def clone(src: Path, runs: Path, n: int) -> None:
         (d / "summary.json").write_text(summary.replace(src.name, rid))
 
 
+CPU: dict[float, float] = {}  # wall seconds -> the same run's CPU seconds (user + system)
+
+
 def timed_report(runs: Path, fmt: str, env: dict) -> float:
+    """Wall seconds of one `fmae report`; its CPU seconds in CPU (on this shared machine the wall time is
+    mostly waiting for a core)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     fmae("report", "--runs-dir", runs, "--format", fmt, env=env)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU[wall] = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return wall
+
+
+def cpu(wall: float) -> str:
+    return f"{wall:.2f} | {CPU[wall]:.2f}"
 
 
 def main() -> None:
@@ -120,16 +134,17 @@ def main() -> None:
         f"runs: {args.runs:,} done BP4D runs in 40 groups × 3 folds × up to 84 seeds (made in {made:.0f} s); "
         f"run cache {cache_mib:.0f} MiB",
         "",
-        "| fmae report (a new process each, start-up included) | seconds |",
-        "|---|---:|",
-        f"| cold (no cache: every folder read, cache written), table | {cold['table']:.2f} |",
-        f"| warm cache, csv (first after the cold run) | {cold_csv_cache_kept:.2f} |",
-        f"| warm cache, table (best of {args.repeat}) | {warm['table']:.2f} |",
-        f"| warm cache, csv (best of {args.repeat}) | {warm['csv']:.2f} |",
-        f"| after {len(changed)} summaries changed, csv | {after_change:.2f} |",
-        f"| `fmae --version` (the interpreter's and CLI's start-up alone) | {startup:.2f} |",
+        "| fmae report (a new process each, start-up included) | wall s | CPU s |",
+        "|---|---:|---:|",
+        f"| cold (no cache: every folder read, cache written), table | {cpu(cold['table'])} |",
+        f"| warm cache, csv (first after the cold run) | {cpu(cold_csv_cache_kept)} |",
+        f"| warm cache, table (best of {args.repeat}) | {cpu(warm['table'])} |",
+        f"| warm cache, csv (best of {args.repeat}) | {cpu(warm['csv'])} |",
+        f"| after {len(changed)} summaries changed, csv | {cpu(after_change)} |",
+        f"| `fmae --version` (the interpreter's and CLI's start-up alone) | {startup:.2f} | |",
         "",
-        f"target: warm < {TARGET_S:.0f} s: {'met' if max(warm.values()) < TARGET_S else 'NOT met'}",
+        f"target: warm < {TARGET_S:.0f} s (wall): {'met' if max(warm.values()) < TARGET_S else 'NOT met'}; "
+        f"in CPU seconds {'met' if max(CPU[w] for w in warm.values()) < TARGET_S else 'NOT met'}",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
