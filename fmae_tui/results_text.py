@@ -25,7 +25,7 @@ def head_text(results: Results, index: int, report: Report, base: GroupRow | Non
         head.append(" · complete only (c)", "bold")
     if base is not None:
         head.append(f"\nΔ: each row − the pinned ★ {base.label}", "bold")
-    elif any(r.delta_vs for r in report.rows):
+    elif any(r.delta_vs for r in report.rows) and not report.paper_note:
         head.append("\nΔ: each row − the paper's row named in its group cell")
     if report.paper_note:  # the full sentence is among the notes (n)
         head.append("\nthe paper publishes no AUC: its rows are not shown" if metric == "auc" else

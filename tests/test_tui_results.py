@@ -120,6 +120,8 @@ async def test_results_tables_switches_baseline_grid_queue_and_export(study, tmp
         mean, std, _ = expected_au(truth[("fmae", "f1", "best")], BP4D)
         assert cell(screen, fmae_key, "avg").splitlines()[0] == f"{mean['avg']:.1f}±{std['avg']:.1f}"
         assert "F1@0.5 (%)" in screen_text(app) and "not like for like with these (m)" in screen_text(app)
+        # ... so no row claims a Δ against the paper's F1 best-threshold numbers
+        assert "Δ vs paper" not in cell(screen, fmae_key, "group") and "Δ:" not in screen_text(app)
         before = screen.builds
         await pilot.press("e")
         await rebuilt(pilot, screen, before)

@@ -208,7 +208,8 @@ class ResultsScreen(PolledScreen):
                       and row.mean.get(c) is not None and base.mean.get(c) is not None else None
                       for c in columns} if base is not None else row.delta
             reference = (f"Δ vs ★ {base.group}" if base is not None and row is not base else
-                         f"Δ vs paper: {row.delta_vs}" if base is None and row.delta_vs and row.n else None)
+                         f"Δ vs paper: {row.delta_vs}" if base is None and row.delta_vs and row.n
+                         and not report.paper_note else None)  # no Δ against a number of another metric
             group = group_cell(row, row is base, reference)
             spans = [self.intervals.line(row, base, self.metric, self.epoch, c, digits) for c in columns]
             if any(spans):
