@@ -78,8 +78,11 @@ def test_a_new_scanners_first_look_reads_only_the_folders_that_changed(tmp_path:
     first, truth = new_process_look()
     assert first.loads == 3 and first.index_hits == 0 and (runs / run_watch.INDEX_NAME).is_file()
     assert truth[made[0].path.name][4] == ["keep"] and truth[made[2].path.name][5] == 122.0
+    written = os.stat(runs / run_watch.INDEX_NAME)
     second, shown = new_process_look()
     assert second.loads == 0 and second.index_hits == 3 and shown == truth
+    again_st = os.stat(runs / run_watch.INDEX_NAME)  # nothing changed: not written again
+    assert (again_st.st_ino, again_st.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
     made[1].write_tags(["new"])  # an atomic write: the folder's mtime moves
     third, shown = new_process_look()
     assert third.loads == 1 and shown[made[1].path.name][4] == ["new"]
@@ -88,4 +91,10 @@ def test_a_new_scanners_first_look_reads_only_the_folders_that_changed(tmp_path:
     (runs / run_watch.INDEX_NAME).write_text("{not json")  # damaged: every folder is read, and it is made again
     fourth, again = new_process_look()
     assert fourth.loads == 3 and again == shown
-    assert json.loads((runs / run_watch.INDEX_NAME).read_text())["fmae_runs_table"] == run_watch.INDEX_VERSION
+    header, *entries = (runs / run_watch.INDEX_NAME).read_text().splitlines()
+    assert json.loads(header)["fmae_runs_table"] == run_watch.INDEX_VERSION
+    assert [json.loads(e)[0] for e in entries] == sorted(truth, reverse=True)  # one a run, newest first
+    made[2].path.rename(runs / ".gone")  # a run gone: the others still come from the index, which forgets it
+    fifth, left = new_process_look()
+    assert fifth.loads == 0 and left == {k: v for k, v in again.items() if k != made[2].path.name}
+    assert len((runs / run_watch.INDEX_NAME).read_text().splitlines()) == 3
