@@ -82,7 +82,9 @@ class Half:
     def flush(self): self.f.flush()
     def write(self, data):
         self.f.write(data[: len(data) // 2]); self.f.flush()
-        marker.write_text(os.readlink(f"/proc/self/fd/{self.f.fileno()}"))
+        # written then renamed: the test reads the marker as soon as it exists
+        marker.with_suffix(".tmp").write_text(os.readlink(f"/proc/self/fd/{self.f.fileno()}"))
+        marker.with_suffix(".tmp").rename(marker)
         time.sleep(300)
 
 os.fdopen = lambda fd, *a, **k: Half(real_fdopen(fd, *a, **k))
