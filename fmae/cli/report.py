@@ -211,8 +211,11 @@ def grid_table(heads: list[str], rows: list[list[str]]) -> Text:
     def rule(left: str, mid: str, right: str, fill: str) -> str:
         return left + mid.join(fill * (w + 2) for w in widths) + right
 
-    return Text("\n".join([rule("┏", "┳", "┓", "━"), line(heads, "┃"), rule("┡", "╇", "┩", "━"),
-                           *(line(r, "│") for r in rows), rule("└", "┴", "┘", "─")]), no_wrap=True, overflow="ignore")
+    top, head = rule("┏", "┳", "┓", "━"), line(heads, "┃")
+    text = Text("\n".join([top, head, rule("┡", "╇", "┩", "━"), *(line(r, "│") for r in rows),
+                           rule("└", "┴", "┘", "─")]), no_wrap=True, overflow="ignore")
+    text.stylize("table.header", len(top) + 1, len(top) + 1 + len(head))  # bold, as Rich's header row
+    return text
 
 
 def _rich_grid(g, extra, grid_symbol, retry_command, width: int) -> list:
