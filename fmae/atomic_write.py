@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 
 def new_file_mode(path: Path) -> int:
@@ -30,7 +31,8 @@ def _umask() -> int:
     return mask
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes | Iterable[bytes]) -> None:
+    """`data` whole, or as chunks (a large file written without holding all of it in memory at once)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The temp file lives in the target's folder so os.replace stays a same-filesystem rename.
@@ -38,7 +40,10 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), new_file_mode(path))
-            f.write(data)
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                f.writelines(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

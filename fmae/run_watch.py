@@ -18,9 +18,9 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
-from fmae.atomic_write import write_text_atomic
+from fmae.atomic_write import write_bytes_atomic
 from fmae.errors import FmaeError
 from fmae.file_tail import FileTail
 from fmae.runs import FINAL_STATES, MetricsTail, RunDir, RunInfo
@@ -231,12 +231,14 @@ class RunIndex:
     def save(self, got: dict[str, tuple[tuple, tuple[RunInfo, list[str], float | None]]]) -> None:
         """Every run of a look (id -> (signature, what it gave), newest first); a read-only runs folder
         keeps none."""
-        lines = [json.dumps({"fmae_runs_table": INDEX_VERSION})]
+        def lines() -> Iterator[bytes]:  # one at a time: the whole index is never a string in memory
+            yield json.dumps({"fmae_runs_table": INDEX_VERSION}).encode() + b"\n"
+            for run_id, (sig, (info, tags, rate)) in got.items():
+                yield json.dumps([run_id, _as_lists(sig), info.state, info.config, info.status, info.summary,
+                                  info.problem, tags, rate], separators=(",", ":")).encode() + b"\n"
+
         try:
-            lines += [json.dumps([run_id, _as_lists(sig), info.state, info.config, info.status, info.summary,
-                                  info.problem, tags, rate], separators=(",", ":"))
-                      for run_id, (sig, (info, tags, rate)) in got.items()]
-            write_text_atomic(self.path, "\n".join(lines) + "\n")
+            write_bytes_atomic(self.path, lines())
         except (OSError, TypeError, ValueError):
             pass  # the look was right; only the next process's first look is slower
 
