@@ -99,3 +99,36 @@ def test_results_note_names_the_apps_group_by_key(tmp_path: Path) -> None:
     notes = [note_text(n) for r in build(runs).reports for n in r.notes()]
     assert "vit_tiny demo λ=0: its runs differ in epochs; each cell counts its newest run " \
            "(k: group by epochs separates them)" in notes
+
+
+async def test_launch_reopens_the_last_plan_after_a_restart(tmp_path: Path) -> None:
+    """The plan a researcher left in Launch (the demo recipe, vit_tiny, folds 1,2, λ 0,2) is the plan the
+    next start of the app shows, not the recipe's defaults (mount's own recipe change used to refill
+    every field after the plan was restored, and the preview then saved the defaults over it)."""
+    import re
+
+    from textual.widgets import Input, Select
+
+    from fmae.config import default_config_text
+    from fmae_tui.screens.launch import LaunchScreen
+
+    config = tmp_path / "fmae.toml"
+    config.write_text(re.sub(r"synthetic = \{[^}]*\}", "synthetic = { subjects = 5, frames = 4, size = 32, seed = 0 }",
+                             default_config_text()), encoding="utf-8")
+    plan = {"#model": "vit_tiny", "#epochs": "2", "#folds": "1,2", "#seeds": "0", "#lambdas": "0,2"}
+    for visit in ("set", "restored"):
+        app = create_app(config, tmp_path / "runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("l")
+            await wait_until(pilot, lambda: isinstance(app.screen, LaunchScreen) and app.screen.previews > 0)
+            launch = app.screen
+            if visit == "set":
+                launch.query_one("#recipe", Select).value = "demo"
+                await wait_until(pilot, lambda: launch.query_one("#epochs", Input).value == "10", what="demo fill")
+                for selector, value in plan.items():
+                    launch._set(selector, value)
+                previews = launch.previews
+                await wait_until(pilot, lambda: launch.previews > previews and launch.plan is not None)
+            await pilot.pause(0.3)
+            assert {s: str(launch.query_one(s).value) for s in plan} == plan, visit
+            assert "folds 1,2 × seeds 0 × λ 0,2 = 4 cell(s)" in screen_text(app)

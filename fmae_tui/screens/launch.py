@@ -50,6 +50,7 @@ class LaunchScreen(FmaeScreen):
             dataset = str(self._saved["dataset"])
         self._dataset = get_dataset(dataset).name if dataset else "bp4d"
         self._filling = False
+        self._filled_from: str | None = None  # the recipe the fields were last filled from
         self._timer: Any = None
         self.plan: MatrixPlan | None = None  # the latest preview's plan (None while the fields are wrong)
         self.previews = 0  # previews shown so far (tests wait on it)
@@ -164,7 +165,7 @@ class LaunchScreen(FmaeScreen):
         spec = get_dataset(self._dataset)
         project = self.fmae.project
         seeds = project.defaults.get("seeds") or [0]
-        recipe = self._value("recipe")
+        recipe = self._filled_from = self._value("recipe")
         try:
             resolved = resolve_run_config(project, spec.name, recipe=recipe, fold=1 if spec.task == "au" else None,
                                           seed=int(seeds[0]), cli={}, generate=False).values
@@ -198,6 +199,7 @@ class LaunchScreen(FmaeScreen):
         self._filling = True
         with self.prevent(Select.Changed):  # a recipe change refills every field from that recipe
             self._set("#recipe", DEMO_RUN["recipe"])
+        self._filled_from = DEMO_RUN["recipe"]
         self._set("#model", DEMO_RUN["model"])
         self._set("#epochs", str(finetune_recipe(self._dataset, DEMO_RUN["recipe"])["epochs"]))
         self._set("#seeds", str(DEMO_RUN["seed"]))
@@ -228,7 +230,8 @@ class LaunchScreen(FmaeScreen):
             self._dataset = str(event.value)
             self._fill_recipes()
             self.action_fill()
-        elif event.select.id == "recipe":
+        elif event.select.id == "recipe" and self._value("recipe") != self._filled_from:
+            # the select's value now, not the event's: mount's Changed arrives after the plan is restored
             self.action_fill()
         else:
             self._schedule_preview()
