@@ -112,7 +112,7 @@ class FmaeApp(App[None]):
         # An unreadable runs folder is the Runs screen's to say (once); here it only means nothing to tell.
         self._alerts_out = False
         for alert in message.result or []:
-            self.notify(alert.message, title=alert.title, severity=alert.severity, markup=False, timeout=10)
+            self.notify(alert.message, title=alert.title, severity=alert.severity, markup=False, timeout=alert.timeout)
         if message.result and self.project.bell:
             self.bell()
 

@@ -37,6 +37,11 @@ class RunAlert:
         return "information" if self.event == "done" else "error"
 
     @property
+    def timeout(self) -> float:
+        """Seconds on screen: a finished run is news for a moment (it sits over the title); a failure longer."""
+        return 4.0 if self.event == "done" else 10.0
+
+    @property
     def message(self) -> str:
         return f"{self.run_id}\n{self.detail}"
 

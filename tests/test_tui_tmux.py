@@ -24,19 +24,26 @@ pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is no
 
 
 class Terminal:
+    """One tmux server of its own (`-L`): a session of a server already running (the user's, another
+    test's) would take that server's environment, not this test's (its isolated app state, above all)."""
+
     def __init__(self, cwd: Path, width: int = 80, height: int = 24) -> None:
         self.name = f"fmae-{uuid.uuid4().hex[:8]}"
         env = {k: v for k, v in os.environ.items() if k not in ("FMAE_CONFIG", "TMUX", "NO_COLOR")}
-        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", str(width), "-y", str(height),
+        subprocess.run([*self.tmux, "new-session", "-d", "-s", self.name, "-x", str(width), "-y", str(height),
                         "-c", str(cwd), str(BIN / "fmae-tui")], check=True, env={**env, "TERM": "xterm-256color"})
+
+    @property
+    def tmux(self) -> list[str]:
+        return ["tmux", "-L", self.name]
 
     def keys(self, *keys: str, pause: float = 0.4) -> None:
         for key in keys:  # one at a time: a key sent while the app is busy must not land in another field
-            subprocess.run(["tmux", "send-keys", "-t", self.name, key], check=True)
+            subprocess.run([*self.tmux, "send-keys", "-t", self.name, key], check=True)
             time.sleep(pause)
 
     def text(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True,
+        return subprocess.run([*self.tmux, "capture-pane", "-p", "-t", self.name], capture_output=True, text=True,
                               check=True).stdout
 
     def wait_for(self, pattern: str, timeout: float = 30.0) -> str:
@@ -49,7 +56,7 @@ class Terminal:
         raise AssertionError(f"{pattern!r} not on screen after {timeout:.0f} s:\n{self.text()}")
 
     def close(self) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+        subprocess.run([*self.tmux, "kill-server"], capture_output=True)
 
 
 @pytest.fixture
@@ -83,13 +90,13 @@ def test_launch_one_run_watch_it_finish_and_read_its_f1_table(project: Path) -> 
         screen = term.wait_for(r"done\s+AU\s+bp4d\s+f1 s0 λ0\s+tiny\s+1/1\s+(0\.\d{3} F1 best-thr|⚠ degenerate)")
         assert "? Help" in screen.splitlines()[-1] and "q Quit" in screen.splitlines()[-1]  # the footer fits
         term.keys("Enter", "2")  # open it; 2 = the per-AU scores tab
-        screen = term.wait_for(r"AU1\b.*\d\.\d{3}")
+        screen = term.wait_for(r"AU24\b\s+\d\.\d{3}")  # the last row: the table is drawn whole
         for au in ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU14", "AU15", "AU17", "AU23", "AU24"):
             assert re.search(rf"\b{au}\b", screen), f"{au} missing:\n{screen}"
         assert "F1@0.5" in screen
         term.keys("q")
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and subprocess.run(["tmux", "has-session", "-t", term.name],
+        while time.monotonic() < deadline and subprocess.run([*term.tmux, "has-session", "-t", term.name],
                                                               capture_output=True).returncode == 0:
             time.sleep(0.2)
     finally:

@@ -341,8 +341,8 @@ class RunScreen(FmaeScreen):
                 caption.append(f" · best threshold {threshold:g}")
             if is_degenerate(summary):  # the head says why; 80×24 must still show every AU's row
                 caption.append(" ⚠ degenerate", "bold red")
-            if summary.metric_label:
-                caption.append(f"\nselected by {summary.metric_label}", "dim")
+            if summary.metric_label:  # the catalogue's short words: the trainer's own take two lines at 80
+                caption.append(f"\nselected by {METRIC_LONG.get(str(summary.metric), summary.metric_label)}", "dim")
         self.query_one("#scores-caption", Static).update(caption)
 
     def _show_config(self) -> None:
