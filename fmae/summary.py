@@ -32,6 +32,19 @@ def degenerate_threshold(threshold: float | None) -> bool:
     return bool(threshold <= GRID_EDGES[0] + 1e-9 or threshold >= GRID_EDGES[1] - 1e-9)
 
 
+def degenerate_scores(threshold: float | None, f1_best_mean: float | None, f1_all_positive_mean: float | None) -> bool:
+    """True when the tuned threshold found nothing the trivial answers do not: it sits at the grid's edge,
+    or its F1 is no better than predicting every AU present (a threshold below every probability, e.g.
+    0.13 after a run that never left chance)."""
+    if degenerate_threshold(threshold):
+        return True
+    if f1_best_mean is None or f1_all_positive_mean is None:
+        return False
+    if not (math.isfinite(f1_best_mean) and math.isfinite(f1_all_positive_mean)):
+        return False
+    return bool(f1_best_mean <= f1_all_positive_mean + 1e-9)
+
+
 # Written at the top of an AU summary, from the best epoch's record (or the last, before a best exists).
 AU_FLAGS = ("degenerate", "f1_all_positive_mean")
 

@@ -229,7 +229,7 @@ def test_degenerate_runs_mark_their_row(tmp_path):
         made.append(new_run(runs, au_config(fold, 0, dataset="disfa"), "done", {"best": rec, "last": rec}).id)
     report = build(runs).reports[0]
     assert report.rows[0].degenerate == [made[0], made[2]]
-    assert "vit_tiny fmae λ=0: 2 of 3 runs degenerate (best threshold 0.01 or 0.99: every AU or none predicted)" in report.notes()
+    assert "vit_tiny fmae λ=0: 2 of 3 runs degenerate (best threshold no better than every AU present, or none predicted)" in report.notes()
 
 
 def test_fer_and_identity_probe_rows(study):

@@ -66,3 +66,14 @@ def test_the_report_scores_a_previous_release_summary(tmp_path):
         assert score.values == data["best"][m.per_au]
         assert score.epoch == 1 and score.source == "summary.json (best)"
     assert score_run(ref, Scoring(metric="f1_best")).threshold == data["best"]["best_threshold"]
+
+
+def test_a_best_threshold_no_better_than_every_au_present_is_degenerate():
+    from fmae.summary import degenerate_scores
+
+    # the walk's runs: a mid-grid threshold whose F1 is exactly the all-positive F1 (every probability above it)
+    assert degenerate_scores(0.13, 0.4991, 0.4991) is True
+    assert degenerate_scores(0.01, 0.6, 0.4991) is True  # the grid's edge, whatever the F1
+    assert degenerate_scores(0.30, 0.5981, 0.4991) is False  # the demo's run: it learned
+    assert degenerate_scores(0.30, 0.5981, None) is False  # an older summary without the floor
+    assert degenerate_scores(0.30, float("nan"), 0.4991) is False

@@ -220,7 +220,7 @@ class Report:
                 out.append(f"{row.label}: no seed has every fold yet: no complete numbers")
             if row.degenerate:
                 out.append(f"{row.label}: {len(row.degenerate)} of {sum(len(x.runs) for x in row.samples)} runs "
-                           "degenerate (best threshold 0.01 or 0.99: every AU or none predicted)")
+                           "degenerate (best threshold no better than every AU present, or none predicted)")
             if row.superseded:
                 out.append(f"{row.label}: {len(row.superseded)} older run(s) of a cell replaced by a newer one: "
                            + ", ".join(row.superseded))

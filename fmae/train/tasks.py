@@ -25,7 +25,8 @@ from fmae.data.image_check import check_image_files
 from fmae.data.problems import Problems
 from fmae.errors import FmaeError
 from fmae.run_spec import RunSpec
-from fmae.metrics import all_positive_f1, au_scores, degenerate_threshold, fer_scores
+from fmae.metrics import all_positive_f1, au_scores, fer_scores
+from fmae.summary import degenerate_scores
 from fmae.models.checkpoint import load_pretrained
 from fmae.models.encoders import create_encoder, encoder_spec
 from fmae.models.heads import ID_HEAD_DEPTHS, FineTuneModel, IdentityProbe
@@ -162,7 +163,8 @@ class AUTask(Task):
         # What a reader needs beside the numbers: the floor F1@0.5 must clear, and whether the tuned
         # threshold only found "every AU present" (or none).
         record["f1_all_positive_mean"] = all_positive_f1(targets)
-        record["degenerate"] = bool(degenerate_threshold(record["best_threshold"]))
+        record["degenerate"] = degenerate_scores(record["best_threshold"], record["f1_best_mean"],
+                                                 record["f1_all_positive_mean"])
         return record
 
     def predictions(self, outputs, targets, data):
