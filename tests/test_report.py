@@ -271,6 +271,7 @@ def test_paper_rows_and_differences(study):
     assert row_of(build(runs, versus="none"), "vit_tiny fmae λ=0")[1].delta_vs is None
     f1 = build(runs, Selection(datasets=("bp4d",)))
     assert "not like for like" in f1.reports[0].paper_note
+    assert all(row.delta_vs is None for row in f1.reports[0].rows)  # no F1@0.5 − tuned-F1 differences
     auc = build(runs, Selection(datasets=("bp4d",)), Scoring("auc"))
     assert auc.reports[0].paper == [] and "no AUC" in auc.reports[0].paper_note
 

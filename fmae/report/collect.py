@@ -312,14 +312,17 @@ def build(runs_dir: Path, selection: Selection = Selection(), scoring: Scoring =
             reports.append(_cross_report(spec, get_dataset(other), scoring, complete_only, mine))
             continue
         published = paper_rows(dataset) if task == "fer" or (task == "au" and scoring.metric != "auc") else []
+        # a Δ against the paper only where the numbers are alike (F1@0.5 minus a tuned-on-test F1 misleads)
+        like = task != "au" or scoring.like_paper
         for row in mine:
-            ref = reference_method(row, versus) if published else None
+            ref = reference_method(row, versus) if published and like else None
             if ref is not None:
                 row.delta, row.delta_vs = compare(row, ref), ref.method
         note = None
         if task == "au" and published and not scoring.like_paper:
             note = (f"the paper's numbers are F1 at one threshold tuned on each test fold; these are "
-                    f"{scoring.value_label(task)}: not like for like (--metric f1_best compares like with like)")
+                    f"{scoring.value_label(task)}: not like for like, so no Δ rows (--metric f1_best compares like "
+                    f"with like)")
         elif task == "au" and scoring.metric == "auc" and paper_rows(dataset):
             note = "the paper publishes no AUC: its rows are not shown"
         reports.append(Report(dataset, task, f"{spec.title} — {_TASK_TITLES[task]}", scoring.value_label(task),
