@@ -16,7 +16,7 @@ from rich.text import Text
 
 from fmae.cli.common import (ConfigOpt, GpusPerNodeOpt, LabelsOpt, MasterOpt, NnodesOpt, NodeRankOpt, NodesOpt, NprocOpt,
                               QuietOpt, RootOpt, RunsDirOpt, SetOpt, cli_layer, err, out, show_dry_run)
-from fmae.cli.training import rendezvous, submit_to_slurm, train_here
+from fmae.cli.training import StopBeforeTraining, rendezvous, submit_to_slurm, train_here
 from fmae.errors import FmaeError
 from fmae.metric_catalogue import AUC, F1_05, F1_BEST, TUNED_TAG
 from fmae.summary import Summary
@@ -83,12 +83,14 @@ def train_cmd(
     if dry_run:
         show_dry_run(resolved, resolved.values["dataset"])
         return
-    run = create_run(project.runs_dir, resolved, name=name)
-    out.print(f"run {run.id}")
-    with _no_folder_if_refused(run):
-        if submit_to_slurm(run.path, project, nodes, gpus_per_node, nproc):
-            return
-        train_here(run.path, False, quiet, nproc, hosts)
+    with StopBeforeTraining() as stop:  # from the folder's birth (create_run undoes a half-made one)
+        run = create_run(project.runs_dir, resolved, name=name)
+        stop.path = run.path
+        out.print(f"run {run.id}")
+        with _no_folder_if_refused(run):
+            if submit_to_slurm(run.path, project, nodes, gpus_per_node, nproc):
+                return
+            train_here(run.path, False, quiet, nproc, hosts)
     _print_outcome(Summary.read(run) or Summary())
 
 

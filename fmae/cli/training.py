@@ -6,9 +6,12 @@ all end here; the queue launches `fmae exec`, so it ends here too."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import typer
@@ -44,29 +47,90 @@ def rendezvous(nnodes: int, node_rank: int, master: str | None) -> Rendezvous | 
     return Rendezvous(nnodes, node_rank, host, int(port))
 
 
+class _Terminated(BaseException):
+    """SIGTERM while no trainer has taken the signal over (BaseException: no `except Exception` keeps it)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
+class StopBeforeTraining:
+    """Ctrl-C or SIGTERM before the trainer installs its own handlers — while torch loads, seconds —
+    ends the run `cancelled` (resumable with `fmae exec`, as a cancel during training), with one line
+    and exit 130 / 143, instead of leaving it `queued` for ever. Set `path` once the run folder exists.
+    SIGINT keeps Python's KeyboardInterrupt (`fmae predict`'s job reads it); SIGTERM raises here."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self._previous: Any = None
+
+    def __enter__(self) -> "StopBeforeTraining":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        return self
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._previous is not None:  # None: not ours to restore (another thread, or not set from Python)
+            signal.signal(signal.SIGTERM, self._previous)
+        if isinstance(exc, KeyboardInterrupt):
+            signum = signal.SIGINT
+        elif isinstance(exc, _Terminated):
+            signum = signal.SIGTERM
+        else:
+            return
+        if self.path is None:
+            err.print("interrupted: no run folder was made")
+        else:
+            _end_unstarted(self.path, "Ctrl-C" if signum == signal.SIGINT else "SIGTERM", 128 + signum)
+        raise typer.Exit(128 + signum) from None
+
+
+def _end_unstarted(path: Path, how: str, code: int) -> None:
+    from fmae.run_lock import exec_lock_holder
+    from fmae.runs import FINAL_STATES, RunDir
+
+    run = RunDir.open(path)
+    state = run.read_status().get("state")
+    # Not final, and no trainer alive for it (ours released its lock on the way out): nobody else will
+    # record this attempt's end. A final state — the trainer's own, or an earlier attempt's — stays.
+    if state not in FINAL_STATES and exec_lock_holder(path) is None:
+        run.mark_ended("cancelled", exit_code=code, error=f"cancelled ({how}) before training started; "
+                       "`fmae exec` starts it")
+        state = "cancelled"
+    if state == "cancelled":
+        err.print(f"cancelled: {path} (resume with `fmae exec {path}`)", soft_wrap=True)
+    else:
+        err.print(f"interrupted ({how}): {path} is {state}", soft_wrap=True)
+
+
 def train_here(path: Path, resume: bool, quiet: bool, nproc: int = 1, nodes: Rendezvous | None = None) -> None:
     """Train the run folder here, or under torchrun with `nproc` processes (DDP: one per GPU, or gloo
     processes on the CPU) on this host — one of `nodes.nnodes` hosts — then report as the run's status says."""
     if nproc < 1:
         raise FmaeError(f"--nproc {nproc}: must be at least 1")
-    if nproc == 1 and nodes is None:
-        from fmae.train.trainer import execute
+    with StopBeforeTraining(path):
+        if nproc == 1 and nodes is None:
+            from fmae.train.trainer import execute
 
-        code = execute(path, resume=resume, quiet=quiet)
-    else:
-        code = _torchrun(path, nproc, quiet, nodes)
-    if code in (0, 143):  # the trainer ran to its end, its files closed: the exit may skip the teardown
+            code = execute(path, resume=resume, quiet=quiet)
+        else:
+            code = _torchrun(path, nproc, quiet, nodes)
+    if code in (0, 130, 143):  # the trainer ran to its end, its files closed: the exit may skip the teardown
         from fmae.process_exit import trained
 
         trained()
-    if code == 143:
-        err.print(f"cancelled: {path} (resume with `fmae exec {path}`)")
+    if code in (130, 143):  # cancelled: SIGINT (Ctrl-C) or SIGTERM
+        err.print(f"cancelled: {path} (resume with `fmae exec {path}`)", soft_wrap=True)
         raise typer.Exit(code)
     if code:
         from fmae.errors import WorkFailed
         from fmae.runs import RunDir
 
         status = RunDir.open(path).read_status()
+        if status.get("state") == "cancelled":  # torchrun's own code after its workers ended cancelled
+            err.print(f"cancelled: {path} (resume with `fmae exec {path}`)", soft_wrap=True)
+            raise typer.Exit(143 if code not in (130, 143) else code)
         reason = status.get("error") or f"torchrun exited with code {code}"
         if status.get("exit_code") == 2:
             raise FmaeError(reason)
@@ -88,7 +152,12 @@ def _torchrun(path: Path, nproc: int, quiet: bool, nodes: Rendezvous | None) -> 
     env = dict(os.environ)
     # One process per GPU on a GPU machine; on the CPU share the cores out instead of oversubscribing.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.run(cmd, env=env).returncode
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        return proc.wait()
+    except (KeyboardInterrupt, _Terminated):  # the agent stops its workers, which checkpoint and end cancelled
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait()
 
 
 def submit_to_slurm(path: Path, project: Any, nodes: int, gpus_per_node: int | None, nproc: int) -> bool:

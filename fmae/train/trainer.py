@@ -44,6 +44,7 @@ from fmae.train.tasks import Batch, Task, make_task
 log = logging.getLogger("fmae.train")
 
 EXIT_CANCELLED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
+STOP_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}  # each a cancel: 128 + its number
 LIVE_EVERY_S = 2.0  # the longest gap between train records (and heartbeats) while training
 
 
@@ -112,6 +113,7 @@ class Trainer:
         self.run, self.cfg, self.info, self.device = run, cfg, info, device  # cfg: flat, into checkpoints
         self.spec = RunSpec.from_flat(cfg)  # what every component reads, each its own section
         self.stop_requested = False
+        self.stop_signal = signal.SIGTERM  # the one that asked (a cancel, or Ctrl-C in a terminal)
         self.task: Task = make_task(cfg)
         self.best: dict[str, Any] = {"epoch": None, "value": None}
         self.step = 0
@@ -122,7 +124,7 @@ class Trainer:
     # --- lifecycle -----------------------------------------------------------------------------
     def main(self, resume: bool) -> int:
         main = self.info.is_main
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        previous = {sig: signal.signal(sig, self._on_stop_signal) for sig in STOP_SIGNALS}
         try:
             if main:
                 self.run.mark_running(pid=os.getpid(), pgid=os.getpgid(0), host=socket.gethostname(),
@@ -138,13 +140,16 @@ class Trainer:
                 self.run.mark_ended("done", exit_code=0)
             log.info("done: %s", self.run.path)
             return 0
-        except Cancelled:
+        except (Cancelled, KeyboardInterrupt) as e:  # KeyboardInterrupt: a second Ctrl-C, not waiting for the step
+            code = 128 + self.stop_signal
             if main:
                 self._final_progress()
-                self.run.mark_ended("cancelled", exit_code=EXIT_CANCELLED, error="cancelled (SIGTERM); resume continues "
-                                    f"from epoch {self.position[0] + 1}, step {self.step}")
+                where = (f"from epoch {self.position[0] + 1}, step {self.step}" if isinstance(e, Cancelled)
+                         else "from its last checkpoint")
+                self.run.mark_ended("cancelled", exit_code=code, error=f"cancelled ({STOP_SIGNALS[self.stop_signal]}); "
+                                    f"resume continues {where}")
             log.warning("cancelled at step %d; the last checkpoint resumes from here", self.step)
-            return EXIT_CANCELLED
+            return code
         except (FmaeError, WorkFailed) as e:
             log.error("%s", e)
             if main:
@@ -160,7 +165,8 @@ class Trainer:
                 self.run.mark_ended("failed", exit_code=1, error=reason)
             raise WorkFailed(f"run {self.run.id} failed: {reason} (traceback in {self.run.log_path})") from None
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             if self.tb is not None:
                 self.tb.close()
 
@@ -170,9 +176,12 @@ class Trainer:
         if self.step:
             self.run.update_status(step=self.step)
 
-    def _on_sigterm(self, signum, frame) -> None:
-        # Finish the current optimizer step, write a checkpoint, end as cancelled.
-        self.stop_requested = True
+    def _on_stop_signal(self, signum, frame) -> None:
+        # Finish the current optimizer step, write a checkpoint, end as cancelled. A second Ctrl-C is
+        # someone who will not wait for the step: stop now (the last checkpoint still resumes exactly).
+        if self.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.stop_requested, self.stop_signal = True, signum
 
     # --- setup ---------------------------------------------------------------------------------
     def _setup(self, resume: bool) -> None:
