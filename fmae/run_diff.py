@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple
 
 from fmae.errors import FmaeError
 from fmae.run_spec import sectioned
@@ -34,6 +34,10 @@ def flat(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[dotted] = value
     return out
+
+
+def runs_text(n: int) -> str:
+    return f"{n} run" if n == 1 else f"{n} runs"
 
 
 def _sources(set_by: Mapping[str, Any]) -> dict[str, str]:
@@ -101,6 +105,15 @@ class Value:
         return ", ".join(self.sources)
 
 
+class Named(NamedTuple):
+    """What a name the user gave stands for: a run, or a group's runs as `fmae report` counts them (the
+    newest of each cell), with the ids of the older runs of its cells, which the group leaves out."""
+
+    name: str
+    paths: list[Path]
+    older: tuple[str, ...] = ()
+
+
 @dataclass
 class Side:
     """A run, or a group of runs, under the name the user gave."""
@@ -108,13 +121,14 @@ class Side:
     name: str
     paths: list[Path]
     values: dict[str, list[Value]] = field(default_factory=dict)  # dotted key -> its distinct values
+    older: tuple[str, ...] = ()  # a group's runs replaced by a newer run of their cell: not in `paths`
 
     def value_keys(self, key: str) -> set[str]:
         return {_key(v.value) for v in self.values.get(key, [Value(UNSET, [], len(self.paths))])}
 
 
-def _side(name: str, paths: list[Path], per_run: list[dict[str, tuple[Any, str]]]) -> Side:
-    side = Side(name, paths)
+def _side(named: Named, per_run: list[dict[str, tuple[Any, str]]]) -> Side:
+    side = Side(named.name, list(named.paths), older=tuple(named.older))
     for key in sorted({k for values in per_run for k in values}):
         seen: dict[str, Value] = {}
         for values in per_run:
@@ -127,13 +141,13 @@ def _side(name: str, paths: list[Path], per_run: list[dict[str, tuple[Any, str]]
     return side
 
 
-def sides_of(named: list[tuple[str, list[Path]]]) -> list[Side]:
-    """The sides made of these (name, run folders): per key its distinct values, sources and counts."""
-    per_run = [run_values(p) for _, paths in named for p in paths]
-    sides, start = [], 0
-    for name, paths in named:
-        sides.append(_side(name, list(paths), per_run[start:start + len(paths)]))
-        start += len(paths)
+def sides_of(named: Iterable[tuple[str, list[Path]] | Named]) -> list[Side]:
+    """The sides made of these (name, run folders[, older ids]): per key its distinct values, sources and
+    counts."""
+    sides = []
+    for item in named:
+        item = Named(*item)
+        sides.append(_side(item, [run_values(p) for p in item.paths]))
     return sides
 
 
@@ -157,25 +171,31 @@ def diff(sides: list[Side]) -> list[DiffRow]:
 # --- naming the sides -------------------------------------------------------------------------------
 
 def group_names(runs_dir: Path, datasets: tuple[str, ...] = (),
-                states: tuple[str, ...] = ("done",)) -> dict[tuple[str, str], list[Path]]:
-    """Every group of the runs folder, (benchmark, the row's name in `fmae report`) -> its run folders."""
-    from fmae.report.scoring import group_fields, group_label
+                states: tuple[str, ...] = ("done",)) -> dict[tuple[str, str], Named]:
+    """Every group of the runs folder, (benchmark, the row's name in `fmae report`) -> its runs, chosen
+    as the report chooses them (fmae.report.collect.select: no `fmae eval` re-evaluations, no pretraining)
+    and counted as it counts them: the newest run of each (fold, seed) cell; an identity probe, every run."""
+    from fmae.report.collect import Selection, select
+    from fmae.report.scoring import group_label
 
-    groups: dict[tuple[str, str], list[Path]] = {}
-    for info in list_runs(runs_dir):
-        if info.state == "corrupt" or (states and "all" not in states and info.state not in states):
+    refs, _, _ = select(list_runs(runs_dir), Selection(datasets=datasets))
+    cells: dict[tuple[str, str], dict[tuple, Any]] = {}
+    older: dict[tuple[str, str], list[str]] = {}
+    for ref in sorted(refs, key=lambda r: r.id):  # ids sort by time: a cell's last is its newest
+        if states and "all" not in states and ref.state not in states:
             continue
-        if datasets and info.config.get("dataset") not in datasets:
-            continue
-        if info.config.get("task") not in ("au", "fer"):
-            continue  # probes and pretraining are named by other fields in the report
-        key = (str(info.config.get("dataset")), group_label(group_fields(info.config, ())))
-        groups.setdefault(key, []).append(info.path)
-    return groups
+        key = (ref.dataset, group_label(ref.key[2]))
+        cell = (ref.fold, ref.seed) if ref.task != "id_probe" else (ref.id, ref.seed)
+        held = cells.setdefault(key, {})
+        if cell in held:
+            older.setdefault(key, []).append(held[cell].id)
+        held[cell] = ref
+    return {key: Named(f"{key[0]} {key[1]}", sorted(r.info.path for r in held.values()), tuple(older.get(key, ())))
+            for key, held in cells.items()}
 
 
 def resolve(runs_dir: Path, spec: str, datasets: tuple[str, ...] = (),
-            states: tuple[str, ...] = ("done",)) -> tuple[str, list[Path]]:
+            states: tuple[str, ...] = ("done",)) -> Named:
     """A run folder (a path, or a run id under the runs folder), else a group named as `fmae compare`
     takes it ("vit_base fmae λ=0", or "bp4d vit_base fmae λ=0" where several benchmarks have one).
     FmaeError naming the choices when it is neither, or when the name is on several benchmarks."""
@@ -183,7 +203,7 @@ def resolve(runs_dir: Path, spec: str, datasets: tuple[str, ...] = (),
 
     for candidate in (Path(spec).expanduser(), Path(runs_dir) / spec):
         if (candidate / "run.toml").is_file():
-            return candidate.name, [candidate]
+            return Named(candidate.name, [candidate])
     groups = group_names(runs_dir, datasets, states)
     wanted = normalise_group(spec)
     hits = [k for k in groups if wanted in (normalise_group(k[1]), normalise_group(f"{k[0]} {k[1]}"))]
@@ -191,9 +211,9 @@ def resolve(runs_dir: Path, spec: str, datasets: tuple[str, ...] = (),
         raise FmaeError(f"'{spec}' is a group on {', '.join(sorted(k[0] for k in hits))}: put the benchmark first "
                         f"(e.g. '{hits[0][0]} {hits[0][1]}') or pass --dataset")
     if hits:
-        return f"{hits[0][0]} {hits[0][1]}", sorted(groups[hits[0]])
+        return groups[hits[0]]
     state_words = ",".join(states)
-    known = "; ".join(f"'{d} {n}' ({len(p)} runs)" for (d, n), p in sorted(groups.items())) or "none"
+    known = "; ".join(f"'{d} {n}' ({runs_text(len(g.paths))})" for (d, n), g in sorted(groups.items())) or "none"
     hint = "" if "all" in states else "; --state all takes unfinished runs too"
     raise FmaeError(f"'{spec}' is neither a run folder nor a run id in {runs_dir}, nor a group of runs in state "
                     f"{state_words} (groups: {known}) — pass two run folders, or two group names as "
@@ -206,7 +226,7 @@ def cell_text(values: list[Value], group: bool) -> str:
     """What one side holds for a key: "0.0005 (recipe fmae)"; a group says how many runs hold each."""
     parts = []
     for v in values:
-        runs = f"{v.runs} runs: " if group else ""
+        runs = f"{runs_text(v.runs)}: " if group else ""
         parts.append(f"{runs}{v.text} ({v.source or NO_SOURCE})")
     return "; ".join(parts)
 
@@ -214,8 +234,7 @@ def cell_text(values: list[Value], group: bool) -> str:
 def diff_lines(sides: list[Side], rows: list[DiffRow]) -> list[str]:
     """The diff as plain lines: a heading naming each side, then per key one line a side."""
     letters = [chr(ord("A") + i) for i in range(len(sides))]
-    lines = [f"{letter}: {side.name}" + (f" ({len(side.paths)} runs)" if len(side.paths) != 1 else "")
-             for letter, side in zip(letters, sides)]
+    lines = [f"{letter}: {side.name}{group_count(side)}" for letter, side in zip(letters, sides)]
     if not rows:
         lines.append(f"no differences: the {len(sides)} configs are the same key for key")
         return lines
@@ -223,5 +242,21 @@ def diff_lines(sides: list[Side], rows: list[DiffRow]) -> list[str]:
     for row in rows:
         lines.append(row.key)
         for letter, side, values in zip(letters, sides, row.cells):
-            lines.append(f"  {letter}  {cell_text(values, len(side.paths) != 1)}")
+            lines.append(f"  {letter}  {cell_text(values, is_group(side))}")
     return lines
+
+
+def is_group(side: Side) -> bool:
+    """A side named as a group (several runs, or one with older runs of its cell left out)."""
+    return len(side.paths) != 1 or bool(side.older)
+
+
+def group_count(side: Side) -> str:
+    """" (3 runs)" for a group, with the older runs of its cells that it leaves out, as `fmae report`
+    counts a row; "" for one run named by its folder."""
+    if not is_group(side):
+        return ""
+    if not side.older:
+        return f" ({runs_text(len(side.paths))})"
+    return (f" ({runs_text(len(side.paths))}, each cell's newest as `fmae report` counts them; left out, "
+            f"replaced by a newer run of its cell: {', '.join(side.older)})")

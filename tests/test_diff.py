@@ -97,3 +97,34 @@ def test_a_flat_run_toml_and_one_with_typed_sections_diff_key_for_key(tmp_path: 
     assert [(v.text, v.source) for v in rows[0].cells[1]] == [("0.0005", "fmae.toml:3")]
     same = sides_of([(old.id, [old.path]), (old.id, [old.path])])
     assert diff_lines(same, diff(same))[-1] == "no differences: the 2 configs are the same key for key"
+
+
+def test_a_group_holds_the_runs_the_report_counts_and_says_one_run_not_one_runs(study, tmp_path: Path) -> None:
+    """A group is the report's row: each (fold, seed) cell's newest run, the older one named as left
+    out; a `fmae eval` re-evaluation of a λ 0 run is no run of the λ 0 group. Counts of one say "1 run"."""
+    from fmae.config import Resolved
+
+    runs = tmp_path / "runs"
+    # Ids sort by their second: the first run of cell f1 s0 is dated a year back, so the second is newer.
+    old = RunDir(study[(0.0, 0)].path.rename(runs / ("20251202-000000" + study[(0.0, 0)].id[15:])))
+    [again] = make_runs(tmp_path, [0], [0], blr=0.001)  # the cell f1 s0 run again
+    values = {**old.read_config(), "eval_checkpoint": str(old.path / "checkpoints" / "best.pt"),
+              "source_run": old.id, "init": ""}
+    create_run(runs, Resolved(values, dict.fromkeys(values, f"{old.path}/run.toml")), name="eval-best")
+    result = run_fmae("diff", "vit_tiny fmae λ=0", "vit_tiny fmae λ=2", "--state", "all", "--runs-dir", runs,
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == (f"A: bp4d vit_tiny fmae λ=0 (2 runs, each cell's newest as `fmae report` counts them; "
+                        f"left out, replaced by a newer run of its cell: {old.id})")
+    blr = lines.index("optim.blr")
+    assert lines[blr + 1].startswith("  A  ")
+    assert set(lines[blr + 1][5:].split("; ")) == {"1 run: 0.0002 (recipe bp4d/fmae)", "1 run: 0.001 (command line)"}
+    assert lines[blr + 2] == "  B  2 runs: 0.0002 (recipe bp4d/fmae)"
+    assert "identity.eval_checkpoint" not in lines and "identity.seed" not in lines  # no eval run in A
+    # One λ 0 run named by its id is one run, not a group of every λ 0 run.
+    single = run_fmae("diff", again.id, "vit_tiny fmae λ=2", "--state", "all", "--runs-dir", runs, cwd=tmp_path)
+    assert single.stdout.splitlines()[0] == f"A: {again.id}"
+    (study[(2.0, 1)].path / "run.toml").unlink()  # now λ 2 holds one readable run
+    with pytest.raises(FmaeError, match=r"'bp4d vit_tiny fmae λ=2' \(1 run\)\)"):
+        resolve(runs, "vit_base", states=("all",))
