@@ -181,6 +181,39 @@ async def test_three_runs_side_by_side_scroll_and_say_what_is_missing(pair, tmp_
         assert str(grid.get_cell("accuracy", "0:per_class_recall")) == "0.610"
 
 
+async def test_a_lambda_run_plots_its_au_loss_not_the_total_with_the_identity_term(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trainer logs `loss` = AU BCE + the identity term for λ > 0, and `loss_au` alone (λ 0 too):
+    Compare overlays `loss_au`, so λ 0 and λ 2 are one quantity, and its title says the term is out."""
+    from fmae_tui.screens.compare import Track, loss_title
+
+    monkeypatch.setattr(CompareScreen, "POLL_S", 0.05)
+    root = tmp_path / "runs"
+    zero, two = make_run(root, 0.0, epochs=0), make_run(root, 2.0, epochs=0, blr=0.001)
+    for k in range(4):  # as fmae/train/tasks.py AUTask.loss and the trainer's train records write them
+        au = 0.7 - 0.05 * k
+        zero.append_metrics({"split": "train", "epoch": 1, "step": k + 1, "epoch_frac": (k + 1) / 4, "loss": au,
+                             "loss_au": au})
+        two.append_metrics({"split": "train", "epoch": 1, "step": k + 1, "epoch_frac": (k + 1) / 4,
+                            "loss": au + 0.9, "loss_au": au, "loss_id": 0.9, "id_acc": 0.1})
+    app = create_app(runs_dir=root)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_runs(app, pilot)
+        app.push_screen(CompareScreen([zero.path, two.path]))
+        screen = app.screen
+        await wait_until(pilot, lambda: screen.polls > 0 and screen.query_one("#cmp-loss", CurvePlot).points,
+                         what="the loss curves")
+        loss = screen.query_one("#cmp-loss", CurvePlot)
+        await pilot.pause()
+        assert loss.series["B"][1] == loss.series["A"][1] == pytest.approx([0.7, 0.65, 0.6, 0.55])
+        assert "train AU loss (identity term out)" in screen_text(app)
+    # A run that logged no AU loss of its own (only the total, beside an identity term): the title names it.
+    old = Track(two.path, None)
+    old.add([{"split": "train", "epoch": 1, "loss": 1.6, "loss_id": 0.9}], reset=False)
+    assert old.loss == ([1.0], [1.6]) and loss_title(["A", "B"], [Track(zero.path, None), old]) == \
+        "train loss (B: AU + identity)"
+
+
 async def test_runs_that_end_are_told_with_the_bell_if_configured(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(FmaeApp, "ALERTS_S", 0.05)

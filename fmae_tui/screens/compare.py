@@ -2,6 +2,10 @@
 and mark a run, named in one legend above the plots, so no legend covers a line), their best epochs'
 per-AU tables side by side, and the config keys in which they differ, each value with its source.
 
+The loss plotted for an AU run is its AU loss alone (`loss_au` in metrics.jsonl): with λ > 0 the trainer's
+`loss` adds the identity-adversarial term, so λ 0's and λ 2's `loss` are not the same quantity. Where a
+run logged only `loss` with an identity term beside it, the plot's title says so.
+
 Live, as the Run screen: a worker looks at every run's folder once a second through a `RunPoller` each
 (only what is new is read) and posts one message; the handler patches the plots and tables."""
 
@@ -47,6 +51,16 @@ def short_names(configs: list[dict[str, Any]], ids: list[str]) -> list[str]:
             for name, run_id in zip(names, ids)]
 
 
+def loss_title(letters: list[str], tracks: list["Track"]) -> str:
+    """The loss plot's title: what its curves are, so that no λ > 0 total is read as an AU loss."""
+    total_with_id = [letter for letter, t in zip(letters, tracks) if t.loss_key == "loss" and t.identity_term]
+    if total_with_id:  # a run that logged no AU loss of its own: its curve holds the identity term
+        return f"train loss ({', '.join(total_with_id)}: AU + identity)"
+    if any(t.identity_term for t in tracks):
+        return "train AU loss (identity term out)"
+    return "train loss"
+
+
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -61,20 +75,26 @@ class Track:
     state: str = "…"
     best: dict[str, Any] | None = None  # summary.json's best test record
     loss: tuple[list[float], list[float]] = field(default_factory=lambda: ([], []))
+    loss_key: str | None = None  # what `loss` holds: "loss_au" (the AU BCE alone) or "loss" (the total)
+    identity_term: bool = False  # its records hold an identity loss (λ > 0)
     scores: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)  # metric key -> (epochs, values)
 
     def add(self, records: list[dict[str, Any]], reset: bool) -> None:
         if reset:
             self.loss = ([], [])
             self.scores = {}
+            self.loss_key, self.identity_term = None, False
         for rec in records:
             split, epoch = rec.get("split"), _number(rec.get("epoch"))
             if split == "train":
-                x, loss = _number(rec.get("epoch_frac")), _number(rec.get("loss"))
+                key = "loss_au" if _number(rec.get("loss_au")) is not None else "loss"
+                x, loss = _number(rec.get("epoch_frac")), _number(rec.get(key))
                 x = x if x is not None else epoch
                 if x is not None and loss is not None:
                     self.loss[0].append(x)
                     self.loss[1].append(loss)
+                    self.loss_key = key
+                    self.identity_term = self.identity_term or "loss_id" in rec
             elif split == "test" and epoch is not None:
                 for m in SCORES:
                     value = _number(rec.get(m.key))
@@ -231,6 +251,7 @@ class CompareScreen(PolledScreen):
             loss.set_series(letter, *track.loss, slot=i)
             score.set_series(letter, *track.scores.get(self.score.key, ([], [])), slot=i)
         score.title = f"test {self.score.long}"
+        loss.title = loss_title(self.letters, self.tracks)
         loss.replot()
         score.replot()
 
