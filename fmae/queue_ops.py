@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from fmae.errors import FmaeError
+from fmae.executors.slurm import SLOT_PREFIX
 from fmae.queue import Job, Queue, read_status_fast
 from fmae.runs import FINAL_STATES, STATES, RunDir, parse_utc, pid_alive
 # Planning and adding a matrix are the study layer's; the CLI and the app read them here beside the rest.
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
 
 RECENT_FINISHED = 20  # finished jobs a plain listing keeps
 STARTING = "starting"  # a row's state between queued and running (see queue_rows)
-ROW_STATES = (STATES[0], STARTING, *STATES[1:], "corrupt")  # what a row's state can be, in the counts' order
+SUBMITTED = "submitted"  # the same for a job handed to Slurm: it may wait there for hours, not seconds
+ROW_STATES = (STATES[0], STARTING, SUBMITTED, *STATES[1:], "corrupt")  # a row's states, in the counts' order
 
 
 # --- parsing the matrix's lists ----------------------------------------------------------------------
@@ -144,7 +146,8 @@ def queue_rows(q: Queue, *, all_: bool = False, states: Optional[set[str]] = Non
     """The jobs as rows, each a job's fields plus its status.json facts, and how many finished jobs were
     hidden (all but the `recent` latest, unless `all_` or `states`). `state` is status.json's (or
     "corrupt"), or "starting" while status.json still says queued but the scheduler has launched the job
-    (only the trainer writes running, once torch has loaded: seconds); `queue_state` the table's cache;
+    (only the trainer writes running, once torch has loaded: seconds) — "submitted" when it went to
+    Slurm (its slot `slurm<id>`), where it may be pending in the cluster's queue; `queue_state` the table's cache;
     `elapsed_s` and `eta_s` from `timing` (a starting job's elapsed from its launch). With `cache`, a
     status.json is read only when it changed (see StatusCache)."""
     now = time.time()
@@ -158,7 +161,7 @@ def queue_rows(q: Queue, *, all_: bool = False, states: Optional[set[str]] = Non
         row["state"] = status["state"] if status else "corrupt"
         starting = row["state"] == "queued" and row["queue_state"] in ("launching", "running")
         if starting:  # handed to an executor, its trainer still loading torch: not waiting in line any more
-            row["state"] = STARTING
+            row["state"] = SUBMITTED if str(row.get("slot") or "").startswith(SLOT_PREFIX) else STARTING
         for key in ("epoch", "epochs", "step", "total_steps", "host"):
             row[key] = status.get(key) if status else None
         if status and status.get("error"):
@@ -185,7 +188,7 @@ def work_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     (priority, then age), then the rest, the latest to finish first."""
     def key(r: dict[str, Any]) -> tuple:
         state = row_state(r).split()[0]
-        if state in ("running", "cancelling", STARTING):
+        if state in ("running", "cancelling", STARTING, SUBMITTED):
             return (0, 0, r["id"])
         if r["state"] == "queued":
             return (1, -int(r["priority"] or 0), r["id"])
@@ -211,7 +214,7 @@ def duration(seconds: Optional[float]) -> str:
 
 def row_state(r: dict[str, Any]) -> str:
     state = r["state"] + (f" p{r['priority']}" if r["priority"] and r["state"] == "queued" else "")
-    if r["state"] in ("running", STARTING) and r["cancel_requested"]:
+    if r["state"] in ("running", STARTING, SUBMITTED) and r["cancel_requested"]:
         state = "cancelling"
     return state
 

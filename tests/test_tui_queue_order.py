@@ -175,3 +175,24 @@ def test_a_launched_job_whose_trainer_has_not_said_running_is_starting(tmp_path:
     assert screen_cells(queue_rows(q)[0][1], wide=True)["state"] == "cancelling"
     RunDir(launched.path).mark_running(pid=os.getpid(), host=socket.gethostname())
     assert {r["id"]: r["state"] for r in queue_rows(q)[0]}[launched.id] == "running"
+
+
+def test_a_job_handed_to_slurm_whose_trainer_has_not_said_running_is_submitted(tmp_path: Path) -> None:
+    """A job the cluster executor placed (slot slurm<id>) may be pending in Slurm's own queue for hours:
+    the Queue screen and `queue ls` say submitted, not starting, and list it with the running ones."""
+    from fmae.executors.slurm import SLOT_PREFIX
+    from fmae.queue_ops import counts_line, table_cells
+    from fmae_tui.screens.queue import screen_cells
+
+    root = tmp_path / "runs"
+    q = Queue(root)
+    waiting, local, slurm = q.add(_run(root, 0)), q.add(_run(root, 1)), q.add(_run(root, 2))
+    assert q.claim_launch(local.id, "cpu0", "1@test") and q.claim_launch(slurm.id, f"{SLOT_PREFIX}{slurm.id}", "1@test")
+    rows, _ = queue_rows(q)
+    by_id = {r["id"]: r["state"] for r in rows}
+    assert (by_id[waiting.id], by_id[local.id], by_id[slurm.id]) == ("queued", "starting", "submitted")
+    assert counts_line(rows) == "1 queued, 1 starting, 1 submitted"
+    assert [r["id"] for r in work_order(rows)] == [local.id, slurm.id, waiting.id]
+    row = next(r for r in rows if r["id"] == slurm.id)
+    assert screen_cells(row, wide=True)["state"] == table_cells(row)[1] == "submitted"
+    assert [r["id"] for r in queue_rows(q, states={"submitted"})[0]] == [slurm.id]

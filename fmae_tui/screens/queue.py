@@ -19,7 +19,7 @@ from fmae_tui.screens.polled import PolledScreen
 from fmae_tui.widgets.virtual_table import VirtualTable
 
 STATE_STYLE = {"running": "bold green", "queued": "cyan", "done": "", "failed": "bold red", "cancelled": "yellow",
-               "corrupt": "bold red", "cancelling": "yellow", "starting": "green"}
+               "corrupt": "bold red", "cancelling": "yellow", "starting": "green", "submitted": "green"}
 WIDE = 110  # from this width: the slot, the model's full name and the age in the queue
 WIDEST = 170  # from this width: the run id as well
 
