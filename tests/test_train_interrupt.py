@@ -60,19 +60,63 @@ def test_a_signal_while_torch_loads_ends_the_run_cancelled(make_synth, tmp_path,
     _cancel_line(stderr, run)
 
 
-def test_ctrl_c_during_training_checkpoints_and_ends_cancelled(make_synth, tmp_path):
-    """The first Ctrl-C is a cancel: the step finishes, last.pt is written, status says where it resumes."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_while_the_folder_is_made_waits_for_it_then_ends_it_cancelled(tmp_path, capsys, sig):
+    """`fmae train`'s guard around create_run: the signal neither cuts the folder in half nor is lost."""
+    import typer
+
+    from fmae.cli.training import StopBeforeTraining
+    from fmae.runs import RunDir
+
+    before = signal.getsignal(sig)
+    with pytest.raises(typer.Exit) as stopped:
+        with StopBeforeTraining() as stop:
+            os.kill(os.getpid(), sig)  # as if it came while the folder was being written: held
+            time.sleep(0.01)
+            run = RunDir.create(tmp_path, "the-run", {"task": "au"}, {})
+            stop.made(run.path)
+            raise AssertionError("the held signal was not raised once the folder existed")
+    assert stopped.value.exit_code == 128 + sig and signal.getsignal(sig) == before
+    status = run.read_status()
+    assert status["state"] == "cancelled" and "before training started" in status["error"]
+    _cancel_line(capsys.readouterr().err, run.path)
+
+
+@pytest.mark.parametrize("presses", [1, 2], ids=["once", "twice"])
+def test_ctrl_c_during_training_is_a_cancel_and_a_second_one_stops_at_once(make_synth, tmp_path, monkeypatch,
+                                                                          presses):
+    """The trainer in this process, Ctrl-C (a real SIGINT to it) right after its first logged step: once,
+    the step finishes, last.pt is written and status says where it resumes; twice, it stops at once, the
+    run still cancelled (exit 130), for `fmae exec` to resume."""
     import torch
 
-    proc = _start(make_synth("bp4d"), tmp_path, "--epochs", "4")
-    metrics = _poll(lambda: next((p for p in tmp_path.glob("*/metrics.jsonl") if p.stat().st_size), None))
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    run = metrics.parent
-    assert proc.returncode == 130, stderr
-    status = json.loads((run / "status.json").read_text())
-    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True, map_location="cpu")
+    from fmae.config import load_project
+    from fmae.run_config import create_run, resolve_run_config
+    from fmae.train import trainer as T
+
+    root = make_synth("bp4d")
+    cli = {"model": "vit_tiny", "batch_size": 8, "epochs": 4, "input_size": 32, "num_workers": 0, "log_every": 1,
+           "device": "cpu"}
+    run = create_run(tmp_path / "runs", resolve_run_config(load_project(cwd=tmp_path), "bp4d", fold=1, root=root,
+                                                           labels=root / "labels.jsonl", cli=cli))
+    log_train = T.Trainer._log_train
+
+    def log_then_press(self, *args):
+        log_train(self, *args)
+        if self.step == 1:
+            for _ in range(presses):
+                os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(T.Trainer, "_log_train", log_then_press)
+    before = signal.getsignal(signal.SIGINT)
+    assert T.execute(run.path, quiet=True) == 130
+    assert signal.getsignal(signal.SIGINT) == before  # the trainer gave Ctrl-C back
+    status = run.read_status()
     assert status["state"] == "cancelled" and status["exit_code"] == 130
-    assert status["error"] == f"cancelled (Ctrl-C); resume continues from epoch 1, step {saved['step']}"
-    assert status["step"] == saved["step"] < 16
-    _cancel_line(stderr, run)
+    if presses == 1:
+        saved = torch.load(run.checkpoints / "last.pt", weights_only=True, map_location="cpu")
+        assert saved["step"] == status["step"] == 1
+        assert status["error"] == "cancelled (Ctrl-C); resume continues from epoch 1, step 1"
+    else:
+        assert not (run.checkpoints / "last.pt").exists()  # not even the step's end was waited for
+        assert status["error"] == "cancelled (Ctrl-C); resume continues from its last checkpoint"

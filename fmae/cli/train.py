@@ -83,9 +83,9 @@ def train_cmd(
     if dry_run:
         show_dry_run(resolved, resolved.values["dataset"])
         return
-    with StopBeforeTraining() as stop:  # from the folder's birth (create_run undoes a half-made one)
+    with StopBeforeTraining() as stop:  # a signal during create_run waits for the folder, then ends it
         run = create_run(project.runs_dir, resolved, name=name)
-        stop.path = run.path
+        stop.made(run.path)
         out.print(f"run {run.id}")
         with _no_folder_if_refused(run):
             if submit_to_slurm(run.path, project, nodes, gpus_per_node, nproc):

@@ -51,39 +51,58 @@ class _Terminated(BaseException):
     """SIGTERM while no trainer has taken the signal over (BaseException: no `except Exception` keeps it)."""
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise _Terminated()
-
-
 class StopBeforeTraining:
     """Ctrl-C or SIGTERM before the trainer installs its own handlers — while torch loads, seconds —
     ends the run `cancelled` (resumable with `fmae exec`, as a cancel during training), with one line
-    and exit 130 / 143, instead of leaving it `queued` for ever. Set `path` once the run folder exists.
-    SIGINT keeps Python's KeyboardInterrupt (`fmae predict`'s job reads it); SIGTERM raises here."""
+    and exit 130 / 143, instead of leaving it `queued` for ever. Entered before the run folder exists,
+    a signal waits until `made(path)`, so that the folder is never left half made nor unrecorded.
+    Once the folder exists SIGINT is Python's KeyboardInterrupt again (`fmae predict`'s job reads it)."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
+        self._pending: int | None = None
 
     def __enter__(self) -> "StopBeforeTraining":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, _raise_terminated)
+            for sig in (signal.SIGTERM,) if self.path is not None else (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
 
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self.path is None:
+            self._pending = signum
+        else:
+            _raise_for(signum)
+
+    def made(self, path: Path) -> None:
+        """The run folder exists: from now on a signal ends it cancelled (one that came meanwhile, now)."""
+        self.path = path
+        self._restore(signal.SIGINT)
+        if self._pending is not None:
+            _raise_for(self._pending)
+
+    def _restore(self, sig: int) -> None:
+        if sig in self._previous:  # None: set outside Python; the default is the nearest we can give back
+            previous = self._previous.pop(sig)
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
+
     def __exit__(self, kind: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self._previous is not None:  # None: not ours to restore (another thread, or not set from Python)
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig in list(self._previous):
+            self._restore(sig)
         if isinstance(exc, KeyboardInterrupt):
             signum = signal.SIGINT
         elif isinstance(exc, _Terminated):
             signum = signal.SIGTERM
         else:
             return
-        if self.path is None:
-            err.print("interrupted: no run folder was made")
-        else:
+        if self.path is not None:  # (while it is None, our handlers hold the signal: nothing raised)
             _end_unstarted(self.path, "Ctrl-C" if signum == signal.SIGINT else "SIGTERM", 128 + signum)
         raise typer.Exit(128 + signum) from None
+
+
+def _raise_for(signum: int) -> None:
+    raise KeyboardInterrupt if signum == signal.SIGINT else _Terminated()
 
 
 def _end_unstarted(path: Path, how: str, code: int) -> None:
