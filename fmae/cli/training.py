@@ -118,9 +118,14 @@ def _end_unstarted(path: Path, how: str, code: int) -> None:
                        "`fmae exec` starts it")
         state = "cancelled"
     if state == "cancelled":
-        err.print(f"cancelled: {path} (resume with `fmae exec {path}`)", soft_wrap=True)
+        _say_cancelled(path)
     else:
         err.print(f"interrupted ({how}): {path} is {state}", soft_wrap=True)
+
+
+def _say_cancelled(path: Path) -> None:
+    """The one line of a cancelled run, as after a cancel during training."""
+    err.print(f"cancelled: {path} (resume with `fmae exec {path}`)", soft_wrap=True)
 
 
 def train_here(path: Path, resume: bool, quiet: bool, nproc: int = 1, nodes: Rendezvous | None = None) -> None:
@@ -140,20 +145,22 @@ def train_here(path: Path, resume: bool, quiet: bool, nproc: int = 1, nodes: Ren
 
         trained()
     if code in (130, 143):  # cancelled: SIGINT (Ctrl-C) or SIGTERM
-        err.print(f"cancelled: {path} (resume with `fmae exec {path}`)", soft_wrap=True)
+        _say_cancelled(path)
         raise typer.Exit(code)
-    if code:
-        from fmae.errors import WorkFailed
+    if code:  # from torchrun: its workers' run folder says how the run ended
         from fmae.runs import RunDir
 
         status = RunDir.open(path).read_status()
-        if status.get("state") == "cancelled":  # torchrun's own code after its workers ended cancelled
-            err.print(f"cancelled: {path} (resume with `fmae exec {path}`)", soft_wrap=True)
-            raise typer.Exit(143 if code not in (130, 143) else code)
-        reason = status.get("error") or f"torchrun exited with code {code}"
-        if status.get("exit_code") == 2:
-            raise FmaeError(reason)
-        raise WorkFailed(f"run {path.name} failed: {reason} (see {path}/train.log)")
+        if status.get("state") == "cancelled":
+            _say_cancelled(path)
+            raise typer.Exit(status["exit_code"] if status.get("exit_code") in (130, 143) else 143)
+        if status.get("state") != "done":  # done: a signal reached torchrun after its workers had ended
+            from fmae.errors import WorkFailed
+
+            reason = status.get("error") or f"torchrun exited with code {code}"
+            if status.get("exit_code") == 2:
+                raise FmaeError(reason)
+            raise WorkFailed(f"run {path.name} failed: {reason} (see {path}/train.log)")
     if "LOCAL_RANK" not in os.environ:  # under torchrun the launching command reports, once
         out.print(f"run folder: {path}" + (f" (node {nodes.node_rank} of {nodes.nnodes})" if nodes else ""))
 
