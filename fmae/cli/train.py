@@ -212,10 +212,12 @@ def probe_id_cmd(
     resolved = resolve_run_config(project, dataset, probe=True, seed=seed, cli=cli, root=root, labels=labels)
     if source_cfg.get("run_id"):
         resolved.values["source_run"] = source_cfg["run_id"]
-    run = create_run(project.runs_dir, resolved, name=name)
-    out.print(f"run {run.id}")
-    with _no_folder_if_refused(run):
-        train_here(run.path, False, quiet)
+    with StopBeforeTraining() as stop:
+        run = create_run(project.runs_dir, resolved, name=name)
+        stop.made(run.path)
+        out.print(f"run {run.id}")
+        with _no_folder_if_refused(run):
+            train_here(run.path, False, quiet)
     summary = Summary.read(run) or Summary()
     if summary.best:
         out.print(f"identity probe top-1 accuracy: {summary.best['accuracy']:.4f} "
@@ -254,10 +256,12 @@ def eval_cmd(
         name += f"-on-{target}"
     elif root is not None or labels is not None:
         raise FmaeError("--root/--labels name another benchmark's copy: give them with --dataset")
-    new = create_run(project.runs_dir, Resolved(values, sources), name=name)
-    out.print(f"run {new.id}")
-    with _no_folder_if_refused(new):
-        train_here(new.path, False, quiet)
+    with StopBeforeTraining() as stop:
+        new = create_run(project.runs_dir, Resolved(values, sources), name=name)
+        stop.made(new.path)
+        out.print(f"run {new.id}")
+        with _no_folder_if_refused(new):
+            train_here(new.path, False, quiet)
     summary = Summary.read(new) or Summary()
     if summary.last:
         rec = summary.last
