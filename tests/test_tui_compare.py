@@ -185,7 +185,7 @@ async def test_a_lambda_run_plots_its_au_loss_not_the_total_with_the_identity_te
                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The trainer logs `loss` = AU BCE + the identity term for λ > 0, and `loss_au` alone (λ 0 too):
     Compare overlays `loss_au`, so λ 0 and λ 2 are one quantity, and its title says the term is out."""
-    from fmae_tui.screens.compare import Track, loss_title
+    from fmae_tui.screens.compare import Track, loss_label
 
     monkeypatch.setattr(CompareScreen, "POLL_S", 0.05)
     root = tmp_path / "runs"
@@ -206,12 +206,15 @@ async def test_a_lambda_run_plots_its_au_loss_not_the_total_with_the_identity_te
         loss = screen.query_one("#cmp-loss", CurvePlot)
         await pilot.pause()
         assert loss.series["B"][1] == loss.series["A"][1] == pytest.approx([0.7, 0.65, 0.6, 0.55])
-        assert "train AU loss (identity term out)" in screen_text(app)
-    # A run that logged no AU loss of its own (only the total, beside an identity term): the title names it.
+        text = screen_text(app)
+        assert loss.title == "train AU loss" and "train AU loss" in text  # short enough for plotext to keep
+        assert squash("train AU loss: the AU BCE alone, λ's identity-adversarial term left out") in squash(text)
+    # A run that logged no AU loss of its own (only the total, beside an identity term): the note names it.
     old = Track(two.path, None)
     old.add([{"split": "train", "epoch": 1, "loss": 1.6, "loss_id": 0.9}], reset=False)
-    assert old.loss == ([1.0], [1.6]) and loss_title(["A", "B"], [Track(zero.path, None), old]) == \
-        "train loss (B: AU + identity)"
+    assert old.loss == ([1.0], [1.6])
+    assert loss_label(["A", "B"], [Track(zero.path, None), old]) == (
+        "train loss", "train loss of B: AU + λ's identity term (no AU loss logged alone), not comparable with the others'")
 
 
 async def test_runs_that_end_are_told_with_the_bell_if_configured(tmp_path: Path,

@@ -3,8 +3,9 @@ and mark a run, named in one legend above the plots, so no legend covers a line)
 per-AU tables side by side, and the config keys in which they differ, each value with its source.
 
 The loss plotted for an AU run is its AU loss alone (`loss_au` in metrics.jsonl): with λ > 0 the trainer's
-`loss` adds the identity-adversarial term, so λ 0's and λ 2's `loss` are not the same quantity. Where a
-run logged only `loss` with an identity term beside it, the plot's title says so.
+`loss` adds the identity-adversarial term, so λ 0's and λ 2's `loss` are not the same quantity. The
+plot's title says which loss it is and a line under the legend says why (a title wider than the plot is
+dropped by plotext, so the title stays short); a run that logged only the total is named there.
 
 Live, as the Run screen: a worker looks at every run's folder once a second through a `RunPoller` each
 (only what is new is read) and posts one message; the handler patches the plots and tables."""
@@ -51,14 +52,16 @@ def short_names(configs: list[dict[str, Any]], ids: list[str]) -> list[str]:
             for name, run_id in zip(names, ids)]
 
 
-def loss_title(letters: list[str], tracks: list["Track"]) -> str:
-    """The loss plot's title: what its curves are, so that no λ > 0 total is read as an AU loss."""
+def loss_label(letters: list[str], tracks: list["Track"]) -> tuple[str, str]:
+    """The loss plot's title and the note under the legend: what its curves are, so that no λ > 0
+    total is read as an AU loss ("" for no note: no run has an identity term)."""
     total_with_id = [letter for letter, t in zip(letters, tracks) if t.loss_key == "loss" and t.identity_term]
     if total_with_id:  # a run that logged no AU loss of its own: its curve holds the identity term
-        return f"train loss ({', '.join(total_with_id)}: AU + identity)"
+        return "train loss", (f"train loss of {', '.join(total_with_id)}: AU + λ's identity term (no AU loss "
+                              "logged alone), not comparable with the others'")
     if any(t.identity_term for t in tracks):
-        return "train AU loss (identity term out)"
-    return "train loss"
+        return "train AU loss", "train AU loss: the AU BCE alone, λ's identity-adversarial term left out"
+    return "train loss", ""
 
 
 def _number(value: Any) -> float | None:
@@ -217,6 +220,8 @@ class CompareScreen(PolledScreen):
         if legend:
             self.names = short_names([t.config for t in self.tracks], [t.path.name for t in self.tracks])
             self._show_legend()
+        if curves and not legend:  # the note under the legend follows what the loss curves hold
+            self._show_legend()
         if curves or legend:
             self._replot()
         if table or legend:
@@ -237,6 +242,9 @@ class CompareScreen(PolledScreen):
             text.append(f"{mark} {letter} {name}", style=f"bold {colour}")
             if track.state != "done":
                 text.append(f" ({track.state})", style="dim")
+        note = loss_label(self.letters, self.tracks)[1]
+        if note:
+            text.append(f"\n{note}", style="dim")
         self.query_one("#compare-legend", Static).update(text)
 
     def _replot(self) -> None:
@@ -251,7 +259,7 @@ class CompareScreen(PolledScreen):
             loss.set_series(letter, *track.loss, slot=i)
             score.set_series(letter, *track.scores.get(self.score.key, ([], [])), slot=i)
         score.title = f"test {self.score.long}"
-        loss.title = loss_title(self.letters, self.tracks)
+        loss.title = loss_label(self.letters, self.tracks)[0]
         loss.replot()
         score.replot()
 
