@@ -32,6 +32,9 @@ STATE_FILTERS = (None, *STATES, "corrupt")  # what `f` cycles through; None show
 RESULT_WIDTH = 17  # "0.612 F1 best-thr"
 DEGENERATE = "⚠ degenerate"
 MARK = "●"
+# Styled cells every row of that state shares (a Text a row would be 10,000 of them).
+_STATE_CELLS = {state: Text(state, style, end="") for state, style in STATE_STYLE.items()}
+DEGENERATE_CELL = Text(DEGENERATE, "bold red")
 
 # (key, header when narrow, header when wide, shown from this width). At 80 columns the essentials;
 # wider terminals add the recipe, duration and speed, then tags and the run id.
@@ -46,6 +49,10 @@ FIELD_ALIASES = {"state": "state", "dataset": "dataset", "ds": "dataset", "model
                  "l": "lambda", "lambda": "lambda", "lambda_id": "lambda", "fold": "fold", "seed": "seed",
                  "tag": "tag", "tags": "tag", "task": "task", "kind": "kind", "recipe": "recipe"}
 LIVE_WIDTH = {"age": 4, "duration": 7}  # drawn when shown, so sized for the widest: "120d", "123h45m"
+
+
+def _plain(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
 
 
 def _number(value: Any) -> float | None:
@@ -266,41 +273,38 @@ class RunsTable(VirtualTable):
 
     def _cells(self, run_id: str) -> list[str | Text]:
         """The stored cells (every column but the live ones, which `_live_cell` draws); plain strings
-        where a cell has no style of its own."""
-        info, tags = self.runs[run_id], self.tags.get(run_id, [])
-        c = info.config
-
-        def plain(value: Any) -> str:
-            return "-" if value is None or value == "" else str(value)
-
+        where a cell has no style of its own. Made for every run a look brings (10,000 at a first look, on
+        the app's thread): one pass, styled cells shared between rows (they are never changed in place)."""
+        info, wide = self.runs[run_id], self._wide
+        c, state = info.config, info.state
         epoch, epochs = progress(info)
         value, label, degenerate = self._heads[run_id]
-        if info.state == "corrupt":
+        if state == "corrupt":
             problem = info.problem or "unreadable"
             result: str | Text = Text(problem if len(problem) <= RESULT_WIDTH else problem[:RESULT_WIDTH - 1] + "…",
                                       "red")
         elif degenerate:
-            result = Text(DEGENERATE, "bold red")
+            result = DEGENERATE_CELL
         else:
-            result = plain(None if value is None else f"{value:.3f} {label}")
+            result = "-" if value is None else f"{value:.3f} {label}"
         model = str(c.get("model") or "")
         rate = self.rates.get(run_id)
         cells = {
-            "mark": plain(MARK if run_id in self._marks else " "),
-            "state": Text(info.state, STATE_STYLE.get(info.state, ""), end=""),
-            "kind": plain(kind_label(c, self._wide) if c else None),
-            "dataset": plain(c.get("dataset")),
-            "cell": plain(aligned_cell(c) if self._wide else cell_fields(c)),
+            "mark": MARK if run_id in self._marks else " ",
+            "state": _STATE_CELLS.get(state) or Text(state, STATE_STYLE.get(state, ""), end=""),
+            "kind": _plain(kind_label(c, wide) if c else None),
+            "dataset": _plain(c.get("dataset")),
+            "cell": _plain(aligned_cell(c) if wide else cell_fields(c)),
             # At 80 columns "vit_" says nothing the row does not: every model is a ViT.
-            "model": plain(model if self._wide else model.removeprefix("vit_")),
-            "recipe": plain(c.get("recipe")),
+            "model": _plain(model if wide else model.removeprefix("vit_")),
+            "recipe": _plain(c.get("recipe")),
             # An eval run trains no epochs: its config's `epochs` is its source's.
-            "epoch": plain(None if info.state == "corrupt" or c.get("eval_checkpoint") or epoch is None and epochs is None
-                           else f"{epoch or 0}/{epochs or '?'}"),
+            "epoch": "-" if state == "corrupt" or c.get("eval_checkpoint") or epoch is None and epochs is None
+                     else f"{epoch or 0}/{epochs or '?'}",
             "result": result,
-            "rate": plain(None if rate is None else f"{rate:.0f}"),
-            "tags": plain(" ".join(tags)[:30] or None),
-            "run": plain(run_id),
+            "rate": "-" if rate is None else f"{rate:.0f}",
+            "tags": _plain(" ".join(self.tags.get(run_id, ()))[:30]),
+            "run": run_id,
         }
         return [cells.get(col, "") for col in self._columns]
 

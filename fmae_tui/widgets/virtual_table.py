@@ -178,9 +178,9 @@ class VirtualTable(ScrollView, can_focus=True):
         held, held_widths, all_counts = self._rows, self._widths, self._counts
         for key, cells in rows:
             keys.append(key)
-            row = [as_cell(c) for c in cells]
+            row = [c if c.__class__ is str else as_cell(c) for c in cells]
             # one pass a cell: at 10,000 runs this loop is most of a first look's cost on the app's thread
-            widths = tuple(len(c) if c.__class__ is str and c.isascii() else width_of(c) for c in row)
+            widths = tuple([len(c) if c.__class__ is str and c.isascii() else width_of(c) for c in row])
             if key in held_widths:
                 self._forget_widths(key)
             held[key], held_widths[key] = row, widths
