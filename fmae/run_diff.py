@@ -112,6 +112,7 @@ class Named(NamedTuple):
     name: str
     paths: list[Path]
     older: tuple[str, ...] = ()
+    group: bool = False  # named as a group (of one run, perhaps), not as a run folder
 
 
 @dataclass
@@ -122,13 +123,14 @@ class Side:
     paths: list[Path]
     values: dict[str, list[Value]] = field(default_factory=dict)  # dotted key -> its distinct values
     older: tuple[str, ...] = ()  # a group's runs replaced by a newer run of their cell: not in `paths`
+    group: bool = False
 
     def value_keys(self, key: str) -> set[str]:
         return {_key(v.value) for v in self.values.get(key, [Value(UNSET, [], len(self.paths))])}
 
 
 def _side(named: Named, per_run: list[dict[str, tuple[Any, str]]]) -> Side:
-    side = Side(named.name, list(named.paths), older=tuple(named.older))
+    side = Side(named.name, list(named.paths), older=tuple(named.older), group=named.group)
     for key in sorted({k for values in per_run for k in values}):
         seen: dict[str, Value] = {}
         for values in per_run:
@@ -190,8 +192,8 @@ def group_names(runs_dir: Path, datasets: tuple[str, ...] = (),
         if cell in held:
             older.setdefault(key, []).append(held[cell].id)
         held[cell] = ref
-    return {key: Named(f"{key[0]} {key[1]}", sorted(r.info.path for r in held.values()), tuple(older.get(key, ())))
-            for key, held in cells.items()}
+    return {key: Named(f"{key[0]} {key[1]}", sorted(r.info.path for r in held.values()), tuple(older.get(key, ())),
+                       group=True) for key, held in cells.items()}
 
 
 def resolve(runs_dir: Path, spec: str, datasets: tuple[str, ...] = (),
@@ -247,8 +249,8 @@ def diff_lines(sides: list[Side], rows: list[DiffRow]) -> list[str]:
 
 
 def is_group(side: Side) -> bool:
-    """A side named as a group (several runs, or one with older runs of its cell left out)."""
-    return len(side.paths) != 1 or bool(side.older)
+    """A side named as a group (by `resolve`), or made of several runs."""
+    return side.group or len(side.paths) != 1
 
 
 def group_count(side: Side) -> str:

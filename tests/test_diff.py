@@ -128,3 +128,7 @@ def test_a_group_holds_the_runs_the_report_counts_and_says_one_run_not_one_runs(
     (study[(2.0, 1)].path / "run.toml").unlink()  # now λ 2 holds one readable run
     with pytest.raises(FmaeError, match=r"'bp4d vit_tiny fmae λ=2' \(1 run\)\)"):
         resolve(runs, "vit_base", states=("all",))
+    sides = sides_of([resolve(runs, again.id), resolve(runs, "vit_tiny fmae λ=2", states=("all",))])
+    lines = diff_lines(sides, diff(sides))
+    assert lines[:2] == [f"A: {again.id}", "B: bp4d vit_tiny fmae λ=2 (1 run)"]  # a group of one is still a group
+    assert lines[lines.index("optim.blr") + 2] == "  B  1 run: 0.0002 (recipe bp4d/fmae)"

@@ -52,7 +52,8 @@ def compare_cmd(
     folds = sorted({f for f, _ in result.cells if f is not None})
     seeds = sorted({s for _, s in result.cells})
     out.print(f"A = {result.a}\nB = {result.b}", soft_wrap=True)
-    out.print(f"{len(result.cells)} paired cells (folds {','.join(map(str, folds))} × seeds {','.join(map(str, seeds))}); "
+    cells = f"{len(result.cells)} paired cell" + ("" if len(result.cells) == 1 else "s")
+    out.print(f"{cells} (folds {','.join(map(str, folds))} × seeds {','.join(map(str, seeds))}); "
               f"95% interval: bootstrap over the {result.subjects} test subjects ({result.draws:,} draws); "
               f"p: sign-flip permutation test over the cells "
               f"({'all ' if result.exact else ''}{result.permutations:,} sign patterns); "
