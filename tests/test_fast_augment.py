@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms as T
 
 from fmae.data.torch.datasets import seeded_transform
 from fmae.data.torch.fast_augment import apply_op, fast_pipeline
@@ -48,7 +49,8 @@ def _rng_after(fn, img, seed: int):
 
 def test_the_recipe_transform_has_a_fast_version_with_every_op_known():
     pipeline = fast_pipeline(_parts())
-    assert pipeline is not None and len(pipeline.steps) == 3  # crop, flip, RandAugment
+    assert pipeline is not None and len(pipeline.steps) == 2  # crop with its flip, RandAugment
+    assert pipeline.steps[0].flip_p == 0.5
     names = {op.name for op in _parts().transforms[2].ops}
     assert names == COLOUR | GEOMETRIC
 
@@ -115,7 +117,7 @@ def test_an_unknown_transform_keeps_the_pil_path_and_an_unknown_op_runs_in_pil()
 def test_no_randaugment_and_no_crop_scale_still_match():
     parts = _parts(auto_augment="", crop_scale=1.0)
     fast = fast_pipeline(parts)
-    assert fast is not None and len(fast.steps) == 2
+    assert fast is not None and len(fast.steps) == 1  # the crop with its flip
     img = _faces(1)[0]
     for seed in range(5):
         pil, pil_next = _rng_after(lambda x: np.asarray(parts(Image.fromarray(x))), img, seed)
@@ -126,11 +128,11 @@ def test_no_randaugment_and_no_crop_scale_still_match():
 @pytest.mark.parametrize("dx, dy", [(37.3, 0.0), (-80.77, 0.0), (0.0, 12.5), (0.0, -3.01), (0.0, 99.99)])
 def test_a_bicubic_translation_is_the_general_warp_as_a_filter(dx, dy):
     """Translations take a 4-tap filter instead of warpAffine: the same pixels (±1 from fixed-point)."""
-    from fmae.data.torch import fast_augment
+    from fmae.data.torch import fast_warps
 
     img = _faces(1, side=96)[0]
     fill = (124, 116, 104)
-    shifted = fast_augment._affine(img, (1, 0, dx, 0, 1, dy), fillcolor=fill)  # takes the filter path
+    shifted = fast_warps.affine(img, (1, 0, dx, 0, 1, dy), fillcolor=fill)  # takes the filter path
     general = cv2.warpAffine(img, np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float64), (96, 96),
                              flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
                              borderValue=fill)
@@ -142,12 +144,12 @@ def test_a_bicubic_translation_is_the_general_warp_as_a_filter(dx, dy):
 def test_a_bicubic_shear_is_the_general_warp_as_shifted_lines(bx, dy):
     """Shears move each row (ShearX) or column (ShearY) by its own amount, 4 taps a pixel, instead of
     warpAffine's 16: the same pixels (±1 from fixed-point)."""
-    from fmae.data.torch import fast_augment
+    from fmae.data.torch import fast_warps
 
     img = _faces(1, side=96)[0]
     fill = (124, 116, 104)
-    sheared = fast_augment._shear(img, bx or dy, 1 if bx else 0, fill)
-    assert np.array_equal(fast_augment._affine(img, (1, bx, 0, dy, 1, 0), fillcolor=fill), sheared)  # its path
+    sheared = fast_warps.shear_lines(img, bx or dy, 1 if bx else 0, fill)
+    assert np.array_equal(fast_warps.affine(img, (1, bx, 0, dy, 1, 0), fillcolor=fill), sheared)  # its path
     pillow = np.array([[1, bx, 0.5 * bx], [dy, 1, 0.5 * dy]], dtype=np.float64)  # Pillow's half-pixel centres
     general = cv2.warpAffine(img, pillow, (96, 96), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
                              borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
@@ -163,3 +165,54 @@ def test_the_pipeline_survives_pickling_to_a_spawned_worker():
     img = _faces(1)[0]
     for seed in range(3):
         assert np.array_equal(seeded_transform(fast, img, seed), seeded_transform(again, img, seed))
+
+
+@pytest.mark.parametrize("degrees", [-27.3, 13.0, 30.0])
+def test_a_bicubic_rotation_warps_float_pixels_to_the_8_bit_warps_values(degrees):
+    """The general warp runs on float32 pixels (OpenCV's 8-bit bicubic warp is slower): rounded, the same
+    pixels as warpAffine on the uint8 image."""
+    from fmae.data.torch import fast_warps
+
+    img = _faces(1, side=96)[0]
+    fill = (124, 116, 104)
+    ours = fast_warps.rotate(img, degrees, fillcolor=fill, resample=Image.Resampling.BICUBIC)
+    a, b = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    c, f = 48 - a * 48 + b * 48, 48 - b * 48 - a * 48  # Pillow's rotation about the centre
+    m = np.array([[a, -b, c + 0.5 * (a - b) - 0.5], [b, a, f + 0.5 * (a + b) - 0.5]])
+    eight_bit = cv2.warpAffine(img, m, (96, 96), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+    d = np.abs(ours.astype(int) - eight_bit.astype(int))
+    assert d.max() <= 1 and (d == 0).mean() > 0.9999, (d.max(), (d == 0).mean())
+
+
+def test_the_flip_done_on_the_crop_is_the_flip_of_the_resized_crop():
+    """The pipeline flips the crop before resizing it; flipping after, as timm does, gives the same pixels
+    (±1 where the fixed-point taps round apart) and the same draws after."""
+    from fmae.data.torch import fast_augment
+
+    crop, flip = _parts(auto_augment="").transforms
+    fused = fast_pipeline(T.Compose([crop, flip]))
+    apart = fast_augment._Pipeline([fast_augment._Crop(crop), fast_augment._Flip(flip.p)])
+    flipped = 0
+    for img in _faces(3):
+        for seed in range(8):
+            ours, our_next = _rng_after(fused, img, seed)
+            theirs, their_next = _rng_after(apart, img, seed)
+            assert our_next == their_next
+            d = np.abs(ours.astype(int) - theirs.astype(int))
+            assert d.max() <= 1 and (d == 0).mean() > 0.999
+            flipped += not np.array_equal(ours, _rng_after(fast_augment._Pipeline([fast_augment._Crop(crop)]), img, seed)[0])
+    assert 4 <= flipped <= 20  # about half the draws flip
+
+
+def test_gray_is_pillows_l_exactly():
+    """Colour and contrast read Pillow's L; the float32 transform computes it exactly, here on a million
+    random colours and every extreme."""
+    from fmae.data.torch import fast_augment
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (1000, 1000, 3), dtype=np.uint8)
+    rgb[0, :8] = [[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 255, 0], [0, 0, 255], [128, 128, 128],
+                  [1, 254, 127], [254, 1, 128]]
+    ours = fast_augment._gray(rgb.astype(np.float32))
+    assert np.array_equal(ours, np.asarray(Image.fromarray(rgb).convert("L")))
