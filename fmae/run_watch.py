@@ -249,9 +249,12 @@ class RunScanner:
     """`scan()` returns the runs that appeared or changed (with their tags and last images/s) and the ids
     that went away."""
 
-    def __init__(self, runs_dir: Path, slim: bool = False) -> None:
+    def __init__(self, runs_dir: Path, slim: bool = False, writes_index: bool = True) -> None:
         self.runs_dir = Path(runs_dir)
         self.slim = slim  # summaries without their per-AU tables (see slim_summary)
+        # A slim first look reads the runs folder's index; one scanner of a process writes it (the app's
+        # Runs screen), not a second one beside it (its alerts: 10 MB and 0.3 CPU-s at 10,000 runs again).
+        self.writes_index = writes_index
         self._seen: dict[str, tuple | None] = {}  # run id -> signature (None: read it again next time)
         self.loads = 0  # run folders read so far, for tests and for the curious
         self.looks = 0
@@ -349,7 +352,7 @@ class RunScanner:
                 changed = []
             if index is not None and opened:
                 index.close()
-                if fresh or index.stale or index.hits != len(kept):
+                if self.writes_index and (fresh or index.stale or index.hits != len(kept)):
                     self._index_due = functools.partial(index.save, kept)
                     if save:
                         self.save_index()

@@ -60,7 +60,8 @@ def _detail(info: RunInfo) -> str:
 
 class RunAlerts:
     def __init__(self, runs_dir: Path) -> None:
-        self.scanner = RunScanner(runs_dir, slim=True)  # headlines only: 10,000 runs' per-AU tables stay on disk
+        # headlines only (10,000 runs' per-AU tables stay on disk); the runs index is the Runs screen's to write
+        self.scanner = RunScanner(runs_dir, slim=True, writes_index=False)
         self.since = time.time()
         self._states: dict[str, str] = {}  # run id -> the state last seen
 

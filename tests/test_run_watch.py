@@ -98,3 +98,30 @@ def test_a_new_scanners_first_look_reads_only_the_folders_that_changed(tmp_path:
     fifth, left = new_process_look()
     assert fifth.loads == 0 and left == {k: v for k, v in again.items() if k != made[2].path.name}
     assert len((runs / run_watch.INDEX_NAME).read_text().splitlines()) == 3
+
+
+def test_the_index_is_written_by_the_scanner_that_keeps_it_and_when_it_asks(tmp_path: Path, monkeypatch) -> None:
+    """The Runs screen's first look leaves the index to write until its rows are shown (`save=False`,
+    then `save_index`); the alerts' scanner beside it reads the index but never writes it."""
+    from fmae import run_watch
+    from fmae.runs import RunDir, make_run_id
+
+    monkeypatch.setattr(run_watch, "RACY_NS", 0)
+    runs = tmp_path / "runs"
+    made = [RunDir.create(runs, make_run_id("bp4d", "vit_tiny", seed, fold=1, lambda_id=0.0),
+                          {"task": "au", "dataset": "bp4d", "seed": seed}, {}) for seed in range(2)]
+    index = runs / run_watch.INDEX_NAME
+    monkeypatch.setattr(run_watch, "_SHARED", {})
+    screen = run_watch.RunScanner(runs, slim=True)
+    changed, _ = screen.scan(save=False)
+    assert len(changed) == 2 and screen.index_due and not index.exists()
+    screen.save_index()
+    assert not screen.index_due and len(index.read_text().splitlines()) == 3
+    written = index.stat()
+    made[0].write_tags(["x"])  # a folder changed: a new process's alerts read it, and leave the index be
+    monkeypatch.setattr(run_watch, "_SHARED", {})
+    alerts = run_watch.RunScanner(runs, slim=True, writes_index=False)
+    changed, _ = alerts.scan()
+    assert alerts.loads == 1 and alerts.index_hits == 1 and not alerts.index_due
+    assert {info.id: tags for info, tags, _ in changed}[made[0].path.name] == ["x"]
+    assert (index.stat().st_ino, index.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)

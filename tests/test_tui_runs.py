@@ -228,6 +228,24 @@ async def test_table_follows_the_folder_patching_rows(runs: dict[str, RunDir], t
         assert screen.query_one("#run-info")  # still there
 
 
+async def test_the_first_look_writes_the_runs_index_once_its_rows_are_shown(runs: dict[str, RunDir], tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The look that read the folders writes runs/.runs-table.json after its rows are on screen (the next
+    process's first look starts from it, reading only what changed)."""
+    from fmae import run_watch
+
+    monkeypatch.setattr(run_watch, "RACY_NS", 0)  # the folders were written just now
+    monkeypatch.setattr(run_watch, "_SHARED", {})
+    index = tmp_path / "runs" / run_watch.INDEX_NAME
+    app = create_app(runs_dir=tmp_path / "runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = await open_runs(app, pilot)
+        assert table.row_count == 5
+        await wait_until(pilot, index.is_file, what="the runs index")
+        ids = sorted(table.runs, reverse=True)
+    assert [json.loads(line)[0] for line in index.read_text().splitlines()[1:]] == ids  # newest first
+
+
 def test_scanner_reads_only_the_runs_that_changed(runs: dict[str, RunDir], tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from fmae import run_watch as run_scanner
