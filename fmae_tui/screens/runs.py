@@ -65,6 +65,11 @@ class RunsScreen(FmaeScreen):
         self._error: str | None = None
 
     @property
+    def looking(self) -> bool:
+        """A look at the runs folder (or the index a first look left to write) is out."""
+        return self._scanning
+
+    @property
     def table(self) -> RunsTable:
         return self.query_one(RunsTable)
 
