@@ -216,3 +216,15 @@ def test_gray_is_pillows_l_exactly():
                   [1, 254, 127], [254, 1, 128]]
     ours = fast_augment._gray(rgb.astype(np.float32))
     assert np.array_equal(ours, np.asarray(Image.fromarray(rgb).convert("L")))
+
+
+def test_weighted_op_choice_draws_as_timm_does():
+    """rand-…-tweights picks ops by weight without replacement (numpy's choice with p); unweighted, the fast path
+    draws the same indices through randint."""
+    parts = _parts(auto_augment="rand-m9-mstd0.5-inc1-tweights")
+    assert parts.transforms[2].choice_weights is not None
+    fast = fast_pipeline(parts)
+    for seed in range(6):
+        pil, pil_next = _rng_after(lambda x: np.asarray(parts(Image.fromarray(x))), _faces(1)[0], seed)
+        ours, our_next = _rng_after(fast, _faces(1)[0], seed)
+        assert pil_next == our_next and np.abs(ours.astype(int) - pil.astype(int)).mean() < 2.0
