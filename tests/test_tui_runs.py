@@ -460,3 +460,18 @@ def test_app_with_runs_never_imports_torch(runs: dict[str, RunDir], tmp_path: Pa
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["RunsScreen", "False"]
+
+
+def test_the_cell_column_is_the_same_text_made_once_per_study_cell() -> None:
+    """The Runs table's cell column comes from a cache over (task, fold, seed, λ): exactly what
+    cell_fields says for each config, an int fold not mistaken for a float one, unhashable values made
+    each time."""
+    from fmae_tui.run_kind import cell_fields
+    from fmae_tui.widgets.runs_table import aligned_cell, study_cell
+
+    configs = [{"task": "au", "fold": 1, "seed": 0, "lambda_id": 2.0}, {"task": "au", "fold": 1.0, "seed": 0},
+               {"task": "fer", "fold": 1, "seed": 3}, {"task": "au", "fold": [1], "seed": 0}, {}]
+    for config in configs * 2:
+        assert study_cell(config, wide=False) == (cell_fields(config) or "-")
+        assert study_cell(config, wide=True) == (aligned_cell(config) or "-")
+    assert study_cell(configs[1], wide=False) == "f1.0 s0" and study_cell(configs[0], wide=False) == "f1 s0 λ2"

@@ -8,6 +8,7 @@ the run as their line is drawn, never stored.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -135,6 +136,21 @@ def aligned_cell(config: dict[str, Any]) -> str:
     for part in cell_fields(config).split():
         slots[part[0]] = part
     return (slots["f"].ljust(5) + slots["s"].ljust(5) + slots["λ"]).rstrip()
+
+
+@functools.lru_cache(maxsize=4096, typed=True)  # typed: fold 1 and 1.0 are shown as they are written
+def _study_cell(task: Any, fold: Any, seed: Any, lam: Any, wide: bool) -> str:
+    """The cell column's text: a study has few (fold, seed, λ) cells and 10,000 runs repeat them."""
+    config = {"task": task, "fold": fold, "seed": seed, "lambda_id": lam}  # all that cell_fields reads
+    return _plain(aligned_cell(config) if wide else cell_fields(config))
+
+
+def study_cell(config: dict[str, Any], wide: bool) -> str:
+    key = (config.get("task"), config.get("fold"), config.get("seed"), config.get("lambda_id"), wide)
+    try:
+        return _study_cell(*key)
+    except TypeError:  # a value that cannot be hashed (a hand-edited run.toml): made each time
+        return _study_cell.__wrapped__(*key)
 
 
 def _cell_key(info: RunInfo) -> tuple:
@@ -294,7 +310,7 @@ class RunsTable(VirtualTable):
             "state": _STATE_CELLS.get(state) or Text(state, STATE_STYLE.get(state, ""), end=""),
             "kind": _plain(kind_label(c, wide) if c else None),
             "dataset": _plain(c.get("dataset")),
-            "cell": _plain(aligned_cell(c) if wide else cell_fields(c)),
+            "cell": study_cell(c, wide),
             # At 80 columns "vit_" says nothing the row does not: every model is a ViT.
             "model": _plain(model if wide else model.removeprefix("vit_")),
             "recipe": _plain(c.get("recipe")),

@@ -194,6 +194,8 @@ class VirtualTable(ScrollView, can_focus=True):
     def drop_rows(self, keys: Iterable[str]) -> None:
         """Forget rows, and take them off the screen."""
         gone = {key for key in keys if key in self._rows}
+        if not gone:
+            return
         for key in gone:
             self._forget_widths(key)
             del self._rows[key], self._widths[key]
