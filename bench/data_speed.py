@@ -163,6 +163,7 @@ def against_commit(rev: str, fast, n: int = 128, rounds: int = 8) -> list[str]:
     then = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(then)
     pipelines = {"then": then.fast_pipeline(fast.transform), "now": fast.fast}
+    modules = {"then": then, "now": sys.modules[type(fast.fast).__module__]}
     cached = [fast.cache.read(fast.keys[i % len(fast)]) for i in range(n)]
     wall: dict[str, list[float]] = {"then": [], "now": []}
     cpu: dict[str, list[float]] = {"then": [], "now": []}
@@ -185,7 +186,56 @@ def against_commit(rev: str, fast, n: int = 128, rounds: int = 8) -> list[str]:
                      f"(median {med['now']:.3f}): {ratios[label][0]:.2f}× (median {ratios[label][1]:.2f}×)")
     met = min(ratios["CPU time"]) >= 1.5
     lines.append(f"  target ≥ 1.5× (CPU time, best and median): {'met' if met else 'NOT met'}")
+    costs = {k: op_costs(modules[k], pipelines[k], cached) for k in pipelines}
+    lines.append("  where the time goes, median CPU µs a call (then → now; ops: calls an item, each op drawn "
+                 "with p = 0.5):")
+    steps = sorted(set(costs["then"][0]) | set(costs["now"][0]), key=lambda k: -costs["then"][0].get(k, 0))
+    lines.append("    steps: " + ", ".join(f"{k} {_us(costs['then'][0], k)} → {_us(costs['now'][0], k)}" for k in steps))
+    ops = sorted(costs["then"][1], key=lambda k: -costs["then"][1][k][0] * costs["then"][1][k][1])
+    lines += [f"    {k} ({costs['then'][1][k][1]:.3f}): {_us(costs['then'][1], k)} → {_us(costs['now'][1], k)}"
+              for k in ops]
     return lines
+
+
+def _us(costs: dict, name: str) -> str:
+    if name not in costs:
+        return "—"
+    value = costs[name][0] if isinstance(costs[name], tuple) else costs[name]
+    return f"{value:.0f}"
+
+
+def op_costs(module, pipeline, cached: list) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """One pass of `pipeline` with each step and each op of `module` timed (thread CPU time): the median
+    µs a call of each step, and of each op with its calls an item."""
+    import statistics
+
+    from fmae.data.torch.datasets import item_seed
+
+    spent: dict[str, list[float]] = {}
+
+    def timed(name: str, fn):
+        def run(*args, **kwargs):
+            start = time.thread_time()
+            out = fn(*args, **kwargs)
+            spent.setdefault(name, []).append(time.thread_time() - start)
+            return out
+        return run
+
+    saved_ops, saved_steps = dict(module._OPS), pipeline.steps
+    module._OPS.update({name: timed(name, fn) for name, fn in saved_ops.items()})
+    pipeline.steps = [timed("step " + type(step).__name__.strip("_"), step) for step in saved_steps]
+    try:
+        for epoch in range(4):
+            for i, img in enumerate(cached):
+                seed_as_a_worker(item_seed(0, epoch, i))
+                pipeline(img)
+    finally:
+        module._OPS.update(saved_ops)
+        pipeline.steps = saved_steps
+    items = 4 * len(cached)
+    steps = {k.removeprefix("step "): statistics.median(v) * 1e6 for k, v in spent.items() if k.startswith("step ")}
+    ops = {k: (statistics.median(v) * 1e6, len(v) / items) for k, v in spent.items() if not k.startswith("step ")}
+    return steps, ops
 
 
 def main() -> None:
