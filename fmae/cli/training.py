@@ -114,8 +114,8 @@ def _end_unstarted(path: Path, how: str, code: int) -> None:
     # Not final, and no trainer alive for it (ours released its lock on the way out): nobody else will
     # record this attempt's end. A final state — the trainer's own, or an earlier attempt's — stays.
     if state not in FINAL_STATES and exec_lock_holder(path) is None:
-        run.mark_ended("cancelled", exit_code=code, error=f"cancelled ({how}) before training started; "
-                       "`fmae exec` starts it")
+        run.mark_ended("cancelled", exit_code=code, error=f"cancelled ({how}) before training started; a resume "
+                       "(`fmae exec`, or a retry in the queue) starts it from the beginning")
         state = "cancelled"
     if state == "cancelled":
         _say_cancelled(path)
