@@ -68,16 +68,23 @@ def shift(img: np.ndarray, dx: float, dy: float, fill: tuple[int, ...]) -> np.nd
             continue
         n = math.floor(delta)
         size = out.shape[axis]
-        pad = abs(n) + 3
-        borders = (0, 0, pad, pad) if axis == 1 else (pad, pad, 0, 0)  # top, bottom, left, right
-        padded = cv2.copyMakeBorder(out, *borders, cv2.BORDER_CONSTANT, value=fill)
+        # the lines the output's taps read, n - 1 … n + size + 1, with the fill outside the image: no
+        # more (a whole-image pad on each side filtered ~1.8x the pixels of a typical translation)
+        lo, hi = n - 1, n + size + 2
+        a = min(max(lo, 0), size)
+        b = max(min(hi, size), a)  # the image's lines among them: [a, b)
+        if a == b:  # moved out of sight: every tap reads the fill
+            out = np.empty_like(out)
+            out[...] = fill
+            continue
+        part = out[:, a:b] if axis == 1 else out[a:b]
+        borders = (0, 0, a - lo, hi - b) if axis == 1 else (a - lo, hi - b, 0, 0)  # top, bottom, left, right
+        padded = cv2.copyMakeBorder(part, *borders, cv2.BORDER_CONSTANT, value=fill)
         taps = cubic_taps(delta - n)
         kernel = taps.reshape(1, 4) if axis == 1 else taps.reshape(4, 1)
         anchor = (1, 0) if axis == 1 else (0, 1)
         filtered = cv2.filter2D(padded, -1, kernel, anchor=anchor, borderType=cv2.BORDER_REPLICATE)
-        window = [slice(None)] * 3
-        window[axis] = slice(pad + n, pad + n + size)
-        out = filtered[tuple(window)]
+        out = filtered[:, 1:size + 1] if axis == 1 else filtered[1:size + 1]
     return np.ascontiguousarray(out)
 
 
