@@ -125,7 +125,7 @@ def test_no_randaugment_and_no_crop_scale_still_match():
         assert pil_next == our_next and np.abs(ours.astype(int) - pil.astype(int)).mean() < 2.0
 
 
-@pytest.mark.parametrize("dx, dy", [(37.3, 0.0), (-80.77, 0.0), (0.0, 12.5), (0.0, -3.01), (0.0, 99.99)])
+@pytest.mark.parametrize("dx, dy", [(37.3, 0.0), (-80.77, 0.0), (0.0, 12.5), (0.0, -3.01), (0.0, 99.99), (0.0, -120.4)])
 def test_a_bicubic_translation_is_the_general_warp_as_a_filter(dx, dy):
     """Translations take a 4-tap filter instead of warpAffine: the same pixels (±1 from fixed-point)."""
     from fmae.data.torch import fast_warps
