@@ -186,7 +186,7 @@ def against_commit(rev: str, fast, n: int = 128, rounds: int = 8) -> list[str]:
                      f"(median {med['now']:.3f}): {ratios[label][0]:.2f}× (median {ratios[label][1]:.2f}×)")
     met = min(ratios["CPU time"]) >= 1.5
     lines.append(f"  target ≥ 1.5× (CPU time, best and median): {'met' if met else 'NOT met'}")
-    costs = {k: op_costs(modules[k], pipelines[k], cached) for k in pipelines}
+    costs = op_costs(modules, pipelines, cached)
     lines.append("  where the time goes, median CPU µs a call (then → now; ops: calls an item, each op drawn "
                  "with p = 0.5):")
     steps = sorted(set(costs["then"][0]) | set(costs["now"][0]), key=lambda k: -costs["then"][0].get(k, 0))
@@ -204,38 +204,43 @@ def _us(costs: dict, name: str) -> str:
     return f"{value:.0f}"
 
 
-def op_costs(module, pipeline, cached: list) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
-    """One pass of `pipeline` with each step and each op of `module` timed (thread CPU time): the median
-    µs a call of each step, and of each op with its calls an item."""
+def op_costs(modules: dict, pipelines: dict, cached: list, rounds: int = 4) -> dict[str, tuple[dict, dict]]:
+    """Passes of each pipeline, in turn, with each step and each op of its module timed (thread CPU
+    time): per pipeline, the median µs a call of each step, and of each op with its calls an item."""
     import statistics
 
     from fmae.data.torch.datasets import item_seed
 
-    spent: dict[str, list[float]] = {}
+    spent: dict[str, dict[str, list[float]]] = {k: {} for k in pipelines}
 
-    def timed(name: str, fn):
+    def timed(into: dict[str, list[float]], name: str, fn):
         def run(*args, **kwargs):
             start = time.thread_time()
             out = fn(*args, **kwargs)
-            spent.setdefault(name, []).append(time.thread_time() - start)
+            into.setdefault(name, []).append(time.thread_time() - start)
             return out
         return run
 
-    saved_ops, saved_steps = dict(module._OPS), pipeline.steps
-    module._OPS.update({name: timed(name, fn) for name, fn in saved_ops.items()})
-    pipeline.steps = [timed("step " + type(step).__name__.strip("_"), step) for step in saved_steps]
-    try:
-        for epoch in range(4):
-            for i, img in enumerate(cached):
-                seed_as_a_worker(item_seed(0, epoch, i))
-                pipeline(img)
-    finally:
-        module._OPS.update(saved_ops)
-        pipeline.steps = saved_steps
-    items = 4 * len(cached)
-    steps = {k.removeprefix("step "): statistics.median(v) * 1e6 for k, v in spent.items() if k.startswith("step ")}
-    ops = {k: (statistics.median(v) * 1e6, len(v) / items) for k, v in spent.items() if not k.startswith("step ")}
-    return steps, ops
+    for epoch in range(rounds):
+        for key, pipeline in pipelines.items():
+            module, into = modules[key], spent[key]
+            saved_ops, saved_steps = dict(module._OPS), pipeline.steps
+            module._OPS.update({name: timed(into, name, fn) for name, fn in saved_ops.items()})
+            pipeline.steps = [timed(into, "step " + type(step).__name__.strip("_"), step) for step in saved_steps]
+            try:
+                for i, img in enumerate(cached):
+                    seed_as_a_worker(item_seed(0, epoch, i))
+                    pipeline(img)
+            finally:
+                module._OPS.update(saved_ops)
+                pipeline.steps = saved_steps
+    items = rounds * len(cached)
+    out = {}
+    for key, times in spent.items():
+        steps = {k.removeprefix("step "): statistics.median(v) * 1e6 for k, v in times.items() if k.startswith("step ")}
+        ops = {k: (statistics.median(v) * 1e6, len(v) / items) for k, v in times.items() if not k.startswith("step ")}
+        out[key] = steps, ops
+    return out
 
 
 def main() -> None:
