@@ -475,3 +475,24 @@ def test_the_cell_column_is_the_same_text_made_once_per_study_cell() -> None:
         assert study_cell(config, wide=False) == (cell_fields(config) or "-")
         assert study_cell(config, wide=True) == (aligned_cell(config) or "-")
     assert study_cell(configs[1], wide=False) == "f1.0 s0" and study_cell(configs[0], wide=False) == "f1 s0 λ2"
+
+
+async def test_an_iat_run_plots_its_au_loss_and_the_identity_heads_apart(runs: dict[str, RunDir],
+                                                                         tmp_path: Path) -> None:
+    # λ > 0: the trainer's `loss` is loss_au + loss_id; the curve a reader sets beside a λ 0 run's is loss_au.
+    run = runs["done"]
+    run.append_metrics({"split": "train", "epoch": 5, "epoch_frac": 4.5, "lr": 1e-4, "loss": 1.3, "loss_au": 0.6,
+                        "loss_id": 0.7})
+    run.append_metrics({"split": "train_epoch", "epoch": 5, "loss": 1.4, "loss_au": 0.65, "loss_id": 0.75})
+    app = create_app(runs_dir=tmp_path / "runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = await open_runs(app, pilot)
+        table.move_cursor(row=table.get_row_index(run.id))
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.updates > 0)
+        loss = app.screen.query_one("#plot-loss", CurvePlot)
+        assert loss.title == "train AU loss"
+        assert loss.series["identity head"] == ([4.5], [0.7])
+        assert loss.series["steps"][1][-1] == 0.6 and loss.series["epoch mean"][1] == [0.65]
+        await pilot.pause()
+        assert "train AU loss" in screen_text(app)

@@ -88,9 +88,11 @@ class RunScreen(FmaeScreen):
         self._polling = False
         self._files: dict[str, Any] = {}
         self._errors: dict[str, str] = {}
-        # Per-epoch series, rebuilt from nothing when metrics.jsonl is replaced.
+        # Per-epoch series, rebuilt from nothing when metrics.jsonl is replaced. An IAT run's `loss` adds
+        # the identity head's: its AU loss is drawn as a λ 0 run's, the identity loss beside it.
         self._train: dict[str, list[float]] = {"x": [], "loss": [], "lr_x": [], "lr": []}
         self._epoch_loss: dict[str, list[float]] = {"x": [], "loss": []}
+        self._identity: dict[str, list[float]] = {"x": [], "loss": []}
         self._test: dict[str, dict[str, list[float]]] = {}
         self._test_records: list[dict[str, Any]] = []  # for the per-AU curves
         self._log_lines: list[str] = []  # kept to lay the log out again when wrapping is toggled
@@ -202,7 +204,7 @@ class RunScreen(FmaeScreen):
 
     def _add_records(self, records: list[dict[str, Any]], reset: bool) -> None:
         if reset:
-            for series in (self._train, self._epoch_loss):
+            for series in (self._train, self._epoch_loss, self._identity):
                 for values in series.values():
                     values.clear()
             self._test.clear()
@@ -212,16 +214,20 @@ class RunScreen(FmaeScreen):
             if split == "train":
                 x = _number(rec.get("epoch_frac"))
                 x = x if x is not None else epoch
-                loss, lr = _number(rec.get("loss")), _number(rec.get("lr"))
+                loss, lr = _number(rec.get("loss_au", rec.get("loss"))), _number(rec.get("lr"))
                 if x is not None and loss is not None:
                     self._train["x"].append(x)
                     self._train["loss"].append(loss)
+                if x is not None and _number(rec.get("loss_id")) is not None:
+                    self._identity["x"].append(x)
+                    self._identity["loss"].append(float(rec["loss_id"]))
                 if x is not None and lr is not None:
                     self._train["lr_x"].append(x)
                     self._train["lr"].append(lr)
             elif split == "train_epoch" and epoch is not None and _number(rec.get("loss")) is not None:
                 self._epoch_loss["x"].append(epoch)
-                self._epoch_loss["loss"].append(float(rec["loss"]))
+                au = _number(rec.get("loss_au"))
+                self._epoch_loss["loss"].append(float(rec["loss"]) if au is None else au)
             elif split == "test" and epoch is not None:
                 self._test_records.append(rec)
                 for key, label in ((m.key, m.short) for m in (F1_05, F1_BEST, ACCURACY)):
@@ -243,6 +249,9 @@ class RunScreen(FmaeScreen):
         loss.set_series("steps", self._train["x"], self._train["loss"])
         if self._epoch_loss["x"]:
             loss.set_series("epoch mean", self._epoch_loss["x"], self._epoch_loss["loss"])
+        if self._identity["x"]:
+            loss.set_series("identity head", self._identity["x"], self._identity["loss"])
+        loss.title = "train AU loss" if self._identity["x"] else "train loss"
         loss.replot()
         lr = self.query_one("#plot-lr", CurvePlot)
         lr.set_series("lr", self._train["lr_x"], self._train["lr"])
@@ -354,17 +363,14 @@ class RunScreen(FmaeScreen):
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="bold", no_wrap=True)
         grid.add_column(overflow="fold")
-        grid.add_row(Text("[config]", "dim"), "")
-        for key, value in config.items():
-            grid.add_row(key, _value_text(value))
-        grid.add_row("", "")
-        grid.add_row(Text("[provenance]", "dim"), "")
-        for key in PROVENANCE_KEYS:
-            if key in provenance:
-                grid.add_row(key, _value_text(provenance[key]))
+        rows = [(Text("[config]", "dim"), ""), *((key, _value_text(value)) for key, value in config.items()),
+                ("", ""), (Text("[provenance]", "dim"), ""),
+                *((key, _value_text(provenance[key])) for key in PROVENANCE_KEYS if key in provenance)]
         set_by = provenance.get("set_by")
         if isinstance(set_by, dict) and set_by:
-            grid.add_row("set by", Text(", ".join(f"{k}: {v}" for k, v in set_by.items())))
+            rows.append(("set by", Text(", ".join(f"{k}: {v}" for k, v in set_by.items()))))
+        for row in rows:
+            grid.add_row(*row)
         body.update(grid)
 
     def _show_notes(self) -> None:

@@ -103,7 +103,10 @@ class CurvePlot(PlotextPlot):
         self.legend = "   ".join(marks) if len(drawn) > 1 and self.own_legend else ""
         # plotext leaves the x label out of a short plot: there the legend goes with the title
         short = 0 < self.size.height < SHORT
-        if self.legend and short:
-            plt.title(f"{self.title}: {self.legend}")
+        if self.legend and short:  # plotext drops a title wider than the plot: then the title alone
+            for title in (f"{self.title}: {self.legend}", f"{self.title}: {self.legend.replace('   ', ' ')}", self.title):
+                if len(title) <= self.size.width - 2:
+                    break
+            plt.title(title)
         plt.xlabel(f"{self.xlabel}   {self.legend}" if self.legend and not short else self.xlabel)
         self.refresh()
