@@ -259,15 +259,18 @@ def brightness(img: np.ndarray, factor: float, **_: Any) -> np.ndarray:
     return _blend(0.0, img, factor)
 
 
-_SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=np.float32) / 13
-
-
 def sharpness(img: np.ndarray, factor: float, **_: Any) -> np.ndarray:
-    # Pillow's filtered image rounds S/13 (S an integer sum) to nearest: never within float32's error of
-    # a tie, so OpenCV's own 8-bit rounding gives the same pixels
-    degenerate = cv2.filter2D(img, -1, _SMOOTH, borderType=cv2.BORDER_REPLICATE)
-    degenerate[0], degenerate[-1], degenerate[:, 0], degenerate[:, -1] = img[0], img[-1], img[:, 0], img[:, -1]
-    return _blend(degenerate, img, factor)
+    """Pillow's SMOOTH filter ([[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13, the border pixels left as they are)
+    blended with the image. Its rounding of S/13 (S an integer sum: the 3x3 box plus 4 times the centre)
+    to nearest is never within float32's error of a tie, so floor(S/13 + ½) in float32 gives its pixels;
+    kept in float32 for the blend."""
+    pixels = img.astype(np.float32)
+    box = cv2.boxFilter(pixels, -1, (3, 3), normalize=False, borderType=cv2.BORDER_REPLICATE)
+    degenerate = cv2.addWeighted(box, 1 / 13, pixels, 4 / 13, 0.5)
+    np.floor(degenerate, out=degenerate)
+    degenerate[0], degenerate[-1] = pixels[0], pixels[-1]
+    degenerate[:, 0], degenerate[:, -1] = pixels[:, 0], pixels[:, -1]
+    return _blend(degenerate, img, factor, out=pixels)
 
 
 # timm's op names (fmae.data.torch.transforms builds the ops; its posterize patch is `posterize` here)
