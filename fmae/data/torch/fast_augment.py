@@ -178,13 +178,13 @@ def _gray(pixels: np.ndarray, channels: int = 1) -> np.ndarray:
 
 def _blend(degenerate: np.ndarray | float, img: np.ndarray, factor: float, out: np.ndarray | None = None) -> np.ndarray:
     """Pillow's Image.blend(degenerate, img, factor): float32 arithmetic in its order, truncated, clipped.
-    An array `degenerate` (uint8 or float32) has img's shape; `out` may hold img as float32 already."""
+    An array `degenerate` has img's shape; `out` may hold img as float32 already (and is overwritten)."""
     a = np.float32(factor)
     if np.isscalar(degenerate):
         lo = np.float32(degenerate)
         values = lo + a * (np.arange(256, dtype=np.float32) - lo)
         return _lut(img, np.clip(values, 0, 255).astype(np.uint8))
-    lo = degenerate if degenerate.dtype == np.float32 else degenerate.astype(np.float32)
+    lo = degenerate.astype(np.float32, copy=False)
     out = img.astype(np.float32) if out is None else out
     out -= lo
     out *= a
