@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
+from fmae.elapsed import age, duration  # noqa: F401 (the queue's rows use them; callers import them here too)
 from fmae.errors import FmaeError
 from fmae.executors.slurm import SLOT_PREFIX
 from fmae.queue import Job, Queue, read_status_fast
@@ -60,14 +61,6 @@ def start_scheduler(project: "ProjectConfig") -> str:
 
 
 # --- listing -----------------------------------------------------------------------------------------
-
-def age(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
-
 
 def progress_text(status: Optional[dict]) -> str:
     if not status:
@@ -198,18 +191,6 @@ def work_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 COLUMNS = (("id", ">"), ("state", "<"), ("dataset", "<"), ("fold", ">"), ("seed", ">"), ("λ", ">"),
            ("model", "<"), ("GPU", "<"), ("progress", "<"), ("elapsed", ">"), ("ETA", ">"), ("age", ">"))
-
-
-def duration(seconds: Optional[float]) -> str:
-    """"42s", "3m05s", "1h20m"; "-" when unknown."""
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def row_state(r: dict[str, Any]) -> str:

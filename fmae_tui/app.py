@@ -80,7 +80,7 @@ class FmaeApp(App[None]):
             from fmae_tui.screens.datasets import DatasetsScreen
 
             self.push_screen(DatasetsScreen())
-        self._start_scheduler()
+        self.call_after_refresh(self._start_scheduler)  # its thread imports the queue: after the first paint
         # The first look waits a tick: the Runs screen's first scan reads every run folder too (the alerts'
         # scanner is made there, after the first paint).
         self.set_interval(self.ALERTS_S, self._look_for_alerts)

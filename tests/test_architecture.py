@@ -65,7 +65,8 @@ LAYERS = (
              "fmae.metrics", "fmae.run_lock", "fmae.gpus")),
     ("data", ("fmae.data",)),
     ("tables", ("fmae.config", "fmae.registry", "fmae.recipes", "fmae.folds", "fmae.model_specs")),
-    ("base", ("fmae.errors", "fmae.atomic_write", "fmae.file_tail", "fmae.process_exit", "fmae")),
+    ("base", ("fmae.errors", "fmae.atomic_write", "fmae.file_tail", "fmae.process_exit", "fmae.elapsed",
+              "fmae")),
 )
 
 

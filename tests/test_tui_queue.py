@@ -61,6 +61,7 @@ async def test_launch_a_matrix_see_it_run_and_cancel_it(project, tmp_path: Path)
     async with app.run_test(size=(80, 24), message_hook=seen.append) as pilot:
         await pilot.press("l")
         await wait_until(pilot, lambda: isinstance(app.screen, LaunchScreen) and app.screen.previews > 0, what="launch")
+        await pilot.pause()  # the plan's lines laid out: its box grows from the one line it had
         launch = app.screen
         # The paper's BP4D recipe fills the fields: every fold, fmae.toml's seeds, λ 0, vit_base, 20 epochs.
         assert launch.query_one("#folds", Input).value == "1,2,3"

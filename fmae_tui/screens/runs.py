@@ -16,7 +16,7 @@ from textual.message import Message
 from textual.widgets import Header, Static
 
 from fmae.errors import FmaeError
-from fmae.queue_ops import duration
+from fmae.elapsed import duration
 from fmae.run_watch import RunScanner
 from fmae.runs import RunDir, RunInfo, parse_utc
 from fmae.summary import as_summary

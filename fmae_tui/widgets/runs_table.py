@@ -18,7 +18,7 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.message import Message
 
-from fmae.queue_ops import age, duration
+from fmae.elapsed import age, duration
 from fmae.run_watch import slim_summary
 from fmae.runs import STATES, RunInfo, parse_utc
 from fmae.summary import Summary, as_summary
