@@ -88,6 +88,7 @@ class FmaeApp(App[None]):
     def on_unmount(self) -> None:
         gc.set_threshold(*self._gc_before)
         gc.unfreeze()  # the Runs rows frozen out of the collector's walks (screens/runs.py): collectable again
+        gc.enable()  # off during the Runs screen's first look, were the app to end before it did
 
     class SchedulerChecked(WorkEnded):
         """The look for queued work with no scheduler ended: `result` is what starting one said (None: no
