@@ -295,7 +295,9 @@ def main() -> None:
 
     def run_child(runs: Path, what: str) -> dict:
         proc = subprocess.run([sys.executable, __file__, "--child", str(runs), what], capture_output=True,
-                              text=True, env={**os.environ, "FMAE_CONFIG": "", "FMAE_TUI_BENCH_CAP": str(args.cap)})
+                              text=True, env={**os.environ, "FMAE_CONFIG": "", "FMAE_TUI_BENCH_CAP": str(args.cap),
+                                   # the app's remembered sort and screens: its defaults, not the user's
+                                   "FMAE_TUI_STATE": str(work / "tui-state.json")})
         if proc.returncode != 0:
             sys.exit(f"the app failed ({what}, {runs}):\n{proc.stderr[-3000:]}")
         return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -73,3 +73,42 @@ async def test_thousands_of_runs_draw_only_the_screen(tmp_path: Path, monkeypatc
         assert table.marked_run_dirs() == [table.runs[marked].path]
         line = next(t for t in screen_text(app).splitlines() if marked in t)
         assert line.split()[:2] == ["●", table.runs[marked].state]
+
+
+async def test_parts_newest_first_grow_the_order_as_a_whole_table_would(tmp_path: Path) -> None:
+    """A first look's parts come newest first and are appended to the order the table keeps; a newer
+    run, a changed one, a filter or a run gone make it again. At each step the rows shown are what one
+    table given everything at once shows."""
+    from dataclasses import replace
+
+    _make(tmp_path / "runs", "disfa", "vit_tiny", 0, 60 * 24 * 90)  # one real run: the app opens on Runs
+    infos = _infos(tmp_path)[:300]
+    newest_first = sorted(infos, key=lambda x: x[0].id, reverse=True)
+    app = create_app(runs_dir=tmp_path / "runs")
+    async with app.run_test(size=(120, 30)) as pilot:
+        table = await open_runs(app, pilot)
+        real = list(table.runs.values())[0]
+
+        def expect(held, filt=lambda info: True) -> list[str]:
+            return [i.id for i in sorted(held, key=lambda i: i.id, reverse=True) if filt(i)]
+
+        held = [real]
+        for part in (newest_first[1:50], newest_first[50:200]):  # older than all before them: appended
+            table.apply(part, [])
+            held += [info for info, _, _ in part]
+            assert table.shown_ids == expect(held)
+        table.apply(newest_first[:1], [])  # the newest of all: the order is made again
+        held.append(newest_first[0][0])
+        assert table.shown_ids == expect(held)
+        table.set_text_filter("seed:7")
+        assert table.shown_ids == expect(held, lambda i: i.config.get("seed") == 7)
+        table.apply(newest_first[200:], [])  # appended under a filter
+        held += [info for info, _, _ in newest_first[200:]]
+        assert table.shown_ids == expect(held, lambda i: i.config.get("seed") == 7)
+        seven = next(info for info in held if info.config.get("seed") == 7)
+        moved = replace(seven, config={**seven.config, "seed": 8})  # a changed run leaves the filter
+        table.apply([(moved, [], None)], [held[5].id])  # and one run goes
+        held = [moved if i.id == seven.id else i for i in held if i.id != held[5].id]
+        assert table.shown_ids == expect(held, lambda i: i.config.get("seed") == 7) and seven.id not in table.shown_ids
+        table.set_text_filter("")
+        assert table.shown_ids == expect(held) and table.row_count == 300

@@ -247,6 +247,10 @@ class RunsTable(VirtualTable):
         self._created: dict[str, float | None] = {}
         self._heads: dict[str, tuple[float | None, str, bool]] = {}  # run id -> headline, its label, degenerate
         self._newest: list[str] | None = None  # every run id, newest first (None: make it again)
+        # the ids that pass the filter, newest first (None: make it again), and runs come since that are all
+        # older than every run before them (a first look's parts): appended to it, not made again
+        self._shown_newest: list[str] | None = None
+        self._appended: list[str] = []
         self._seen: dict[str, bool] = {}  # run id -> whether it passes the filter
         self._sort_keys: dict[str, Any] = {}  # run id -> its key for the current sort
         self.live = self._live_cell
@@ -264,9 +268,19 @@ class RunsTable(VirtualTable):
         only for the runs that changed (or all, when the filter or the sort changes), so a look that
         changes one run of 10,000 costs a lookup a run and a sort of an almost sorted list."""
         if self._newest is None:
-            self._newest = sorted(self.runs, reverse=True)
+            self._newest, self._shown_newest = sorted(self.runs, reverse=True), None
         seen = self._seen
-        ids = [r for r in self._newest if (seen[r] if r in seen else seen.setdefault(r, self._visible(r)))]
+        if self._shown_newest is None:
+            self._shown_newest, self._appended = list(self._newest), []
+            keep = self._shown_newest
+        else:
+            keep, self._appended = self._appended, []
+        visible = [r for r in keep if (seen[r] if r in seen else seen.setdefault(r, self._visible(r)))]
+        if keep is self._shown_newest:
+            self._shown_newest = visible
+        else:
+            self._shown_newest += visible
+        ids = self._shown_newest
         key, first = SORTS[self.sort_column]
         if self.sort_column == "age":
             return ids[::-1] if self.sort_reverse != first else ids
@@ -282,6 +296,7 @@ class RunsTable(VirtualTable):
         if every:
             self._seen.clear()
             self._sort_keys.clear()
+            self._shown_newest = None
             return
         for r in run_ids:
             self._seen.pop(r, None)
@@ -363,7 +378,8 @@ class RunsTable(VirtualTable):
         """New facts about some runs (`run_rows`, made in a worker; or (info, tags[, images/s]) tuples):
         their rows only."""
         rows = [r if isinstance(r, RunRow) else run_rows([r])[0] for r in changed]
-        came = any(row.info.id not in self.runs for row in rows)
+        came = [row.info.id for row in rows if row.info.id not in self.runs]
+        known = len(came) < len(rows)  # a run the table had changed: its visibility is made again
         for row in rows:
             run_id = row.info.id
             self.runs[run_id], self.tags[run_id], self._hay[run_id] = row.info, row.tags, row.hay
@@ -374,8 +390,15 @@ class RunsTable(VirtualTable):
         for run_id in gone:
             for held in (self._marks, self.runs, self.tags, self.rates, self._hay, self._created, self._heads):
                 held.pop(run_id, None)
-        if came or gone:
+        newest = self._newest
+        if gone or (came and newest and max(came) > newest[-1]):
             self._newest = None
+        elif came and newest is not None:  # all older than every run held: the orders grow at their end
+            came.sort(reverse=True)
+            newest += came
+            self._appended += came
+        if known or gone:
+            self._shown_newest = None
         self._forget([row.info.id for row in rows] + gone)
         if not self._columns:
             return
@@ -444,6 +467,7 @@ class RunsTable(VirtualTable):
 
     def _refilter(self) -> None:
         self._seen.clear()
+        self._shown_newest = None
         if self._columns:
             self._show()
 
