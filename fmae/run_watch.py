@@ -30,6 +30,7 @@ from fmae.runs import load_run as load_run_info
 LOG_START_BYTES = 64 * 1024  # on first sight of a long log, start this far from its end
 LOG_MAX_PENDING = 16 * 1024  # an unfinished log line longer than this is shown anyway
 WATCHED = "status.json"  # also stat'ed: a writer that edits it in place (not by the contract) still shows
+_WATCHED_PATH = os.sep + WATCHED
 RACY_NS = 2_000_000_000  # a change this recent may share its mtime with the next one: look again
 RATE_TAIL = 8192  # bytes read from the end of metrics.jsonl for the last images/s
 PART_RUNS = 500  # a first scan with `part` hands over this many runs at a time (~0.2 s of reading)
@@ -260,25 +261,27 @@ class RunScanner:
         self.looks = 0
         self._finished: set[str] = set()  # runs last read in a final state (done, failed, cancelled)
         self.index_hits = 0  # runs a first look took from the runs folder's RunIndex
+        self._now = 0  # the last listing's time (ns): a signature newer than RACY_NS before it is not trusted
         self._prefix = os.path.join(str(self.runs_dir), "")  # a run's key in _SHARED is this + its id
         self._index_due: Callable[[], None] | None = None  # the index a first look left to write (save=False)
 
-    def _signatures(self) -> dict[str, tuple | None]:
+    def _signatures(self, stat: bool = True) -> dict[str, Any]:
+        """Run id -> signature (None: changed too recently to trust) of every folder in the runs folder;
+        without `stat`, run id -> its DirEntry, for a first look to stat as it reaches it (at 100,000 runs
+        the stats take ~1 s: the newest rows show before the oldest folders are stat'ed)."""
         try:
             entries = list(os.scandir(self.runs_dir))
         except (FileNotFoundError, NotADirectoryError):
             return {}
         except OSError as e:  # as list_runs says it
             raise FmaeError(f"runs folder {self.runs_dir}: cannot list it: {e.strerror or e}") from None
-        now = time.time_ns()
-        out: dict[str, tuple | None] = {}
+        self._now = time.time_ns()
+        out: dict[str, Any] = {}
         self.looks += 1
         # A finished run rarely changes (a retry, tags): its folder is stat'ed every FINAL_EVERY-th look,
         # so a look at 10,000 finished runs and a few running ones costs a listing and a few stats.
-        skip = self._finished if self.looks % FINAL_EVERY else ()
-        seen, watched = self._seen, os.sep + WATCHED
-        # A signature is flat, (folder mtime, inode, status.json's mtime, size, inode), so that the index
-        # keeps it as one JSON list and a first look compares it without building tuples (10,000 a look).
+        skip = self._finished if stat and self.looks % FINAL_EVERY else ()
+        seen = self._seen
         for entry in entries:
             name = entry.name
             if name[0] == ".":
@@ -289,19 +292,25 @@ class RunScanner:
             try:
                 if not entry.is_dir():
                     continue
-                st = entry.stat()
+                out[name] = self._signature(entry) if stat else entry
             except OSError:
                 continue
-            newest = st.st_mtime_ns
-            try:
-                w = os.stat(entry.path + watched)
-            except OSError:
-                sig: tuple = (newest, st.st_ino, None, None, None)
-            else:
-                sig = (newest, st.st_ino, w.st_mtime_ns, w.st_size, w.st_ino)
-                newest = max(newest, w.st_mtime_ns)
-            out[name] = None if now - newest < RACY_NS else sig
         return out
+
+    def _signature(self, entry: os.DirEntry) -> tuple | None:
+        """(folder mtime, inode, status.json's mtime, size, inode), or None when changed within RACY_NS of
+        the listing. Flat, so that the index keeps it as one JSON list and a first look compares it without
+        building tuples. OSError: the folder went."""
+        st = entry.stat()
+        newest = st.st_mtime_ns
+        try:
+            w = os.stat(entry.path + _WATCHED_PATH)
+        except OSError:
+            sig: tuple = (newest, st.st_ino, None, None, None)
+        else:
+            sig = (newest, st.st_ino, w.st_mtime_ns, w.st_size, w.st_ino)
+            newest = max(newest, w.st_mtime_ns)
+        return None if self._now - newest < RACY_NS else sig
 
     def scan(self, full: bool = False, part: Callable[[Changed], None] | None = None,
              part_size: int = PART_RUNS, save: bool = True) -> tuple[Changed, list[str]]:
@@ -312,7 +321,9 @@ class RunScanner:
         folder's index when it read a folder (0.2 CPU-s and 10 MB at 10,000 runs); `save=False` leaves it
         to `save_index()`, so a screen shows the look before it pays for that."""
         first = full or not self._seen
-        signatures = self._signatures()  # before reading: a change made while we read shows next time
+        # Listed before reading: a change made while we read shows next time. A first look stats each folder
+        # as it reaches it (newest first), a later one all of them first.
+        signatures = self._signatures(stat=not first)
         changed, present = [], set()
         if first:
             # A second scanner's first look (the app's alerts beside the Runs screen) waits for the
@@ -324,7 +335,11 @@ class RunScanner:
             fresh = False  # a run read from its folder that the index can keep
             with _FIRST_LOOKS:
                 for run_id in sorted(signatures, reverse=True):
-                    sig = signatures[run_id]
+                    try:
+                        sig = signatures[run_id] = self._signature(signatures[run_id])
+                    except OSError:  # gone since the listing
+                        del signatures[run_id]
+                        continue
                     # what another scanner of the process read first (one copy in memory), then the index
                     got = self._shared(run_id, sig) if not full else None
                     if got is None and index is not None:
