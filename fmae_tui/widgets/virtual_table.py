@@ -174,8 +174,8 @@ class VirtualTable(ScrollView, can_focus=True):
 
     def put_rows(self, rows: Iterable[tuple[str, Iterable[Any]]]) -> None:
         """Hold (or replace) rows' cells, shown or not: (key, cells) pairs."""
-        keys = []
-        held, held_widths, all_counts = self._rows, self._widths, self._counts
+        keys, added = [], []
+        held, held_widths = self._rows, self._widths
         for key, cells in rows:
             keys.append(key)
             row = [c if c.__class__ is str else as_cell(c) for c in cells]
@@ -184,8 +184,15 @@ class VirtualTable(ScrollView, can_focus=True):
             if key in held_widths:
                 self._forget_widths(key)
             held[key], held_widths[key] = row, widths
-            for counts, w in zip(all_counts, widths):
-                counts[w] += 1
+            added.append(widths)
+        size = len(added[0]) if added else 0
+        if all(len(w) == size for w in added):
+            for counts, column in zip(self._counts, zip(*added)):
+                counts.update(column)  # a column's widths counted in C, not one += a cell
+        else:  # rows of different lengths (DataTable's add_row takes any): each counts what it has
+            for widths in added:
+                for counts, w in zip(self._counts, widths):
+                    counts[w] += 1
         self._changed(rows=keys)
 
     def put_row(self, key: str, cells: Iterable[Any]) -> None:
