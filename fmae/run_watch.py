@@ -321,12 +321,18 @@ class RunScanner:
         fresh = False  # a run read from its folder that the index can keep
         with _FIRST_LOOKS:
             for run_id in sorted(signatures, reverse=True):
-                try:
-                    sig = signatures[run_id] = self._signature(signatures[run_id])
-                except OSError:  # gone since the listing
-                    del signatures[run_id]
-                    continue
-                # what another scanner of the process read first (one copy in memory), then the index
+                # What another scanner of the process read first (one copy in memory), under the signature
+                # it read it at: not stat'ed again (at 100,000 runs a second first look would stat them
+                # all, ~1 CPU-s); a later look compares it. Else the folder's own, and then the index.
+                hit = _SHARED.get((self._prefix + run_id, self.slim)) if not full else None
+                if hit is not None and hit[0] is not None:
+                    sig = signatures[run_id] = hit[0]
+                else:
+                    try:
+                        sig = signatures[run_id] = self._signature(signatures[run_id])
+                    except OSError:  # gone since the listing
+                        del signatures[run_id]
+                        continue
                 got = self._shared(run_id, sig) if not full else None
                 if got is None and index is not None:
                     if not opened:

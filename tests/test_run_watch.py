@@ -125,3 +125,24 @@ def test_the_index_is_written_by_the_scanner_that_keeps_it_and_when_it_asks(tmp_
     assert alerts.loads == 1 and alerts.index_hits == 1 and not alerts.index_due
     assert {info.id: tags for info, tags, _ in changed}[made[0].path.name] == ["x"]
     assert (index.stat().st_ino, index.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+
+
+def test_a_second_scanner_takes_the_first_ones_look_and_sees_a_change_at_its_next(tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    """The alerts' scanner beside the Runs screen's: its first look takes what the first read, without a
+    stat a folder; a folder changed since is read at its next look."""
+    from fmae import run_watch
+    from fmae.runs import RunDir, make_run_id
+
+    monkeypatch.setattr(run_watch, "RACY_NS", 0)
+    monkeypatch.setattr(run_watch, "_SHARED", {})
+    runs = tmp_path / "runs"
+    made = [RunDir.create(runs, make_run_id("bp4d", "vit_tiny", seed, fold=1, lambda_id=0.0),
+                          {"task": "au", "dataset": "bp4d", "seed": seed}, {}) for seed in range(2)]
+    run_watch.RunScanner(runs, slim=True).scan(save=False)
+    made[0].write_tags(["x"])
+    second = run_watch.RunScanner(runs, slim=True, writes_index=False)
+    changed, _ = second.scan()
+    assert second.loads == 0 and len(changed) == 2 and all(tags == [] for _, tags, _ in changed)  # as first read
+    changed, _ = second.scan()
+    assert second.loads == 1 and [(info.id, tags) for info, tags, _ in changed] == [(made[0].path.name, ["x"])]
