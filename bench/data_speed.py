@@ -164,7 +164,7 @@ def against_commit(rev: str, fast, n: int = 128, rounds: int = 8) -> list[str]:
     pipelines = {"then": then.fast_pipeline(fast.transform), "now": fast.fast}
     modules = {"then": then, "now": sys.modules[type(fast.fast).__module__]}
     cached = [fast.cache.read(fast.keys[i % len(fast)]) for i in range(n)]
-    as_worker = in_turn(pipelines, cached, rounds, lambda pipeline, img, seed: as_a_worker(pipeline, img, seed))
+    as_worker = in_turn(pipelines, cached, rounds, as_a_worker)
     lines = [f"crop + flip + RandAugment per item, this tree against fast_augment.py at {rev} ({rounds} rounds in "
              f"turn, {n} items), seeded as in a loader worker:"]
     ratios = _ratio_lines(lines, as_worker)
