@@ -134,12 +134,12 @@ def as_a_worker(transform, img, seed: int):
     return transform(img)
 
 
-def against_commit(rev: str, fast, n: int = 128, rounds: int = 8) -> list[str]:
+def against_commit(rev: str, fast, n: int = 128, rounds: int = 25) -> list[str]:
     """The OpenCV augmentation (crop + flip + RandAugment) of this tree against fast_augment.py as it was
     at git revision `rev`, on the same cached pixels and item seeds, the two timed in turn `rounds` times
     (so both see the same load): the speed-up of the fast path itself. Each item is seeded as a loader
     worker seeds it; per round, wall time and the thread's CPU time (which a busy machine disturbs less:
-    waiting for a core is not counted). The ratio of the best rounds, and of the medians."""
+    waiting for a core is not counted)."""
     import importlib.util
     import subprocess
 
@@ -168,8 +168,8 @@ def against_commit(rev: str, fast, n: int = 128, rounds: int = 8) -> list[str]:
     lines = [f"crop + flip + RandAugment per item, this tree against fast_augment.py at {rev} ({rounds} rounds in "
              f"turn, {n} items), seeded as in a loader worker:"]
     ratios = _ratio_lines(lines, as_worker)
-    met = min(ratios["CPU time"]) >= 1.5
-    lines.append(f"  target ≥ 1.5× (CPU time, best and median): {'met' if met else 'NOT met'}")
+    met = min(ratios["CPU time"][0], ratios["CPU time"][2]) >= 1.5
+    lines.append(f"  target ≥ 1.5× (CPU time, best and rounds' median): {'met' if met else 'NOT met'}")
     lines.append("  the same through seeded_transform as the main process calls it (which saves and restores the "
                  "generators, ~0.1 ms an item; earlier results were timed so):")
     _ratio_lines(lines, in_turn(pipelines, cached, rounds, seeded_transform))
@@ -186,30 +186,39 @@ def against_commit(rev: str, fast, n: int = 128, rounds: int = 8) -> list[str]:
 
 def in_turn(pipelines: dict, cached: list, rounds: int, call) -> dict[str, dict[str, list[float]]]:
     """ms an item of each pipeline over `cached` by `call(pipeline, img, seed)`, the pipelines in turn each
-    round: {"CPU time": {name: [per round]}, "wall": {…}}."""
+    round: {"CPU time": {name: [per round]}, "wall": {…}}. Each item gets a fresh copy of its pixels, untimed,
+    as a worker gets one from `PixelCache.read` (in the CPU's cache, not cold in memory)."""
     from fmae.data.torch.datasets import item_seed
 
     times: dict[str, dict[str, list[float]]] = {"CPU time": {k: [] for k in pipelines}, "wall": {k: [] for k in pipelines}}
     for _ in range(rounds):
         for name, pipeline in pipelines.items():
-            start, start_cpu = time.perf_counter(), time.thread_time()
+            wall = cpu = 0.0
             for i, img in enumerate(cached):
-                call(pipeline, img, item_seed(0, 0, i))
-            times["CPU time"][name].append((time.thread_time() - start_cpu) / len(cached) * 1e3)
-            times["wall"][name].append((time.perf_counter() - start) / len(cached) * 1e3)
+                pixels = img.copy()
+                start, start_cpu = time.perf_counter(), time.thread_time()
+                call(pipeline, pixels, item_seed(0, 0, i))
+                cpu += time.thread_time() - start_cpu
+                wall += time.perf_counter() - start
+            times["CPU time"][name].append(cpu / len(cached) * 1e3)
+            times["wall"][name].append(wall / len(cached) * 1e3)
     return times
 
 
-def _ratio_lines(lines: list[str], times: dict[str, dict[str, list[float]]]) -> dict[str, tuple[float, float]]:
+def _ratio_lines(lines: list[str], times: dict[str, dict[str, list[float]]]) -> dict[str, tuple[float, ...]]:
+    """Per clock: the best rounds' ratio, the medians' ratio, and the median of each round's then/now (the
+    two timed back to back, so a burst of load that hits a round hits both)."""
     import statistics
 
     ratios = {}
     for label, of in times.items():
         best = {k: min(v) for k, v in of.items()}
         med = {k: statistics.median(v) for k, v in of.items()}
-        ratios[label] = best["then"] / best["now"], med["then"] / med["now"]
+        paired = statistics.median(a / b for a, b in zip(of["then"], of["now"]))
+        ratios[label] = best["then"] / best["now"], med["then"] / med["now"], paired
         lines.append(f"    {label}: then {best['then']:.3f} ms (median {med['then']:.3f}), now {best['now']:.3f} ms "
-                     f"(median {med['now']:.3f}): {ratios[label][0]:.2f}× (median {ratios[label][1]:.2f}×)")
+                     f"(median {med['now']:.3f}): {ratios[label][0]:.2f}× (medians {ratios[label][1]:.2f}×, "
+                     f"rounds' median {paired:.2f}×)")
     return ratios
 
 
@@ -245,8 +254,9 @@ def op_costs(modules: dict, pipelines: dict, cached: list, rounds: int = 4) -> d
             pipeline.steps = [timed(into, "step " + type(step).__name__.strip("_"), step) for step in saved_steps]
             try:
                 for i, img in enumerate(cached):
+                    pixels = img.copy()  # as in_turn: what PixelCache.read hands a worker
                     seed_as_a_worker(item_seed(0, epoch, i))
-                    pipeline(img)
+                    pipeline(pixels)
             finally:
                 module._OPS.update(saved_ops)
                 pipeline.steps = saved_steps

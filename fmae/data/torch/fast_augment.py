@@ -85,8 +85,6 @@ class _Crop:
         crop = img[i:i + h, j:j + w]
         if self.flip_p is not None and _flip_drawn(self.flip_p):
             crop = cv2.flip(crop, 1)
-        else:
-            crop = np.ascontiguousarray(crop)  # OpenCV resizes a compact copy ~1.4x faster than the strided view
         out_h, out_w = t.size
         if (h, w) == (out_h, out_w):
             return crop
