@@ -215,12 +215,10 @@ class RunScreen(FmaeScreen):
                 x = _number(rec.get("epoch_frac"))
                 x = x if x is not None else epoch
                 loss, lr = _number(rec.get("loss_au", rec.get("loss"))), _number(rec.get("lr"))
-                if x is not None and loss is not None:
-                    self._train["x"].append(x)
-                    self._train["loss"].append(loss)
-                if x is not None and _number(rec.get("loss_id")) is not None:
-                    self._identity["x"].append(x)
-                    self._identity["loss"].append(float(rec["loss_id"]))
+                for series, value in ((self._train, loss), (self._identity, _number(rec.get("loss_id")))):
+                    if x is not None and value is not None:
+                        series["x"].append(x)
+                        series["loss"].append(value)
                 if x is not None and lr is not None:
                     self._train["lr_x"].append(x)
                     self._train["lr"].append(lr)
