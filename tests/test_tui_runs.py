@@ -404,6 +404,10 @@ async def test_datasets_by_key_and_when_there_are_no_runs(runs: dict[str, RunDir
         await pilot.press("escape")
         await open_runs(app, pilot)
         assert "no runs yet in" in screen_text(app)
+        _make(tmp_path / "empty", "bp4d", "vit_tiny", 0, 1, fold=1, lam=0.0)  # the next look shows it
+        await wait_until(pilot, lambda: app.screen.table.row_count == 1, timeout=10)
+        await pilot.pause()
+        assert "1 run · sort age" in screen_text(app)
 
 
 async def test_help_lists_the_runs_and_run_keys(runs: dict[str, RunDir], tmp_path: Path) -> None:

@@ -182,7 +182,8 @@ class RunsScreen(FmaeScreen):
             self._show_bar()
             self._show_selected()
         if full and error is None:
-            self.notify(f"read {len(self.table.runs)} runs again", markup=False)
+            n = len(self.table.runs)
+            self.notify(f"read {n} {'run' if n == 1 else 'runs'} again", markup=False)
         self.scans += 1
 
     def _tick_ages(self) -> None:
@@ -197,7 +198,8 @@ class RunsScreen(FmaeScreen):
             where = self.fmae.project.runs_dir
             text = Text(f"no runs yet in {where}" + ("" if where.is_dir() else " (not created yet)"))
         else:
-            text = Text(f"{shown} of {total} runs" if shown != total else f"{total} runs")
+            noun = "run" if total == 1 else "runs"
+            text = Text(f"{shown} of {total} {noun}" if shown != total else f"{total} {noun}")
             if table.state_filter:
                 text.append(" · state ").append(table.state_filter, "bold")
             if table.text_filter.strip():
