@@ -75,6 +75,24 @@ def study_cell(config: dict[str, Any], wide: bool) -> str:
         return _study_cell.__wrapped__(*key)
 
 
+def _epoch_cell(info: RunInfo) -> str:
+    # An eval run trains no epochs: its config's `epochs` is its source's.
+    epoch, epochs = progress(info)
+    if info.state == "corrupt" or info.config.get("eval_checkpoint") or epoch is None and epochs is None:
+        return "-"
+    return f"{epoch or 0}/{epochs or '?'}"
+
+
+def _result_cell(info: RunInfo, head: tuple[float | None, str, bool]) -> str | Text:
+    value, label, degenerate = head
+    if info.state == "corrupt":
+        problem = info.problem or "unreadable"
+        return Text(problem if len(problem) <= RESULT_WIDTH else problem[:RESULT_WIDTH - 1] + "…", "red")
+    if degenerate:
+        return DEGENERATE_CELL
+    return "-" if value is None else f"{value:.3f} {label}"
+
+
 class RunsTable(VirtualTable):
     """Holds every run it was given; shows those that pass the filter, in the chosen order. The cursor
     belongs to a run id, not a row number: whatever moves rows around, it stays on the same run."""
@@ -171,42 +189,36 @@ class RunsTable(VirtualTable):
             self._seen.pop(r, None)
             self._sort_keys.pop(r, None)
 
-    def _cells(self, run_id: str) -> list[str | Text]:
-        """The stored cells (every column but the live ones, which `_live_cell` draws); plain strings
-        where a cell has no style of its own. Made for every run a look brings (10,000 at a first look, on
-        the app's thread): one pass, styled cells shared between rows (they are never changed in place)."""
-        info, wide = self.runs[run_id], self._wide
-        c, state = info.config, info.state
-        epoch, epochs = progress(info)
-        value, label, degenerate = self._heads[run_id]
-        if state == "corrupt":
-            problem = info.problem or "unreadable"
-            result: str | Text = Text(problem if len(problem) <= RESULT_WIDTH else problem[:RESULT_WIDTH - 1] + "…",
-                                      "red")
-        elif degenerate:
-            result = DEGENERATE_CELL
-        else:
-            result = "-" if value is None else f"{value:.3f} {label}"
-        model = str(c.get("model") or "")
-        rate = self.rates.get(run_id)
-        cells = {
-            "mark": MARK if run_id in self._marks else " ",
-            "state": _STATE_CELLS.get(state) or Text(state, STATE_STYLE.get(state, ""), end=""),
-            "kind": _plain(kind_label(c, wide) if c else None),
-            "dataset": _plain(c.get("dataset")),
-            "cell": study_cell(c, wide),
+    def _cells(self, run_id: str) -> tuple[str | Text, ...]:
+        return self._cell_rows([run_id])[0]
+
+    def _cell_rows(self, run_ids: list[str]) -> list[tuple[str | Text, ...]]:
+        """The stored cells of these runs (every column but the live ones, which `_live_cell` draws); plain
+        strings where a cell has no style of its own. Made for every run a look brings (100,000 at a first
+        look, on the app's thread): a column at a time, each a comprehension (a dict of cells a row cost
+        ~8 µs: 0.8 CPU-s at 100,000 runs), styled cells shared between rows (never changed in place)."""
+        runs, wide, heads = self.runs, self._wide, self._heads
+        infos = [runs[r] for r in run_ids]
+        configs = [i.config for i in infos]
+        column: dict[str, Any] = {
+            "mark": lambda: [MARK if r in self._marks else " " for r in run_ids],
+            "state": lambda: [_STATE_CELLS.get(i.state) or Text(i.state, STATE_STYLE.get(i.state, ""), end="")
+                              for i in infos],
+            "kind": lambda: [_plain(kind_label(c, wide) if c else None) for c in configs],
+            "dataset": lambda: [_plain(c.get("dataset")) for c in configs],
+            "cell": lambda: [study_cell(c, wide) for c in configs],
             # At 80 columns "vit_" says nothing the row does not: every model is a ViT.
-            "model": _plain(model if wide else model.removeprefix("vit_")),
-            "recipe": _plain(c.get("recipe")),
-            # An eval run trains no epochs: its config's `epochs` is its source's.
-            "epoch": "-" if state == "corrupt" or c.get("eval_checkpoint") or epoch is None and epochs is None
-                     else f"{epoch or 0}/{epochs or '?'}",
-            "result": result,
-            "rate": "-" if rate is None else f"{rate:.0f}",
-            "tags": _plain(" ".join(self.tags.get(run_id, ()))[:30]),
-            "run": run_id,
+            "model": lambda: [_plain(m if wide else m.removeprefix("vit_"))
+                              for m in (str(c.get("model") or "") for c in configs)],
+            "recipe": lambda: [_plain(c.get("recipe")) for c in configs],
+            "epoch": lambda: [_epoch_cell(i) for i in infos],
+            "result": lambda: [_result_cell(i, heads[i.id]) for i in infos],
+            "rate": lambda: ["-" if rate is None else f"{rate:.0f}" for rate in map(self.rates.get, run_ids)],
+            "tags": lambda: [_plain(" ".join(self.tags.get(r, ()))[:30]) for r in run_ids],
+            "run": lambda: run_ids,
         }
-        return [cells.get(col, "") for col in self._columns]
+        blank = [""] * len(run_ids)
+        return list(zip(*[column[col]() if col in column else blank for col in self._columns]))
 
     def _live_cell(self, run_id: str, column: str) -> str:
         info = self.runs[run_id]
@@ -235,7 +247,8 @@ class RunsTable(VirtualTable):
     def rebuild(self) -> None:
         """Every run's cells again, from scratch: for new columns."""
         self.rebuilds += 1
-        self.put_rows((run_id, self._cells(run_id)) for run_id in self.runs)
+        ids = list(self.runs)
+        self.put_rows(zip(ids, self._cell_rows(ids)))
         self._show()
 
     def _show(self) -> None:
@@ -272,7 +285,8 @@ class RunsTable(VirtualTable):
         if not self._columns:
             return
         self.drop_rows(gone)
-        self.put_rows((row.info.id, self._cells(row.info.id)) for row in rows)
+        ids = [row.info.id for row in rows]
+        self.put_rows(zip(ids, self._cell_rows(ids)))
         self._show()
 
     def set_tags(self, run_id: str, tags: list[str]) -> None:
@@ -359,7 +373,7 @@ class RunsTable(VirtualTable):
 
     def clear_marks(self) -> None:
         marked, self._marks = [r for r in self._marks if r in self.runs], {}
-        self.put_rows((run_id, self._cells(run_id)) for run_id in marked)
+        self.put_rows(zip(marked, self._cell_rows(marked)))
         self.post_message(self.MarksChanged())
 
     # --- selection ----------------------------------------------------------------------------------

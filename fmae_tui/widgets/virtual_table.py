@@ -121,7 +121,7 @@ class VirtualTable(ScrollView, can_focus=True):
         self._keys: list[str] = []  # column keys in order
         self._fixed: dict[int, int] = {}  # column index -> width for live columns (drawn, never counted)
         self._padding: list[tuple[int, int]] = []
-        self._rows: dict[str, list[str | Text]] = {}  # every row held, shown or not
+        self._rows: dict[str, tuple[str | Text, ...]] = {}  # every row held, shown or not
         self._widths: dict[str, tuple[int, ...]] = {}
         self._counts: list[Counter[int]] = []  # per column: how many held cells have each width
         self._keys_shown: list[str] = []  # keys shown, top to bottom
@@ -174,24 +174,33 @@ class VirtualTable(ScrollView, can_focus=True):
 
     def put_rows(self, rows: Iterable[tuple[str, Iterable[Any]]]) -> None:
         """Hold (or replace) rows' cells, shown or not: (key, cells) pairs."""
-        keys, added = [], []
+        pairs = [(key, tuple(cells)) for key, cells in rows]
+        keys = [key for key, _ in pairs]
         held, held_widths = self._rows, self._widths
-        for key, cells in rows:
-            keys.append(key)
-            row = [c if c.__class__ is str else as_cell(c) for c in cells]
-            # one pass a cell: at 10,000 runs this loop is most of a first look's cost on the app's thread
-            widths = tuple([len(c) if c.__class__ is str and c.isascii() else width_of(c) for c in row])
-            if key in held_widths:
-                self._forget_widths(key)
-            held[key], held_widths[key] = row, widths
-            added.append(widths)
-        size = len(added[0]) if added else 0
-        if all(len(w) == size for w in added):
-            for counts, column in zip(self._counts, zip(*added)):
-                counts.update(column)  # a column's widths counted in C, not one += a cell
-        else:  # rows of different lengths (DataTable's add_row takes any): each counts what it has
-            for widths in added:
-                for counts, w in zip(self._counts, widths):
+        size = len(pairs[0][1]) if pairs else 0
+        if all(len(cells) == size for _, cells in pairs) and len(set(keys)) == len(keys):
+            # A column at a time, in C where it can be (100,000 rows at a first look: a pass a cell was
+            # most of its cost on the app's thread): an all-ASCII column of strings is measured by len.
+            columns = [[c if c.__class__ is str or c.__class__ is Text else as_cell(c) for c in column]
+                       for column in zip(*[cells for _, cells in pairs])]
+            widths = [list(map(len, column)) if all(c.__class__ is str for c in column)
+                      and "".join(column).isascii() else list(map(width_of, column)) for column in columns]
+            cell_rows, width_rows = list(zip(*columns)), list(zip(*widths))
+            if not held_widths.keys().isdisjoint(keys):
+                for key in keys:
+                    if key in held_widths:
+                        self._forget_widths(key)
+            held.update(zip(keys, cell_rows))
+            held_widths.update(zip(keys, width_rows))
+            for counts, column_widths in zip(self._counts, widths):
+                counts.update(column_widths)  # a column's widths counted in C, not one += a cell
+        else:  # rows of different lengths (DataTable's add_row takes any), or a key twice: a row at a time
+            for key, cells in pairs:
+                row = tuple(as_cell(c) for c in cells)
+                if key in held_widths:
+                    self._forget_widths(key)
+                held[key], held_widths[key] = row, tuple(map(width_of, row))
+                for counts, w in zip(self._counts, held_widths[key]):
                     counts[w] += 1
         self._changed(rows=keys)
 
