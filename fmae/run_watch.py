@@ -19,11 +19,11 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
-from fmae.atomic_write import write_bytes_atomic
 from fmae.errors import FmaeError
 from fmae.file_tail import FileTail
+from fmae.run_index import FIRST_PART, INDEX_NAME, INDEX_VERSION, LAST_PART, RunIndex
 from fmae.runs import FINAL_STATES, MetricsTail, RunDir, RunInfo
 from fmae.runs import load_run as load_run_info
 
@@ -34,11 +34,7 @@ _WATCHED_PATH = os.sep + WATCHED
 RACY_NS = 2_000_000_000  # a change this recent may share its mtime with the next one: look again
 RATE_TAIL = 8192  # bytes read from the end of metrics.jsonl for the last images/s
 PART_RUNS = 500  # a first scan with `part` hands over this many runs at a time (~0.2 s of reading)
-FIRST_PART = 50  # … after a first part of this many, and doubling up to LAST_PART
-LAST_PART = 8000
 FINAL_EVERY = 5  # finished runs' folders are stat'ed every this many looks (others at every look)
-INDEX_NAME = ".runs-table.json"  # a slim scanner's first look in a new process starts from this (see RunIndex)
-INDEX_VERSION = 3  # 3: a signature is one flat list
 
 
 class LogTail(FileTail):
@@ -153,104 +149,12 @@ _SHARED: dict[tuple[str, bool], tuple[tuple, tuple[RunInfo, list[str], Optional[
 _FIRST_LOOKS = threading.Lock()
 
 
-class RunIndex:
-    """What a slim scanner read of each run folder (info with a slim summary, tags, images/s), kept in the
-    runs folder under the signature it was read at, so that the app's first look in a new process reads
-    only the folders whose signature moved: at 10,000 runs, one JSON file instead of 30,000 files and a
-    TOML parse each (~3 s). One JSON line a run, newest first as a first look goes, so the look reads the
-    index as it goes and the first rows show before the rest of the file is parsed. The folders stay the
-    truth: a missing, damaged or other release's index only costs one slow look, and an entry is trusted
-    exactly as far as the scanner trusts its own memory between looks (every file that can change is
-    replaced atomically, moving the folder's mtime)."""
-
-    def __init__(self, runs_dir: Path) -> None:
-        self.path = runs_dir / INDEX_NAME
-        self.runs_dir = runs_dir
-        self.stale = False  # it holds a run the look did not ask for (one gone), or is damaged
-        self.hits = 0
-        self._lines: Any = None  # the open file, read in chunks of lines
-        self._next: list | None = None  # the next entry not yet asked for
-        self._ahead: list[list] = []  # parsed entries after it, reversed (popped from the end)
-        self._chunk = FIRST_PART
-
-    def open(self) -> None:
-        try:
-            self._lines = open(self.path, "rb")
-            header = json.loads(self._lines.readline())
-            if not isinstance(header, dict) or header.get("fmae_runs_table") != INDEX_VERSION:
-                raise ValueError("another release's index")
-        except (OSError, ValueError):
-            self.close(stale=True)
-            return
-        self._advance()
-
-    def _advance(self) -> None:
-        self._next = None
-        if not self._ahead and self._lines is not None:
-            # A chunk of lines parsed as one array: one parse shares the key strings of its runs' dicts
-            # (a line at a time made every run's keys anew: +40 MiB at 10,000 runs). Chunks double.
-            lines = [line for line in (self._lines.readline() for _ in range(self._chunk)) if line.strip()]
-            self._chunk = min(2 * self._chunk, LAST_PART)
-            try:
-                entries = json.loads(b"[" + b",".join(lines) + b"]")
-                if not all(isinstance(e, list) and len(e) == 9 and isinstance(e[0], str) for e in entries):
-                    raise ValueError("not an entry")
-            except ValueError:
-                self.close(stale=True)
-                return
-            self._ahead = entries[::-1]
-        if not self._ahead:
-            self.close()
-            return
-        self._next = self._ahead.pop()
-
-    def close(self, stale: bool = False) -> None:
-        if self._lines is not None:
-            left = self._next is not None or bool(self._ahead) or bool(self._lines.readline().strip())
-            self.stale = self.stale or stale or left
-            self._lines.close()
-        elif stale:
-            self.stale = True
-        self._lines, self._next, self._ahead = None, None, []
-
-    def get(self, run_id: str, sig: tuple | None) -> tuple[RunInfo, list[str], float | None] | None:
-        """The run as it was read under `sig`, or None (not indexed, read under another, damaged). Asked
-        newest first: entries passed over are of runs gone."""
-        while self._next is not None and self._next[0] > run_id:
-            self.stale = True
-            self._advance()
-        entry = self._next
-        if entry is None or entry[0] != run_id:
-            return None
-        self._advance()
-        _, old_sig, state, config, status, summary, problem, tags, rate = entry
-        if sig is None or not isinstance(old_sig, list) or tuple(old_sig) != sig or not (
-                isinstance(config, dict) and isinstance(status, dict) and isinstance(tags, list)):
-            return None
-        self.hits += 1
-        return RunInfo(run_id, self.runs_dir / run_id, state, config, status, summary, problem), tags, rate
-
-    def save(self, got: dict[str, tuple[tuple, tuple[RunInfo, list[str], float | None]]]) -> None:
-        """Every run of a look (id -> (signature, what it gave), newest first); a read-only runs folder
-        keeps none."""
-        def lines() -> Iterator[bytes]:  # one at a time: the whole index is never a string in memory
-            yield json.dumps({"fmae_runs_table": INDEX_VERSION}).encode() + b"\n"
-            encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps makes one a call
-            for run_id, (sig, (info, tags, rate)) in got.items():
-                yield encode([run_id, sig, info.state, info.config, info.status, info.summary, info.problem,
-                              tags, rate]).encode() + b"\n"
-
-        try:
-            write_bytes_atomic(self.path, lines())
-        except (OSError, TypeError, ValueError):
-            pass  # the look was right; only the next process's first look is slower
-
-
 class RunScanner:
     """`scan()` returns the runs that appeared or changed (with their tags and last images/s) and the ids
     that went away."""
 
-    def __init__(self, runs_dir: Path, slim: bool = False, writes_index: bool = True) -> None:
+    def __init__(self, runs_dir: Path, slim: bool = False, writes_index: bool = True,
+                 extras_tag: str | None = None) -> None:
         self.runs_dir = Path(runs_dir)
         self.slim = slim  # summaries without their per-AU tables (see slim_summary)
         # A slim first look reads the runs folder's index; one scanner of a process writes it (the app's
@@ -264,6 +168,11 @@ class RunScanner:
         self._now = 0  # the last listing's time (ns): a signature newer than RACY_NS before it is not trusted
         self._prefix = os.path.join(str(self.runs_dir), "")  # a run's key in _SHARED is this + its id
         self._index_due: Callable[[], None] | None = None  # the index a first look left to write (save=False)
+        # The owner's JSON-able extra of a run (the Runs table's headline, made from the run as handed out),
+        # kept in the index beside the run under `extras_tag` and given back with it: dropped here whenever
+        # the run is handed out anew, so an extra found here is of the run as last handed out.
+        self.extras: dict[str, Any] = {}
+        self.extras_tag = extras_tag
 
     def _listing(self) -> list[os.DirEntry]:
         """The runs folder's entries but hidden ones (the index, the report's cache), as one look sees it."""
@@ -316,6 +225,9 @@ class RunScanner:
         # first one's, then takes what it read instead of reading 10,000 folders again; `full` reads.
         size = FIRST_PART  # the first part small: the screen's top rows show at once
         index = RunIndex(self.runs_dir) if self.slim and not full else None
+        if index is not None:
+            index.extras_tag = self.extras_tag
+        extras = self.extras
         opened = False
         kept: dict[str, tuple] = {}  # what the index will hold: runs read under a settled signature
         fresh = False  # a run read from its folder that the index can keep
@@ -334,6 +246,7 @@ class RunScanner:
                         del signatures[run_id]
                         continue
                 got = self._shared(run_id, sig) if not full else None
+                extra = None
                 if got is None and index is not None:
                     if not opened:
                         index.open()
@@ -342,6 +255,11 @@ class RunScanner:
                     if got is not None:
                         self.index_hits += 1
                         _SHARED[(self._prefix + run_id, self.slim)] = (sig, got)
+                        extra = index.extra
+                if extra is None:
+                    extras.pop(run_id, None)
+                else:
+                    extras[run_id] = extra
                 if got is None:
                     got = self._read(run_id, sig, shared=False)
                     fresh = fresh or (got is not None and sig is not None)
@@ -360,7 +278,7 @@ class RunScanner:
         if index is not None and opened:
             index.close()
             if self.writes_index and (fresh or index.stale or index.hits != len(kept)):
-                self._index_due = functools.partial(index.save, kept)
+                self._index_due = functools.partial(index.save, kept, extras)
                 if save:
                     self.save_index()
         removed = [run_id for run_id in self._seen if run_id not in present]
@@ -389,6 +307,7 @@ class RunScanner:
                 listed.add(name)
                 continue
             got = self._read(name, sig, shared=True)
+            self.extras.pop(name, None)
             if got is not None:
                 changed.append(self._note(got))
                 listed.add(name)
@@ -403,6 +322,7 @@ class RunScanner:
         for run_id in removed:
             _SHARED.pop((self._prefix + run_id, self.slim), None)
             self._finished.discard(run_id)
+            self.extras.pop(run_id, None)
 
     @property
     def index_due(self) -> bool:

@@ -58,7 +58,7 @@ LAYERS = (
     ("predict", ("fmae.predict", "fmae.visualize")),
     ("models", ("fmae.models",)),
     ("data.torch", ("fmae.data.torch",)),
-    ("readers", ("fmae.report", "fmae.run_watch", "fmae.run_cache", "fmae.run_diff", "fmae.run_speed",
+    ("readers", ("fmae.report", "fmae.run_watch", "fmae.run_index", "fmae.run_cache", "fmae.run_diff", "fmae.run_speed",
                  "fmae.notify")),
     ("study", ("fmae.study", "fmae.experiments", "fmae.queue")),
     ("run", ("fmae.runs", "fmae.run_spec", "fmae.run_config", "fmae.summary", "fmae.metric_catalogue",

@@ -146,3 +146,65 @@ def test_a_second_scanner_takes_the_first_ones_look_and_sees_a_change_at_its_nex
     assert second.loads == 0 and len(changed) == 2 and all(tags == [] for _, tags, _ in changed)  # as first read
     changed, _ = second.scan()
     assert second.loads == 1 and [(info.id, tags) for info, tags, _ in changed] == [(made[0].path.name, ["x"])]
+
+
+def test_the_index_gives_back_the_owners_extras_of_unchanged_runs_and_reads_an_old_index_once(
+        tmp_path: Path, monkeypatch) -> None:
+    """The Runs table's headline and creation kept in the index beside each run (RunScanner.extras): a new
+    process's first look makes the same RunRows without parsing a summary; a changed run's extra is made
+    again; another tag's extras are not taken; a release-3 index is read, then written in this form."""
+    import json
+
+    from fmae import run_watch
+    from fmae.runs import RunDir, make_run_id
+    from fmae_tui.widgets import run_rows as rows_module
+    from fmae_tui.widgets.run_rows import EXTRAS_TAG, run_rows
+
+    monkeypatch.setattr(run_watch, "RACY_NS", 0)
+    runs = tmp_path / "runs"
+    made = []
+    for seed in range(2):
+        run = RunDir.create(runs, make_run_id("bp4d", "vit_tiny", seed, fold=1, lambda_id=0.0),
+                            {"task": "au", "dataset": "bp4d", "seed": seed}, {})
+        run.write_summary({"metric": "f1_best_mean", "best_value": 0.5 + seed / 10, "best_epoch": 1,
+                           "best": {"epoch": 1, "best_threshold": 0.99 if seed else 0.4}})
+        run.mark_ended("done", exit_code=0)
+        made.append(run)
+
+    def look(tag: str | None = EXTRAS_TAG) -> tuple[run_watch.RunScanner, dict]:
+        monkeypatch.setattr(run_watch, "_SHARED", {})
+        scanner = run_watch.RunScanner(runs, slim=True, extras_tag=tag)
+        parts: list = []
+        changed, _ = scanner.scan(part=lambda got: parts.extend(run_rows(got, scanner.extras)), save=False)
+        parts += run_rows(changed, scanner.extras)
+        scanner.save_index()
+        return scanner, {row.info.id: (row.head, row.created, row.hay, row.info.summary) for row in parts}
+
+    truth = {row.info.id: (row.head, row.created, row.hay, row.info.summary)
+             for row in run_rows(run_watch.RunScanner(runs, slim=True).scan(full=True)[0])}
+    assert truth[made[1].path.name][0] == (0.6, "F1 best-thr", True)  # its best threshold at the grid's edge
+    first, shown = look()
+    assert first.loads == 2 and shown == truth
+    parsed: list = []
+    real = rows_module.as_summary
+    monkeypatch.setattr(rows_module, "as_summary", lambda s: parsed.append(s) or real(s))
+    second, shown = look()
+    assert second.index_hits == 2 and shown == truth and parsed == []  # no summary parsed
+    changed = made[0].path.name
+    made[0].write_tags(["x"])  # changed: read again, its extra made again (and only its)
+    third, shown = look()
+    assert third.loads == 1 and len(parsed) == 1 and "x" in shown[changed][2]
+    truth[changed] = shown[changed]
+    assert shown == truth
+    parsed.clear()
+    fourth, shown = look(tag="another")  # another owner's extras: the runs taken, the extras made anew
+    assert fourth.index_hits == 2 and len(parsed) == 2 and shown == truth
+    index = runs / run_watch.INDEX_NAME
+    header, *entries = index.read_text().splitlines()
+    assert json.loads(header) == {"fmae_runs_table": run_watch.INDEX_VERSION, "extras": "another"}
+    old = [json.dumps({"fmae_runs_table": 3})] + [json.dumps(json.loads(e)[:9]) for e in entries]
+    index.write_text("\n".join(old) + "\n")  # as release 3 wrote it: no extras
+    fifth, shown = look()
+    assert fifth.loads == 0 and fifth.index_hits == 2 and shown == truth
+    header, *entries = index.read_text().splitlines()
+    assert json.loads(header)["fmae_runs_table"] == run_watch.INDEX_VERSION and len(json.loads(entries[0])) == 10

@@ -25,6 +25,7 @@ from fmae_tui.run_kind import METRIC_LONG, degenerate_text, headline, headline_a
 from fmae_tui.screens.base import FmaeScreen, WorkEnded
 from fmae_tui.widgets.key_footer import KeyFooter
 from fmae_tui.widgets.prompt_bar import PromptBar
+from fmae_tui.widgets.run_rows import EXTRAS_TAG
 from fmae_tui.widgets.runs_table import RunsTable, ago, duration_s, run_rows
 
 
@@ -87,7 +88,7 @@ class RunsScreen(FmaeScreen):
         yield KeyFooter(show_command_palette=False)  # ^p still works (help lists it); 80 columns need the room
 
     def on_mount(self) -> None:
-        self._scanner = RunScanner(self.fmae.project.runs_dir, slim=True)
+        self._scanner = RunScanner(self.fmae.project.runs_dir, slim=True, extras_tag=EXTRAS_TAG)
         saved = prefs.load("runs")
         self.table.set_sort(str(saved.get("sort", "age")), saved.get("reverse") if isinstance(saved.get("reverse"), bool) else None)
         self.table.set_width(self.app.size.width)
@@ -140,11 +141,11 @@ class RunsScreen(FmaeScreen):
         # Rows are made in the worker (summaries parsed and slimmed there); a first look at 10,000 runs
         # arrives in parts, newest first, so the top of the table shows while the rest are read.
         def part(changed: list) -> None:
-            self.post_message(self.ScannedPart(run_rows(changed)))
+            self.post_message(self.ScannedPart(run_rows(changed, scanner.extras)))
 
         def look() -> tuple[list, list[str]]:
             changed, removed = scanner.scan(full=full, part=part, save=False)  # the index: once shown
-            return run_rows(changed), removed
+            return run_rows(changed, scanner.extras), removed
 
         # an unreadable runs folder (FmaeError, OSError) is said as it is, and the looking goes on
         self.in_thread(look, self.Scanned, group="runs-scan", context=full, plain=(FmaeError, OSError))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -260,14 +261,16 @@ class RunsTable(VirtualTable):
         """New facts about some runs (`run_rows`, made in a worker; or (info, tags[, images/s]) tuples):
         their rows only."""
         rows = [r if isinstance(r, RunRow) else run_rows([r])[0] for r in changed]
-        came = [row.info.id for row in rows if row.info.id not in self.runs]
+        infos = [row.info for row in rows]
+        ids = [info.id for info in infos]
+        came = [run_id for run_id in ids if run_id not in self.runs]
         known = len(came) < len(rows)  # a run the table had changed: its visibility is made again
-        for row in rows:
-            run_id = row.info.id
-            self.runs[run_id], self.tags[run_id], self._hay[run_id] = row.info, row.tags, row.hay
-            self._heads[run_id], self._created[run_id] = row.head, row.created
-            if row.rate is not None:
-                self.rates[run_id] = row.rate
+        # a field at a time, in C (100,000 runs at a first look)
+        self.runs.update(zip(ids, infos))
+        for held, field in ((self.tags, "tags"), (self._hay, "hay"), (self._heads, "head"),
+                            (self._created, "created")):
+            held.update(zip(ids, map(attrgetter(field), rows)))
+        self.rates.update((row.info.id, row.rate) for row in rows if row.rate is not None)
         gone = [run_id for run_id in removed if run_id in self.runs]
         for run_id in gone:
             for held in (self._marks, self.runs, self.tags, self.rates, self._hay, self._created, self._heads):
@@ -281,11 +284,10 @@ class RunsTable(VirtualTable):
             self._appended += came
         if known or gone:
             self._shown_newest = None
-        self._forget([row.info.id for row in rows] + gone)
+        self._forget(ids + gone)
         if not self._columns:
             return
         self.drop_rows(gone)
-        ids = [row.info.id for row in rows]
         self.put_rows(zip(ids, self._cell_rows(ids)))
         self._show()
 

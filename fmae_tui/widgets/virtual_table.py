@@ -28,7 +28,7 @@ from textual.strip import Strip
 from textual.widgets.data_table import Column, ColumnKey, Row, RowKey
 
 PAD = 1  # blank cells on each side of a column, as DataTable's cell_padding
-_KINDS = ("vtable--cursor", "vtable--even-row", "vtable--odd-row")  # how a row's line can be drawn
+_HELD = {str, Text}  # what a row's cells are held as (see as_cell)
 
 
 def as_cell(value: Any) -> str | Text:
@@ -44,6 +44,18 @@ def width_of(value: str | Text) -> int:
     if isinstance(value, Text):
         return value.cell_len
     return len(value) if value.isascii() else cell_len(value)  # most cells are ASCII: no table lookups
+
+
+def _widths(column: tuple[str | Text, ...]) -> list[int]:
+    """Each cell's width, a column at a time in C: an ASCII column of strings by len, another by its few
+    distinct values (strings by value, shared styled cells by identity)."""
+    if set(map(type, column)) == {str}:
+        if "".join(column).isascii():
+            return list(map(len, column))
+        known = {value: width_of(value) for value in set(column)}
+        return list(map(known.__getitem__, column))
+    known = {key: width_of(value) for key, value in dict(zip(map(id, column), column)).items()}
+    return list(map(known.__getitem__, map(id, column)))
 
 
 class VirtualTable(ScrollView, can_focus=True):
@@ -181,10 +193,9 @@ class VirtualTable(ScrollView, can_focus=True):
         if all(len(cells) == size for _, cells in pairs) and len(set(keys)) == len(keys):
             # A column at a time, in C where it can be (100,000 rows at a first look: a pass a cell was
             # most of its cost on the app's thread): an all-ASCII column of strings is measured by len.
-            columns = [[c if c.__class__ is str or c.__class__ is Text else as_cell(c) for c in column]
+            columns = [column if set(map(type, column)) <= _HELD else tuple(map(as_cell, column))
                        for column in zip(*[cells for _, cells in pairs])]
-            widths = [list(map(len, column)) if all(c.__class__ is str for c in column)
-                      and "".join(column).isascii() else list(map(width_of, column)) for column in columns]
+            widths = [_widths(column) for column in columns]
             cell_rows, width_rows = list(zip(*columns)), list(zip(*widths))
             if not held_widths.keys().isdisjoint(keys):
                 for key in keys:
@@ -399,10 +410,10 @@ class VirtualTable(ScrollView, can_focus=True):
         if rows is None or layout or widths != self._drawn_widths:
             self._lines.clear()
             self._drawn_widths = widths
-        else:
-            for key in rows:
-                for kind in _KINDS:
-                    self._lines.pop((key, kind), None)
+        elif self._lines:  # a screenful of lines kept, a part of up to 8,000 rows: look the lines up
+            keys = rows if isinstance(rows, (set, dict)) else set(rows)
+            for line in [line for line in self._lines if line[0] in keys]:
+                del self._lines[line]
         width = sum(p[0] + w + p[1] for w, p in zip(widths, self._padding))
         size = Size(width, len(self._keys_shown) + 1)  # + the header
         if size != self.virtual_size:
