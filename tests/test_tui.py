@@ -20,7 +20,7 @@ from fmae.registry import DATASETS
 from fmae_tui.app import create_app
 from fmae_tui.screens import datasets
 from fmae_tui.screens.help import HelpScreen
-from tui_support import screen_text, squash
+from tui_support import screen_text, squash, wait_until
 
 BIN = Path(sys.executable).parent
 TINY = "synthetic = { subjects = 5, frames = 4, size = 48, seed = 0 }"
@@ -103,6 +103,30 @@ async def test_generate_makes_the_synthetic_copy_in_a_worker(config: Path) -> No
         await pilot.pause()
         assert notifications(seen)[-1].message.startswith("bp4d: synthetic data is already generated")
         assert not list(app.workers)
+
+
+async def test_leaving_the_datasets_screen_while_it_generates_still_says_when_data_is_ready(
+        config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # esc during generation pops the screen: its worker's message went nowhere and the app stayed
+    # "generating" (q asked twice) for good.
+    import time
+
+    real = datasets.ensure_dataset
+
+    def slow(*args):
+        time.sleep(0.5)
+        return real(*args)
+
+    monkeypatch.setattr(datasets, "ensure_dataset", slow)
+    seen: list[Message] = []
+    app = create_app(config)
+    async with app.run_test(size=(80, 24), message_hook=seen.append) as pilot:
+        await pilot.press("g", "escape")  # the cursor starts on bp4d; esc: to the Runs screen
+        assert not isinstance(app.screen, datasets.DatasetsScreen) and app.generating == {"bp4d"}
+        await wait_until(pilot, lambda: not app.generating, what="the data made")
+        await pilot.pause()
+        root = config.parent / "data" / "synth" / "bp4d"
+        assert notifications(seen)[-1].message == f"bp4d: synthetic data ready in {root}"
 
 
 async def test_an_outdated_synthetic_copy_says_so_and_is_made_again(config: Path) -> None:

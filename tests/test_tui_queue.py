@@ -203,3 +203,38 @@ async def test_the_app_starts_the_scheduler_for_queued_work(project, tmp_path: P
 
 def test_gauge() -> None:
     assert bar(0.0, 4) == "░░░░" and bar(0.5, 4) == "██░░" and bar(1.5, 4) == "████"
+
+
+async def test_leaving_launch_while_it_queues_still_starts_the_scheduler(project, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # Making the synthetic data takes seconds on a real config: a user who presses esc meanwhile left a
+    # screen whose worker then could not reach the app — jobs queued, no scheduler, the app "generating".
+    import time
+
+    import fmae.queue_ops
+
+    config, runs = project
+    real_add = fmae.queue_ops.add_matrix
+
+    def slow_add(*args, **kwargs):
+        time.sleep(1.0)  # the data being made
+        return real_add(*args, **kwargs)
+
+    monkeypatch.setattr(fmae.queue_ops, "add_matrix", slow_add)
+    seen: list[Message] = []
+    app = create_app(config, runs)
+    async with app.run_test(size=(80, 24), message_hook=seen.append) as pilot:
+        await pilot.press("l")
+        await wait_until(pilot, lambda: isinstance(app.screen, LaunchScreen) and app.screen.plan is not None)
+        previews = app.screen.previews
+        await pilot.press("ctrl+t")  # one cell: vit_tiny, 1 epoch
+        await wait_until(pilot, lambda: app.screen.previews > previews and app.screen.plan is not None)
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y", "escape")
+        assert not isinstance(app.screen, LaunchScreen)
+        await wait_until(pilot, lambda: holder(runs) is not None and not app.generating, timeout=30,
+                         what="the scheduler started and the app no longer generating")
+        await pilot.pause()
+        told = [m.notification.message for m in seen if isinstance(m, Notify)]
+        assert any("queued 1 job(s)" in m and "scheduler started" in m for m in told), told

@@ -43,11 +43,15 @@ def error_line(e: BaseException, plain: tuple[type[BaseException], ...] = (FmaeE
 
 def in_thread(node: MessagePump, fn: Callable[[], Any], ended: type[WorkEnded], *, group: str,
               context: Any = None, exclusive: bool = False,
-              plain: tuple[type[BaseException], ...] = (FmaeError,)) -> Worker[None]:
+              plain: tuple[type[BaseException], ...] = (FmaeError,),
+              left: Callable[[Any, str | None], None] | None = None) -> Worker[None]:
     """Run `fn` in a thread worker of `node` and post `ended(result, error, context)` to `node`.
 
     Any exception ends as the message's error line: nothing a worker raises takes the app down. A worker
-    cancelled meanwhile (an `exclusive` one replaced by a newer) posts nothing."""
+    cancelled meanwhile (an `exclusive` one replaced by a newer) posts nothing. If the user left `node`
+    while it worked (a screen popped: its messages go nowhere), `left(result, error)` runs on the UI
+    thread instead, for work whose end the app must still hear of (data made, jobs queued)."""
+    app = node.app  # from the UI thread: a node no longer on screen cannot reach its app
 
     def work() -> None:
         result, error = None, None
@@ -55,6 +59,11 @@ def in_thread(node: MessagePump, fn: Callable[[], Any], ended: type[WorkEnded], 
             result = fn()
         except Exception as e:
             error = error_line(e, plain)
+        if not getattr(node, "is_attached", True):
+            if left is not None:
+                with contextlib.suppress(RuntimeError):  # the app closed meanwhile
+                    app.call_from_thread(left, result, error)
+            return
         if get_current_worker().is_cancelled:
             return
         with contextlib.suppress(RuntimeError):  # the app closed while we worked: no one is left to tell
@@ -99,6 +108,8 @@ class FmaeScreen(Screen[None]):
         return True
 
     def in_thread(self, fn: Callable[[], Any], ended: type[WorkEnded], *, group: str, context: Any = None,
-                  exclusive: bool = False, plain: tuple[type[BaseException], ...] = (FmaeError,)) -> Worker[None]:
+                  exclusive: bool = False, plain: tuple[type[BaseException], ...] = (FmaeError,),
+                  left: Callable[[Any, str | None], None] | None = None) -> Worker[None]:
         """`in_thread` on this screen: `ended` is one of its nested `WorkEnded` messages."""
-        return in_thread(self, fn, ended, group=group, context=context, exclusive=exclusive, plain=plain)
+        return in_thread(self, fn, ended, group=group, context=context, exclusive=exclusive, plain=plain,
+                         left=left)

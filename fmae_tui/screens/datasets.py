@@ -300,7 +300,15 @@ class DatasetsScreen(FmaeScreen):
 
     def _generate(self, spec: DatasetSpec, loc: DatasetLocation) -> None:
         # a full disk or a bug must not take the app down: the message says what happened
-        self.in_thread(lambda: ensure_dataset(spec, loc), self.Generated, group="generate", context=(spec, loc))
+        app = self.fmae
+
+        def left(result: object, error: str | None) -> None:  # the user went on meanwhile: still say it
+            app.generating.discard(spec.name)
+            app.notify(error or f"{spec.name}: synthetic data ready in {loc.root}", markup=False,
+                       title=f"{spec.name}: generation failed" if error else "", severity="error" if error else "information")
+
+        self.in_thread(lambda: ensure_dataset(spec, loc), self.Generated, group="generate", context=(spec, loc),
+                       left=left)
 
     def on_datasets_screen_generated(self, message: Generated) -> None:
         spec, loc = message.context

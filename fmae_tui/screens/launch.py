@@ -400,17 +400,15 @@ class LaunchScreen(FmaeScreen):
         """Queueing the matrix ended: `result` is (jobs added, what was said); `context` the dataset."""
 
     def _add_worker(self, matrix: dict[str, Any], priority: int) -> None:
-        self.in_thread(lambda: self._add(matrix, priority), self.Added, group="launch-add",
-                       context=matrix["dataset"])
+        app, project = self.fmae, self.fmae.project  # the user may leave this screen while data is made
 
-    def _add(self, matrix: dict[str, Any], priority: int) -> tuple[list[Any], list[str]]:
-        from fmae.queue_ops import add_matrix, start_scheduler
+        def left(result: Any, error: str | None) -> None:
+            app.generating.discard(matrix["dataset"])
+            app.notify(error or "; ".join((result or ([], []))[1]), title="launch" if error is None else "not queued",
+                       severity="error" if error else "information", markup=False, timeout=10 if error else 5)
 
-        _, jobs = add_matrix(self.fmae.project, priority=priority, **matrix)
-        if not jobs:
-            return jobs, ["nothing added: every cell already has a run"]
-        return jobs, [f"queued {len(jobs)} job(s) (ids {jobs[0].id}–{jobs[-1].id}, priority {priority})",
-                      start_scheduler(self.fmae.project)]
+        self.in_thread(lambda: _add(project, matrix, priority), self.Added, group="launch-add",
+                       context=matrix["dataset"], left=left)
 
     def on_launch_screen_added(self, message: Added) -> None:
         jobs, lines = message.result or ([], [])
@@ -420,3 +418,14 @@ class LaunchScreen(FmaeScreen):
         self._schedule_preview()  # the cells just added now show as skipped
         if worked and jobs:
             self.fmae.action_open("queue")
+
+
+def _add(project: Any, matrix: dict[str, Any], priority: int) -> tuple[list[Any], list[str]]:
+    """Queue the matrix's cells (making synthetic data first if needed) and start the scheduler."""
+    from fmae.queue_ops import add_matrix, start_scheduler
+
+    _, jobs = add_matrix(project, priority=priority, **matrix)
+    if not jobs:
+        return jobs, ["nothing added: every cell already has a run"]
+    return jobs, [f"queued {len(jobs)} job(s) (ids {jobs[0].id}–{jobs[-1].id}, priority {priority})",
+                  start_scheduler(project)]
