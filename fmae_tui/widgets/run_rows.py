@@ -12,7 +12,7 @@ from fmae.elapsed import age
 from fmae.run_watch import slim_summary
 from fmae.runs import RunInfo, parse_utc
 from fmae.summary import as_summary
-from fmae_tui.run_kind import METRIC_SHORT, headline, is_degenerate, kind_label, number, run_kind
+from fmae_tui.run_kind import KINDS, METRIC_SHORT, headline, is_degenerate, kind_label, number, run_kind
 
 STATE_RANK = {s: i for i, s in enumerate(("running", "queued", "failed", "corrupt", "cancelled", "done"))}
 FIELD_ALIASES = {"state": "state", "dataset": "dataset", "ds": "dataset", "model": "model", "λ": "lambda",
@@ -130,24 +130,25 @@ class RunRow:
 
 
 # What a scanner's `extras` hold of a run for the Runs table: [headline value, its label, degenerate,
-# created], under this tag (its labels in it: a renamed label is not shown from an old index).
-EXTRAS_TAG = f"run-rows 1 {zlib.crc32(repr(sorted(METRIC_SHORT.items())).encode()):08x}"
+# created, filter text], under this tag (bumped when one is made otherwise; the labels and kinds in it,
+# so that a renamed one is not shown from an old index).
+EXTRAS_TAG = f"run-rows 2 {zlib.crc32(repr((sorted(METRIC_SHORT.items()), sorted(KINDS.items()))).encode()):08x}"
 
 
-def _extra(extra: Any) -> tuple[tuple[float | None, str, bool], float | None] | None:
-    if isinstance(extra, list) and len(extra) == 4:
-        value, label, degenerate, created = extra
+def _extra(extra: Any) -> tuple[tuple[float | None, str, bool], float | None, str] | None:
+    if isinstance(extra, list) and len(extra) == 5:
+        value, label, degenerate, created, hay = extra
         if (value is None or type(value) is float) and type(label) is str and type(degenerate) is bool and (
-                created is None or type(created) is float):
-            return (value, label, degenerate), created
+                created is None or type(created) is float) and type(hay) is str:
+            return (value, label, degenerate), created, hay
     return None
 
 
 def run_rows(changed: Iterable[tuple], extras: dict[str, Any] | None = None) -> list[RunRow]:
     """(info, tags[, images/s]) tuples, as `RunScanner.scan` gives them, as RunRows: the summary parsed
-    once, here, not at every draw and sort. With the scanner's `extras`, the headline and creation come
-    from there where the runs index kept them (parsing 100,000 summaries was ~0.6 CPU-s), and go there
-    where they were made."""
+    once, here, not at every draw and sort. With the scanner's `extras`, the headline, creation and filter
+    text come from there where the runs index kept them (making them for 100,000 runs was ~1 CPU-s), and
+    go there where they were made."""
     out = []
     for info, tags, *rate in changed:
         slim = slim_summary(info.summary)
@@ -156,12 +157,11 @@ def run_rows(changed: Iterable[tuple], extras: dict[str, Any] | None = None) -> 
             summary = as_summary(info.summary)
             value, label = headline(summary)
             head = (None if value is None else float(value), label, bool(is_degenerate(summary)))
-            created = parse_utc(info.status.get("created"))
+            created, hay = parse_utc(info.status.get("created")), haystack(info, tags)
             if extras is not None:
-                extras[info.id] = [*head, created]
+                extras[info.id] = [*head, created, hay]
         else:
-            head, created = known
+            head, created, hay = known
         out.append(RunRow(info if slim is info.summary else replace(info, summary=slim), tags,
-                          float(rate[0]) if rate and rate[0] is not None else None, head, haystack(info, tags),
-                          created))
+                          float(rate[0]) if rate and rate[0] is not None else None, head, hay, created))
     return out
