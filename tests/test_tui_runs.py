@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -116,6 +117,10 @@ def fast_polling(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(RunScreen, "POLL_S", 0.05)
 
 
+def squash_spaces(text: str) -> str:
+    return " ".join(text.split())
+
+
 async def open_runs(app, pilot) -> RunsTable:
     await wait_until(pilot, lambda: isinstance(app.screen, RunsScreen) and app.screen.scans > 0)
     await pilot.pause()
@@ -206,7 +211,7 @@ async def test_corrupt_run_opens_and_says_why(runs: dict[str, RunDir], tmp_path:
 
 
 async def test_table_follows_the_folder_patching_rows(runs: dict[str, RunDir], tmp_path: Path,
-                                                      fast_polling: None) -> None:
+                                                      fast_polling: None, monkeypatch: pytest.MonkeyPatch) -> None:
     app = create_app(runs_dir=tmp_path / "runs")
     async with app.run_test(size=(80, 24)) as pilot:
         table = await open_runs(app, pilot)
@@ -219,6 +224,22 @@ async def test_table_follows_the_folder_patching_rows(runs: dict[str, RunDir], t
         new = _make(tmp_path / "runs", "bp4d", "tiny", 5, 0, fold=1, lam=0.0)
         await wait_until(pilot, lambda: new.id in table.shown_ids)
         assert table.shown_ids[0] == new.id and cell(table, new, "state") == "queued"
+        table.move_cursor(row=table.get_row_index(new.id))
+        await pilot.pause()
+        assert "queued 0s ago" in squash_spaces(screen_text(app))
+        import types
+
+        from fmae_tui.screens import runs as runs_screen
+
+        later = time.time() + 300  # five minutes on: the selected run's line ages with the age column
+        screen._poll_timer.pause()  # no look meanwhile: a run this new is read again at each look
+        await pilot.pause(0.1)
+        with monkeypatch.context() as patch:
+            patch.setattr(runs_screen, "time", types.SimpleNamespace(time=lambda: later))
+            screen._tick_ages()
+            await pilot.pause()
+            assert "queued 5m ago" in squash_spaces(screen_text(app)), screen_text(app)
+        screen._poll_timer.resume()
         runs["failed"].mark_queued()
         await wait_until(pilot, lambda: cell(table, runs["failed"], "state") == "queued")
         os.rename(runs["fer"].path, tmp_path / "runs" / ".trash")

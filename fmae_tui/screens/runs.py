@@ -189,6 +189,7 @@ class RunsScreen(FmaeScreen):
 
     def _tick_ages(self) -> None:
         self.table.refresh_ages()
+        self._show_selected()  # its "queued … ago" / "heartbeat … ago" age as the column's do
 
     # --- text around the table ------------------------------------------------------------------------
 
