@@ -195,23 +195,14 @@ def test_the_identity_heads_depth_is_part_of_the_experiment_and_of_the_row(tmp_p
 async def test_launch_plans_the_ablations_identity_head(tmp_path):
     """Launch's ID head: the 3-layer MLP puts id_head_depth = 3 into every planned run (a new experiment
     beside the linear head's)."""
-    import re
-
     from textual.widgets import Select
 
-    from fmae.config import default_config_text
     from fmae_tui.app import create_app
-    from fmae_tui.screens.launch import LaunchScreen
-    from tui_support import wait_until
+    from tui_support import open_launch, tiny_project, wait_until
 
-    config = tmp_path / "fmae.toml"
-    config.write_text(re.sub(r"synthetic = \{[^}]*\}", "synthetic = { subjects = 5, frames = 4, size = 32, seed = 0 }",
-                             default_config_text()), encoding="utf-8")
-    app = create_app(config, tmp_path / "runs")
+    app = create_app(tiny_project(tmp_path), tmp_path / "runs")
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("l")
-        await wait_until(pilot, lambda: isinstance(app.screen, LaunchScreen) and app.screen.previews > 0, what="launch")
-        launch = app.screen
+        launch = await open_launch(pilot)
         head = launch.query_one("#id_head", Select)
         assert head.value == "1" and not head.disabled
         assert all(p.values["id_head_depth"] == 1 for p in launch.plan.to_add)

@@ -8,7 +8,7 @@ from pathlib import Path
 from fmae.runs import RunDir, make_run_id
 from fmae_tui.app import create_app
 from fmae_tui.screens.run import RunScreen
-from tui_support import screen_text, wait_until
+from tui_support import open_launch, screen_text, tiny_project, wait_until
 
 CONFIG = {"task": "au", "dataset": "bp4d", "fold": 1, "seed": 0, "lambda_id": 0.0, "model": "vit_tiny",
           "recipe": "demo", "epochs": 2}
@@ -53,20 +53,13 @@ async def test_a_cancelled_run_says_cancelled_once(tmp_path: Path) -> None:
 async def test_launch_plans_again_on_return_so_a_skipped_run_shows_its_state_now(tmp_path: Path) -> None:
     """Back on Launch after watching the queue, the plan's skip lines say what the runs are doing now,
     not what they were when the plan was first drawn."""
-    import re
-
-    from fmae.config import default_config_text, load_project
+    from fmae.config import load_project
     from fmae.queue_ops import plan_matrix
-    from fmae_tui.screens.launch import LaunchScreen
 
-    config = tmp_path / "fmae.toml"
-    config.write_text(re.sub(r"synthetic = \{[^}]*\}", "synthetic = { subjects = 5, frames = 4, size = 32, seed = 0 }",
-                             default_config_text()), encoding="utf-8")
+    config = tiny_project(tmp_path)
     app = create_app(config, tmp_path / "runs")
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("l")
-        await wait_until(pilot, lambda: isinstance(app.screen, LaunchScreen) and app.screen.previews > 0, what="launch")
-        launch = app.screen
+        launch = await open_launch(pilot)
         cell = plan_matrix(load_project(config, tmp_path / "runs"), **launch.matrix()).to_add[0]
         run = RunDir.create(tmp_path / "runs", make_run_id("bp4d", str(cell.values["model"]), 0, fold=1,
                                                            lambda_id=0.0), cell.values, {})
@@ -105,23 +98,14 @@ async def test_launch_reopens_the_last_plan_after_a_restart(tmp_path: Path) -> N
     """The plan a researcher left in Launch (the demo recipe, vit_tiny, folds 1,2, λ 0,2) is the plan the
     next start of the app shows, not the recipe's defaults (mount's own recipe change used to refill
     every field after the plan was restored, and the preview then saved the defaults over it)."""
-    import re
-
     from textual.widgets import Input, Select
 
-    from fmae.config import default_config_text
-    from fmae_tui.screens.launch import LaunchScreen
-
-    config = tmp_path / "fmae.toml"
-    config.write_text(re.sub(r"synthetic = \{[^}]*\}", "synthetic = { subjects = 5, frames = 4, size = 32, seed = 0 }",
-                             default_config_text()), encoding="utf-8")
+    config = tiny_project(tmp_path)
     plan = {"#model": "vit_tiny", "#epochs": "2", "#folds": "1,2", "#seeds": "0", "#lambdas": "0,2"}
     for visit in ("set", "restored"):
         app = create_app(config, tmp_path / "runs")
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.press("l")
-            await wait_until(pilot, lambda: isinstance(app.screen, LaunchScreen) and app.screen.previews > 0)
-            launch = app.screen
+            launch = await open_launch(pilot)
             if visit == "set":
                 launch.query_one("#recipe", Select).value = "demo"
                 await wait_until(pilot, lambda: launch.query_one("#epochs", Input).value == "10", what="demo fill")

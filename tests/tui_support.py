@@ -1,14 +1,20 @@
-"""What the app tests share: the screen as text, and waiting for a condition while the app runs."""
+"""What the app tests share: the screen as text, waiting for a condition while the app runs, a project
+with tiny synthetic data, and opening its Launch screen."""
 
 from __future__ import annotations
 
 import io
 import re
 import time
+from pathlib import Path
 from typing import Callable
 
 from rich.console import Console
 from textual.app import App
+
+from fmae.config import default_config_text
+
+TINY_SYNTHETIC = "synthetic = { subjects = 5, frames = 4, size = 32, seed = 0 }"
 
 
 def screen_text(app: App) -> str:
@@ -32,3 +38,20 @@ async def wait_until(pilot, condition: Callable[[], bool], timeout: float = 8.0,
             return
         await pilot.pause(0.05)
     raise AssertionError(f"timed out: {what or 'condition not met'}\n{screen_text(pilot.app)}")
+
+
+def tiny_project(folder: Path) -> Path:
+    """fmae.toml in `folder`: the default configuration, every synthetic copy tiny (5 subjects × 4 frames)."""
+    config = folder / "fmae.toml"
+    config.write_text(re.sub(r"synthetic = \{[^}]*\}", TINY_SYNTHETIC, default_config_text()), encoding="utf-8")
+    return config
+
+
+async def open_launch(pilot):
+    """`l`, and the Launch screen once its first plan is drawn."""
+    from fmae_tui.screens.launch import LaunchScreen
+
+    await pilot.press("l")
+    await wait_until(pilot, lambda: isinstance(pilot.app.screen, LaunchScreen) and pilot.app.screen.previews > 0,
+                     what="launch")
+    return pilot.app.screen
