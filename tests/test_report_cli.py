@@ -197,18 +197,12 @@ def test_the_completeness_grid_is_drawn_as_rich_draws_the_table():
     import io
 
     from rich.console import Console
-    from rich.table import Table
 
-    from fmae.cli.report import grid_table
+    from fmae.cli.report import grid_table, rich_grid_table
 
     heads = ["seed", "fold 1", "fold 2", "run"]
     rows = [["0", "✓ done", "✗ failed", "· missing"], ["12", "▶ running", "✓ done", "✓ done"]]
-    table = Table()
-    table.add_column(heads[0], justify="right")
-    for h in heads[1:]:
-        table.add_column(h, justify="center")
-    for r in rows:
-        table.add_row(*r)
+    table = rich_grid_table(heads, rows)
 
     def drawn(renderable) -> str:
         buf = io.StringIO()

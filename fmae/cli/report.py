@@ -192,6 +192,18 @@ def render_rich(results, digits: int | None, grids: bool = True, width: int = 20
     return Group(*parts)
 
 
+def rich_grid_table(heads: list[str], rows: list[list[str]]) -> Table:
+    """A completeness grid as Rich's default Table (what `grid_table` draws when it fits, and what a grid
+    too wide for the terminal falls back to: Rich shrinks its columns)."""
+    table = Table()
+    table.add_column(heads[0], justify="right")
+    for h in heads[1:]:
+        table.add_column(h, justify="center")
+    for r in rows:
+        table.add_row(*r)
+    return table
+
+
 def grid_table(heads: list[str], rows: list[list[str]]) -> Text:
     """A completeness grid drawn as Rich draws a default Table of it (heavy head, the first column to the
     right, the others centred), line by line: Rich's layout measured and rendered each of the cells,
@@ -225,12 +237,7 @@ def _rich_grid(g, extra, grid_symbol, retry_command, width: int) -> list:
     rows = [[str(s), *(grid_symbol(g.cells[(f, s)]) for f in g.folds)] for s in g.seeds]
     table: Table | Text = grid_table(heads, rows)
     if len(table.plain.partition("\n")[0]) > width:  # Rich's Table shrinks its columns to fit
-        table = Table()
-        table.add_column(heads[0], justify="right")
-        for h in heads[1:]:
-            table.add_column(h, justify="center")
-        for r in rows:
-            table.add_row(*r)
+        table = rich_grid_table(heads, rows)
     parts: list = [Text(f"completeness: {g.label} ({g.summary()})", no_wrap=True, overflow="ignore"), table]
     if g.to_add:
         parts.append(Text("queue the missing cells:"))
