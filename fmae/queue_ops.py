@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
-from fmae.elapsed import age, duration  # noqa: F401 (the queue's rows use them; callers import them here too)
+from fmae.elapsed import age, duration
 from fmae.errors import FmaeError
 from fmae.executors.slurm import SLOT_PREFIX
 from fmae.queue import Job, Queue, read_status_fast

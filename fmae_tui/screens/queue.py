@@ -37,7 +37,8 @@ def _percent(row: dict[str, Any]) -> str:
 
 def screen_cells(row: dict[str, Any], wide: bool) -> dict[str, str]:
     """The row's cells as this screen shows them (the CLI's `queue ls` has its own, every column)."""
-    from fmae.queue_ops import age, duration, row_state
+    from fmae.elapsed import age, duration
+    from fmae.queue_ops import row_state
     from fmae_tui.run_kind import cell_fields
 
     state = row_state(row)
