@@ -1,6 +1,6 @@
 """The runs folder's index (`RunIndex`): what a slim `RunScanner` read of each run folder, kept under the
 signature it was read at, so that the app's first look in a new process reads only the folders whose
-signature moved. Torch-free."""
+signature moved; and `IndexedRun`, a run as the index gives it back. Torch-free."""
 
 from __future__ import annotations
 
@@ -9,23 +9,86 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from fmae.atomic_write import write_bytes_atomic
-from fmae.runs import RunInfo
+from fmae.runs import RunInfo, load_run
 
 FIRST_PART = 50  # a first look hands over its first part at this many runs, doubling up to LAST_PART
 LAST_PART = 8000
 INDEX_NAME = ".runs-table.json"  # a slim scanner's first look in a new process starts from this
-INDEX_VERSION = 4  # 3: a signature is one flat list; 4: each run with its owner's extra (3 is read, then rewritten)
+# 3: a signature is one flat list; 4: each run with its owner's extra; 5: the summary after a tab, as JSON
+# text kept unparsed until read (3 and 4 are read, then written again in this form)
+INDEX_VERSION = 5
+_SLIM = "_fmae_slim"
+
+
+def slim_summary(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a listing of runs keeps of a summary.json: its numbers and the best and last records' numbers,
+    without the per-AU and per-class tables (~10 KB a run in memory, 100 MB at 10,000 runs)."""
+    if not isinstance(summary, dict) or summary.get(_SLIM):
+        return summary
+    out = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+    out[_SLIM] = True  # slimmed already: a second slim_summary hands it back as it is
+    for key in ("best", "last"):
+        record = summary.get(key)
+        if isinstance(record, dict):
+            out[key] = {k: v for k, v in record.items() if not isinstance(v, (dict, list))}
+    return out
+
+
+class IndexedRun(RunInfo):
+    """A run as the runs index gives it back: its slim summary, kept as the index's JSON text, is parsed
+    and its path made when first read. The Runs table reads neither for a row (its headline and filter
+    text are the owner's extra), so a first look at 100,000 runs skips ~0.9 CPU-s and ~200 MiB. Otherwise
+    a RunInfo (equal to one with the same fields; `dataclasses.replace` makes a whole one)."""
+
+    @classmethod
+    def lazy(cls, run_id: str, runs_dir: Path, state: str, config: dict, status: dict, summary_text: bytes,
+             problem: str | None) -> IndexedRun:
+        run = cls.__new__(cls)  # not the dataclass's __init__: path and summary are left to __getattr__
+        run.__dict__.update(id=run_id, state=state, config=config, status=status, problem=problem,
+                            _runs_dir=runs_dir, _summary_text=summary_text)
+        return run
+
+    def __getattr__(self, name: str) -> Any:
+        d = self.__dict__
+        if name == "path" and "_runs_dir" in d:
+            value: Any = d["_runs_dir"] / d["id"]
+        elif name == "summary" and "_summary_text" in d:
+            try:
+                value = json.loads(d["_summary_text"])
+                if value is not None and not isinstance(value, dict):
+                    raise ValueError("not an object")
+            except ValueError:  # a damaged index: the folder is the truth
+                value = slim_summary(load_run(self.path).summary)
+            del d["_summary_text"]
+        else:
+            raise AttributeError(name)
+        d[name] = value
+        return value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RunInfo):
+            return NotImplemented
+        return (self.id, self.path, self.state, self.config, self.status, self.summary, self.problem) == (
+            other.id, other.path, other.state, other.config, other.status, other.summary, other.problem)
+
+    __hash__ = None  # type: ignore[assignment]  # as RunInfo's: mutable
+
+
+def summary_text(info: RunInfo, encode: Any = json.JSONEncoder(separators=(",", ":")).encode) -> bytes:
+    """The run's summary as the index keeps it: an IndexedRun's text as it was read, unparsed."""
+    text = info.__dict__.get("_summary_text")
+    return text if text is not None else encode(info.summary).encode()
 
 
 class RunIndex:
     """What a slim scanner read of each run folder (info with a slim summary, tags, images/s), kept in the
     runs folder under the signature it was read at, so that the app's first look in a new process reads
     only the folders whose signature moved: at 10,000 runs, one JSON file instead of 30,000 files and a
-    TOML parse each (~3 s). One JSON line a run, newest first as a first look goes, so the look reads the
-    index as it goes and the first rows show before the rest of the file is parsed. The folders stay the
-    truth: a missing, damaged or other release's index only costs one slow look, and an entry is trusted
-    exactly as far as the scanner trusts its own memory between looks (every file that can change is
-    replaced atomically, moving the folder's mtime)."""
+    TOML parse each (~3 s). One line a run, newest first as a first look goes (a JSON array, a tab, the
+    summary's JSON), so the look reads the index as it goes and the first rows show before the rest of
+    the file is parsed. The folders stay the truth: a missing, damaged or other release's index only
+    costs one slow look, and an entry is trusted exactly as far as the scanner trusts its own memory
+    between looks (every file that can change is replaced atomically, moving the folder's mtime)."""
 
     def __init__(self, runs_dir: Path) -> None:
         self.path = runs_dir / INDEX_NAME
@@ -39,17 +102,17 @@ class RunIndex:
         self.extras_tag: str | None = None  # what the owner's extras are (see RunScanner.extras)
         self.extra: Any = None  # the last run `get` gave: its owner's extra, None when there is none
         self._extras_match = False
-        self._size = 10
+        self._version = INDEX_VERSION
 
     def open(self) -> None:
         try:
             self._lines = open(self.path, "rb")
             header = json.loads(self._lines.readline())
             version = header.get("fmae_runs_table") if isinstance(header, dict) else None
-            if version not in (3, INDEX_VERSION):
+            if version not in (3, 4, INDEX_VERSION):
                 raise ValueError("another release's index")
-            if version == 3:  # read as it is, then written again in this release's form
-                self.stale, self._size = True, 9
+            self._version = version
+            self.stale = version != INDEX_VERSION  # an older one is read as it is, then written in this form
             self._extras_match = self.extras_tag is not None and header.get("extras") == self.extras_tag
             if self.extras_tag is not None and not self._extras_match:
                 self.stale = True  # written again with this owner's extras
@@ -58,22 +121,43 @@ class RunIndex:
             return
         self._advance()
 
+    def _parse(self, lines: list[bytes]) -> list[list]:
+        """A chunk of lines as entries [id, sig, state, config, status, problem, tags, rate, extra, summary
+        text]; ValueError for one that is not an entry."""
+        # One array a chunk: one parse shares the key strings of its runs' dicts (a line at a time made
+        # every run's keys anew: +40 MiB at 10,000 runs).
+        if self._version == INDEX_VERSION:
+            heads, texts = [], []
+            for line in lines:
+                head, tab, text = line.partition(b"\t")
+                text = text.rstrip()
+                if not tab or not text:
+                    raise ValueError("not an entry")
+                heads.append(head)
+                texts.append(text)
+            entries = json.loads(b"[" + b",".join(heads) + b"]")
+            if not all(isinstance(e, list) and len(e) == 9 and isinstance(e[0], str) for e in entries):
+                raise ValueError("not an entry")
+            for entry, text in zip(entries, texts):
+                entry.append(text)
+            return entries
+        size = 9 if self._version == 3 else 10  # [id, sig, state, config, status, summary, problem, tags, rate(, extra)]
+        old = json.loads(b"[" + b",".join(lines) + b"]")
+        if not all(isinstance(e, list) and len(e) == size and isinstance(e[0], str) for e in old):
+            raise ValueError("not an entry")
+        encode = json.JSONEncoder(separators=(",", ":")).encode
+        return [[*e[:5], *e[6:9], e[9] if size == 10 else None, encode(e[5]).encode()] for e in old]
+
     def _advance(self) -> None:
         self._next = None
         if not self._ahead and self._lines is not None:
-            # A chunk of lines parsed as one array: one parse shares the key strings of its runs' dicts
-            # (a line at a time made every run's keys anew: +40 MiB at 10,000 runs). Chunks double.
             lines = [line for line in (self._lines.readline() for _ in range(self._chunk)) if line.strip()]
-            self._chunk = min(2 * self._chunk, LAST_PART)
+            self._chunk = min(2 * self._chunk, LAST_PART)  # chunks double
             try:
-                entries = json.loads(b"[" + b",".join(lines) + b"]")
-                size = self._size
-                if not all(isinstance(e, list) and len(e) == size and isinstance(e[0], str) for e in entries):
-                    raise ValueError("not an entry")
+                self._ahead = self._parse(lines)[::-1]
             except ValueError:
                 self.close(stale=True)
                 return
-            self._ahead = entries[::-1]
         if not self._ahead:
             self.close()
             return
@@ -98,13 +182,13 @@ class RunIndex:
         if entry is None or entry[0] != run_id:
             return None
         self._advance()
-        _, old_sig, state, config, status, summary, problem, tags, rate = entry[:9]
-        self.extra = entry[9] if self._extras_match and len(entry) > 9 else None
+        _, old_sig, state, config, status, problem, tags, rate, extra, text = entry
+        self.extra = extra if self._extras_match else None
         if sig is None or not isinstance(old_sig, list) or tuple(old_sig) != sig or not (
                 isinstance(config, dict) and isinstance(status, dict) and isinstance(tags, list)):
             return None
         self.hits += 1
-        return RunInfo(run_id, self.runs_dir / run_id, state, config, status, summary, problem), tags, rate
+        return IndexedRun.lazy(run_id, self.runs_dir, state, config, status, text, problem), tags, rate
 
     def save(self, got: dict[str, tuple[tuple, tuple[RunInfo, list[str], float | None]]],
              extras: dict[str, Any] | None = None) -> None:
@@ -116,8 +200,9 @@ class RunIndex:
             yield json.dumps({"fmae_runs_table": INDEX_VERSION, "extras": self.extras_tag}).encode() + b"\n"
             encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps makes one a call
             for run_id, (sig, (info, tags, rate)) in got.items():
-                yield encode([run_id, sig, info.state, info.config, info.status, info.summary, info.problem,
-                              tags, rate, extra(run_id)]).encode() + b"\n"
+                head = encode([run_id, sig, info.state, info.config, info.status, info.problem, tags, rate,
+                               extra(run_id)])
+                yield b"".join((head.encode(), b"\t", summary_text(info, encode), b"\n"))
 
         try:
             write_bytes_atomic(self.path, lines())

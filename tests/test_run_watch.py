@@ -93,7 +93,7 @@ def test_a_new_scanners_first_look_reads_only_the_folders_that_changed(tmp_path:
     assert fourth.loads == 3 and again == shown
     header, *entries = (runs / run_watch.INDEX_NAME).read_text().splitlines()
     assert json.loads(header)["fmae_runs_table"] == run_watch.INDEX_VERSION
-    assert [json.loads(e)[0] for e in entries] == sorted(truth, reverse=True)  # one a run, newest first
+    assert [json.loads(e.partition("\t")[0])[0] for e in entries] == sorted(truth, reverse=True)  # a run a line, newest first
     made[2].path.rename(runs / ".gone")  # a run gone: the others still come from the index, which forgets it
     fifth, left = new_process_look()
     assert fifth.loads == 0 and left == {k: v for k, v in again.items() if k != made[2].path.name}
@@ -202,9 +202,57 @@ def test_the_index_gives_back_the_owners_extras_of_unchanged_runs_and_reads_an_o
     index = runs / run_watch.INDEX_NAME
     header, *entries = index.read_text().splitlines()
     assert json.loads(header) == {"fmae_runs_table": run_watch.INDEX_VERSION, "extras": "another"}
-    old = [json.dumps({"fmae_runs_table": 3})] + [json.dumps(json.loads(e)[:9]) for e in entries]
-    index.write_text("\n".join(old) + "\n")  # as release 3 wrote it: no extras
-    fifth, shown = look()
-    assert fifth.loads == 0 and fifth.index_hits == 2 and shown == truth
-    header, *entries = index.read_text().splitlines()
-    assert json.loads(header)["fmae_runs_table"] == run_watch.INDEX_VERSION and len(json.loads(entries[0])) == 10
+    heads = [json.loads(e.partition("\t")[0]) for e in entries]  # [id, sig, state, config, status, problem, ...]
+    summaries = [json.loads(e.partition("\t")[2]) for e in entries]
+    v4 = [[*h[:5], s, *h[5:]] for h, s in zip(heads, summaries)]  # the summary inside, with the extra last
+    for version, kept in ((4, v4), (3, [e[:9] for e in v4])):  # as releases 4 and 3 wrote it (3: no extras)
+        index.write_text("\n".join([json.dumps({"fmae_runs_table": version, "extras": "another"})]
+                                   + [json.dumps(e) for e in kept]) + "\n")
+        again, shown = look()
+        assert again.loads == 0 and again.index_hits == 2 and shown == truth
+        header, *entries = index.read_text().splitlines()
+        assert json.loads(header)["fmae_runs_table"] == run_watch.INDEX_VERSION
+        assert [json.loads(e.partition("\t")[2]) for e in entries] == summaries  # written again in this form
+
+
+def test_a_run_from_the_index_reads_its_summary_when_asked_and_the_folder_when_that_text_is_damaged(
+        tmp_path: Path, monkeypatch) -> None:
+    """A run the index gives back (IndexedRun) leaves its summary as the index's text until it is read,
+    is equal to the run read from its folder, and, where that text is damaged, reads the folder's."""
+    import dataclasses
+    import json
+
+    import pytest
+
+    from fmae import run_watch
+    from fmae.run_index import IndexedRun, summary_text
+    from fmae.runs import RunDir, RunInfo, make_run_id
+
+    monkeypatch.setattr(run_watch, "RACY_NS", 0)
+    runs = tmp_path / "runs"
+    run = RunDir.create(runs, make_run_id("bp4d", "vit_tiny", 0, fold=1, lambda_id=0.0),
+                        {"task": "au", "dataset": "bp4d", "seed": 0}, {})
+    run.write_summary({"metric": "f1_best_mean", "best_value": 0.61, "best_epoch": 2,
+                       "best": {"epoch": 2, "f1_best": {"AU1": 0.61}}})
+    run.mark_ended("done", exit_code=0)
+
+    def look() -> RunInfo:
+        monkeypatch.setattr(run_watch, "_SHARED", {})
+        (info, _, _), = run_watch.RunScanner(runs, slim=True).scan()[0]
+        return info
+
+    read = look()  # from the folder, writing the index
+    assert type(read) is RunInfo and read.summary["best_value"] == 0.61 and "best" in read.summary
+    indexed = look()
+    assert type(indexed) is IndexedRun and "summary" not in vars(indexed) and "path" not in vars(indexed)
+    assert summary_text(indexed) == json.dumps(read.summary, separators=(",", ":")).encode()
+    assert indexed == read and read == indexed  # the summary and path read to compare, then kept
+    assert vars(indexed)["summary"] == read.summary and indexed.path == run.path
+    assert dataclasses.replace(look(), problem="x") == dataclasses.replace(read, problem="x")
+    index = runs / run_watch.INDEX_NAME
+    header, entry = index.read_bytes().splitlines()
+    index.write_bytes(header + b"\n" + entry.partition(b"\t")[0] + b'\t{"best_value": 0.6' + b"\n")  # cut short
+    damaged = look()
+    assert damaged.summary == read.summary  # the folder's, slimmed as the scanner's are
+    with pytest.raises(AttributeError):
+        damaged.no_such_field

@@ -258,7 +258,7 @@ async def test_the_first_look_writes_the_runs_index_once_its_rows_are_shown(runs
         assert table.row_count == 5
         await wait_until(pilot, index.is_file, what="the runs index")
         ids = sorted(table.runs, reverse=True)
-    assert [json.loads(line)[0] for line in index.read_text().splitlines()[1:]] == ids  # newest first
+    assert [json.loads(line.partition("\t")[0])[0] for line in index.read_text().splitlines()[1:]] == ids  # newest first
 
 
 def test_scanner_reads_only_the_runs_that_changed(runs: dict[str, RunDir], tmp_path: Path,

@@ -151,17 +151,18 @@ def run_rows(changed: Iterable[tuple], extras: dict[str, Any] | None = None) -> 
     go there where they were made."""
     out = []
     for info, tags, *rate in changed:
-        slim = slim_summary(info.summary)
         known = _extra(extras.get(info.id)) if extras is not None else None
         if known is None:
-            summary = as_summary(info.summary)
+            slim = slim_summary(info.summary)
+            if slim is not info.summary:
+                info = replace(info, summary=slim)
+            summary = as_summary(slim)
             value, label = headline(summary)
             head = (None if value is None else float(value), label, bool(is_degenerate(summary)))
             created, hay = parse_utc(info.status.get("created")), haystack(info, tags)
             if extras is not None:
                 extras[info.id] = [*head, created, hay]
-        else:
+        else:  # a slim scanner's run (only one keeps extras), its summary left unread (see IndexedRun)
             head, created, hay = known
-        out.append(RunRow(info if slim is info.summary else replace(info, summary=slim), tags,
-                          float(rate[0]) if rate and rate[0] is not None else None, head, hay, created))
+        out.append(RunRow(info, tags, float(rate[0]) if rate and rate[0] is not None else None, head, hay, created))
     return out
