@@ -172,14 +172,19 @@ class RunIndex:
             self.stale = True
         self._lines, self._next, self._ahead = None, None, []
 
-    def get(self, run_id: str, sig: tuple | None) -> tuple[RunInfo, list[str], float | None] | None:
-        """The run as it was read under `sig`, or None (not indexed, read under another, damaged). Asked
-        newest first: entries passed over are of runs gone."""
+    def peek(self, run_id: str) -> list | None:
+        """The run's entry (see _parse), left for `get`, or None. Asked newest first: entries passed over
+        are of runs gone."""
         while self._next is not None and self._next[0] > run_id:
             self.stale = True
             self._advance()
         entry = self._next
-        if entry is None or entry[0] != run_id:
+        return entry if entry is not None and entry[0] == run_id else None
+
+    def get(self, run_id: str, sig: tuple | None) -> tuple[RunInfo, list[str], float | None] | None:
+        """The run as it was read under `sig`, or None (not indexed, read under another, damaged)."""
+        entry = self.peek(run_id)
+        if entry is None:
             return None
         self._advance()
         _, old_sig, state, config, status, problem, tags, rate, extra, text = entry

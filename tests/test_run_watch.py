@@ -256,3 +256,36 @@ def test_a_run_from_the_index_reads_its_summary_when_asked_and_the_folder_when_t
     assert damaged.summary == read.summary  # the folder's, slimmed as the scanner's are
     with pytest.raises(AttributeError):
         damaged.no_such_field
+
+
+def test_a_first_look_from_the_index_checks_a_finished_runs_status_file_with_the_finished_runs_looks(
+        tmp_path: Path, monkeypatch) -> None:
+    """A status.json edited in place (no atomic rename: the folder's mtime stays) while no app was open:
+    a running run's shows at a new process's first look; a finished run's, whose folder is as indexed,
+    at the look that checks finished runs (every FINAL_EVERY-th), as a later look would find it."""
+    import json
+
+    from fmae import run_watch
+    from fmae.runs import RunDir, make_run_id
+
+    monkeypatch.setattr(run_watch, "RACY_NS", 0)
+    runs = tmp_path / "runs"
+    done = RunDir.create(runs, make_run_id("bp4d", "vit_tiny", 0, fold=1, lambda_id=0.0), {"task": "au"}, {})
+    done.mark_ended("done", exit_code=0)
+    running = RunDir.create(runs, make_run_id("bp4d", "vit_tiny", 1, fold=1, lambda_id=0.0), {"task": "au"}, {})
+    running.mark_running(pid=1, host="h", gpus="")
+    monkeypatch.setattr(run_watch, "_SHARED", {})
+    run_watch.RunScanner(runs, slim=True).scan()  # the index written
+    folder_mtimes = [os.stat(r.path).st_mtime_ns for r in (done, running)]
+    for run, state in ((done, "failed"), (running, "cancelled")):
+        status = json.loads((run.path / "status.json").read_text())
+        with open(run.path / "status.json", "r+") as f:  # in place, longer: its size and mtime move
+            f.write(json.dumps({**status, "state": state, "error": "edited in place"}))
+    assert [os.stat(r.path).st_mtime_ns for r in (done, running)] == folder_mtimes
+    monkeypatch.setattr(run_watch, "_SHARED", {})
+    scanner = run_watch.RunScanner(runs, slim=True)
+    states = {info.id: info.state for info, _, _ in scanner.scan()[0]}
+    assert states == {done.id: "done", running.id: "cancelled"} and scanner.loads == 1
+    looks = [scanner.scan()[0] for _ in range(run_watch.FINAL_EVERY)]
+    assert [[(info.id, info.state) for info, _, _ in changed] for changed in looks if changed] == \
+        [[(done.id, "failed")]]
