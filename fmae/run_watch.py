@@ -293,6 +293,8 @@ class RunScanner:
                 self._index_due = functools.partial(index.save, kept, extras)
                 if save:
                     self.save_index()
+            else:
+                index.release()
         removed = [run_id for run_id in self._seen if run_id not in present]
         self._forget(removed)
         self._seen = {run_id: signatures.get(run_id) for run_id in present}

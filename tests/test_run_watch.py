@@ -155,7 +155,7 @@ def test_the_index_gives_back_the_owners_extras_of_unchanged_runs_and_reads_an_o
     again; another tag's extras are not taken; a release-3 index is read, then written in this form."""
     import json
 
-    from fmae import run_watch
+    from fmae import run_index, run_watch
     from fmae.runs import RunDir, make_run_id
     from fmae_tui.widgets import run_rows as rows_module
     from fmae_tui.widgets.run_rows import EXTRAS_TAG, run_rows
@@ -192,14 +192,23 @@ def test_the_index_gives_back_the_owners_extras_of_unchanged_runs_and_reads_an_o
     assert second.index_hits == 2 and shown == truth and parsed == []  # no summary parsed
     changed = made[0].path.name
     made[0].write_tags(["x"])  # changed: read again, its extra made again (and only its)
+    index = runs / run_watch.INDEX_NAME
+    before = index.read_bytes().splitlines()
+    encoded: list = []
+    text = run_index.summary_text
+    monkeypatch.setattr(run_index, "summary_text", lambda info, *a: encoded.append(info.id) or text(info, *a))
     third, shown = look()
     assert third.loads == 1 and len(parsed) == 1 and "x" in shown[changed][2]
+    assert encoded == [changed]  # only the changed run's line made anew
+    after = index.read_bytes().splitlines()
+    assert after[0] == before[0] and after[1:] != before[1:] and [
+        line for line in after[1:] if changed not in line.decode()] == [
+        line for line in before[1:] if changed not in line.decode()]  # the unchanged run copied as it was read
     truth[changed] = shown[changed]
     assert shown == truth
     parsed.clear()
     fourth, shown = look(tag="another")  # another owner's extras: the runs taken, the extras made anew
     assert fourth.index_hits == 2 and len(parsed) == 2 and shown == truth
-    index = runs / run_watch.INDEX_NAME
     header, *entries = index.read_text().splitlines()
     assert json.loads(header) == {"fmae_runs_table": run_watch.INDEX_VERSION, "extras": "another"}
     heads = [json.loads(e.partition("\t")[0]) for e in entries]  # [id, sig, state, config, status, problem, ...]
