@@ -321,7 +321,8 @@ class RunsScreen(FmaeScreen):
         bar.focus()
 
     def on_input_changed(self, event: PromptBar.Changed) -> None:
-        if event.input.id == "filter":
+        # A value typed over since (keys typed faster than 100,000 runs filter): its own Changed follows.
+        if event.input.id == "filter" and event.value == event.input.value:
             self.table.set_text_filter(event.value)
             self._show_bar()
             self._show_selected()
