@@ -224,15 +224,27 @@ def _jobs(runs: Path) -> int:
         return -1
 
 
-async def test_results_with_no_runs_says_so(tmp_path: Path) -> None:
+async def test_results_with_no_runs_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """And, until its first tables are built (at 100,000 runs ~30 s), that it is reading them."""
+    import threading
+
+    from fmae import report
+
     config = tmp_path / "fmae.toml"
     config.write_text(default_config_text(), encoding="utf-8")
+    gate, build = threading.Event(), report.build
+    monkeypatch.setattr(report, "build", lambda *a, **k: gate.wait(30) and build(*a, **k))
     app = create_app(config, tmp_path / "runs")
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("escape", "R")  # from Datasets (no runs yet) home, then Results
-        await wait_until(pilot, lambda: isinstance(app.screen, ResultsScreen) and app.screen.builds > 0, what="built")
+        await wait_until(pilot, lambda: isinstance(app.screen, ResultsScreen), what="Results")
+        await pilot.pause()
+        assert "reading every run's summary" in screen_text(app) and app.screen.builds == 0
+        gate.set()
+        await wait_until(pilot, lambda: app.screen.builds > 0, what="built")
         await pilot.pause()
         assert "no finished training runs to tabulate" in screen_text(app)
+        assert "reading" not in screen_text(app)
 
 
 async def test_a_remembered_group_by_key_no_run_has_is_dropped_not_a_blank_screen(study) -> None:

@@ -33,6 +33,7 @@ METRIC_NAMES = {name: m.title for name, m in REPORT_METRICS.items()}
 THRESHOLD_CYCLE = (None, "test-tuned", "per-au")
 DELTA_STYLE = ("red", "green")  # worse, better: colour only repeats the sign
 PREFS = "results"
+READING = "reading every run's summary… (a large study's first look takes a while)"  # until the first build
 NOTE_LINES = 6  # the notes panel's lines (app.tcss: #results-grid max-height 7, one for its border)
 
 
@@ -92,7 +93,7 @@ class ResultsScreen(PolledScreen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static(id="results-bar")
+        yield Static(Text(READING, "dim"), id="results-bar")
         yield DataTable(id="results-table", cursor_type="row", zebra_stripes=True)
         with Horizontal(id="results-prompt-row", classes="-hidden"):
             yield Static("", id="results-prompt-label")
