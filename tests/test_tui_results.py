@@ -16,6 +16,7 @@ from tui_support import screen_text, wait_until
 from fmae.config import default_config_text, update_config
 from fmae.report.paper import paper_rows
 from fmae.registry import get_dataset
+from fmae.runs import load_run
 from fmae.scheduler import stop
 from fmae_tui.app import create_app
 from fmae_tui.screens.confirm import ConfirmScreen
@@ -262,3 +263,33 @@ async def test_a_remembered_group_by_key_no_run_has_is_dropped_not_a_blank_scree
         said = [n.message for n in app._notifications]
         assert any("--by epoch" in m and "did you mean epochs" in m and "dropped" in m for m in said), said
     assert prefs.load("results")["by"] == []
+
+
+async def test_results_read_the_runs_through_the_reports_cache_and_show_a_run_finished_since(
+        study, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The screen reads the runs as `fmae report` does (runs/.run-cache.json: a rebuild reads only the
+    folders that changed, at 10,000 runs 0.8 s instead of 4.1 s every 10 s), and a run finished since it
+    opened shows at the next rebuild, in its group's numbers."""
+    from fmae import run_cache
+
+    config, runs, truth = study
+    monkeypatch.setattr(run_cache, "RECENT_S", 0.0)  # the study's folders were written just now
+    read: list[Path] = []
+    monkeypatch.setattr(run_cache, "load_run", lambda path: read.append(path) or load_run(path))
+    app = create_app(config, runs)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("R")
+        await wait_until(pilot, lambda: isinstance(app.screen, ResultsScreen) and app.screen.builds > 0, what="results")
+        screen: ResultsScreen = app.screen
+        assert len(read) == 8 and (runs / run_cache.CACHE_NAME).is_file()
+        values = rand_values(random.Random(9), BP4D)
+        new_run(runs, au_config(3, 0, 2.0, "fmae_iat"), "done",
+                {"task": "au", "best_epoch": 2, "best": au_record(2, values, values, values), "last": None})
+        before = screen.builds
+        await pilot.press("r")
+        await rebuilt(pilot, screen, before)
+        assert len(read) == 9  # only the new folder read
+        rows = {screen._rows[k].label: k for k in screen._rows if k.startswith("row")}
+        iat = {0: {**truth[("iat", "f1_best", "best")][0], 3: values}}
+        shown = cell(screen, rows["vit_tiny fmae_iat λ=2"], "avg").splitlines()[0]  # no longer partial
+        assert shown == f"{expected_au(iat, BP4D)[0]['avg']:.1f}", rows

@@ -129,11 +129,12 @@ class ResultsScreen(PolledScreen):
     def _build(self, metric: str, epoch: str, threshold: str | None, by: tuple[str, ...], complete_only: bool,
                widen: tuple[int, ...]) -> None:
         from fmae.report import Scoring, Selection, build
+        from fmae.run_cache import cached_list_runs  # as `fmae report`: only changed runs read (4.1 -> 0.8 s at 10,000)
 
         project = self.fmae.project
         self.in_thread(lambda: build(project.runs_dir, Selection(by=by), Scoring(metric, epoch, threshold),
-                                     complete_only=complete_only, seeds=widen, project=project),
-                       self.Built, group="results-build")
+                                     complete_only=complete_only, seeds=widen, project=project,
+                                     infos=cached_list_runs(project.runs_dir)), self.Built, group="results-build")
 
     def on_results_screen_built(self, message: Built) -> None:
         self._built(message.result, message.error)
