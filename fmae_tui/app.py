@@ -62,6 +62,7 @@ class FmaeApp(App[None]):
         self._runs_dir_arg = runs_dir
         self._quit_warned_at = -QUIT_AGAIN_S
         self._alerts: RunAlerts | None = None
+        self._alerts_made = 0  # RunAlerts made so far (a reload that moves the runs folder makes another)
         self._opened = time.time()  # the alerts tell of runs that ended since then
         self._gc_before = gc.get_threshold()  # given back when the app ends (tests run many apps in one process)
         self._alerts_out = False  # a look is out: the next tick waits for it
@@ -115,10 +116,18 @@ class FmaeApp(App[None]):
 
             first = self._alerts is None
             self._alerts = RunAlerts(self.project.runs_dir)  # at start, and after a reload moved the folder
+            self._alerts_made += 1
             if first:
                 self._alerts.since = self._opened
         self._alerts_out = True
         in_thread(self, self._alerts.look, self.RunsEnded, group="run-alerts", plain=(FmaeError, OSError))
+
+    @property
+    def runs_changes(self) -> tuple[int, int] | None:
+        """Moves whenever the run alerts' look (every ALERTS_S) finds a run changed, come or gone; None
+        before their first look."""
+        alerts = self._alerts
+        return None if alerts is None or not alerts.changes else (self._alerts_made, alerts.changes)
 
     def on_fmae_app_runs_ended(self, message: RunsEnded) -> None:
         # An unreadable runs folder is the Runs screen's to say (once); here it only means nothing to tell.

@@ -64,10 +64,12 @@ class RunAlerts:
         self.scanner = RunScanner(runs_dir, slim=True, writes_index=False)
         self.since = time.time()
         self._states: dict[str, str] = {}  # run id -> the state last seen
+        self.changes = 0  # looks that found a run changed, come or gone (the Results screen rebuilds on them)
 
     def look(self) -> list[RunAlert]:
         """The runs that ended since the last look (or, on the first, since the app opened)."""
         changed, removed = self.scanner.scan()
+        self.changes += bool(changed or removed)
         states = self._states
         alerts = []
         for info, _, _ in changed:

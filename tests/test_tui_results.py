@@ -268,12 +268,14 @@ async def test_a_remembered_group_by_key_no_run_has_is_dropped_not_a_blank_scree
 async def test_results_read_the_runs_through_the_reports_cache_and_show_a_run_finished_since(
         study, monkeypatch: pytest.MonkeyPatch) -> None:
     """The screen reads the runs as `fmae report` does (runs/.run-cache.json: a rebuild reads only the
-    folders that changed, at 10,000 runs 0.8 s instead of 4.1 s every 10 s), and a run finished since it
-    opened shows at the next rebuild, in its group's numbers."""
-    from fmae import run_cache
+    folders that changed, at 10,000 runs 0.8 s instead of 4.1 s), rebuilds at a poll only when the app's
+    run alerts saw a run move (at 100,000 runs a rebuild takes 8.7 s, and polls come every 10 s), and a run
+    finished since it opened shows then, in its group's numbers."""
+    from fmae import run_cache, run_watch
 
     config, runs, truth = study
     monkeypatch.setattr(run_cache, "RECENT_S", 0.0)  # the study's folders were written just now
+    monkeypatch.setattr(run_watch, "RACY_NS", 0)
     read: list[Path] = []
     monkeypatch.setattr(run_cache, "load_run", lambda path: read.append(path) or load_run(path))
     app = create_app(config, runs)
@@ -282,12 +284,25 @@ async def test_results_read_the_runs_through_the_reports_cache_and_show_a_run_fi
         await wait_until(pilot, lambda: isinstance(app.screen, ResultsScreen) and app.screen.builds > 0, what="results")
         screen: ResultsScreen = app.screen
         assert len(read) == 8 and (runs / run_cache.CACHE_NAME).is_file()
+
+        async def alerts_look() -> None:  # as the app's timer does every 3 s
+            app._look_for_alerts()
+            await wait_until(pilot, lambda: not app._alerts_out, what="the alerts' look")
+
+        await alerts_look()
+        before = screen.builds
+        screen.poll()  # its last build began before the alerts' first look: built again
+        await rebuilt(pilot, screen, before)
+        await alerts_look()
+        screen.poll()  # nothing moved
+        await pilot.pause()
+        assert screen.builds == before + 1 and not screen._building
         values = rand_values(random.Random(9), BP4D)
         new_run(runs, au_config(3, 0, 2.0, "fmae_iat"), "done",
                 {"task": "au", "best_epoch": 2, "best": au_record(2, values, values, values), "last": None})
-        before = screen.builds
-        await pilot.press("r")
-        await rebuilt(pilot, screen, before)
+        await alerts_look()
+        screen.poll()
+        await rebuilt(pilot, screen, before + 1)
         assert len(read) == 9  # only the new folder read
         rows = {screen._rows[k].label: k for k in screen._rows if k.startswith("row")}
         iat = {0: {**truth[("iat", "f1_best", "best")][0], 3: values}}

@@ -56,8 +56,7 @@ class ResultsScreen(PolledScreen):
         Binding("b", "baseline", "Baseline", show=False, tooltip="Pin the selected group: every Δ is then against it (b again: off)"),
         Binding("a", "add_missing", "Queue missing", tooltip="Queue the selected group's missing (fold, seed) cells"),
         Binding("x", "export", "Export", tooltip="Write the tables to a file: .md, .tex, .csv or .json"),
-        Binding("r", "refresh", "Refresh", show=False, tooltip="Read the runs again now"),
-    ]
+        Binding("r", "refresh", "Refresh", show=False, tooltip="Read the runs again now")]
 
     def __init__(self) -> None:
         super().__init__()
@@ -81,6 +80,8 @@ class ResultsScreen(PolledScreen):
         self.builds = 0  # tables built (tests wait on it)
         self._building = False
         self._again = False
+        # the app's runs_changes when the last build began: a poll rebuilds (8.7 s at 100,000 runs) when it moved
+        self._changes_built: tuple[int, int] | None = None
         self._rows: dict[str, Any] = {}  # table row key -> GroupRow or PaperRow
         self._prompt: str | None = None  # what the prompt bar is asking: "by" | "export"
         self.intervals = BaselineIntervals()  # each row's Δ interval against the pinned ★ row
@@ -105,7 +106,8 @@ class ResultsScreen(PolledScreen):
         self.table.focus()
 
     def poll(self) -> None:
-        self._rebuild()
+        if self._changes_built is None or self.fmae.runs_changes != self._changes_built:
+            self._rebuild()
 
     def _save_prefs(self) -> None:
         report = self.report
@@ -120,7 +122,7 @@ class ResultsScreen(PolledScreen):
         if self._building:
             self._again = True  # settings changed while building: build once more after
             return
-        self._building = True
+        self._building, self._changes_built = True, self.fmae.runs_changes
         self._build(self.metric, self.epoch, self.threshold, self.by, self.complete_only, self.widen)
 
     class Built(WorkEnded):
@@ -477,11 +479,9 @@ class ResultsScreen(PolledScreen):
             text = render(self.results, format_for(path.name))
             path.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(path, text)
-        except FmaeError as e:
-            self.notify(str(e), title="not exported", severity="error", markup=False, timeout=10)
-            return
-        except OSError as e:
-            self.notify(f"{path}: {e.strerror or e}", title="not exported", severity="error", markup=False, timeout=10)
+        except (FmaeError, OSError) as e:
+            said = f"{path}: {e.strerror or e}" if isinstance(e, OSError) else str(e)
+            self.notify(said, title="not exported", severity="error", markup=False, timeout=10)
             return
         self.notify(f"wrote {path}", title="export", markup=False)
 
