@@ -19,16 +19,14 @@ from fmae_tui.widgets.curve_plot import CurvePlot
 from fmae_tui.widgets.scores_table import ScoresTable
 from test_tui_runs import (AUC, AUS, F1_05, F1_BEST, _mean, _test_record, _train_records, fast_polling,  # noqa: F401
                            open_runs, runs)
-from tui_support import screen_text, wait_until
+from tui_support import open_run, screen_text, wait_until
 
 
 async def test_open_run_shows_per_au_scores_config_and_log(runs: dict[str, RunDir], tmp_path: Path) -> None:
     app = create_app(runs_dir=tmp_path / "runs")
     async with app.run_test(size=(80, 24)) as pilot:
-        table = await open_runs(app, pilot)
-        table.move_cursor(row=table.get_row_index(runs["done"].id))
-        await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.updates > 0)
+        await open_runs(app, pilot)
+        await open_run(pilot, runs["done"].id)
         screen = app.screen
         assert screen.query_one("#plot-score", CurvePlot).points == 8  # 4 epochs × (F1@0.5, F1 best-thr)
         assert screen.query_one("#plot-loss", CurvePlot).points == 16
@@ -60,8 +58,7 @@ async def test_run_screen_tails_metrics_by_offset(runs: dict[str, RunDir], tmp_p
     app = create_app(runs_dir=tmp_path / "runs")
     async with app.run_test(size=(80, 24)) as pilot:
         await open_runs(app, pilot)
-        await pilot.press("enter")  # the running run is first
-        await wait_until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.updates > 0)
+        await open_run(pilot)  # the running run is first
         screen = app.screen
         assert screen.path == run.path
         tail = screen.poller.metrics
@@ -102,8 +99,7 @@ async def test_notes_are_saved_to_notes_md(runs: dict[str, RunDir], tmp_path: Pa
     app = create_app(runs_dir=tmp_path / "runs")
     async with app.run_test(size=(80, 24), message_hook=seen.append) as pilot:
         await open_runs(app, pilot)
-        await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.updates > 0)
+        await open_run(pilot)
         await pilot.press("n", *"lr? q", "enter", *"2e-4")
         assert isinstance(app.screen, RunScreen) and not runs["running"].notes_path.exists()  # q typed, not quit
         await pilot.press("ctrl+s")
@@ -131,10 +127,8 @@ async def test_an_iat_run_plots_its_au_loss_and_the_identity_heads_apart(runs: d
     run.append_metrics({"split": "train_epoch", "epoch": 5, "loss": 1.4, "loss_au": 0.65, "loss_id": 0.75})
     app = create_app(runs_dir=tmp_path / "runs")
     async with app.run_test(size=(80, 24)) as pilot:
-        table = await open_runs(app, pilot)
-        table.move_cursor(row=table.get_row_index(run.id))
-        await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.updates > 0)
+        await open_runs(app, pilot)
+        await open_run(pilot, run.id)
         loss = app.screen.query_one("#plot-loss", CurvePlot)
         assert loss.title == "train AU loss"
         assert loss.series["identity head"] == ([4.5], [0.7])

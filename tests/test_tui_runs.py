@@ -24,7 +24,7 @@ from fmae_tui.screens.run import RunScreen
 from fmae_tui.screens.runs import RunsScreen
 from fmae.run_watch import RunScanner
 from fmae_tui.widgets.runs_table import RunsTable
-from tui_support import screen_text, squash, wait_until
+from tui_support import open_run, screen_text, squash, wait_until
 
 AUS = ["AU1", "AU2", "AU4", "AU6"]
 F1_05 = {"AU1": 0.41, "AU2": 0.37, "AU4": 0.52, "AU6": 0.76}
@@ -219,10 +219,8 @@ async def test_a_burst_of_typing_filters_once_by_what_was_typed_last(runs: dict[
 async def test_corrupt_run_opens_and_says_why(runs: dict[str, RunDir], tmp_path: Path) -> None:
     app = create_app(runs_dir=tmp_path / "runs")
     async with app.run_test(size=(80, 24)) as pilot:
-        table = await open_runs(app, pilot)
-        table.move_cursor(row=table.get_row_index(runs["corrupt"].id))
-        await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.updates > 0)
+        await open_runs(app, pilot)
+        await open_run(pilot, runs["corrupt"].id)
         text = " ".join(screen_text(app).split())
         assert "corrupt" in text and "status.json: not valid JSON" in text and "fold 2" in text
 

@@ -16,7 +16,7 @@ from fmae_tui.app import create_app
 from fmae_tui.screens.run import RunScreen
 from fmae_tui.screens.runs import RunsScreen
 from test_tui_runs import _au_summary, _make, cell, open_runs, runs  # noqa: F401 (runs is a fixture)
-from tui_support import screen_text, squash, wait_until
+from tui_support import open_run, screen_text, squash, wait_until
 
 
 @pytest.fixture
@@ -152,8 +152,7 @@ async def test_each_kind_shows_its_own_fields_and_number(tmp_path: Path) -> None
         below = " ".join(screen_text(app).split("─" * 20)[-1].split())
         assert "MAE pretrain" in below and "loss 0.421 (epoch 5)" in below and "fold" not in below
 
-        await pilot.press("enter")  # a finished pretraining run: its loss, no "no evaluation yet", no fold
-        await wait_until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.updates > 0)
+        await open_run(pilot)  # a finished pretraining run: its loss, no "no evaluation yet", no fold
         text = " ".join(screen_text(app).split())
         assert "MAE pretrain · faces · seed 0 · vit_tiny" in text and "fold" not in text
         assert "reconstruction loss 0.4213 at epoch 5 (the last)" in text
@@ -205,6 +204,5 @@ async def test_degenerate_runs_are_flagged(runs: dict[str, RunDir], tmp_path: Pa
         table.move_cursor(row=table.get_row_index(done.id))
         await pilot.pause()
         assert "degenerate:bestthreshold0.01=everyAUpredictedpresent" in squash(screen_text(app))
-        await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.updates > 0)
+        await open_run(pilot)
         assert "⚠degenerate:bestthreshold0.01" in squash(screen_text(app))

@@ -24,7 +24,7 @@ from fmae_tui.screens.run import RunScreen
 from fmae_tui.screens.runs import RunsScreen
 from fmae_tui.widgets.curve_plot import CurvePlot
 from test_tui_runs import _test_record, open_runs, runs  # noqa: F401 (runs is a fixture)
-from tui_support import screen_text, squash, wait_until
+from tui_support import open_run, screen_text, squash, wait_until
 
 
 def footer_problems(app) -> list[str]:
@@ -125,10 +125,8 @@ async def test_log_wraps_and_toggles(runs, tmp_path: Path) -> None:
 async def test_per_au_curves_and_one_point_curves(runs, tmp_path: Path) -> None:
     app = create_app(runs_dir=tmp_path / "runs")
     async with app.run_test(size=(80, 24)) as pilot:
-        table = await open_runs(app, pilot)
-        table.move_cursor(row=table.get_row_index(runs["running"].id))  # one test epoch so far
-        await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.updates > 0)
+        await open_runs(app, pilot)
+        await open_run(pilot, runs["running"].id)  # one test epoch so far
         score = app.screen.query_one("#plot-score", CurvePlot)
         assert score.points == 2
         text = screen_text(app)
@@ -165,8 +163,7 @@ async def test_cancel_from_the_run_screen_asks_then_signals(tmp_path: Path) -> N
         app = create_app(runs_dir=root)
         async with app.run_test(size=(80, 24), message_hook=seen.append) as pilot:
             await open_runs(app, pilot)
-            await pilot.press("enter")
-            await wait_until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.updates > 0)
+            await open_run(pilot)
             await pilot.press("c")
             await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
             assert f"Cancel job {job.id}?" in screen_text(app)

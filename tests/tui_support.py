@@ -1,5 +1,5 @@
 """What the app tests share: the screen as text, waiting for a condition while the app runs, a project
-with tiny synthetic data, and opening its Launch screen."""
+with tiny synthetic data, and opening its Launch screen or a run's Run screen."""
 
 from __future__ import annotations
 
@@ -55,3 +55,18 @@ async def open_launch(pilot):
     await wait_until(pilot, lambda: isinstance(pilot.app.screen, LaunchScreen) and pilot.app.screen.previews > 0,
                      what="launch")
     return pilot.app.screen
+
+
+async def open_run(pilot, run_id: str | None = None):
+    """Enter on the Runs table (on `run_id`'s row, else the cursor's), and the Run screen once its first
+    look at the run folder is shown."""
+    from fmae_tui.screens.run import RunScreen
+    from fmae_tui.widgets.runs_table import RunsTable
+
+    app = pilot.app
+    if run_id is not None:
+        table = app.screen.query_one(RunsTable)
+        table.move_cursor(row=table.get_row_index(run_id))
+    await pilot.press("enter")
+    await wait_until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.updates > 0, what="the Run screen")
+    return app.screen
