@@ -54,9 +54,9 @@ class IndexedRun(RunInfo):
         d = self.__dict__
         if name == "path" and "_runs_dir" in d:
             value: Any = d["_runs_dir"] / d["id"]
-        elif name == "summary" and "_summary_text" in d:
+        elif name == "summary" and ("_summary_text" in d or "summary" in d):
             text = d.get("_summary_text")
-            if text is None:  # parsed by another thread since
+            if text is None:  # parsed by another thread since this one missed it
                 return d["summary"]
             try:
                 value = json.loads(text)

@@ -244,9 +244,12 @@ class RunScanner:
                 # What another scanner of the process read first (one copy in memory), under the signature
                 # it read it at: not stat'ed again (at 100,000 runs a second first look would stat them
                 # all, ~1 CPU-s); a later look compares it. Else the folder's own, and then the index.
-                hit = _SHARED.get((self._prefix + run_id, self.slim)) if not full else None
+                key = (self._prefix + run_id, self.slim)
+                hit = _SHARED.get(key) if not full else None
+                got = extra = None
                 if hit is not None and hit[0] is not None:
-                    sig = signatures[run_id] = hit[0]
+                    sig, got = hit
+                    signatures[run_id] = sig
                 else:
                     if index is not None and not opened:
                         index.open()
@@ -257,17 +260,12 @@ class RunScanner:
                     except OSError:  # gone since the listing
                         del signatures[run_id]
                         continue
-                got = self._shared(run_id, sig) if not full else None
-                extra = None
-                if got is None and index is not None:
-                    if not opened:
-                        index.open()
-                        opened = True
-                    got = index.get(run_id, sig)
-                    if got is not None:
-                        self.index_hits += 1
-                        _SHARED[(self._prefix + run_id, self.slim)] = (sig, got)
-                        extra = index.extra
+                    if index is not None:
+                        got = index.get(run_id, sig)
+                        if got is not None:
+                            self.index_hits += 1
+                            _SHARED[key] = (sig, got)
+                            extra = index.extra
                 if extra is None:
                     extras.pop(run_id, None)
                 else:
