@@ -62,7 +62,7 @@ class FmaeApp(App[None]):
         self._runs_dir_arg = runs_dir
         self._quit_warned_at = -QUIT_AGAIN_S
         self._alerts: RunAlerts | None = None
-        self._alerts_made = 0  # RunAlerts made so far (a reload that moves the runs folder makes another)
+        self._runs_meaning = 0  # bumped by a reloaded fmae.toml and a new RunAlerts: what runs_changes says moves
         self._opened = time.time()  # the alerts tell of runs that ended since then
         self._gc_before = gc.get_threshold()  # given back when the app ends (tests run many apps in one process)
         self._alerts_out = False  # a look is out: the next tick waits for it
@@ -116,7 +116,7 @@ class FmaeApp(App[None]):
 
             first = self._alerts is None
             self._alerts = RunAlerts(self.project.runs_dir)  # at start, and after a reload moved the folder
-            self._alerts_made += 1
+            self._runs_meaning += 1
             if first:
                 self._alerts.since = self._opened
         self._alerts_out = True
@@ -124,10 +124,10 @@ class FmaeApp(App[None]):
 
     @property
     def runs_changes(self) -> tuple[int, int] | None:
-        """Moves whenever the run alerts' look (every ALERTS_S) finds a run changed, come or gone; None
-        before their first look."""
+        """Moves whenever the run alerts' look (every ALERTS_S) finds a run come, gone, or with another
+        state or summary, and when fmae.toml is read again; None before their first look."""
         alerts = self._alerts
-        return None if alerts is None or not alerts.changes else (self._alerts_made, alerts.changes)
+        return None if alerts is None or not alerts.changes else (self._runs_meaning, alerts.changes)
 
     def on_fmae_app_runs_ended(self, message: RunsEnded) -> None:
         # An unreadable runs folder is the Runs screen's to say (once); here it only means nothing to tell.
@@ -171,6 +171,7 @@ class FmaeApp(App[None]):
         except FmaeError as e:
             self.notify(str(e), title="config not reloaded", severity="error", markup=False, timeout=10)
             return False
+        self._runs_meaning += 1
         return True
 
     async def action_quit(self) -> None:

@@ -63,18 +63,23 @@ class RunAlerts:
         # headlines only (10,000 runs' per-AU tables stay on disk); the runs index is the Runs screen's to write
         self.scanner = RunScanner(runs_dir, slim=True, writes_index=False)
         self.since = time.time()
-        self._states: dict[str, str] = {}  # run id -> the state last seen
-        self.changes = 0  # looks that found a run changed, come or gone (the Results screen rebuilds on them)
+        self._seen: dict[str, RunInfo] = {}  # run id -> the run as last seen
+        # Looks that found a run come, gone, or with another state or summary: what the Results screen
+        # rebuilds on (a heartbeat every few seconds moves neither).
+        self.changes = 0
 
     def look(self) -> list[RunAlert]:
         """The runs that ended since the last look (or, on the first, since the app opened)."""
         changed, removed = self.scanner.scan()
-        self.changes += bool(changed or removed)
-        states = self._states
+        seen = self._seen
+        moved = bool(removed)
         alerts = []
         for info, _, _ in changed:
-            before = states.get(info.id)
-            states[info.id] = info.state
+            last = seen.get(info.id)
+            seen[info.id] = info
+            before = None if last is None else last.state
+            # a summary compared only for a run read again (a first look leaves 100,000 of them unparsed)
+            moved = moved or before != info.state or last.summary != info.summary
             if before == info.state:
                 continue
             ended = parse_utc(info.status.get("ended"))
@@ -84,5 +89,6 @@ class RunAlerts:
             if event is not None:
                 alerts.append(RunAlert(info.id, event, _detail(info)))
         for run_id in removed:
-            states.pop(run_id, None)
+            seen.pop(run_id, None)
+        self.changes += moved
         return alerts

@@ -5,6 +5,7 @@ the completeness grid and queueing its missing cell through the real queue, and 
 from __future__ import annotations
 
 import random
+import shutil
 import re
 import sqlite3
 from pathlib import Path
@@ -308,3 +309,35 @@ async def test_results_read_the_runs_through_the_reports_cache_and_show_a_run_fi
         iat = {0: {**truth[("iat", "f1_best", "best")][0], 3: values}}
         shown = cell(screen, rows["vit_tiny fmae_iat λ=2"], "avg").splitlines()[0]  # no longer partial
         assert shown == f"{expected_au(iat, BP4D)[0]['avg']:.1f}", rows
+
+
+def test_the_run_alerts_count_what_the_results_read_and_not_a_heartbeat(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """FmaeApp.runs_changes moves with RunAlerts.changes: a run come or gone, or one with another state or
+    summary; a running run's heartbeat (status.json every few seconds) is none of these."""
+    from fmae import run_watch
+    from fmae_tui.run_alerts import RunAlerts
+
+    monkeypatch.setattr(run_watch, "RACY_NS", 0)
+    monkeypatch.setattr(run_watch, "_SHARED", {})
+    runs = tmp_path / "runs"
+    run = new_run(runs, au_config(1, 0), "running")
+    alerts = RunAlerts(runs)
+    alerts.look()
+    assert alerts.changes == 1  # a run came
+    run.heartbeat(step=5)
+    alerts.look()
+    assert alerts.changes == 1
+    values = rand_values(random.Random(1), BP4D)
+    run.write_summary({"task": "au", "best_epoch": 1, "best": au_record(1, values, values, values)})
+    alerts.look()
+    assert alerts.changes == 2
+    run.update_status(state="done")
+    alerts.look()
+    assert alerts.changes == 3
+    new_run(runs, au_config(2, 0), "done")
+    alerts.look()
+    assert alerts.changes == 4
+    shutil.rmtree(run.path)
+    alerts.look()
+    assert alerts.changes == 5
