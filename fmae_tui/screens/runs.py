@@ -139,20 +139,24 @@ class RunsScreen(FmaeScreen):
 
     def _scan(self, scanner: RunScanner, full: bool) -> None:
         # Rows are made in the worker (summaries parsed and slimmed there); a first look at 10,000 runs
-        # arrives in parts, newest first, so the top of the table shows while the rest are read.
+        # arrives in parts, newest first, so the top of the table shows while the rest are read. Only a
+        # first look keeps the rows' extras, for the index it writes (a later one's would stay for good).
+        extras = scanner.extras if self.scans == 0 and not full else None
+
         def part(changed: list) -> None:
-            self.post_message(self.ScannedPart(run_rows(changed, scanner.extras)))
+            self.post_message(self.ScannedPart(run_rows(changed, extras)))
 
         def look() -> tuple[list, list[str]]:
             changed, removed = scanner.scan(full=full, part=part, save=False)  # the index: once shown
-            return run_rows(changed, scanner.extras), removed
+            return run_rows(changed, extras), removed
 
         # an unreadable runs folder (FmaeError, OSError) is said as it is, and the looking goes on
         self.in_thread(look, self.Scanned, group="runs-scan", context=full, plain=(FmaeError, OSError))
 
     def on_runs_screen_scanned_part(self, message: ScannedPart) -> None:
         self.table.apply(message.rows, [])
-        _keep_out_of_gc()
+        if self._gc_paused:  # the first look's rows; a full look's (r) leave the collector its garbage
+            _keep_out_of_gc()
         self._show_bar()
         self._show_selected()
 
@@ -321,9 +325,11 @@ class RunsScreen(FmaeScreen):
         bar.focus()
 
     def on_input_changed(self, event: PromptBar.Changed) -> None:
-        # A value typed over since (keys typed faster than 100,000 runs filter): its own Changed follows.
-        if event.input.id == "filter" and event.value == event.input.value:
-            self.table.set_text_filter(event.value)
+        # Not a value typed over since (keys typed faster than 100,000 runs filter: its own Changed follows),
+        # nor the filter already applied (escape clears it, then its Changed comes).
+        value = event.value
+        if event.input.id == "filter" and value == event.input.value and value != self.table.text_filter:
+            self.table.set_text_filter(value)
             self._show_bar()
             self._show_selected()
 
