@@ -59,15 +59,17 @@ def in_thread(node: MessagePump, fn: Callable[[], Any], ended: type[WorkEnded], 
             result = fn()
         except Exception as e:
             error = error_line(e, plain)
-        if not getattr(node, "is_attached", True):
-            if left is not None:
-                with contextlib.suppress(RuntimeError):  # the app closed meanwhile
-                    app.call_from_thread(left, result, error)
-            return
-        if get_current_worker().is_cancelled:
-            return
+        cancelled = get_current_worker().is_cancelled
+
+        def end() -> None:  # on the UI thread, where a screen cannot be popped between the look and the post
+            if not getattr(node, "is_attached", True):
+                if left is not None:
+                    left(result, error)
+            elif not cancelled:
+                node.post_message(ended(result, error, context))
+
         with contextlib.suppress(RuntimeError):  # the app closed while we worked: no one is left to tell
-            node.post_message(ended(result, error, context))
+            app.call_from_thread(end)
 
     return node.run_worker(work, thread=True, group=group, exclusive=exclusive, exit_on_error=False)
 
