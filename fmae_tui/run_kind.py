@@ -29,6 +29,14 @@ def number(value: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def au_loss(record: dict[str, Any]) -> tuple[str, Any]:
+    """The loss to plot of a train record, and its key: the AU loss alone where the trainer wrote one (with
+    λ > 0 `loss` holds the identity term too, and λ 0 and λ 2 would not compare), else the total."""
+    au = record.get("loss_au")
+    key = "loss_au" if isinstance(au, (int, float)) and not isinstance(au, bool) else "loss"
+    return key, record.get(key)
+
+
 def run_kind(config: dict[str, Any]) -> str:
     """One of KINDS. An eval run keeps its source's task but has an `eval_checkpoint`."""
     if config.get("eval_checkpoint"):

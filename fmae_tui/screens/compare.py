@@ -27,6 +27,7 @@ from fmae.errors import FmaeError
 from fmae.metric_catalogue import ACCURACY, AUC, F1_05, F1_BEST
 from fmae.run_diff import NO_SOURCE, diff, flat, show, sides_of
 from fmae.run_watch import RunPoller
+from fmae_tui.run_kind import au_loss
 from fmae_tui.screens.base import WorkEnded
 from fmae_tui.screens.polled import PolledScreen
 from fmae_tui.widgets.compare_table import CompareTable
@@ -90,8 +91,8 @@ class Track:
         for rec in records:
             split, epoch = rec.get("split"), _number(rec.get("epoch"))
             if split == "train":
-                key = "loss_au" if _number(rec.get("loss_au")) is not None else "loss"
-                x, loss = _number(rec.get("epoch_frac")), _number(rec.get(key))
+                key, loss = au_loss(rec)
+                x, loss = _number(rec.get("epoch_frac")), _number(loss)
                 x = x if x is not None else epoch
                 if x is not None and loss is not None:
                     self.loss[0].append(x)

@@ -23,8 +23,8 @@ from fmae.metric_catalogue import ACCURACY, F1_05, F1_BEST
 from fmae.run_watch import RunPoller, RunUpdate
 from fmae.runs import FINAL_STATES, STATES, parse_utc
 from fmae.summary import as_summary
-from fmae_tui.run_kind import (METRIC_LONG, beside_all_positive, degenerate_text, headline_at, is_degenerate, kind_label,
-                               short_metric)
+from fmae_tui.run_kind import (METRIC_LONG, au_loss, beside_all_positive, degenerate_text, headline_at, is_degenerate,
+                               kind_label, short_metric)
 from fmae_tui.screens.base import FmaeScreen, WorkEnded
 from fmae_tui.widgets.curve_plot import CurvePlot
 from fmae_tui.widgets.feature_scatter import FeatureScatter
@@ -214,7 +214,7 @@ class RunScreen(FmaeScreen):
             if split == "train":
                 x = _number(rec.get("epoch_frac"))
                 x = x if x is not None else epoch
-                loss, lr = _number(rec.get("loss_au", rec.get("loss"))), _number(rec.get("lr"))
+                loss, lr = _number(au_loss(rec)[1]), _number(rec.get("lr"))
                 for series, value in ((self._train, loss), (self._identity, _number(rec.get("loss_id")))):
                     if x is not None and value is not None:
                         series["x"].append(x)
@@ -224,8 +224,7 @@ class RunScreen(FmaeScreen):
                     self._train["lr"].append(lr)
             elif split == "train_epoch" and epoch is not None and _number(rec.get("loss")) is not None:
                 self._epoch_loss["x"].append(epoch)
-                au = _number(rec.get("loss_au"))
-                self._epoch_loss["loss"].append(float(rec["loss"]) if au is None else au)
+                self._epoch_loss["loss"].append(_number(au_loss(rec)[1]))
             elif split == "test" and epoch is not None:
                 self._test_records.append(rec)
                 for key, label in ((m.key, m.short) for m in (F1_05, F1_BEST, ACCURACY)):

@@ -20,10 +20,6 @@ FIELD_ALIASES = {"state": "state", "dataset": "dataset", "ds": "dataset", "model
                  "tag": "tag", "tags": "tag", "task": "task", "kind": "kind", "recipe": "recipe"}
 
 
-def _number(value: Any) -> float | None:
-    return number(value)
-
-
 def ago(seconds: float | None) -> str:
     """"3h" as the Queue screen and `fmae queue ls` say an age; "-" when unknown."""
     return "-" if seconds is None else age(seconds)
@@ -78,8 +74,8 @@ def matches(info: RunInfo, tags: list[str], terms: list[tuple[str | None, str]],
         elif field == "tag":
             ok = value in (t.lower() for t in tags)
         elif field in ("lambda", "fold", "seed"):
-            have = _number(c.get("lambda_id" if field == "lambda" else field))
-            ok = have is not None and have == _number(value)
+            have = number(c.get("lambda_id" if field == "lambda" else field))
+            ok = have is not None and have == number(value)
         else:
             if hay is None:
                 hay = haystack(info, tags)
@@ -91,7 +87,7 @@ def matches(info: RunInfo, tags: list[str], terms: list[tuple[str | None, str]],
 
 def _cell_key(info: RunInfo) -> tuple:
     c = info.config
-    return (_number(c.get("fold")) or -1.0, _number(c.get("seed")) or -1.0, _number(c.get("lambda_id")) or -1.0)
+    return (number(c.get("fold")) or -1.0, number(c.get("seed")) or -1.0, number(c.get("lambda_id")) or -1.0)
 
 
 def _some(value: float | None) -> tuple[bool, float]:
