@@ -54,8 +54,8 @@ def train_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Fine-tune for AU detection (FMAE, or FMAE-IAT with λ > 0) or FER, writing a run folder."""
-    from fmae.config import Resolved, load_project
-    from fmae.run_config import create_run, resolve_run_config
+    from fmae.config import load_project
+    from fmae.run_config import resolve_run_config
 
     hosts = rendezvous(nnodes, node_rank, master)
     if hosts is not None and hosts.node_rank:
@@ -83,14 +83,10 @@ def train_cmd(
     if dry_run:
         show_dry_run(resolved, resolved.values["dataset"])
         return
-    with StopBeforeTraining() as stop:  # a signal during create_run waits for the folder, then ends it
-        run = create_run(project.runs_dir, resolved, name=name)
-        stop.made(run.path)
-        out.print(f"run {run.id}")
-        with _no_folder_if_refused(run):
-            if submit_to_slurm(run.path, project, nodes, gpus_per_node, nproc):
-                return
-            train_here(run.path, False, quiet, nproc, hosts)
+    with _new_run(project.runs_dir, resolved, name) as run:
+        if submit_to_slurm(run.path, project, nodes, gpus_per_node, nproc):
+            return
+        train_here(run.path, False, quiet, nproc, hosts)
     _print_outcome(Summary.read(run) or Summary())
 
 
@@ -116,6 +112,20 @@ def _print_outcome(summary: Summary) -> None:
         # `out` reads no markup (values hold `[`): the colour goes in as a style
         out.print(Text.assemble((DEGENERATE_LABEL, "yellow"), " — this run has not learnt to tell the AUs apart"),
                   soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _new_run(runs_dir: Path, resolved: Any, name: Optional[str]) -> Iterator[Any]:
+    """A new run folder (said on stdout) for the block that trains it. A signal while the folder is made
+    waits for it, then ends it; a refusal before its first step takes it away again."""
+    from fmae.run_config import create_run
+
+    with StopBeforeTraining() as stop:
+        run = create_run(runs_dir, resolved, name=name)
+        stop.made(run.path)
+        out.print(f"run {run.id}")
+        with _no_folder_if_refused(run):
+            yield run
 
 
 @contextlib.contextmanager
@@ -199,7 +209,7 @@ def probe_id_cmd(
 ) -> None:
     """Identity linear probe (the paper's): frozen encoder, 100 frames a subject, 70 train / 30 test."""
     from fmae.config import load_project
-    from fmae.run_config import create_run, resolve_run_config
+    from fmae.run_config import resolve_run_config
 
     project = load_project(config, runs_dir)
     ckpt, source_cfg = _checkpoint_of(source, checkpoint)
@@ -212,12 +222,8 @@ def probe_id_cmd(
     resolved = resolve_run_config(project, dataset, probe=True, seed=seed, cli=cli, root=root, labels=labels)
     if source_cfg.get("run_id"):
         resolved.values["source_run"] = source_cfg["run_id"]
-    with StopBeforeTraining() as stop:
-        run = create_run(project.runs_dir, resolved, name=name)
-        stop.made(run.path)
-        out.print(f"run {run.id}")
-        with _no_folder_if_refused(run):
-            train_here(run.path, False, quiet)
+    with _new_run(project.runs_dir, resolved, name) as run:
+        train_here(run.path, False, quiet)
     summary = Summary.read(run) or Summary()
     if summary.best:
         out.print(f"identity probe top-1 accuracy: {summary.best['accuracy']:.4f} "
@@ -239,7 +245,6 @@ def eval_cmd(
     """Re-evaluate a run's best or last checkpoint on its test split, or (--dataset) on another benchmark
     (a new run folder, task eval; cross-dataset results are rows of their own in `fmae report`)."""
     from fmae.config import Resolved, load_project
-    from fmae.run_config import create_run
 
     project = load_project(config, runs_dir)
     ckpt, cfg = _checkpoint_of(run, checkpoint)
@@ -256,12 +261,8 @@ def eval_cmd(
         name += f"-on-{target}"
     elif root is not None or labels is not None:
         raise FmaeError("--root/--labels name another benchmark's copy: give them with --dataset")
-    with StopBeforeTraining() as stop:
-        new = create_run(project.runs_dir, Resolved(values, sources), name=name)
-        stop.made(new.path)
-        out.print(f"run {new.id}")
-        with _no_folder_if_refused(new):
-            train_here(new.path, False, quiet)
+    with _new_run(project.runs_dir, Resolved(values, sources), name) as new:
+        train_here(new.path, False, quiet)
     summary = Summary.read(new) or Summary()
     if summary.last:
         rec = summary.last
