@@ -74,8 +74,8 @@ class _Crop:
     """timm's RandomResizedCropAndInterpolation, and the horizontal flip after it (`flip_p`, when the
     pipeline has one): the same box and flip from the same draws, resized by OpenCV."""
 
-    def __init__(self, t: RandomResizedCropAndInterpolation, flip_p: float | None = None) -> None:
-        self.t, self.flip_p = t, flip_p
+    def __init__(self, t: RandomResizedCropAndInterpolation) -> None:
+        self.t, self.flip_p = t, None  # set by fast_pipeline when a flip follows
         self._sizes: dict[tuple[int, int], Image.Image] = {}
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
